@@ -427,7 +427,11 @@ class BenchmarkResult(_Model):
     name: str
     base: float
     pruned: float
-    relative: float
+    relative: float | None = Field(
+        default=None,
+        description="pruned vs base in percent (base/pruned for perplexity); null when the base score "
+        "is 0 (ratio undefined, left out of relativePerformance).",
+    )
     metric: str = "accuracy"
 
 
