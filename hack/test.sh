@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (`.ci/run` calls `bash hack/in-venv.sh bash hack/test.sh`).
+#
+# 1. system packages the tests need (Debian text corpora for the embedded default data),
+# 2. the real control plane's binaries, compiled from Go modules and cached outside the clone,
+# 3. static checks: ruff, import-linter contracts (the operator never reaches torch), CRD drift,
+# 4. pytest. Exit code 5 (no tests collected) is a failure, not a pass.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+start=$(date +%s)
+step() { printf '\n=== [%4ss] %s\n' "$(( $(date +%s) - start ))" "$*"; }
+
+if [ -f hack/system-deps.sh ]; then
+  step "system packages"
+  bash hack/system-deps.sh
+fi
+
+step "control-plane binaries (cached in ${INTERLACE_TESTBED_DIR:-$HOME/.cache/interlace/testbed})"
+bash hack/testbed/build.sh
+
+step "ruff"
+ruff check .
+
+step "import contracts"
+lint-imports
+
+step "pytest"
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+set +e
+python -m pytest "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+  echo "pytest collected no tests: that is a failure" >&2
+  exit 1
+fi
+step "done (pytest exit $rc)"
+exit "$rc"
