@@ -1,0 +1,221 @@
+"""The Argo CD health check for PruneJobs, run in real Lua interpreters against sample objects.
+
+Argo CD runs health scripts in gopher-lua, a Lua 5.1 implementation, so the script is executed in
+lupa's Lua 5.1 (and LuaJIT, also 5.1 semantics, plus Lua 5.4 to catch 5.1-only constructs that a
+future Argo CD might reject). Every phase of interlace.spec.Phase and every condition type the
+operator writes is covered; the sample statuses are validated with the real pydantic status model
+first, so they are objects the operator could actually write.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from interlace.spec import Phase, PruneJobStatus
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "manifests" / "gitops" / "argocd-health.lua"
+CM_PATCH = REPO / "manifests" / "gitops" / "argocd-cm-patch.yaml"
+HEALTH_KEY = "resource.customizations.health.interlace.dev_PruneJob"
+RUNTIMES = ["lupa.lua51", "lupa.luajit21", "lupa.lua54"]
+ARGO_STATUSES = {"Healthy", "Progressing", "Degraded", "Suspended", "Missing", "Unknown"}
+
+
+def _to_lua(lua: Any, value: Any) -> Any:
+    """Python JSON-like data -> Lua tables (lists become 1-based sequences, like Argo CD's decoder)."""
+    if isinstance(value, dict):
+        return lua.table_from({k: _to_lua(lua, v) for k, v in value.items()})
+    if isinstance(value, list):
+        return lua.table_from([_to_lua(lua, v) for v in value])
+    return value
+
+
+def run_health(obj: dict[str, Any], runtime: str = "lupa.lua51") -> dict[str, str]:
+    mod = importlib.import_module(runtime)
+    lua = mod.LuaRuntime(unpack_returned_tuples=True)
+    lua.globals().obj = _to_lua(lua, obj)
+    result = lua.execute(SCRIPT.read_text())
+    out = {"status": result["status"], "message": result["message"]}
+    assert out["status"] in ARGO_STATUSES, out
+    assert isinstance(out["message"], str), out
+    return out
+
+
+def cond(ctype: str, status: str, reason: str, message: str = "") -> dict[str, Any]:
+    return {
+        "type": ctype,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": "2026-11-23T12:00:00Z",
+        "observedGeneration": 1,
+    }
+
+
+def prunejob(status: dict[str, Any] | None, generation: int = 1) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "apiVersion": "interlace.dev/v1alpha1",
+        "kind": "PruneJob",
+        "metadata": {"name": "qwen3-vl-4b-20", "namespace": "ml", "generation": generation},
+        "spec": {"model": {"source": "Qwen/Qwen3-VL-4B-Instruct"}, "pruning": {"ratio": 0.2}},
+    }
+    if status is not None:
+        PruneJobStatus.model_validate(status)  # a status the operator could really write
+        obj["status"] = status
+    return obj
+
+
+def running(phase: str, **progress: Any) -> dict[str, Any]:
+    status: dict[str, Any] = {
+        "phase": phase,
+        "observedGeneration": 1,
+        "conditions": [
+            cond("Ready", "False", "Running" if phase != "Pending" else "Pending", f"{phase} in progress"),
+            cond("Succeeded", "False", "Running"),
+            cond("Failed", "False", "Running"),
+            cond("Suspended", "False", "NotSuspended"),
+        ],
+    }
+    if phase in {p.value for p in (Phase.ANALYZING, Phase.PLANNING, Phase.FINETUNING)}:
+        status["stage"] = phase
+    if progress:
+        status["progress"] = progress
+    return status
+
+
+IN_PROGRESS = ["Pending", "Analyzing", "Planning", "Finetuning", "Evaluating", "Publishing"]
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_script_runs_in_every_lua(runtime: str) -> None:
+    out = run_health(prunejob(running("Finetuning", percent=42.7, step=100, totalSteps=300)), runtime)
+    assert out == {"status": "Progressing", "message": "Finetuning (42%, step 100/300): Running: Finetuning in progress"}
+
+
+@pytest.mark.parametrize("phase", IN_PROGRESS)
+def test_in_progress_phases_are_progressing(phase: str) -> None:
+    out = run_health(prunejob(running(phase)))
+    assert out["status"] == "Progressing"
+    assert out["message"].startswith(phase)
+
+
+def test_every_phase_is_mapped() -> None:
+    """A new Phase added to interlace.spec without a mapping here fails this test."""
+    expected = {p: "Progressing" for p in IN_PROGRESS}
+    expected |= {"Succeeded": "Healthy", "Failed": "Degraded", "Suspended": "Suspended"}
+    assert set(expected) == {p.value for p in Phase}
+    for phase, health in expected.items():
+        # phase only, no conditions yet (an operator that wrote the phase first)
+        assert run_health(prunejob({"phase": phase, "observedGeneration": 1}))["status"] == health, phase
+
+
+def test_succeeded_condition_is_healthy() -> None:
+    status = {
+        "phase": "Succeeded",
+        "observedGeneration": 1,
+        "conditions": [
+            cond("Ready", "True", "Succeeded", "model published"),
+            cond("Succeeded", "True", "Succeeded", "model published to s3://bucket/run"),
+            cond("Failed", "False", "Succeeded"),
+        ],
+        "results": {"relativePerformance": 88.0, "layersBefore": 36, "layersAfter": 29},
+    }
+    out = run_health(prunejob(status))
+    assert out == {"status": "Healthy", "message": "Succeeded: model published to s3://bucket/run"}
+
+
+def test_dry_run_plan_is_healthy() -> None:
+    status = {
+        "phase": "Succeeded",
+        "observedGeneration": 1,
+        "conditions": [cond("Succeeded", "True", "DryRunPlanned", "plan in status.plan")],
+    }
+    assert run_health(prunejob(status)) == {"status": "Healthy", "message": "DryRunPlanned: plan in status.plan"}
+
+
+def test_failed_condition_is_degraded_with_reason() -> None:
+    status = {
+        "phase": "Failed",
+        "observedGeneration": 1,
+        "conditions": [
+            cond("Ready", "False", "BackoffLimitExceeded", "3 attempts failed"),
+            cond("Failed", "True", "BackoffLimitExceeded", "3 attempts failed; last: CUDA OOM"),
+        ],
+    }
+    out = run_health(prunejob(status))
+    assert out == {"status": "Degraded", "message": "BackoffLimitExceeded: 3 attempts failed; last: CUDA OOM"}
+
+
+def test_invalid_spec_is_degraded() -> None:
+    status = {"phase": "Failed", "observedGeneration": 1, "conditions": [cond("Failed", "True", "InvalidSpec")]}
+    assert run_health(prunejob(status)) == {"status": "Degraded", "message": "InvalidSpec"}
+
+
+def test_failed_wins_over_succeeded() -> None:
+    status = {
+        "phase": "Failed",
+        "observedGeneration": 1,
+        "conditions": [cond("Succeeded", "True", "Succeeded"), cond("Failed", "True", "PublishFailed", "403")],
+    }
+    assert run_health(prunejob(status))["status"] == "Degraded"
+
+
+def test_suspended_condition() -> None:
+    status = {
+        "phase": "Suspended",
+        "observedGeneration": 1,
+        "conditions": [cond("Suspended", "True", "SuspendedByUser", "spec.suspend is true")],
+    }
+    assert run_health(prunejob(status)) == {"status": "Suspended", "message": "SuspendedByUser: spec.suspend is true"}
+
+
+def test_conditions_beat_a_stale_phase() -> None:
+    """Conditions are the source of truth: a False Failed condition is not Degraded whatever the phase."""
+    status = {
+        "phase": "Failed",
+        "observedGeneration": 1,
+        "conditions": [cond("Failed", "False", "Retrying"), cond("Succeeded", "False", "Retrying")],
+    }
+    assert run_health(prunejob(status))["status"] == "Unknown"
+    status["phase"] = "Analyzing"
+    assert run_health(prunejob(status))["status"] == "Progressing"
+
+
+def test_no_status_yet_is_progressing() -> None:
+    out = run_health(prunejob(None))
+    assert out["status"] == "Progressing"
+    assert "operator" in out["message"]
+
+
+def test_empty_status_is_progressing() -> None:
+    assert run_health(prunejob({}))["status"] == "Progressing"
+
+
+def test_unobserved_generation_is_progressing_even_after_success() -> None:
+    status = {"phase": "Succeeded", "observedGeneration": 1, "conditions": [cond("Succeeded", "True", "Succeeded")]}
+    out = run_health(prunejob(status, generation=2))
+    assert out == {"status": "Progressing", "message": "Waiting for the operator to observe generation 2"}
+
+
+def test_unknown_phase_is_unknown() -> None:
+    obj = prunejob(None)
+    obj["status"] = {"phase": "Exploded", "observedGeneration": 1}
+    assert run_health(obj) == {"status": "Unknown", "message": "Unknown PruneJob phase Exploded"}
+
+
+def test_argocd_cm_patch_embeds_the_script_verbatim() -> None:
+    doc = yaml.safe_load(CM_PATCH.read_text())
+    assert doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "argocd-cm"
+    assert doc["data"][HEALTH_KEY] == SCRIPT.read_text()
+
+
+def test_gitops_doc_embeds_the_script() -> None:
+    doc = (REPO / "docs" / "gitops.md").read_text()
+    assert HEALTH_KEY in doc
+    assert "manifests/gitops/argocd-health.lua" in doc
+    assert "healthCheckExprs" in doc  # Flux readiness
