@@ -364,6 +364,12 @@ class RayJobStatus(_Model):
     reason: str | None = None
     message: str | None = None
     dashboard_url: str | None = None
+    start_time: str | None = Field(default=None, description="KubeRay status.startTime, mirrored.")
+    end_time: str | None = Field(
+        default=None,
+        description="When this attempt ended (KubeRay status.endTime, else when the operator saw it "
+        "end); the next attempt's backoff counts from here, so it survives operator restarts.",
+    )
 
 
 class Metric(_Model):

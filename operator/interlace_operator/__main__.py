@@ -1,0 +1,39 @@
+"""`interlace-operator` / `python -m interlace_operator`: run the kopf operator.
+
+Standalone kopf (no peering objects needed): run exactly one replica (the Deployment uses the
+Recreate strategy). Configuration is by environment, see `interlace_operator.config`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import kopf
+
+from interlace_operator.config import OperatorConfig
+
+
+def main() -> int:
+    config = OperatorConfig.from_env()
+    logging.basicConfig(
+        level=os.environ.get("INTERLACE_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # The kubernetes client logs every retry of a dropped connection at WARNING; keep them at DEBUG.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+    from interlace_operator import handlers  # noqa: F401  (registers the handlers)
+
+    liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None
+    kopf.run(
+        standalone=True,
+        clusterwide=config.clusterwide,
+        namespaces=list(config.namespaces),
+        liveness_endpoint=liveness,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""The operator's Kubernetes calls, through the official synchronous `kubernetes` client.
+
+kopf does the watching (with reconnects and timeouts); the reconciler, which runs in worker threads,
+does its reads and writes here. Everything is plain dicts in and out, every request has a timeout,
+status writes are JSON merge patches on the /status subresource, and children are created or
+adopted, never blindly replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import uuid
+from typing import Any
+
+from interlace.spec import API_GROUP, API_VERSION, PLURAL
+from interlace_operator import names
+from interlace_operator.status import rfc3339, utcnow
+
+log = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT = (10, 30)  # connect, read (seconds)
+MERGE_PATCH = "application/merge-patch+json"
+
+
+class ConflictError(RuntimeError):
+    """A child with our deterministic name exists but belongs to something else (or is being deleted)."""
+
+
+def make_api_client(kubeconfig: str | None = None, pool_size: int = 32) -> Any:
+    """ApiClient from the in-cluster service account, else KUBECONFIG / ~/.kube/config."""
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+        config.load_incluster_config(client_configuration=cfg)
+    else:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    cfg.connection_pool_maxsize = pool_size
+    cfg.retries = 2
+    return client.ApiClient(cfg)
+
+
+class Kube:
+    """Thin wrapper: dict-based CRUD for the kinds the operator touches."""
+
+    def __init__(self, api_client: Any, component: str = "interlace-operator") -> None:
+        from kubernetes import client
+
+        self.api = api_client
+        self.custom = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.rbac = client.RbacAuthorizationV1Api(api_client)
+        self.component = component
+        self.instance = socket.gethostname()
+
+    # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _status(err: Exception) -> int | None:
+        return getattr(err, "status", None)
+
+    def _plain(self, obj: Any) -> dict[str, Any]:
+        return self.api.sanitize_for_serialization(obj)
+
+    # ------------------------------------------------------------------ PruneJobs
+
+    def get_prunejob(self, namespace: str, name: str) -> dict[str, Any] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self.custom.get_namespaced_custom_object(
+                API_GROUP, API_VERSION, namespace, PLURAL, name, _request_timeout=REQUEST_TIMEOUT
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def patch_prunejob_status(
+        self, namespace: str, name: str, status: dict[str, Any], *, resource_version: str | None = None
+    ) -> dict[str, Any]:
+        """Merge-patch status; with `resource_version` the write fails with 409 if the object changed."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        return self.custom.patch_namespaced_custom_object_status(
+            API_GROUP, API_VERSION, namespace, PLURAL, name, body,
+            _content_type=MERGE_PATCH, _request_timeout=REQUEST_TIMEOUT,
+        )
+
+    # ------------------------------------------------------------------ RayJobs
+
+    def get_rayjob(self, namespace: str, name: str) -> dict[str, Any] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self.custom.get_namespaced_custom_object(
+                "ray.io", "v1", namespace, "rayjobs", name, _request_timeout=REQUEST_TIMEOUT
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def create_rayjob(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.custom.create_namespaced_custom_object(
+            "ray.io", "v1", body["metadata"]["namespace"], "rayjobs", body, _request_timeout=REQUEST_TIMEOUT
+        )
+
+    def patch_rayjob(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        return self.custom.patch_namespaced_custom_object(
+            "ray.io", "v1", namespace, "rayjobs", name, patch,
+            _content_type=MERGE_PATCH, _request_timeout=REQUEST_TIMEOUT,
+        )
+
+    def delete_rayjob(self, namespace: str, name: str) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.custom.delete_namespaced_custom_object(
+                "ray.io", "v1", namespace, "rayjobs", name,
+                propagation_policy="Background", _request_timeout=REQUEST_TIMEOUT,
+            )
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
+    # ------------------------------------------------------------------ children (create or adopt)
+
+    def _crud(self, kind: str) -> tuple[Any, Any, Any]:
+        return {
+            "ConfigMap": (
+                self.core.create_namespaced_config_map,
+                self.core.read_namespaced_config_map,
+                self.core.replace_namespaced_config_map,
+            ),
+            "ServiceAccount": (
+                self.core.create_namespaced_service_account,
+                self.core.read_namespaced_service_account,
+                self.core.replace_namespaced_service_account,
+            ),
+            "Role": (self.rbac.create_namespaced_role, self.rbac.read_namespaced_role, self.rbac.replace_namespaced_role),
+            "RoleBinding": (
+                self.rbac.create_namespaced_role_binding,
+                self.rbac.read_namespaced_role_binding,
+                self.rbac.replace_namespaced_role_binding,
+            ),
+        }[kind]
+
+    def ensure(self, body: dict[str, Any], owner_uid: str, content_keys: tuple[str, ...] = ()) -> str:
+        """Create `body`, or adopt the existing object of that name if this PruneJob controls it (or it is
+        an orphan with our labels). Keys in `content_keys` (e.g. "data", "rules") are brought up to
+        date. Returns "created", "adopted" or "updated"; raises ConflictError for a foreign object."""
+        from kubernetes.client.exceptions import ApiException
+
+        create, read, replace = self._crud(body["kind"])
+        ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        try:
+            create(ns, body, _request_timeout=REQUEST_TIMEOUT)
+            return "created"
+        except ApiException as err:
+            if err.status != 409:
+                raise
+        existing = self._plain(read(name, ns, _request_timeout=REQUEST_TIMEOUT))
+        self.check_owner(existing, owner_uid)
+        changed = [k for k in content_keys if existing.get(k) != body.get(k)]
+        meta = existing["metadata"]
+        if not _controller_uid(existing) or changed:
+            merged = dict(existing)
+            for k in content_keys:
+                merged[k] = body.get(k)
+            merged["metadata"] = {**meta, "ownerReferences": body["metadata"]["ownerReferences"]}
+            replace(name, ns, merged, _request_timeout=REQUEST_TIMEOUT)
+            return "updated"
+        return "adopted"
+
+    @staticmethod
+    def check_owner(obj: dict[str, Any], owner_uid: str) -> None:
+        """Raise ConflictError unless `obj` is controlled by `owner_uid` or is our own orphan."""
+        meta = obj.get("metadata", {})
+        kind, name = obj.get("kind", "object"), meta.get("name")
+        uid = _controller_uid(obj)
+        if meta.get("deletionTimestamp"):
+            raise ConflictError(f"{kind} {name} is being deleted; waiting for it to go away")
+        if uid == owner_uid:
+            return
+        if uid is None and (meta.get("labels") or {}).get(names.LABEL_MANAGED_BY) == names.MANAGED_BY:
+            return  # an orphan of ours (e.g. its owner reference was removed): adopt it
+        raise ConflictError(
+            f"{kind} {name} already exists and is not controlled by this PruneJob; delete or rename it"
+        )
+
+    # ------------------------------------------------------------------ events
+
+    def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event on the PruneJob (shown by `kubectl describe` and `kubectl get events`).
+        Best effort: a lost event must never fail a reconcile."""
+        meta = involved["metadata"]
+        now = rfc3339(utcnow())
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": involved.get("apiVersion", f"{API_GROUP}/{API_VERSION}"),
+                "kind": involved.get("kind", "PruneJob"),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": type_,
+            "source": {"component": self.component},
+            "reportingComponent": f"{API_GROUP}/operator",
+            "reportingInstance": self.instance[:128],
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(
+                meta["namespace"], body, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
+            )
+        except Exception as err:  # events are best effort
+            log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], err)
+
+
+def _controller_uid(obj: dict[str, Any]) -> str | None:
+    for ref in obj.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return ref.get("uid")
+    return None
+
+
+def controller_of(obj: dict[str, Any], kind: str = "PruneJob") -> str | None:
+    """Name of the controlling owner of `kind`, if any."""
+    for ref in obj.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") == kind:
+            return ref.get("name")
+    return None
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)

@@ -1,0 +1,472 @@
+"""Level-based reconciliation of one PruneJob: read the world, decide, write, return when to look again.
+
+Why level-based instead of kopf's create/update handlers: every decision is recomputed from what is in
+the API server (the PruneJob's status and the RayJob of the current attempt), so a reconcile that
+runs twice, or after the operator was killed half-way, does the same thing as one that ran once.
+Nothing lives only in memory and kopf keeps no bookkeeping on the object (no progress annotations,
+no finalizer, nothing under status).
+
+The state lives in status (operator-written fields only: phase, conditions, observedGeneration,
+rayJob, attempts, startTime, completionTime). Restart safety comes from deterministic names: attempt
+n's RayJob is `<prunejob>-<n>`; before acting, the reconciler looks for attempt n+1 and adopts it if
+a previous run created it but died before recording it. So there is never a second RayJob for an
+attempt, and the retry budget (`attempts` vs `spec.backoffLimit`) survives restarts.
+
+Order of a first reconcile: validate -> write startTime with a resourceVersion precondition (from then
+on the CRD's CEL rule freezes the spec) -> ConfigMap, ServiceAccount, Role, RoleBinding (created or
+adopted) -> RayJob attempt 1 -> status. Events are posted on transitions only, derived from the status
+diff, so a restart does not repeat them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from interlace.spec import API_GROUP, API_VERSION, KIND, Phase, PruneJob, SpecError, parse_prunejob
+from interlace_operator import builders, names
+from interlace_operator.config import OperatorConfig
+from interlace_operator.kube import ConflictError, Kube
+from interlace_operator.metrics import Metrics
+from interlace_operator.status import (
+    JDS_FINISHED,
+    STAGE_VALUES,
+    TERMINAL_PHASES,
+    Outcome,
+    desired_conditions,
+    merge_conditions,
+    observe_rayjob,
+    outcome_from_mirror,
+    parse_time,
+    rayjob_mirror,
+    rfc3339,
+    strip_none,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+OPERATOR_FIELDS = ("phase", "conditions", "observedGeneration", "rayJob", "attempts", "startTime", "completionTime")
+
+
+class Requeue(Exception):
+    """Reconcile again after `delay` seconds (e.g. a 409 from a concurrent writer)."""
+
+    def __init__(self, delay: float, why: str) -> None:
+        super().__init__(why)
+        self.delay = delay
+
+
+@dataclass
+class Ctx:
+    """What one reconcile knows about its PruneJob."""
+
+    body: dict[str, Any]
+    job: PruneJob
+    owner: builders.Owner
+    status: dict[str, Any]
+    now: datetime
+
+    @property
+    def generation(self) -> int | None:
+        return self.body["metadata"].get("generation")
+
+
+class Reconciler:
+    def __init__(
+        self,
+        kube: Kube,
+        config: OperatorConfig,
+        metrics: Metrics | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.kube = kube
+        self.config = config
+        self.metrics = metrics
+        self.clock = clock
+
+    # ================================================================== entry point
+
+    def reconcile(self, namespace: str, name: str) -> float | None:
+        """One pass. Returns seconds until the next pass is needed (None: wait for an event)."""
+        started = time.monotonic()
+        try:
+            return self._reconcile(namespace, name)
+        finally:
+            if self.metrics:
+                self.metrics.reconcile_seconds.observe(time.monotonic() - started)
+
+    def _reconcile(self, namespace: str, name: str) -> float | None:
+        body = self.kube.get_prunejob(namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            if self.metrics:
+                self.metrics.forget(namespace, name)
+            return None  # garbage collection removes the children (owner references)
+        status = dict(body.get("status") or {})
+        if self.metrics:
+            self.metrics.set_phase(namespace, name, status.get("phase"))
+        if status.get("phase") in TERMINAL_PHASES and not _fixed_invalid_spec(body, status):
+            return None
+
+        now = self.clock()
+        try:
+            job = parse_prunejob(
+                {
+                    "apiVersion": f"{API_GROUP}/{API_VERSION}",
+                    "kind": KIND,
+                    "metadata": {"name": name, "namespace": namespace},
+                    "spec": body.get("spec"),
+                }
+            )
+        except SpecError as err:
+            ctx = Ctx(body, None, builders.Owner.from_body(body), status, now)  # type: ignore[arg-type]
+            self._finish(ctx, Outcome(Phase.FAILED.value, "InvalidSpec", str(err), finished=True, failed=True), None)
+            return None
+        ctx = Ctx(body, job, builders.Owner.from_body(body), status, now)
+
+        if not status.get("startTime"):
+            self._accept(ctx)
+
+        attempts = self._adopt_attempts(ctx, int(status.get("attempts") or 0))
+        rj_name = names.rayjob_name(name, attempts) if attempts else None
+        current = self.kube.get_rayjob(namespace, rj_name) if rj_name else None
+        if current is not None:
+            self.kube.check_owner(current, ctx.owner.uid)
+
+        deadline = self._deadline(ctx)
+        if deadline is not None and now >= deadline:
+            if current is not None and (current.get("status") or {}).get("jobDeploymentStatus") not in JDS_FINISHED:
+                self.kube.delete_rayjob(namespace, current["metadata"]["name"])
+            seconds = job.spec.active_deadline_seconds
+            outcome = Outcome(
+                Phase.FAILED.value, "DeadlineExceeded",
+                f"the PruneJob ran longer than spec.activeDeadlineSeconds={seconds} (from status.startTime)",
+                finished=True, failed=True,
+            )
+            self._finish(ctx, outcome, self._mirror(ctx, current, finished=True), attempts=attempts)
+            return None
+
+        if attempts == 0:
+            return self._start_attempt(ctx, 1, retry=False)
+
+        if current is None:
+            mirror = status.get("rayJob") or {}
+            if mirror.get("name") == rj_name and mirror.get("endTime"):
+                outcome = outcome_from_mirror(mirror, stage=status.get("stage"), dry_run=job.spec.dry_run)
+                return self._settle(ctx, attempts, None, outcome, mirror)
+            self._event(ctx, "Warning", "RayJobMissing", f"RayJob {rj_name} disappeared before it finished; recreating it")
+            return self._start_attempt(ctx, attempts, retry=False)
+
+        current = self._sync_suspend(ctx, current)
+        outcome = observe_rayjob(current, stage=status.get("stage"), dry_run=job.spec.dry_run)
+        mirror = self._mirror(ctx, current, finished=outcome.finished)
+        return self._settle(ctx, attempts, current, outcome, mirror)
+
+    # ================================================================== steps
+
+    def _accept(self, ctx: Ctx) -> None:
+        """Record startTime (freezing the spec via the CRD's CEL rule) before creating anything.
+
+        The resourceVersion precondition makes this fail with 409 if the spec changed since we read
+        (and validated) it; the reconcile is then simply repeated with the new spec."""
+        from kubernetes.client.exceptions import ApiException
+
+        phase = Phase.SUSPENDED.value if ctx.job.spec.suspend else Phase.PENDING.value
+        reason = "Suspended" if ctx.job.spec.suspend else "Accepted"
+        message = "validated; creating the Ray job" if not ctx.job.spec.suspend else "created suspended"
+        patch = {
+            "phase": phase,
+            "startTime": rfc3339(ctx.now),
+            "completionTime": None,  # set if an earlier generation failed with InvalidSpec
+            "observedGeneration": ctx.generation,
+            "conditions": merge_conditions(
+                ctx.status.get("conditions"),
+                desired_conditions(phase, reason, message, ready=False),
+                generation=ctx.generation,
+                now=ctx.now,
+            ),
+        }
+        try:
+            self.kube.patch_prunejob_status(
+                ctx.owner.namespace, ctx.owner.name, patch, resource_version=ctx.body["metadata"]["resourceVersion"]
+            )
+        except ApiException as err:
+            if err.status == 409:
+                raise Requeue(0.2, "PruneJob changed while being accepted") from None
+            raise
+        ctx.status.update({k: v for k, v in patch.items() if v is not None})
+        ctx.status.pop("completionTime", None)
+        self._event(ctx, "Normal", "Accepted", f"PruneJob validated ({self._summary(ctx.job)})")
+
+    def _adopt_attempts(self, ctx: Ctx, attempts: int) -> int:
+        """Count RayJobs that exist beyond status.attempts (created by a run that died before recording)."""
+        while True:
+            nxt = self.kube.get_rayjob(ctx.owner.namespace, names.rayjob_name(ctx.owner.name, attempts + 1))
+            if nxt is None:
+                return attempts
+            self.kube.check_owner(nxt, ctx.owner.uid)
+            attempts += 1
+            log.info("adopted RayJob %s (attempt %d)", nxt["metadata"]["name"], attempts)
+
+    def _deadline(self, ctx: Ctx) -> datetime | None:
+        seconds = ctx.job.spec.active_deadline_seconds
+        start = parse_time(ctx.status.get("startTime"))
+        if not seconds or start is None:
+            return None
+        return start + timedelta(seconds=seconds)
+
+    def _ensure_children(self, ctx: Ctx) -> None:
+        """ConfigMap with the spec, and the job's identity: ServiceAccount + Role + RoleBinding."""
+        owner, job = ctx.owner, ctx.job
+        self.kube.ensure(builders.configmap(job, owner), owner.uid, ("data",))
+        if not job.spec.resources.service_account_name:
+            self.kube.ensure(builders.service_account(owner), owner.uid)
+        self.kube.ensure(builders.role(owner), owner.uid, ("rules",))
+        sa = builders.job_service_account_name(job, owner)
+        self.kube.ensure(builders.role_binding(owner, sa), owner.uid, ("subjects",))
+
+    def _start_attempt(self, ctx: Ctx, attempt: int, *, retry: bool) -> float | None:
+        """Create (or adopt) the RayJob of `attempt`, then record it in status."""
+        from kubernetes.client.exceptions import ApiException
+
+        owner, job = ctx.owner, ctx.job
+        try:
+            self._ensure_children(ctx)
+        except ConflictError as err:
+            self._write(ctx, Outcome(Phase.PENDING.value, "ChildConflict", str(err)), None, attempts=attempt - 1)
+            self._event(ctx, "Warning", "ChildConflict", str(err))
+            raise Requeue(30.0, str(err)) from None
+        remaining = None
+        deadline = self._deadline(ctx)
+        if deadline is not None:
+            remaining = max(1, int((deadline - ctx.now).total_seconds()))
+        body = builders.rayjob(
+            job, owner, attempt=attempt, image=self.config.runtime_image, active_deadline_seconds=remaining
+        )
+        rj_name = body["metadata"]["name"]
+        created = True
+        try:
+            rayjob = self.kube.create_rayjob(body)
+        except ApiException as err:
+            if err.status != 409:
+                raise
+            rayjob = self.kube.get_rayjob(owner.namespace, rj_name)
+            if rayjob is None:
+                raise Requeue(0.5, f"RayJob {rj_name} vanished while adopting it") from None
+            self.kube.check_owner(rayjob, owner.uid)
+            created = False
+        if created:
+            res = job.spec.resources
+            gpus = f"{res.workers} worker(s) x {res.gpus_per_worker} GPU"
+            self._event(
+                ctx, "Normal", "RayJobCreated",
+                f"created RayJob {rj_name} (attempt {attempt} of {job.spec.backoff_limit + 1}, {gpus})",
+            )
+            if self.metrics:
+                self.metrics.rayjobs_created.inc()
+                if retry:
+                    self.metrics.retries.inc()
+        if job.spec.suspend:
+            outcome = Outcome(Phase.SUSPENDED.value, "Suspended", f"RayJob {rj_name} created suspended")
+        else:
+            outcome = observe_rayjob(rayjob, stage=None, dry_run=job.spec.dry_run)
+            if outcome.finished:  # an adopted attempt that already ended: settle on the next pass
+                outcome = Outcome(Phase.PENDING.value, "ClusterInitializing", f"RayJob {rj_name} adopted")
+        self._write(ctx, outcome, self._mirror(ctx, rayjob, finished=False), attempts=attempt)
+        return self._next_check(ctx)
+
+    def _sync_suspend(self, ctx: Ctx, rayjob: dict[str, Any]) -> dict[str, Any]:
+        """spec.suspend -> RayJob spec.suspend (KubeRay deletes / recreates the Ray cluster)."""
+        want = bool(ctx.job.spec.suspend)
+        have = bool((rayjob.get("spec") or {}).get("suspend"))
+        jds = (rayjob.get("status") or {}).get("jobDeploymentStatus")
+        if want == have or jds in JDS_FINISHED:
+            return rayjob
+        name = rayjob["metadata"]["name"]
+        updated = self.kube.patch_rayjob(ctx.owner.namespace, name, {"spec": {"suspend": want}})
+        self._event(
+            ctx, "Normal", "Suspending" if want else "Resuming",
+            f"{'suspending' if want else 'resuming'} RayJob {name}"
+            + (" (its Ray cluster is deleted)" if want else ""),
+        )
+        return updated
+
+    def _settle(
+        self,
+        ctx: Ctx,
+        attempts: int,
+        current: dict[str, Any] | None,
+        outcome: Outcome,
+        mirror: dict[str, Any] | None,
+    ) -> float | None:
+        job = ctx.job
+        if ctx.job.spec.suspend and not outcome.finished and outcome.phase != Phase.SUSPENDED.value:
+            outcome = Outcome(Phase.SUSPENDED.value, "Suspending", "waiting for KubeRay to suspend the RayJob")
+        elif not ctx.job.spec.suspend and outcome.phase == Phase.SUSPENDED.value:
+            outcome = Outcome(Phase.PENDING.value, "Resuming", "waiting for KubeRay to resume the RayJob")
+
+        if outcome.conflict and (ctx.status.get("rayJob") or {}) != (mirror or {}):
+            self._event(ctx, "Warning", "RayJobStatusConflict", outcome.message)
+
+        if outcome.failed:
+            if current is not None and (current.get("status") or {}).get("jobDeploymentStatus") not in JDS_FINISHED:
+                # KubeRay has not torn the attempt down (the two statuses disagree): free the GPUs now.
+                self.kube.delete_rayjob(ctx.owner.namespace, current["metadata"]["name"])
+            if outcome.retryable and attempts <= job.spec.backoff_limit:
+                return self._retry_later(ctx, attempts, outcome, mirror)
+            if attempts > 1:
+                outcome = Outcome(
+                    outcome.phase, outcome.reason if outcome.reason != "JobFailed" else "BackoffLimitExceeded",
+                    f"{outcome.message}; gave up after {attempts} attempts (spec.backoffLimit="
+                    f"{job.spec.backoff_limit})",
+                    finished=True, failed=True,
+                )
+            self._finish(ctx, outcome, mirror, attempts=attempts)
+            return None
+        if outcome.phase == Phase.SUCCEEDED.value:
+            self._finish(ctx, outcome, mirror, attempts=attempts)
+            return None
+        self._write(ctx, outcome, mirror, attempts=attempts)
+        return self._next_check(ctx)
+
+    def _retry_later(self, ctx: Ctx, attempts: int, outcome: Outcome, mirror: dict[str, Any] | None) -> float | None:
+        ended = parse_time((mirror or {}).get("endTime")) or ctx.now
+        delay = self.config.backoff(attempts)
+        due = ended + timedelta(seconds=delay)
+        if ctx.job.spec.suspend:
+            self._write(ctx, Outcome(Phase.SUSPENDED.value, "Suspended", "suspended between attempts"), mirror,
+                        attempts=attempts)
+            return None
+        if ctx.now >= due:
+            self._event(
+                ctx, "Normal", "Retrying",
+                f"starting attempt {attempts + 1} of {ctx.job.spec.backoff_limit + 1} after: {outcome.message}",
+            )
+            return self._start_attempt(ctx, attempts + 1, retry=True)
+        waiting = Outcome(
+            Phase.PENDING.value, "BackoffRetry",
+            f"attempt {attempts} failed ({outcome.reason}: {outcome.message}); attempt {attempts + 1} of "
+            f"{ctx.job.spec.backoff_limit + 1} starts at {rfc3339(due)}",
+        )
+        if _reason(ctx.status, "Ready") != "BackoffRetry":
+            self._event(ctx, "Warning", "AttemptFailed", waiting.message)
+        self._write(ctx, waiting, mirror, attempts=attempts)
+        return max(0.05, (due - ctx.now).total_seconds())
+
+    def _next_check(self, ctx: Ctx) -> float | None:
+        """While running, look again at the deadline (events cover everything else)."""
+        deadline = self._deadline(ctx)
+        if deadline is None:
+            return None
+        return max(0.05, (deadline - ctx.now).total_seconds())
+
+    # ================================================================== writing
+
+    def _mirror(self, ctx: Ctx, rayjob: dict[str, Any] | None, *, finished: bool) -> dict[str, Any] | None:
+        if rayjob is None:
+            return ctx.status.get("rayJob")
+        return rayjob_mirror(rayjob, ctx.status.get("rayJob"), finished=finished, now=ctx.now)
+
+    def _finish(self, ctx: Ctx, outcome: Outcome, mirror: dict[str, Any] | None, attempts: int | None = None) -> None:
+        start = parse_time(ctx.status.get("startTime")) or ctx.now
+        self._write(ctx, outcome, mirror, attempts=attempts, completion=ctx.now)
+        if self.metrics:
+            self.metrics.durations.labels(outcome.phase.lower()).observe(max(0.0, (ctx.now - start).total_seconds()))
+
+    def _write(
+        self,
+        ctx: Ctx,
+        outcome: Outcome,
+        mirror: dict[str, Any] | None,
+        *,
+        attempts: int | None = None,
+        completion: datetime | None = None,
+    ) -> None:
+        """Merge-patch the operator-owned status fields that changed, and post transition events."""
+        old = ctx.status
+        new: dict[str, Any] = {
+            "phase": outcome.phase,
+            "observedGeneration": ctx.generation,
+            "conditions": merge_conditions(
+                old.get("conditions"),
+                desired_conditions(outcome.phase, outcome.reason, outcome.message, ready=outcome.ready),
+                generation=ctx.generation,
+                now=ctx.now,
+            ),
+        }
+        if attempts is not None:
+            new["attempts"] = attempts
+        if mirror is not None:
+            new["rayJob"] = mirror
+        if completion is not None and not old.get("completionTime"):
+            new["completionTime"] = rfc3339(completion)
+        patch = {k: v for k, v in new.items() if _differs(old.get(k), v)}
+        if patch:
+            self.kube.patch_prunejob_status(ctx.owner.namespace, ctx.owner.name, patch)
+            ctx.status.update({k: (strip_none(v) if k == "rayJob" else v) for k, v in patch.items()})
+        if self.metrics:
+            self.metrics.set_phase(ctx.owner.namespace, ctx.owner.name, outcome.phase)
+        if old.get("phase") != outcome.phase or _reason(old, "Ready") != _reason(new, "Ready"):
+            self._transition_event(ctx, old.get("phase"), outcome)
+
+    def _transition_event(self, ctx: Ctx, old_phase: str | None, outcome: Outcome) -> None:
+        phase = outcome.phase
+        if phase == Phase.SUCCEEDED.value:
+            self._event(ctx, "Normal", outcome.reason, self._success_message(ctx, outcome))
+        elif phase == Phase.FAILED.value:
+            self._event(ctx, "Warning", outcome.reason, outcome.message)
+        elif phase == Phase.SUSPENDED.value and old_phase != phase:
+            self._event(ctx, "Normal", "Suspended", outcome.message)
+        elif phase in STAGE_VALUES and old_phase != phase:
+            self._event(ctx, "Normal", phase, f"stage {phase} started")
+        elif phase == Phase.PENDING.value and outcome.reason in {"JobRunning", "JobSubmitted"}:
+            self._event(ctx, "Normal", outcome.reason, outcome.message)
+
+    def _success_message(self, ctx: Ctx, outcome: Outcome) -> str:
+        results = ctx.status.get("results") or {}
+        plan = ctx.status.get("plan") or {}
+        bits = [outcome.message]
+        if plan.get("drop") is not None:
+            bits.append(f"dropped layers {plan['drop']} of {plan.get('numLayers')}")
+        if results.get("outputUri"):
+            bits.append(f"output {results['outputUri']}")
+        if results.get("relativePerformance") is not None:
+            bits.append(f"retention {results['relativePerformance']:.1f}%")
+        return "; ".join(bits)
+
+    def _event(self, ctx: Ctx, type_: str, reason: str, message: str) -> None:
+        self.kube.post_event(ctx.body, type_, reason, message)
+
+    @staticmethod
+    def _summary(job: PruneJob) -> str:
+        p = job.spec.pruning
+        amount = f"ratio {p.ratio}" if p.ratio is not None else f"{p.num_layers} layers"
+        return f"{job.spec.model.source}, {p.strategy}, {amount}{', dry run' if job.spec.dry_run else ''}"
+
+
+def _fixed_invalid_spec(body: dict[str, Any], status: dict[str, Any]) -> bool:
+    """A job that failed with InvalidSpec gets another look once its spec was edited (the spec is
+    not frozen then: startTime is only written after validation succeeds)."""
+    return (
+        status.get("phase") == Phase.FAILED.value
+        and _reason(status, "Failed") == "InvalidSpec"
+        and status.get("observedGeneration") != body["metadata"].get("generation")
+        and not status.get("startTime")
+    )
+
+
+def _reason(status: dict[str, Any], ctype: str) -> str | None:
+    for c in status.get("conditions") or []:
+        if c.get("type") == ctype:
+            return c.get("reason")
+    return None
+
+
+def _differs(old: Any, new: Any) -> bool:
+    if isinstance(new, dict) and isinstance(old, dict):
+        return strip_none(old) != strip_none(new)
+    return old != new

@@ -1,0 +1,248 @@
+"""Pure status logic: KubeRay RayJob status -> PruneJob phase, conditions and the rayJob mirror.
+
+KubeRay reports two strings that can disagree (`jobStatus` from the Ray job, `jobDeploymentStatus` from
+the operator's state machine; users report e.g. RUNNING next to Failed). This module decides one
+outcome from both, always in the direction that releases resources and tells the truth:
+
+* a failed deployment (Failed, ValidationFailed) fails the attempt whatever jobStatus says;
+* a FAILED or STOPPED Ray job fails the attempt even while the deployment still says Running;
+* SUCCEEDED wins unless the deployment failed;
+* a finished deployment (Complete) without a finished Ray job is reported as a conflict and fails
+  the attempt (it is retried like any other failure);
+* while the Ray job runs, the stage the job reports itself (`status.stage`) becomes the phase.
+
+Conditions follow the Kubernetes API conventions: Ready, Succeeded, Failed, Suspended, each always
+present, CamelCase reasons, `lastTransitionTime` that changes only when `status` changes, and
+`observedGeneration`. Ready=True means "the Ray job is running"; `kubectl wait
+--for=condition=Succeeded` and Argo CD read Succeeded/Failed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from interlace.spec import STAGES, Phase
+
+TERMINAL_PHASES = frozenset({Phase.SUCCEEDED.value, Phase.FAILED.value})
+STAGE_VALUES = frozenset(p.value for p in STAGES)
+CONDITION_TYPES = ("Ready", "Succeeded", "Failed", "Suspended")
+
+# KubeRay values.
+JDS_FAILED = frozenset({"Failed", "ValidationFailed"})
+JDS_FINISHED = frozenset({"Complete", "Failed", "ValidationFailed"})
+JDS_SUSPENDED = frozenset({"Suspending", "Suspended"})
+JDS_STARTING = frozenset({"", "New", "Initializing", "Waiting"})
+JS_FINISHED = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
+
+# Failures that another attempt cannot fix.
+NOT_RETRYABLE = frozenset({"DeadlineExceeded", "ValidationFailed", "JobStopped", "InvalidSpec"})
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def rfc3339(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+    except ValueError:
+        return None
+
+
+def camel_reason(text: str | None, default: str) -> str:
+    """A CamelCase condition reason (the CRD's pattern) from free text such as a KubeRay reason."""
+    if not text:
+        return default
+    words = re.findall(r"[A-Za-z0-9]+", text)
+    reason = "".join(w[:1].upper() + w[1:] for w in words)
+    if not reason or not reason[0].isalpha():
+        return default
+    return reason[:128]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one RayJob attempt amounts to, from the PruneJob's point of view."""
+
+    phase: str
+    reason: str
+    message: str
+    ready: bool = False
+    finished: bool = False
+    failed: bool = False
+    retryable: bool = False
+    conflict: bool = False
+
+
+def observe_rayjob(rayjob: dict[str, Any], *, stage: str | None = None, dry_run: bool = False) -> Outcome:
+    """Map a RayJob (as returned by the API server) to an Outcome. Pure; see the module docstring."""
+    name = rayjob.get("metadata", {}).get("name", "?")
+    st = rayjob.get("status") or {}
+    js = st.get("jobStatus") or ""
+    jds = st.get("jobDeploymentStatus") or ""
+    kuberay_reason = st.get("reason") or ""
+    kuberay_message = st.get("message") or ""
+    pair = f"jobStatus={js or '-'}, jobDeploymentStatus={jds or '-'}"
+
+    if jds in JDS_FAILED:
+        reason = camel_reason(kuberay_reason, "RayJobFailed" if jds == "Failed" else "ValidationFailed")
+        conflict = js in {"RUNNING", "PENDING", "SUCCEEDED"}
+        msg = kuberay_message or f"RayJob {name} failed"
+        if conflict:
+            msg += f" (KubeRay reports {pair}; the deployment failure wins)"
+        return Outcome(
+            Phase.FAILED.value, reason, msg, finished=True, failed=True,
+            retryable=reason not in NOT_RETRYABLE and jds != "ValidationFailed", conflict=conflict,
+        )
+    if js in {"FAILED", "STOPPED"}:
+        reason = "JobFailed" if js == "FAILED" else "JobStopped"
+        conflict = jds not in JDS_FINISHED
+        msg = kuberay_message or f"the Ray job of RayJob {name} ended with {js}"
+        if conflict:
+            msg += f" (KubeRay reports {pair}; the Ray job's own status wins)"
+        return Outcome(
+            Phase.FAILED.value, reason, msg, finished=True, failed=True,
+            retryable=reason not in NOT_RETRYABLE, conflict=conflict,
+        )
+    if js == "SUCCEEDED":
+        reason = "DryRunCompleted" if dry_run else "Succeeded"
+        msg = "dry run finished: the plan is in status.plan" if dry_run else f"RayJob {name} succeeded"
+        return Outcome(Phase.SUCCEEDED.value, reason, msg, finished=True, conflict=jds not in {"Complete", "Running"})
+    if jds == "Complete":
+        return Outcome(
+            Phase.FAILED.value, "StatusConflict",
+            f"RayJob {name} is Complete but its Ray job did not finish ({pair})",
+            finished=True, failed=True, retryable=True, conflict=True,
+        )
+    if jds in JDS_SUSPENDED:
+        return Outcome(Phase.SUSPENDED.value, jds, f"RayJob {name} is {jds.lower()}; its Ray cluster is deleted")
+    if jds == "Retrying":
+        return Outcome(Phase.PENDING.value, "KubeRayRetrying", kuberay_message or f"KubeRay is retrying RayJob {name}")
+    if js == "RUNNING":
+        if stage in STAGE_VALUES:
+            return Outcome(stage, "JobRunning", f"the Ray job reports stage {stage}", ready=True)
+        return Outcome(
+            Phase.PENDING.value, "JobRunning", "the Ray job is running; waiting for its first stage report",
+            ready=True,
+        )
+    if jds == "Running":
+        return Outcome(
+            Phase.PENDING.value, "JobSubmitted",
+            f"the Ray cluster of RayJob {name} is ready; the job is submitted ({pair})",
+        )
+    return Outcome(Phase.PENDING.value, "ClusterInitializing", _initializing_message(name, st))
+
+
+def _initializing_message(name: str, st: dict[str, Any]) -> str:
+    """Why a RayJob is still starting, from the RayCluster status KubeRay embeds (not a bare 'Initializing')."""
+    cluster = st.get("rayClusterName") or "(not created yet)"
+    cs = st.get("rayClusterStatus") or {}
+    parts = [f"waiting for Ray cluster {cluster} of RayJob {name}"]
+    desired = cs.get("desiredWorkerReplicas")
+    if desired is not None:
+        parts.append(f"{cs.get('readyWorkerReplicas', 0)}/{desired} workers ready")
+    if cs.get("state"):
+        parts.append(f"cluster state {cs['state']}")
+    if cs.get("reason"):
+        parts.append(str(cs["reason"]))
+    return "; ".join(parts)
+
+
+def outcome_from_mirror(mirror: dict[str, Any], *, stage: str | None, dry_run: bool) -> Outcome:
+    """Outcome of an attempt whose RayJob is gone, from the status mirror kept in the PruneJob."""
+    return observe_rayjob(
+        {
+            "metadata": {"name": mirror.get("name", "?")},
+            "status": {
+                "jobStatus": mirror.get("jobStatus"),
+                "jobDeploymentStatus": mirror.get("jobDeploymentStatus"),
+                "reason": mirror.get("reason"),
+                "message": mirror.get("message"),
+            },
+        },
+        stage=stage,
+        dry_run=dry_run,
+    )
+
+
+MIRROR_KEYS = ("name", "jobStatus", "jobDeploymentStatus", "reason", "message", "dashboardUrl", "startTime", "endTime")
+
+
+def rayjob_mirror(
+    rayjob: dict[str, Any], previous: dict[str, Any] | None, *, finished: bool, now: datetime
+) -> dict[str, Any]:
+    """status.rayJob: both KubeRay status fields and their context, every key present (None deletes
+    a stale key in a merge patch). endTime falls back to when the operator first saw the attempt end."""
+    name = rayjob["metadata"]["name"]
+    st = rayjob.get("status") or {}
+    prev = previous if previous and previous.get("name") == name else {}
+    end = st.get("endTime") or prev.get("endTime")
+    if finished and not end:
+        end = rfc3339(now)
+    mirror = {
+        "name": name,
+        "jobStatus": st.get("jobStatus") or None,
+        "jobDeploymentStatus": st.get("jobDeploymentStatus") or None,
+        "reason": st.get("reason") or None,
+        "message": st.get("message") or None,
+        "dashboardUrl": st.get("dashboardURL") or None,
+        "startTime": st.get("startTime") or prev.get("startTime"),
+        "endTime": end if finished or st.get("endTime") else None,
+    }
+    return mirror
+
+
+def desired_conditions(phase: str, reason: str, message: str, *, ready: bool) -> dict[str, tuple[str, str, str]]:
+    """type -> (status, reason, message) for the four condition types."""
+
+    def flag(active: bool) -> tuple[str, str, str]:
+        return ("True", reason, message) if active else ("False", phase, "")
+
+    return {
+        "Ready": ("True", reason, message) if ready else ("False", reason, message),
+        "Succeeded": flag(phase == Phase.SUCCEEDED.value)
+        if phase != Phase.FAILED.value
+        else ("False", reason, message),
+        "Failed": flag(phase == Phase.FAILED.value),
+        "Suspended": flag(phase == Phase.SUSPENDED.value),
+    }
+
+
+def merge_conditions(
+    old: list[dict[str, Any]] | None,
+    desired: dict[str, tuple[str, str, str]],
+    *,
+    generation: int | None,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """New conditions list; lastTransitionTime is kept unless the condition's status changed."""
+    by_type = {c.get("type"): c for c in old or []}
+    out = []
+    for ctype in CONDITION_TYPES:
+        status, reason, message = desired[ctype]
+        prev = by_type.get(ctype)
+        ltt = prev.get("lastTransitionTime") if prev and prev.get("status") == status else None
+        cond: dict[str, Any] = {
+            "type": ctype,
+            "status": status,
+            "reason": camel_reason(reason, ctype),
+            "message": message[:32768],
+            "lastTransitionTime": ltt or rfc3339(now),
+        }
+        if generation is not None:
+            cond["observedGeneration"] = generation
+        out.append(cond)
+    return out
+
+
+def strip_none(d: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (d or {}).items() if v is not None}
