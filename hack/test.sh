@@ -1,20 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (`.ci/run` calls `bash hack/in-venv.sh bash hack/test.sh`).
 #
-# 1. system packages the tests need (Debian text corpora for the embedded default data),
-# 2. the real control plane's binaries, compiled from Go modules and cached outside the clone,
-# 3. static checks: ruff, import-linter contracts (the operator never reaches torch), CRD drift,
-# 4. pytest. Exit code 5 (no tests collected) is a failure, not a pass.
+# hack/in-venv.sh has already installed the Debian packages and the virtualenv. Then:
+# 1. the real control plane's binaries, compiled from Go modules and cached outside the clone,
+# 2. static checks: ruff, import-linter contracts (the operator never reaches torch),
+# 3. pytest (CRD drift is a test). Exit code 5 (no tests collected) is a failure, not a pass.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 start=$(date +%s)
 step() { printf '\n=== [%4ss] %s\n' "$(( $(date +%s) - start ))" "$*"; }
-
-if [ -f hack/system-deps.sh ]; then
-  step "system packages"
-  bash hack/system-deps.sh
-fi
 
 step "control-plane binaries (cached in ${INTERLACE_TESTBED_DIR:-$HOME/.cache/interlace/testbed})"
 bash hack/testbed/build.sh
