@@ -1,0 +1,168 @@
+"""Pure builders: the children of a PruneJob are fully determined by its spec and identity."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import yaml
+from interlace_operator import builders, names
+from interlace_operator.config import OperatorConfig
+from interlace_operator.rbac import RULES
+
+from interlace.spec import load_prunejob, parse_prunejob
+
+OWNER = builders.Owner(name="qwen-20", namespace="ml", uid="1234-5678")
+
+
+def job(**spec_overrides: Any):
+    spec: dict[str, Any] = {
+        "model": {"source": "Qwen/Qwen3-VL-4B-Instruct"},
+        "pruning": {"ratio": 0.2},
+        "output": {"uri": "s3://bucket/runs/qwen 20"},
+        "resources": {
+            "workers": 2,
+            "gpusPerWorker": 4,
+            "cpu": "16",
+            "memory": "128Gi",
+            "nodeSelector": {"interlace.dev/node-pool": "gpu"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "priorityClassName": "ml-high",
+            "queueName": "team-a",
+        },
+    }
+    spec.update(spec_overrides)
+    return parse_prunejob({"apiVersion": "interlace.dev/v1alpha1", "kind": "PruneJob", "spec": spec})
+
+
+def test_rayjob_resources_scheduling_and_labels() -> None:
+    rj = builders.rayjob(job(), OWNER, attempt=3, image="img:1", active_deadline_seconds=3600)
+    meta, spec = rj["metadata"], rj["spec"]
+    assert rj["apiVersion"] == "ray.io/v1" and rj["kind"] == "RayJob"
+    assert meta["name"] == "qwen-20-3"
+    assert meta["labels"][names.LABEL_PRUNEJOB] == "qwen-20"
+    assert meta["labels"][names.LABEL_ATTEMPT] == "3"
+    assert meta["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    (ref,) = meta["ownerReferences"]
+    assert ref == {
+        "apiVersion": "interlace.dev/v1alpha1", "kind": "PruneJob", "name": "qwen-20", "uid": "1234-5678",
+        "controller": True, "blockOwnerDeletion": True,
+    }
+    assert spec["shutdownAfterJobFinishes"] is True
+    assert spec["ttlSecondsAfterFinished"] == 600
+    assert spec["activeDeadlineSeconds"] == 3600
+    assert spec["backoffLimit"] == 0 and spec["suspend"] is False
+    assert spec["entrypoint"] == "interlace run -f /etc/interlace/prunejob.yaml --output 's3://bucket/runs/qwen 20'"
+
+    (group,) = spec["rayClusterSpec"]["workerGroupSpecs"]
+    assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == 2
+    pod = group["template"]["spec"]
+    (worker,) = pod["containers"]
+    assert worker["image"] == "img:1"
+    assert worker["resources"]["limits"] == {"cpu": "16", "memory": "128Gi", "nvidia.com/gpu": "4"}
+    assert pod["nodeSelector"] == {"interlace.dev/node-pool": "gpu"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["priorityClassName"] == "ml-high"
+    assert pod["serviceAccountName"] == "qwen-20-job"
+
+    head_pod = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    (head,) = head_pod["containers"]
+    assert "nvidia.com/gpu" not in head["resources"]["limits"]
+    assert "nodeSelector" not in head_pod
+    for container, pod_spec in ((head, head_pod), (worker, pod)):
+        assert {"name": builders.ENV_PRUNEJOB, "value": "ml/qwen-20"} in container["env"]
+        assert {"name": "prunejob-spec", "mountPath": "/etc/interlace", "readOnly": True} in container["volumeMounts"]
+        assert {"name": "prunejob-spec", "configMap": {"name": "qwen-20-spec"}} in pod_spec["volumes"]
+    assert yaml.safe_load(spec["runtimeEnvYAML"]) == {"env_vars": {"INTERLACE_PRUNEJOB": "ml/qwen-20"}}
+
+
+def test_rayjob_defaults_image_cpu_workers_and_secrets() -> None:
+    j = job(
+        resources={"gpusPerWorker": 0, "image": "mine:2", "pvcName": "cache"},
+        model={"source": "org/gated", "hfTokenSecret": "hf"},
+        output={"uri": "s3://b/p", "s3Secret": "s3-creds"},
+        suspend=True,
+    )
+    rj = builders.rayjob(j, OWNER, attempt=1, image="default:1")
+    assert "activeDeadlineSeconds" not in rj["spec"]
+    assert rj["spec"]["suspend"] is True
+    assert "kueue.x-k8s.io/queue-name" not in rj["metadata"]["labels"]
+    worker = rj["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    assert worker["image"] == "mine:2"
+    assert "nvidia.com/gpu" not in worker["resources"]["limits"]
+    assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "HF_TOKEN", "optional": False}}} in worker["env"]
+    assert worker["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+    assert {"name": "data", "mountPath": "/data"} in worker["volumeMounts"]
+
+
+def test_configmap_holds_a_loadable_prunejob(tmp_path) -> None:
+    j = job()
+    cm = builders.configmap(j, OWNER)
+    assert cm["metadata"]["name"] == "qwen-20-spec"
+    path = tmp_path / "prunejob.yaml"
+    path.write_text(cm["data"]["prunejob.yaml"])
+    loaded = load_prunejob(path)  # exactly what `interlace run -f` does in the pod
+    assert loaded.metadata.name == "qwen-20" and loaded.metadata.namespace == "ml"
+    assert loaded.spec == j.spec
+
+
+def test_job_identity_can_patch_only_its_own_status() -> None:
+    role = builders.role(OWNER)
+    assert role["rules"] == [
+        {"apiGroups": ["interlace.dev"], "resources": ["prunejobs/status"], "resourceNames": ["qwen-20"],
+         "verbs": ["get", "patch"]},
+        {"apiGroups": ["interlace.dev"], "resources": ["prunejobs"], "resourceNames": ["qwen-20"], "verbs": ["get"]},
+    ]
+    rb = builders.role_binding(OWNER, "qwen-20-job")
+    assert rb["roleRef"]["name"] == role["metadata"]["name"]
+    assert rb["subjects"] == [{"kind": "ServiceAccount", "name": "qwen-20-job", "namespace": "ml"}]
+    custom = job(resources={"serviceAccountName": "team-sa"})
+    assert builders.job_service_account_name(custom, OWNER) == "team-sa"
+
+
+def test_operator_rbac_covers_what_it_creates() -> None:
+    """The operator may only grant what it holds (RBAC escalation check): its rules must include the
+    job Role's verbs on prunejobs and prunejobs/status, and every child kind it creates."""
+    def allowed(group: str, resource: str, verb: str) -> bool:
+        return any(group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"] for r in RULES)
+
+    for rule in builders.role(OWNER)["rules"]:
+        for res in rule["resources"]:
+            for verb in rule["verbs"]:
+                assert allowed("interlace.dev", res, verb), (res, verb)
+    for group, res in [("", "configmaps"), ("", "serviceaccounts"), ("rbac.authorization.k8s.io", "roles"),
+                       ("rbac.authorization.k8s.io", "rolebindings"), ("ray.io", "rayjobs"), ("", "events")]:
+        assert allowed(group, res, "create"), res
+
+
+@pytest.mark.parametrize("length", [20, 47, 63, 120, 253])
+def test_names_fit_limits_and_stay_unique(length: int) -> None:
+    base = ("a" * (length - 1)) + "b"
+    other = ("a" * (length - 1)) + "c"
+    rj = names.rayjob_name(base, 12)
+    assert len(rj) <= names.RAYJOB_NAME_MAX and rj.endswith("-12")
+    assert rj != names.rayjob_name(other, 12)
+    assert names.rayjob_name(base, 12) == rj  # deterministic
+    assert len(names.label_value(base)) <= 63
+    assert len(names.configmap_name(base)) <= 253
+
+
+def test_backoff_is_exponential_and_capped() -> None:
+    cfg = OperatorConfig(retry_backoff_seconds=10, retry_backoff_max_seconds=60)
+    assert [cfg.backoff(n) for n in (1, 2, 3, 4, 5)] == [10, 20, 40, 60, 60]
+    env = OperatorConfig.from_env({"INTERLACE_WATCH_NAMESPACES": " a, b ,", "INTERLACE_METRICS_PORT": "0"})
+    assert env.namespaces == ("a", "b") and not env.clusterwide and env.metrics_port == 0
+    assert OperatorConfig.from_env({}).clusterwide
+
+
+def test_operator_never_imports_ml_stack() -> None:
+    """The operator image has no torch: importing the whole operator must not pull it in."""
+    code = (
+        "import sys, interlace_operator.handlers, interlace_operator.__main__, interlace_operator.reconcile;"
+        "bad = [m for m in ('torch', 'transformers', 'ray', 'torchvision', 'datasets', 'accelerate')"
+        " if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -1,0 +1,121 @@
+"""KubeRay's two status strings -> one PruneJob outcome; conditions per API conventions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from interlace_operator.status import (
+    camel_reason,
+    desired_conditions,
+    merge_conditions,
+    observe_rayjob,
+    rayjob_mirror,
+)
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def rj(js: str | None = None, jds: str | None = None, **status) -> dict:
+    st = {k: v for k, v in {"jobStatus": js, "jobDeploymentStatus": jds, **status}.items() if v is not None}
+    return {"metadata": {"name": "pj-1"}, "status": st}
+
+
+@pytest.mark.parametrize(
+    ("js", "jds", "phase", "reason", "failed", "retryable", "conflict"),
+    [
+        (None, None, "Pending", "ClusterInitializing", False, False, False),
+        (None, "Initializing", "Pending", "ClusterInitializing", False, False, False),
+        ("PENDING", "Running", "Pending", "JobSubmitted", False, False, False),
+        ("RUNNING", "Running", "Pending", "JobRunning", False, False, False),
+        ("SUCCEEDED", "Complete", "Succeeded", "Succeeded", False, False, False),
+        ("FAILED", "Failed", "Failed", "RayJobFailed", True, True, False),
+        ("FAILED", "Complete", "Failed", "JobFailed", True, True, False),
+        # The disagreements KubeRay users report: the failing side wins, and it is called a conflict.
+        ("RUNNING", "Failed", "Failed", "RayJobFailed", True, True, True),
+        ("FAILED", "Running", "Failed", "JobFailed", True, True, True),
+        (None, "Complete", "Failed", "StatusConflict", True, True, True),
+        ("STOPPED", "Running", "Failed", "JobStopped", True, False, True),
+        ("PENDING", "ValidationFailed", "Failed", "ValidationFailed", True, False, True),
+        (None, "Suspending", "Suspended", "Suspending", False, False, False),
+        (None, "Suspended", "Suspended", "Suspended", False, False, False),
+        (None, "Retrying", "Pending", "KubeRayRetrying", False, False, False),
+    ],
+)
+def test_both_status_fields_are_reconciled(js, jds, phase, reason, failed, retryable, conflict) -> None:
+    out = observe_rayjob(rj(js, jds))
+    assert (out.phase, out.reason, out.failed, out.retryable, out.conflict) == (
+        phase, reason, failed, retryable, conflict
+    )
+    assert out.message
+    assert out.finished == (phase in ("Succeeded", "Failed"))
+
+
+def test_kuberay_reason_and_deadline_are_not_retried() -> None:
+    out = observe_rayjob(rj("RUNNING", "Failed", reason="DeadlineExceeded", message="deadline passed"))
+    assert out.reason == "DeadlineExceeded" and not out.retryable
+    assert "deadline passed" in out.message and "jobStatus=RUNNING" in out.message
+    assert observe_rayjob(rj("FAILED", "Failed", reason="AppFailed")).retryable
+
+
+def test_stage_is_folded_into_phase_only_while_running() -> None:
+    assert observe_rayjob(rj("RUNNING", "Running"), stage="Finetuning").phase == "Finetuning"
+    assert observe_rayjob(rj("RUNNING", "Running"), stage="Finetuning").ready
+    # a stage left over from an earlier attempt does not leak into a starting one
+    assert observe_rayjob(rj("PENDING", "Initializing"), stage="Finetuning").phase == "Pending"
+    assert observe_rayjob(rj("SUCCEEDED", "Complete"), stage="Publishing").phase == "Succeeded"
+
+
+def test_dry_run_success_reason() -> None:
+    out = observe_rayjob(rj("SUCCEEDED", "Complete"), dry_run=True)
+    assert out.phase == "Succeeded" and out.reason == "DryRunCompleted" and "status.plan" in out.message
+
+
+def test_initializing_message_explains_what_is_missing() -> None:
+    out = observe_rayjob(
+        rj(None, "Initializing", rayClusterName="pj-1-abcde",
+           rayClusterStatus={"state": "", "desiredWorkerReplicas": 2, "readyWorkerReplicas": 1})
+    )
+    assert "pj-1-abcde" in out.message and "1/2 workers ready" in out.message
+
+
+def test_conditions_transition_times_only_move_on_status_change() -> None:
+    c1 = merge_conditions(None, desired_conditions("Pending", "ClusterInitializing", "waiting", ready=False),
+                          generation=1, now=T0)
+    assert [c["type"] for c in c1] == ["Ready", "Succeeded", "Failed", "Suspended"]
+    assert all(c["lastTransitionTime"] == "2026-01-01T00:00:00Z" and c["observedGeneration"] == 1 for c in c1)
+
+    t1 = T0 + timedelta(minutes=5)
+    c2 = merge_conditions(c1, desired_conditions("Finetuning", "JobRunning", "stage", ready=True),
+                          generation=1, now=t1)
+    by = {c["type"]: c for c in c2}
+    assert by["Ready"]["status"] == "True" and by["Ready"]["lastTransitionTime"] == "2026-01-01T00:05:00Z"
+    assert by["Succeeded"]["status"] == "False" and by["Succeeded"]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
+    assert by["Succeeded"]["reason"] == "Finetuning"  # reason moves, transition time does not
+
+    c3 = merge_conditions(c2, desired_conditions("Failed", "DeadlineExceeded", "too slow", ready=False),
+                          generation=2, now=t1 + timedelta(minutes=1))
+    by = {c["type"]: c for c in c3}
+    assert by["Failed"]["status"] == "True" and by["Failed"]["reason"] == "DeadlineExceeded"
+    assert by["Succeeded"]["status"] == "False" and by["Succeeded"]["reason"] == "DeadlineExceeded"
+    assert by["Failed"]["observedGeneration"] == 2
+
+
+def test_mirror_keeps_both_fields_and_records_end_time() -> None:
+    first = rayjob_mirror(rj("FAILED", "Running"), None, finished=True, now=T0)
+    assert first["jobStatus"] == "FAILED" and first["jobDeploymentStatus"] == "Running"
+    assert first["endTime"] == "2026-01-01T00:00:00Z"
+    # later passes keep the first observed end (the retry backoff counts from it)
+    again = rayjob_mirror(rj("FAILED", "Failed"), first, finished=True, now=T0 + timedelta(hours=1))
+    assert again["endTime"] == "2026-01-01T00:00:00Z"
+    kuberay = rayjob_mirror(rj("FAILED", "Failed", endTime="2025-12-31T23:00:00Z"), first, finished=True, now=T0)
+    assert kuberay["endTime"] == "2025-12-31T23:00:00Z"
+    running = rayjob_mirror(rj("RUNNING", "Running"), None, finished=False, now=T0)
+    assert running["endTime"] is None and running["reason"] is None  # None deletes stale keys in a merge patch
+
+
+def test_camel_reason() -> None:
+    assert camel_reason("DeadlineExceeded", "X") == "DeadlineExceeded"
+    assert camel_reason("submission failed: k8s job", "X") == "SubmissionFailedK8sJob"
+    assert camel_reason("", "Default") == "Default"
+    assert camel_reason("42 things", "Default") == "Default"
