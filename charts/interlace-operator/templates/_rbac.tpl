@@ -1,0 +1,39 @@
+{{/*
+The operator's RBAC rules: exactly interlace_operator.rbac.RULES, split by scope
+(tests/packaging/test_chart.py fails when they differ and prints what to paste here).
+namespacedRules: in the ClusterRole (cluster-wide) or in a Role per watched namespace.
+clusterRules: cluster-scoped resources (read-only), always in a ClusterRole.
+*/}}
+
+{{- define "interlace-operator.namespacedRules" -}}
+- apiGroups: ["interlace.dev"]
+  resources: ["prunejobs"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["interlace.dev"]
+  resources: ["prunejobs/status"]
+  verbs: ["get", "patch"]
+- apiGroups: ["ray.io"]
+  resources: ["rayjobs"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["configmaps", "serviceaccounts"]
+  verbs: ["get", "create", "update"]
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  verbs: ["get", "create", "update"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end -}}
+
+{{- define "interlace-operator.clusterRules" -}}
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["list", "watch"]
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["list", "watch"]
+{{- end -}}

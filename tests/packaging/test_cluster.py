@@ -1,0 +1,247 @@
+"""The chart and the kustomize overlays against the real control plane (tests/cluster/testbed.py).
+
+* `helm template` output passes the API server's validation (server-side dry run), both modes;
+* `helm install` creates every object; the operator pod reaches Running on the kwok GPU node, in a
+  namespace that enforces the `restricted` Pod Security Standard (so the hardening is checked by the
+  API server's own admission, not by a test's opinion);
+* `kubectl auth can-i --as system:serviceaccount:...` proves the RBAC: every verb of
+  interlace_operator.rbac.RULES is allowed where it should be, and a table of verbs the operator must
+  not have is denied; the operator's ServiceAccount (its real token) can create the per-PruneJob Role
+  (RBAC's escalation check passes) but not a Role granting more than it holds;
+* `kubectl apply --server-side -k manifests/overlays/...` works and the operator pod runs.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from tests.packaging.tools import CHART, MANIFESTS, normalize, operator_rules, split_rules, template
+
+pytestmark = pytest.mark.cluster
+
+RESTRICTED = "pod-security.kubernetes.io/enforce=restricted"
+CRD_NAME = "prunejobs.interlace.dev"
+
+# Verbs the operator must NOT have (anywhere). Each is something a compromised operator could abuse.
+DENIED_NAMESPACED = [
+    ("create", "prunejobs.interlace.dev", ""),
+    ("delete", "prunejobs.interlace.dev", ""),
+    ("update", "prunejobs.interlace.dev", "status"),
+    ("get", "secrets", ""),
+    ("list", "secrets", ""),
+    ("create", "pods", ""),
+    ("delete", "pods", ""),
+    ("create", "pods", "exec"),
+    ("delete", "configmaps", ""),
+    ("delete", "serviceaccounts", ""),
+    ("create", "serviceaccounts", "token"),
+    ("delete", "roles.rbac.authorization.k8s.io", ""),
+    ("bind", "roles.rbac.authorization.k8s.io", ""),
+    ("escalate", "roles.rbac.authorization.k8s.io", ""),
+    ("update", "rayjobs.ray.io", ""),
+    ("create", "rayclusters.ray.io", ""),
+    ("create", "deployments.apps", ""),
+    ("impersonate", "serviceaccounts", ""),
+]
+DENIED_CLUSTER = [
+    ("get", "nodes", ""),
+    ("create", "namespaces", ""),
+    ("delete", "namespaces", ""),
+    ("create", "customresourcedefinitions.apiextensions.k8s.io", ""),
+    ("delete", "customresourcedefinitions.apiextensions.k8s.io", ""),
+    ("create", "clusterroles.rbac.authorization.k8s.io", ""),
+    ("create", "clusterrolebindings.rbac.authorization.k8s.io", ""),
+]
+
+
+def resource_name(group: str, resource: str) -> tuple[str, str]:
+    """('prunejobs/status', 'interlace.dev') -> ('prunejobs.interlace.dev', 'status')."""
+    base, _, sub = resource.partition("/")
+    return (f"{base}.{group}" if group else base), sub
+
+
+def allowed_table(rules: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    return [
+        (verb, *resource_name(group, res))
+        for r in rules
+        for group in r["apiGroups"]
+        for res in r["resources"]
+        for verb in r["verbs"]
+    ]
+
+
+def can_i(cp: Any, sa: str, verb: str, resource: str, sub: str, namespace: str | None) -> bool:
+    args = ["auth", "can-i", verb, resource, f"--as={sa}"]
+    if sub:
+        args.append(f"--subresource={sub}")
+    args += ["-n", namespace] if namespace else ["--all-namespaces"]
+    proc = cp.kubectl(*args, check=False)
+    answer = proc.stdout.strip()
+    assert answer in {"yes", "no"} and proc.returncode in {0, 1}, (args, proc.stdout, proc.stderr)
+    return answer == "yes"
+
+
+def check_table(cp: Any, sa: str, rows: list[tuple[str, str, str, str | None, bool]]) -> None:
+    """rows: (verb, resource, subresource, namespace or None for cluster-wide, expected)."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = list(pool.map(lambda r: can_i(cp, sa, r[0], r[1], r[2], r[3]), rows))
+    wrong = [
+        f"{'ALLOWED' if got else 'DENIED'} but expected {'allowed' if row[4] else 'denied'}: "
+        f"{row[0]} {row[1]}{'/' + row[2] if row[2] else ''} in {row[3] or 'all namespaces'}"
+        for row, got in zip(rows, answers, strict=True)
+        if got != row[4]
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+def adopt_crd(cp: Any, release: str, namespace: str) -> None:
+    """Let this release own an existing CRD (another test may have applied it), as Helm documents."""
+    if not cp.kubectl("get", "crd", CRD_NAME, "--ignore-not-found", "-o", "name").stdout.strip():
+        return
+    cp.kubectl("label", "crd", CRD_NAME, "--overwrite", "app.kubernetes.io/managed-by=Helm")
+    cp.kubectl("annotate", "crd", CRD_NAME, "--overwrite", f"meta.helm.sh/release-name={release}",
+               f"meta.helm.sh/release-namespace={namespace}")
+
+
+@pytest.fixture
+def other_namespace(control_plane: Any) -> Iterator[str]:
+    ns = control_plane.create_namespace(prefix="pkg-other")
+    yield ns
+    control_plane.delete_namespace(ns)
+
+
+def helm_install(cp: Any, release: str, namespace: str, *set_args: str) -> None:
+    adopt_crd(cp, release, namespace)
+    cp.helm("install", release, str(CHART), "--namespace", namespace, *set_args, "--timeout", "120s", timeout=180)
+
+
+# ---------------------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("mode", ["cluster-wide", "namespaced"])
+def test_helm_template_passes_server_side_dry_run(control_plane: Any, namespace: str, mode: str) -> None:
+    values = {"watchNamespaces": [namespace]} if mode == "namespaced" else None
+    objs = template(values, release=f"dry-{secrets.token_hex(3)}", namespace=namespace)
+    doc = {"apiVersion": "v1", "kind": "List", "items": objs}
+    proc = control_plane.kubectl(
+        "apply", "--server-side", "--force-conflicts", "--field-manager=interlace-dry-run", "--dry-run=server",
+        "-f", "-", "-o", "json", input=json.dumps(doc),
+    )
+    applied = json.loads(proc.stdout)
+    got = sorted(o["kind"] for o in applied.get("items", [applied]))
+    assert got == sorted(o["kind"] for o in objs)
+
+
+def test_helm_install_cluster_wide(control_plane: Any, namespace: str, other_namespace: str) -> None:
+    cp = control_plane
+    cp.kubectl("label", "namespace", namespace, RESTRICTED)
+    release = f"pkg-{secrets.token_hex(3)}"
+    helm_install(cp, release, namespace)
+    try:
+        fullname = f"{release}-interlace-operator"
+        for kind, name, ns in [
+            ("crd", CRD_NAME, None),
+            ("serviceaccount", fullname, namespace),
+            ("clusterrole", fullname, None),
+            ("clusterrolebinding", fullname, None),
+            ("deployment", fullname, namespace),
+            ("service", f"{fullname}-metrics", namespace),
+        ]:
+            args = ["get", kind, name, "-o", "name"] + (["-n", ns] if ns else [])
+            assert cp.kubectl(*args).stdout.strip(), (kind, name)
+        pods = cp.wait_for_pods(namespace, f"app.kubernetes.io/instance={release}", count=1, timeout=120)
+        assert pods[0]["spec"]["nodeName"].startswith("kwok-")
+        stored = cp.kubectl_json("get", "clusterrole", fullname)
+        assert normalize(stored["rules"]) == normalize(operator_rules())
+
+        sa = f"system:serviceaccount:{namespace}:{fullname}"
+        namespaced, cluster = split_rules()
+        rows = [(v, r, s, other_namespace, True) for v, r, s in allowed_table(namespaced)]
+        rows += [(v, r, s, None, True) for v, r, s in allowed_table(cluster)]
+        rows += [(v, r, s, other_namespace, False) for v, r, s in DENIED_NAMESPACED]
+        rows += [(v, r, s, None, False) for v, r, s in DENIED_CLUSTER]
+        check_table(cp, sa, rows)
+
+        # The real token of the operator's ServiceAccount can create the per-PruneJob Role and its
+        # binding (RBAC escalation check: it holds every permission it grants) but no more.
+        from interlace_operator.rbac import job_role_rules
+
+        kubeconfig = cp.service_account_kubeconfig(namespace, fullname)
+        job_role = {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "job-x", "namespace": other_namespace}, "rules": job_role_rules("job-x"),
+        }
+        cp.kubectl("create", "-f", "-", kubeconfig=kubeconfig, input=json.dumps(job_role))
+        binding = {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "job-x", "namespace": other_namespace},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "job-x"},
+            "subjects": [{"kind": "ServiceAccount", "name": "job-x", "namespace": other_namespace}],
+        }
+        cp.kubectl("create", "-f", "-", kubeconfig=kubeconfig, input=json.dumps(binding))
+        greedy = dict(job_role, metadata={"name": "greedy", "namespace": other_namespace},
+                      rules=[{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}])
+        proc = cp.kubectl("create", "-f", "-", kubeconfig=kubeconfig, input=json.dumps(greedy), check=False)
+        assert proc.returncode != 0 and "forbidden" in proc.stderr.lower(), proc.stderr
+    finally:
+        cp.helm("uninstall", release, "--namespace", namespace, "--wait", "--timeout", "60s", check=False, timeout=90)
+    # resource-policy keep: the CRD (and every PruneJob) survives an uninstall
+    assert cp.kubectl("get", "crd", CRD_NAME, "-o", "name").stdout.strip()
+    assert not cp.kubectl("get", "clusterrole", f"{release}-interlace-operator", "--ignore-not-found",
+                          "-o", "name").stdout.strip()
+
+
+def test_helm_install_namespaced(control_plane: Any, namespace: str, other_namespace: str) -> None:
+    cp = control_plane
+    release = f"pkg-{secrets.token_hex(3)}"
+    # The operator lives in `namespace` and watches only `namespace`; `other_namespace` is out of reach.
+    helm_install(cp, release, namespace, "--set", f"watchNamespaces={{{namespace}}}", "--set", "crds.install=false")
+    try:
+        fullname = f"{release}-interlace-operator"
+        cp.wait_for_pods(namespace, f"app.kubernetes.io/instance={release}", count=1, timeout=120)
+        deployment = cp.kubectl_json("get", "deployment", fullname, "-n", namespace)
+        env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["INTERLACE_WATCH_NAMESPACES"] == namespace
+
+        sa = f"system:serviceaccount:{namespace}:{fullname}"
+        namespaced, cluster = split_rules()
+        rows = [(v, r, s, namespace, True) for v, r, s in allowed_table(namespaced)]
+        rows += [(v, r, s, other_namespace, False) for v, r, s in allowed_table(namespaced)]
+        rows += [(v, r, s, None, True) for v, r, s in allowed_table(cluster)]
+        rows += [(v, r, s, namespace, False) for v, r, s in DENIED_NAMESPACED]
+        rows += [(v, r, s, None, False) for v, r, s in DENIED_CLUSTER]
+        check_table(cp, sa, rows)
+    finally:
+        cp.helm("uninstall", release, "--namespace", namespace, "--wait", "--timeout", "60s", check=False, timeout=90)
+
+
+@pytest.mark.parametrize(("overlay", "ns"), [("cluster-wide", "interlace-system"), ("namespaced", "interlace")])
+def test_kubectl_apply_k_overlay(control_plane: Any, overlay: str, ns: str) -> None:
+    cp = control_plane
+    path = str(MANIFESTS / "overlays" / overlay)
+    try:
+        cp.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=interlace-kustomize", "-k", path,
+                   timeout=120)
+        cp.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s", timeout=70)
+        pods = cp.wait_for_pods(ns, "app.kubernetes.io/name=interlace-operator", count=1, timeout=120)
+        assert pods[0]["status"]["phase"] == "Running"
+        stored = cp.kubectl_json("get", "clusterrole", "interlace-operator")
+        namespaced, cluster = split_rules()
+        want = operator_rules() if overlay == "cluster-wide" else cluster
+        assert normalize(stored["rules"]) == normalize(want)
+        if overlay == "namespaced":
+            role = cp.kubectl_json("get", "role", "interlace-operator", "-n", ns)
+            assert normalize(role["rules"]) == normalize(namespaced)
+        # a second apply is a no-op (idempotent GitOps)
+        proc = cp.kubectl("apply", "--server-side", "--field-manager=interlace-kustomize", "-k", path, timeout=120)
+        assert "serverside-applied" in proc.stdout
+    finally:
+        cp.kubectl("delete", "clusterrolebinding,clusterrole", "interlace-operator", "--ignore-not-found",
+                   "--wait=false", check=False)
+        cp.delete_namespace(ns)
