@@ -219,3 +219,78 @@ def test_gitops_doc_embeds_the_script() -> None:
     assert HEALTH_KEY in doc
     assert "manifests/gitops/argocd-health.lua" in doc
     assert "healthCheckExprs" in doc  # Flux readiness
+
+
+# ---------------------------------------------- statuses written by the operator's own status logic
+
+
+def _operator_status(phase: str, reason: str, message: str, *, ready: bool = False) -> dict[str, Any]:
+    from datetime import UTC, datetime
+
+    from interlace_operator.status import desired_conditions, merge_conditions
+
+    now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    conditions = merge_conditions(
+        None, desired_conditions(phase, reason, message, ready=ready), generation=1, now=now
+    )
+    return {"phase": phase, "observedGeneration": 1, "conditions": conditions}
+
+
+def _rayjob(js: str = "", jds: str = "", reason: str = "", message: str = "") -> dict[str, Any]:
+    return {"metadata": {"name": "qwen3-vl-4b-20-a1"},
+            "status": {"jobStatus": js, "jobDeploymentStatus": jds, "reason": reason, "message": message}}
+
+
+# (RayJob status, stage the job reported, dry run) -> Argo CD health, through interlace_operator.status
+OPERATOR_CASES = [
+    (_rayjob(), None, False, "Progressing"),  # ClusterInitializing
+    (_rayjob(jds="Initializing"), None, False, "Progressing"),
+    (_rayjob(jds="Running"), None, False, "Progressing"),  # JobSubmitted
+    (_rayjob(js="RUNNING", jds="Running"), None, False, "Progressing"),  # JobRunning, no stage yet
+    (_rayjob(js="RUNNING", jds="Running"), "Finetuning", False, "Progressing"),
+    (_rayjob(js="RUNNING", jds="Running"), "Publishing", False, "Progressing"),
+    (_rayjob(jds="Retrying"), None, False, "Progressing"),  # KubeRayRetrying
+    (_rayjob(js="SUCCEEDED", jds="Complete"), None, False, "Healthy"),
+    (_rayjob(js="SUCCEEDED", jds="Complete"), None, True, "Healthy"),  # DryRunCompleted
+    (_rayjob(js="FAILED", jds="Complete"), None, False, "Degraded"),  # JobFailed
+    (_rayjob(js="STOPPED", jds="Complete"), None, False, "Degraded"),  # JobStopped
+    (_rayjob(js="RUNNING", jds="Failed", reason="AppFailed", message="head OOM"), None, False, "Degraded"),
+    (_rayjob(jds="ValidationFailed", reason="ValidationFailed", message="bad spec"), None, False, "Degraded"),
+    (_rayjob(js="RUNNING", jds="Complete"), None, False, "Degraded"),  # StatusConflict
+    (_rayjob(jds="Suspending"), None, False, "Suspended"),
+    (_rayjob(jds="Suspended"), None, False, "Suspended"),
+]
+
+
+@pytest.mark.parametrize(("rayjob", "stage", "dry_run", "health"), OPERATOR_CASES)
+def test_health_of_operator_outcomes(rayjob: dict[str, Any], stage: str | None, dry_run: bool, health: str) -> None:
+    """Statuses built by interlace_operator.status from KubeRay states map to the right health."""
+    from interlace_operator.status import observe_rayjob
+
+    outcome = observe_rayjob(rayjob, stage=stage, dry_run=dry_run)
+    status = _operator_status(outcome.phase, outcome.reason, outcome.message, ready=outcome.ready)
+    out = run_health(prunejob(status))
+    assert out["status"] == health, (outcome, out)
+    reasons = {c["reason"] for c in status["conditions"]}
+    assert any(r in out["message"] for r in reasons - {"Pending", "Succeeded", "Failed", "Suspended"}) or (
+        health != "Progressing"
+    ), out
+
+
+@pytest.mark.parametrize(
+    ("phase", "reason", "health"),
+    [
+        ("Pending", "Accepted", "Progressing"),
+        ("Pending", "BackoffRetry", "Progressing"),
+        ("Pending", "Resuming", "Progressing"),
+        ("Pending", "ChildConflict", "Progressing"),
+        ("Failed", "InvalidSpec", "Degraded"),
+        ("Failed", "DeadlineExceeded", "Degraded"),
+        ("Failed", "BackoffLimitExceeded", "Degraded"),
+        ("Suspended", "Suspended", "Suspended"),
+    ],
+)
+def test_health_of_operator_reasons(phase: str, reason: str, health: str) -> None:
+    out = run_health(prunejob(_operator_status(phase, reason, f"{reason} happened")))
+    assert out["status"] == health
+    assert reason in out["message"]
