@@ -42,19 +42,27 @@ class SubsetPlan:
 def plan(spec: DataSpec, *, where: str = "data") -> list[SubsetPlan]:
     """Resolve the source and decide, per subset, which rows to read. Raises InterlaceError."""
     subsets = resolve_subsets(spec, where=where)
-    known = [s for s in subsets if s.num_rows is not None]
-    share = -(-spec.max_samples // max(1, len(subsets))) if spec.max_samples else 0
-    quotas = [
-        rows_to_take(s.num_rows, spec.fraction) if s.num_rows is not None else share for s in subsets
-    ]
-    quotas = share_cap(quotas, spec.max_samples)
+    quotas = [rows_to_take(s.num_rows, spec.fraction) if s.num_rows is not None else 0 for s in subsets]
+    unknown = [i for i, s in enumerate(subsets) if s.num_rows is None]
+    if unknown and spec.max_samples:
+        # Unsized subsets (hub, no metadata) get an equal share of maxSamples; the sized ones share
+        # what is left in proportion to their fractions.
+        equal = share_cap([spec.max_samples] * len(subsets), spec.max_samples)
+        for i in unknown:
+            quotas[i] = equal[i]
+        known = [i for i in range(len(subsets)) if i not in unknown]
+        left = spec.max_samples - sum(quotas[i] for i in unknown)
+        for i, q in zip(known, share_cap([quotas[i] for i in known], left), strict=True):
+            quotas[i] = q
+    else:
+        quotas = share_cap(quotas, spec.max_samples)
     plans = []
     for s, q in zip(subsets, quotas, strict=True):
         if q <= 0:
             continue
         idx = (
             pick_indices(s.num_rows, q, mode=spec.sampling, seed=spec.seed, subset=s.name)
-            if s in known and s.num_rows is not None
+            if s.num_rows is not None
             else None
         )
         plans.append(SubsetPlan(subset=s, quota=q, indices=idx))
