@@ -1,0 +1,76 @@
+"""Fixtures for the training tests: a tiny pruned model on disk, a learnable task, one Ray session.
+
+Ray start costs seconds on 2 cores, so every Ray test shares one local session (`ray_session`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from interlace.sample import Sample, Turn
+from interlace.spec import LayerPlan
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local test cluster: no token file under ~/.ray
+
+# 8 decoder layers: drop 2 and 5, finetune 1 and 4, anchors 3 and 6 (as INTERLACE triplets would).
+# After surgery the kept layers are [0, 1, 3, 4, 6, 7]: finetune layers sit at positions 1 and 3.
+HAND_PLAN = {
+    "num_layers": 8,
+    "strategy": "interlace",
+    "drop": [2, 5],
+    "finetune": [1, 4],
+    "anchor": [3, 6],
+    "frozen": [0, 7],
+    "windows": [[1, 2, 3], [4, 5, 6]],
+}
+
+
+def hand_plan() -> LayerPlan:
+    return LayerPlan.model_validate(HAND_PLAN)
+
+
+def pattern_samples(n: int = 64) -> list[Sample]:
+    """A learnable task: the answer is always the same repeated phrase (loss must fall fast)."""
+    return [
+        Sample(
+            turns=[
+                Turn("user", f"Say the colours, number {k % 7}."),
+                Turn("assistant", "red green blue red green blue red green blue"),
+            ],
+            source=f"pattern#{k}",
+        )
+        for k in range(n)
+    ]
+
+
+def save_pruned(kind: str, plan: LayerPlan, out: Path) -> Path:
+    """A tiny model of `kind`, pruned by `plan` with the real surgery, saved as an HF checkpoint."""
+    from interlace.surgery import prune_model, save_model
+    from tests.fixtures.tiny import tiny
+
+    model, processor = tiny(kind)
+    prune_model(model, plan, deepstack_policy="position")
+    save_model(model, processor, out, plan=plan)
+    return out
+
+
+@pytest.fixture(scope="session")
+def pruned_llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, LayerPlan]:
+    plan = hand_plan()
+    return save_pruned("llama", plan, tmp_path_factory.mktemp("pruned") / "llama"), plan
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[Any]:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+    yield ray
+    ray.shutdown()
