@@ -113,7 +113,7 @@ def shutdown(**_: Any) -> None:
 
 
 @kopf.on.event(API_GROUP, API_VERSION, PLURAL)
-def prunejob_event(event: dict[str, Any], body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
+async def prunejob_event(event: dict[str, Any], body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
     rt = runtime()
     if event.get("type") == "DELETED":
         rt.queue.forget((namespace, name))
@@ -129,7 +129,7 @@ def prunejob_event(event: dict[str, Any], body: kopf.Body, namespace: str, name:
 
 
 @kopf.on.event("ray.io", "v1", "rayjobs", labels={names.LABEL_MANAGED_BY: names.MANAGED_BY})
-def rayjob_event(body: kopf.Body, namespace: str, **_: Any) -> None:
+async def rayjob_event(body: kopf.Body, namespace: str, **_: Any) -> None:
     owner = controller_of(dict(body))
     if owner:
         runtime().queue.add((namespace, owner))

@@ -178,12 +178,13 @@ class Kube:
         return "adopted"
 
     @staticmethod
-    def check_owner(obj: dict[str, Any], owner_uid: str) -> None:
-        """Raise ConflictError unless `obj` is controlled by `owner_uid` or is our own orphan."""
+    def check_owner(obj: dict[str, Any], owner_uid: str, *, deleting_ok: bool = False) -> None:
+        """Raise ConflictError unless `obj` is controlled by `owner_uid` or is our own orphan.
+        An object being deleted is a conflict for create-or-adopt, unless `deleting_ok`."""
         meta = obj.get("metadata", {})
         kind, name = obj.get("kind", "object"), meta.get("name")
         uid = _controller_uid(obj)
-        if meta.get("deletionTimestamp"):
+        if meta.get("deletionTimestamp") and not (deleting_ok and uid == owner_uid):
             raise ConflictError(f"{kind} {name} is being deleted; waiting for it to go away")
         if uid == owner_uid:
             return

@@ -135,7 +135,7 @@ class Reconciler:
         rj_name = names.rayjob_name(name, attempts) if attempts else None
         current = self.kube.get_rayjob(namespace, rj_name) if rj_name else None
         if current is not None:
-            self.kube.check_owner(current, ctx.owner.uid)
+            self.kube.check_owner(current, ctx.owner.uid, deleting_ok=True)
 
         deadline = self._deadline(ctx)
         if deadline is not None and now >= deadline:
@@ -208,7 +208,7 @@ class Reconciler:
             nxt = self.kube.get_rayjob(ctx.owner.namespace, names.rayjob_name(ctx.owner.name, attempts + 1))
             if nxt is None:
                 return attempts
-            self.kube.check_owner(nxt, ctx.owner.uid)
+            self.kube.check_owner(nxt, ctx.owner.uid, deleting_ok=True)
             attempts += 1
             log.info("adopted RayJob %s (attempt %d)", nxt["metadata"]["name"], attempts)
 
@@ -313,11 +313,16 @@ class Reconciler:
             self._event(ctx, "Warning", "RayJobStatusConflict", outcome.message)
 
         if outcome.failed:
-            if current is not None and (current.get("status") or {}).get("jobDeploymentStatus") not in JDS_FINISHED:
-                # KubeRay has not torn the attempt down (the two statuses disagree): free the GPUs now.
-                self.kube.delete_rayjob(ctx.owner.namespace, current["metadata"]["name"])
+
+            def release() -> None:
+                """KubeRay has not torn a failed attempt down (its two statuses disagree): free the GPUs.
+                Called after the failure is recorded in status, so a crash in between loses nothing."""
+                st = (current or {}).get("status") or {}
+                if current is not None and st.get("jobDeploymentStatus") not in JDS_FINISHED:
+                    self.kube.delete_rayjob(ctx.owner.namespace, current["metadata"]["name"])
+
             if outcome.retryable and attempts <= job.spec.backoff_limit:
-                return self._retry_later(ctx, attempts, outcome, mirror)
+                return self._retry_later(ctx, attempts, outcome, mirror, release)
             if attempts > 1:
                 outcome = Outcome(
                     outcome.phase, outcome.reason if outcome.reason != "JobFailed" else "BackoffLimitExceeded",
@@ -326,6 +331,7 @@ class Reconciler:
                     finished=True, failed=True,
                 )
             self._finish(ctx, outcome, mirror, attempts=attempts)
+            release()
             return None
         if outcome.phase == Phase.SUCCEEDED.value:
             self._finish(ctx, outcome, mirror, attempts=attempts)
@@ -333,19 +339,28 @@ class Reconciler:
         self._write(ctx, outcome, mirror, attempts=attempts)
         return self._next_check(ctx)
 
-    def _retry_later(self, ctx: Ctx, attempts: int, outcome: Outcome, mirror: dict[str, Any] | None) -> float | None:
+    def _retry_later(
+        self,
+        ctx: Ctx,
+        attempts: int,
+        outcome: Outcome,
+        mirror: dict[str, Any] | None,
+        release: Callable[[], None],
+    ) -> float | None:
         ended = parse_time((mirror or {}).get("endTime")) or ctx.now
         delay = self.config.backoff(attempts)
         due = ended + timedelta(seconds=delay)
         if ctx.job.spec.suspend:
             self._write(ctx, Outcome(Phase.SUSPENDED.value, "Suspended", "suspended between attempts"), mirror,
                         attempts=attempts)
+            release()
             return None
         if ctx.now >= due:
             self._event(
                 ctx, "Normal", "Retrying",
                 f"starting attempt {attempts + 1} of {ctx.job.spec.backoff_limit + 1} after: {outcome.message}",
             )
+            release()
             return self._start_attempt(ctx, attempts + 1, retry=True)
         waiting = Outcome(
             Phase.PENDING.value, "BackoffRetry",
@@ -355,6 +370,7 @@ class Reconciler:
         if _reason(ctx.status, "Ready") != "BackoffRetry":
             self._event(ctx, "Warning", "AttemptFailed", waiting.message)
         self._write(ctx, waiting, mirror, attempts=attempts)
+        release()
         return max(0.05, (due - ctx.now).total_seconds())
 
     def _next_check(self, ctx: Ctx) -> float | None:
