@@ -18,7 +18,6 @@ from tests.packaging.tools import (
     APP_VERSION,
     CHART,
     by_kind,
-    helm,
     normalize,
     one,
     operator_rules,
@@ -265,22 +264,6 @@ def test_bad_values_fail_with_the_schema_message(values: dict[str, Any], path: s
     assert SCHEMA_ERROR in err, err
     assert re.search(rf"at '{re.escape(path)}'", err), err
     assert fragment in err, err
-
-
-def test_bad_values_fail_helm_install_too() -> None:
-    """helm install checks the schema before it talks to a cluster (no cluster is configured here)."""
-    proc = helm("install", "x", str(CHART), "--dry-run=client", "--set", "replicaCount=-3", check=False)
-    assert proc.returncode != 0
-    assert SCHEMA_ERROR in proc.stderr and "/replicaCount" in proc.stderr, proc.stderr
-
-
-def test_notes_render() -> None:
-    proc = helm("install", "interlace", str(CHART), "--dry-run=client", "--namespace", "interlace-system")
-    notes = proc.stdout.split("NOTES:", 1)[1]
-    assert f"ghcr.io/interlace-dev/interlace-operator:{APP_VERSION}" in notes
-    assert "kubectl wait pj/" in notes and "every namespace" in notes
-    proc = helm("install", "interlace", str(CHART), "--dry-run=client", "--set", "watchNamespaces={ml}")
-    assert "PruneJobs in ml only" in proc.stdout.split("NOTES:", 1)[1]
 
 
 # --------------------------------------------------------------------------------------------- docs

@@ -245,3 +245,23 @@ def test_kubectl_apply_k_overlay(control_plane: Any, overlay: str, ns: str) -> N
         cp.kubectl("delete", "clusterrolebinding,clusterrole", "interlace-operator", "--ignore-not-found",
                    "--wait=false", check=False)
         cp.delete_namespace(ns)
+
+
+def test_bad_values_fail_helm_install(control_plane: Any, namespace: str) -> None:
+    """helm install (against the real API server) stops at the values schema, before creating anything."""
+    for bad, path in [("replicaCount=-3", "/replicaCount"), ("replicas=2", "replicas"),
+                      ("metrics.enabled=maybe", "/metrics/enabled")]:
+        proc = control_plane.helm("install", "bad", str(CHART), "--namespace", namespace, "--set", bad, check=False)
+        assert proc.returncode != 0, bad
+        assert "values don't meet the specifications of the schema" in proc.stderr and path in proc.stderr, proc.stderr
+    assert not control_plane.helm("list", "--namespace", namespace, "-q").stdout.strip()
+
+
+def test_notes_render(control_plane: Any, namespace: str) -> None:
+    proc = control_plane.helm("install", "interlace", str(CHART), "--namespace", namespace, "--dry-run=client")
+    notes = proc.stdout.split("NOTES:", 1)[1]
+    assert "ghcr.io/interlace-dev/interlace-operator:" in notes
+    assert "kubectl wait pj/" in notes and "every namespace" in notes
+    proc = control_plane.helm("install", "interlace", str(CHART), "--namespace", namespace, "--dry-run=client",
+                              "--set", f"watchNamespaces={{{namespace}}}")
+    assert f"PruneJobs in {namespace} only" in proc.stdout.split("NOTES:", 1)[1]
