@@ -21,11 +21,12 @@ Truncation
 
 Packing (`collate(..., packing=True)`)
     Text-only examples are packed greedily, in order, into rows of at most max_length tokens, with
-    position_ids restarting at 0 for each sample and NO attention_mask. Without an attention mask,
-    transformers detects the packed sequences from the position_ids: flash-attention-2 runs them as
-    variable-length sequences (GPU), and sdpa/eager get a block-diagonal causal mask, so a token never
-    attends to another sample of its pack (tests/data/test_encode.py checks packed logits against
-    unpacked ones on CPU). Batches with images are never packed (Qwen-VL's 3-D rope positions are
+    position_ids restarting at 0 for each sample and NO attention_mask. Without an attention mask and
+    without a KV cache (call the model with use_cache=False, as training does anyway), transformers
+    detects the packed sequences from the position_ids: flash-attention-2 runs them as variable-length
+    sequences (GPU), and sdpa/eager get a block-diagonal causal mask, so a token never attends to
+    another sample of its pack (tests/data/test_encode.py checks packed logits against unpacked ones
+    on CPU). With use_cache=True the mask is plain causal and samples would see each other. Batches with images are never packed (Qwen-VL's 3-D rope positions are
     computed per sequence from the image grid); they fall back to padding.
 """
 
