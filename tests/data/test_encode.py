@@ -33,20 +33,15 @@ def test_hand_checked_labels_text_tokenizer() -> None:
     header_user = [("<|im_start|>", False), ("u", False), ("s", False), ("er", False), ("Ċ", False)]
     header_asst = [("<|im_start|>", False), ("as", False), ("s", False), ("i", False), ("s", False),
                    ("t", False), ("an", False), ("t", False), ("Ċ", False)]  # fmt: skip
-    expected = (
-        [("<|im_start|>", False), ("s", False), ("y", False), ("s", False), ("te", False), ("m", False),
-         ("Ċ", False), ("B", False), ("e", False), ("Ġb", False), ("ri", False), ("e", False), ("f", False),
-         (".", False), ("<|im_end|>", False), ("Ċ", False)]
-        + header_user
-        + [("S", False), ("ay", False), ("Ġ", False), ("y", False), ("es", False), ("<|im_end|>", False), ("Ċ", False)]
-        + header_asst
-        + [("y", True), ("es", True), ("<|im_end|>", True), ("Ċ", False)]
-        + header_user
-        + [("A", False), ("g", False), ("a", False), ("in", False), ("?", False), ("<|im_end|>", False), ("Ċ", False)]
-        + header_asst
-        + [("y", True), ("es", True), (",", True), ("Ġ", True), ("y", True), ("es", True), ("<|im_end|>", True),
-           ("Ċ", False)]
-    )  # fmt: skip
+    system = [("<|im_start|>", False), ("s", False), ("y", False), ("s", False), ("te", False), ("m", False),
+              ("Ċ", False), ("B", False), ("e", False), ("Ġb", False), ("ri", False), ("e", False), ("f", False),
+              (".", False), ("<|im_end|>", False), ("Ċ", False)]  # fmt: skip
+    user1 = [("S", False), ("ay", False), ("Ġ", False), ("y", False), ("es", False), ("<|im_end|>", False), ("Ċ", False)]
+    answer1 = [("y", True), ("es", True), ("<|im_end|>", True), ("Ċ", False)]
+    user2 = [("A", False), ("g", False), ("a", False), ("in", False), ("?", False), ("<|im_end|>", False), ("Ċ", False)]
+    answer2 = [("y", True), ("es", True), (",", True), ("Ġ", True), ("y", True), ("es", True), ("<|im_end|>", True),
+               ("Ċ", False)]  # fmt: skip
+    expected = [*system, *header_user, *user1, *header_asst, *answer1, *header_user, *user2, *header_asst, *answer2]
     assert _labelled(tok, ex) == expected
     assert tok.decode(ex["input_ids"][ex["labels"] != IGNORE_INDEX]) == "yes<|im_end|>yes, yes<|im_end|>"
     assert ex["attention_mask"].tolist() == [1] * len(expected)
