@@ -189,11 +189,14 @@ def _check_dir(p: Path, source: str) -> str:
 
 
 def resolve_dtype(dtype: str | Any, device: str) -> torch.dtype:
-    """auto = bfloat16 on CUDA, float32 on CPU (bf16 matmuls on CPU are slow and inexact)."""
+    """auto = bfloat16 on CUDA, float32 on CPU (bf16 matmuls on CPU are slow and inexact);
+    checkpoint = whatever the checkpoint stores (for surgery, which should not change the dtype)."""
     import torch
 
     if isinstance(dtype, torch.dtype):
         return dtype
+    if dtype == "checkpoint":
+        return "auto"  # type: ignore[return-value]  # from_pretrained: the dtype stored in the checkpoint
     if dtype in (None, "auto"):
         return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
     table = {
@@ -205,7 +208,7 @@ def resolve_dtype(dtype: str | Any, device: str) -> torch.dtype:
         "fp32": torch.float32,
     }
     if dtype not in table:
-        raise InterlaceError(f"dtype {dtype!r} is not one of auto, bfloat16, float16, float32")
+        raise InterlaceError(f"dtype {dtype!r} is not one of auto, checkpoint, bfloat16, float16, float32")
     return table[dtype]
 
 
