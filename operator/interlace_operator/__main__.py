@@ -23,6 +23,9 @@ def main() -> int:
     )
     # The kubernetes client logs every retry of a dropped connection at WARNING; keep them at DEBUG.
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+    # kopf logs every handler call at INFO ("Handler 'prunejob_event' succeeded"): noise at scale.
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     from interlace_operator import handlers  # noqa: F401  (registers the handlers)
 
     liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None

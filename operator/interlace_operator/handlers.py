@@ -88,7 +88,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     settings.persistence.finalizer = f"{API_GROUP}/operator"
     settings.posting.enabled = False
-    settings.watching.server_timeout = config.watch_timeout_seconds
+    settings.watching.server_timeout = int(config.watch_timeout_seconds)  # the API wants an integer
     settings.watching.client_timeout = config.watch_timeout_seconds + 30
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60

@@ -309,7 +309,7 @@ class Reconciler:
         elif not ctx.job.spec.suspend and outcome.phase == Phase.SUSPENDED.value:
             outcome = Outcome(Phase.PENDING.value, "Resuming", "waiting for KubeRay to resume the RayJob")
 
-        if outcome.conflict and (ctx.status.get("rayJob") or {}) != (mirror or {}):
+        if outcome.conflict and _differs(ctx.status.get("rayJob") or {}, mirror or {}):
             self._event(ctx, "Warning", "RayJobStatusConflict", outcome.message)
 
         if outcome.failed:
@@ -403,7 +403,7 @@ class Reconciler:
         completion: datetime | None = None,
     ) -> None:
         """Merge-patch the operator-owned status fields that changed, and post transition events."""
-        old = ctx.status
+        old = dict(ctx.status)  # a snapshot: ctx.status is updated below
         new: dict[str, Any] = {
             "phase": outcome.phase,
             "observedGeneration": ctx.generation,
