@@ -1,0 +1,98 @@
+"""The speed report's shape, and `evaluate` end to end on tiny models (through the real surgery)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from interlace.errors import InterlaceError
+from interlace.evaluation import evaluate
+from interlace.evaluation.speed import measure_speed
+from interlace.evaluation.vqa import load_vqa, score_vqa
+from interlace.progress import JsonlReporter
+from interlace.spec import DataSpec, EvaluationSpec
+from tests.evaluation.helpers import base_and_pruned
+
+
+def test_speed_report_shape() -> None:
+    base, pruned, tok, _ = base_and_pruned("llama")
+    qs = ["What is in the picture?", "Count the red squares, please."]
+    rep = measure_speed(base, pruned, tok, qs, new_tokens=4, repeats=2, warmup=1)
+    assert rep.prompts == 2 and rep.new_tokens == 4 and rep.repeats == 2
+    for v in (rep.prefill_seconds_base, rep.prefill_seconds_pruned, rep.decode_tokens_per_second_base,
+              rep.decode_tokens_per_second_pruned, rep.prefill_speedup, rep.decode_speedup):
+        assert v > 0 and v == v  # positive, not NaN
+    assert rep.prefill_speedup == pytest.approx(rep.prefill_seconds_base / rep.prefill_seconds_pruned)
+    with pytest.raises(InterlaceError, match="at least 2"):
+        measure_speed(base, pruned, tok, qs, new_tokens=1)
+    with pytest.raises(InterlaceError, match="no prompts"):
+        measure_speed(base, pruned, tok, [])
+
+
+def _vqa_set(path: Path) -> Path:
+    rows = [
+        {"question": "Which shape is red?", "choices": ["circle", "square", "triangle"], "answer": "A"},
+        {"question": "How many squares?", "choices": ["one", "two"], "answer": 1},
+        {"question": "What colour is the circle?", "answer": "red"},
+        {"question": "Is there a square?", "answer": ["yes", "yeah"]},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _text_data(path: Path) -> DataSpec:
+    lines = [
+        {"text": "The red circle sits next to a blue square on a white table."},
+        {"text": "Three small triangles are drawn in the corner of the picture."},
+        {"text": "A chart shows sales rising over four quarters of the year."},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return DataSpec(format="text", path=str(path), fraction=1.0)
+
+
+def test_evaluate_end_to_end(tmp_path: Path) -> None:
+    base, pruned, tok, _ = base_and_pruned("llama", drop=(2, 5))
+    vqa = _vqa_set(tmp_path / "shapes.jsonl")
+    spec = EvaluationSpec(
+        benchmarks=["perplexity", str(vqa)],
+        data=_text_data(tmp_path / "heldout.jsonl"),
+        max_samples=8,
+        batch_size=2,
+        max_new_tokens=3,
+        speed=True,
+    )
+    reporter = JsonlReporter(tmp_path / "progress.jsonl")
+    res = evaluate(spec, base=base, pruned=pruned, processor=tok, reporter=reporter, speed_repeats=1)
+    reporter.close()
+
+    names = [b.name for b in res.benchmarks]
+    assert names == ["perplexity", "shapes"]
+    ppl, acc = res.benchmarks
+    assert ppl.metric == "perplexity" and ppl.base > 1 and ppl.pruned > 1
+    assert ppl.relative == pytest.approx(100 * ppl.base / ppl.pruned)
+    # The VQA numbers are exactly what the built-in evaluator gives each model on its own.
+    items = load_vqa(vqa)
+    assert acc.base == score_vqa(base, tok, items, batch_size=1, max_new_tokens=3).accuracy
+    assert acc.pruned == score_vqa(pruned, tok, items, batch_size=1, max_new_tokens=3).accuracy
+    defined = [b.relative for b in res.benchmarks if b.relative is not None]
+    assert res.relative_performance == pytest.approx(sum(defined) / len(defined))
+    assert res.layers_before == 8 and res.layers_after == 6
+    assert res.params_after < res.params_before
+    assert res.prefill_speedup is not None and res.prefill_speedup > 0
+    assert res.decode_speedup is not None and res.decode_speedup > 0
+    events = [json.loads(line) for line in (tmp_path / "progress.jsonl").read_text().splitlines()]
+    assert events[-1]["data"]["percent"] == 100.0
+
+
+def test_bad_benchmarks_fail_before_any_model_work(tmp_path: Path) -> None:
+    base, pruned, tok, _ = base_and_pruned("llama")
+    cases = [
+        (["nope.jsonl"], r"benchmarks\[0\].*no such VQA file"),
+        (["lmms-eval:mmbench"], r"benchmarks\[0\].*lmms-eval.*not installed"),
+        (["perplexity"], "spec.evaluation.data"),
+    ]
+    for benchmarks, needle in cases:
+        with pytest.raises(InterlaceError, match=needle):
+            evaluate(EvaluationSpec(benchmarks=benchmarks), base=base, pruned=pruned, processor=tok)
