@@ -1,0 +1,142 @@
+"""Local / PVC publishing round-trips; the model card; the Hub upload plan (no network)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from interlace.errors import InterlaceError
+from interlace.publish import plan_hub_upload, publish, publish_outputs, resolve_destination
+from interlace.publish.hub import push_to_hub
+from interlace.publish.retry import RetryPolicy
+from interlace.spec import HubOutput, OutputSpec
+from tests.publish.helpers import PLAN, job, results, same_logits, saved_pruned
+
+FAST = RetryPolicy(attempts=2, wait_initial=0.01, wait_max=0.05)
+
+
+def test_local_round_trip_and_resume(tmp_path: Path) -> None:
+    model_dir, pruned, _ = saved_pruned(tmp_path)
+    res = results()
+    out = tmp_path / "out"
+    uri = publish(model_dir, OutputSpec(uri=f"file://{out}"), plan=PLAN, results=res, job=job())
+    assert uri == str(out / "model") and res.output_uri == uri
+    same_logits(out / "model", pruned)
+    card = (out / "model" / "README.md").read_text()
+    assert "Dropped layers | 2, 5" in card
+    assert not (out / "model.partial").exists()
+
+    # Publishing again copies nothing.
+    again = publish_outputs(model_dir, OutputSpec(uri=str(out)), plan=PLAN, results=res, job=job())
+    assert again.stats is not None and again.stats.uploaded == []
+    assert set(again.stats.skipped) == {p.name for p in (out / "model").iterdir()}
+
+    # An interrupted earlier publish: a staging dir with one good file and one corrupted one.
+    out2 = tmp_path / "out2"
+    staging = out2 / "model.partial"
+    staging.mkdir(parents=True)
+    (staging / "config.json").write_bytes((model_dir / "config.json").read_bytes())
+    good_size = (model_dir / "tokenizer_config.json").stat().st_size
+    (staging / "tokenizer_config.json").write_bytes(b"x" * good_size)  # same size, wrong content
+    resumed = publish_outputs(model_dir, OutputSpec(uri=str(out2)), plan=PLAN, results=res, job=job(), retry=FAST)
+    assert resumed.stats is not None
+    assert resumed.stats.skipped == ["config.json"]
+    assert "tokenizer_config.json" in resumed.stats.uploaded
+    same_logits(out2 / "model", pruned)
+    assert (out2 / "model" / "tokenizer_config.json").read_bytes() == (model_dir / "tokenizer_config.json").read_bytes()
+
+
+def test_pvc_destination(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model_dir, pruned, _ = saved_pruned(tmp_path)
+    mount = tmp_path / "data"
+    mount.mkdir()
+    monkeypatch.setenv("INTERLACE_PVC_ROOT", str(mount))
+    uri = publish(model_dir, OutputSpec(uri="pvc://models/runs/a"), plan=PLAN, results=results(), job=job())
+    assert uri == str(mount / "runs" / "a" / "model")
+    same_logits(Path(uri), pruned)
+    with pytest.raises(InterlaceError, match=r"spec\.resources\.pvcName is 'models'"):
+        resolve_destination("pvc://other/x", job=job())
+
+
+@pytest.mark.parametrize(
+    ("uri", "needle"),
+    [("ftp://x/y", "unsupported scheme"), ("s3:///nobucket", "no bucket"), ("", "empty")],
+)
+def test_bad_uris(uri: str, needle: str) -> None:
+    with pytest.raises(InterlaceError, match=needle):
+        resolve_destination(uri)
+
+
+def test_model_card_content(tmp_path: Path) -> None:
+    model_dir, _, _ = saved_pruned(tmp_path)
+    publish(model_dir, OutputSpec(uri=str(tmp_path / "o")), plan=PLAN, results=results(), job=job())
+    card = (model_dir / "README.md").read_text()
+    header = card.split("---")[1]
+    assert "base_model: meta-llama/Llama-3.2-1B-Instruct" in header
+    assert "pipeline_tag: text-generation" in header
+    for needle in [
+        "| Method | interlace |",
+        "| Pruning ratio | 25.0% (2 of 8 layers; 6 remain) |",
+        "| Dropped layers | 2, 5 |",
+        "| Finetuned layers | 3, 6 |",
+        "| Anchor layers | 1, 4 |",
+        "`HuggingFaceM4/FineVision` (finevision; subsets: ai2d, chartqa; fraction 0.01",
+        "| Learning rate | 2e-05 (cosine, warmup 0.03) |",
+        "| Epochs / max steps | 1 / 100 |",
+        "**85.0 %**",
+        "Time-to-first-token speedup: **1.18x**",
+        "decode speedup: **1.21x**",
+        "| shapes | accuracy | 80 | 72 | 90.0 % |",
+        "| perplexity | perplexity | 5 | 6.25 | 80.0 % |",
+        "20.0% fewer",
+    ]:
+        assert needle in card, needle
+    assert "hf-token" not in card and "s3-creds" not in card  # not even secret names
+
+
+def test_hub_upload_plan_and_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model_dir, _, _ = saved_pruned(tmp_path)
+    (model_dir / "README.md").write_text("card")
+    plan = plan_hub_upload(model_dir, HubOutput(repo="my-org/llama-interlace-25"))
+    assert plan.repo_id == "my-org/llama-interlace-25" and plan.private is True
+    names = [f for f, _ in plan.files]
+    assert names[-1] == "README.md" and names[0] == "model.safetensors"
+    assert set(names) == {p.name for p in model_dir.iterdir()}
+    assert dict(plan.files)["config.json"] == (model_dir / "config.json").stat().st_size
+    assert plan_hub_upload(model_dir, HubOutput(repo="a/b", private=False)).private is False
+
+    for bad in ("no-slash", "a/b/c", "a/--b", "-a/b"):
+        with pytest.raises(InterlaceError, match=r"spec.output.hub.repo"):
+            plan_hub_upload(model_dir, HubOutput(repo=bad))
+
+    # Checks run before anything is written: a bad repo id leaves no card behind.
+    (model_dir / "README.md").unlink()
+    with pytest.raises(InterlaceError, match=r"spec\.output\.hub\.repo"):
+        publish(model_dir, OutputSpec(uri=str(tmp_path / "o"), hub=HubOutput(repo="bad")), plan=PLAN, job=job())
+    assert not (model_dir / "README.md").exists() and not (tmp_path / "o").exists()
+
+    # No token: named, before any write.
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    with pytest.raises(InterlaceError, match="tokenSecret"):
+        publish(model_dir, OutputSpec(uri="hf://my-org/x"), plan=PLAN, job=job())
+    assert not (model_dir / "README.md").exists()
+
+    # With a token but no network (HF_HUB_OFFLINE=1 in these tests): a clear error, not a hang.
+    monkeypatch.setenv("HF_TOKEN", "hf_plantedTokenValue123")
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    with pytest.raises(InterlaceError, match="HF_HUB_OFFLINE") as err:
+        push_to_hub(plan, model_dir, policy=FAST)
+    assert "hf_plantedTokenValue123" not in str(err.value)
+
+
+def test_results_json_is_plain(tmp_path: Path) -> None:
+    """Results as the pipeline stores them carry the output URI and nothing else new."""
+    model_dir, _, _ = saved_pruned(tmp_path)
+    res = results()
+    publish(model_dir, OutputSpec(uri=str(tmp_path / "o")), plan=PLAN, results=res, job=job())
+    wire = json.loads(json.dumps(res.to_wire()))
+    assert wire["outputUri"] == str(tmp_path / "o" / "model") and "hubUrl" not in wire
