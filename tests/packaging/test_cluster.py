@@ -258,10 +258,12 @@ def test_bad_values_fail_helm_install(control_plane: Any, namespace: str) -> Non
 
 
 def test_notes_render(control_plane: Any, namespace: str) -> None:
-    proc = control_plane.helm("install", "interlace", str(CHART), "--namespace", namespace, "--dry-run=client")
-    notes = proc.stdout.split("NOTES:", 1)[1]
+    # crds.install=false: a dry run still refuses a CRD owned by another release (or kubectl)
+    base = ("install", "interlace", str(CHART), "--namespace", namespace, "--dry-run=client", "--set",
+            "crds.install=false")
+    notes = control_plane.helm(*base).stdout.split("NOTES:", 1)[1]
     assert "ghcr.io/interlace-dev/interlace-operator:" in notes
     assert "kubectl wait pj/" in notes and "every namespace" in notes
-    proc = control_plane.helm("install", "interlace", str(CHART), "--namespace", namespace, "--dry-run=client",
-                              "--set", f"watchNamespaces={{{namespace}}}")
+    assert "not managed by this release" in notes
+    proc = control_plane.helm(*base, "--set", f"watchNamespaces={{{namespace}}}")
     assert f"PruneJobs in {namespace} only" in proc.stdout.split("NOTES:", 1)[1]
