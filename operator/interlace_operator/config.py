@@ -27,7 +27,8 @@ class OperatorConfig:
     * INTERLACE_WATCH_NAMESPACES: comma-separated namespaces to watch; empty = the whole cluster.
     * INTERLACE_HEALTH_PORT (8080) / INTERLACE_METRICS_PORT (9090): kopf liveness, Prometheus;
       0 disables the endpoint (tests run several operators on one host).
-    * INTERLACE_WORKERS (8): reconcile threads (the kubernetes client is synchronous).
+    * INTERLACE_WORKERS (16): reconcile threads (the kubernetes client is synchronous; the work is
+      waiting on the API server, not CPU).
     * INTERLACE_RETRY_BACKOFF_SECONDS (10) and INTERLACE_RETRY_BACKOFF_MAX_SECONDS (600): a failed
       attempt is retried after base * 2**(attempt-1) seconds, capped.
     * INTERLACE_WATCH_TIMEOUT_SECONDS (300): server-side watch timeout; the client gives up 30 s
@@ -38,7 +39,7 @@ class OperatorConfig:
     namespaces: tuple[str, ...] = ()
     health_port: int = 8080
     metrics_port: int = 9090
-    workers: int = 8
+    workers: int = 16
     retry_backoff_seconds: float = 10.0
     retry_backoff_max_seconds: float = 600.0
     watch_timeout_seconds: float = 300.0
@@ -58,7 +59,7 @@ class OperatorConfig:
             namespaces=namespaces,
             health_port=int(_float(env, "INTERLACE_HEALTH_PORT", 8080)),
             metrics_port=int(_float(env, "INTERLACE_METRICS_PORT", 9090)),
-            workers=max(1, int(_float(env, "INTERLACE_WORKERS", 8))),
+            workers=max(1, int(_float(env, "INTERLACE_WORKERS", 16))),
             retry_backoff_seconds=_float(env, "INTERLACE_RETRY_BACKOFF_SECONDS", 10.0),
             retry_backoff_max_seconds=_float(env, "INTERLACE_RETRY_BACKOFF_MAX_SECONDS", 600.0),
             watch_timeout_seconds=_float(env, "INTERLACE_WATCH_TIMEOUT_SECONDS", 300.0),

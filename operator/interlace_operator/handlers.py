@@ -118,9 +118,12 @@ async def prunejob_event(event: dict[str, Any], body: kopf.Body, namespace: str,
     if event.get("type") == "DELETED":
         rt.queue.forget((namespace, name))
         rt.metrics.forget(namespace, name)
+        rt.reconciler.forget(namespace, name)
         return
     phase = (body.get("status") or {}).get("phase")
     rt.metrics.set_phase(namespace, name, phase)
+    if rt.reconciler.is_own_write("PruneJob", namespace, name, body.metadata.get("resourceVersion")):
+        return  # the echo of our own status patch: that reconcile already decided what comes next
     if phase in TERMINAL_PHASES and (body.get("status") or {}).get("observedGeneration") == body.metadata.get(
         "generation"
     ):
@@ -130,6 +133,10 @@ async def prunejob_event(event: dict[str, Any], body: kopf.Body, namespace: str,
 
 @kopf.on.event("ray.io", "v1", "rayjobs", labels={names.LABEL_MANAGED_BY: names.MANAGED_BY})
 async def rayjob_event(body: kopf.Body, namespace: str, **_: Any) -> None:
+    rt = runtime()
     owner = controller_of(dict(body))
-    if owner:
-        runtime().queue.add((namespace, owner))
+    if not owner:
+        return
+    if rt.reconciler.is_own_write("RayJob", namespace, body.metadata.get("name"), body.metadata.get("resourceVersion")):
+        return  # the echo of our own create/patch
+    rt.queue.add((namespace, owner))

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from interlace.spec import API_GROUP, API_VERSION, PLURAL
@@ -55,6 +56,8 @@ class Kube:
         self.rbac = client.RbacAuthorizationV1Api(api_client)
         self.component = component
         self.instance = socket.gethostname()
+        # Events are posted off the reconcile thread: they are best effort and must not slow it.
+        self._events = ThreadPoolExecutor(max_workers=2, thread_name_prefix="events")
 
     # ------------------------------------------------------------------ helpers
 
@@ -159,7 +162,8 @@ class Kube:
         create, read, replace = self._crud(body["kind"])
         ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
         try:
-            create(ns, body, _request_timeout=REQUEST_TIMEOUT)
+            # _preload_content=False: the typed model of the answer is never used, skip building it.
+            create(ns, body, _preload_content=False, _request_timeout=REQUEST_TIMEOUT).data  # noqa: B018
             return "created"
         except ApiException as err:
             if err.status != 409:
@@ -198,7 +202,10 @@ class Kube:
 
     def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
         """A core/v1 Event on the PruneJob (shown by `kubectl describe` and `kubectl get events`).
-        Best effort: a lost event must never fail a reconcile."""
+        Best effort, asynchronous: a lost event must never fail or slow a reconcile."""
+        self._events.submit(self._post_event, involved, type_, reason, message)
+
+    def _post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
         meta = involved["metadata"]
         now = rfc3339(utcnow())
         body = {

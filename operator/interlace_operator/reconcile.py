@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -88,6 +89,33 @@ class Reconciler:
         self.config = config
         self.metrics = metrics
         self.clock = clock
+        # resourceVersions this process wrote, by (kind, namespace, name): watch events carrying them
+        # report our own writes, which need no reconcile (see handlers.py).
+        self.own_versions: dict[tuple[str, str, str], str] = {}
+        # PruneJobs whose "did a previous run create an attempt it never recorded?" probe is done:
+        # within one process every RayJob created is recorded before the next reconcile of the job.
+        self._probed: set[tuple[str, str]] = set()
+        self._children_pool = ThreadPoolExecutor(max_workers=max(4, config.workers), thread_name_prefix="children")
+
+    def is_own_write(self, kind: str, namespace: str, name: str, resource_version: str | None) -> bool:
+        return resource_version is not None and self.own_versions.get((kind, namespace, name)) == resource_version
+
+    def _patch_status(self, ctx: Ctx, patch: dict[str, Any], resource_version: str | None = None) -> None:
+        result = self.kube.patch_prunejob_status(
+            ctx.owner.namespace, ctx.owner.name, patch, resource_version=resource_version
+        )
+        rv = (result or {}).get("metadata", {}).get("resourceVersion")
+        if rv:
+            self.own_versions[("PruneJob", ctx.owner.namespace, ctx.owner.name)] = rv
+
+    def _record_rayjob(self, rayjob: dict[str, Any]) -> None:
+        meta = rayjob.get("metadata", {})
+        if meta.get("resourceVersion"):
+            self.own_versions[("RayJob", meta["namespace"], meta["name"])] = meta["resourceVersion"]
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._probed.discard((namespace, name))
+        self.own_versions.pop(("PruneJob", namespace, name), None)
 
     # ================================================================== entry point
 
@@ -103,6 +131,7 @@ class Reconciler:
     def _reconcile(self, namespace: str, name: str) -> float | None:
         body = self.kube.get_prunejob(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
+            self.forget(namespace, name)
             if self.metrics:
                 self.metrics.forget(namespace, name)
             return None  # garbage collection removes the children (owner references)
@@ -130,6 +159,8 @@ class Reconciler:
 
         if not status.get("startTime"):
             self._accept(ctx)
+            # RayJobs are only ever created after startTime is recorded: nothing to adopt yet.
+            self._probed.add((namespace, name))
 
         attempts = self._adopt_attempts(ctx, int(status.get("attempts") or 0))
         rj_name = names.rayjob_name(name, attempts) if attempts else None
@@ -191,22 +222,24 @@ class Reconciler:
             ),
         }
         try:
-            self.kube.patch_prunejob_status(
-                ctx.owner.namespace, ctx.owner.name, patch, resource_version=ctx.body["metadata"]["resourceVersion"]
-            )
+            self._patch_status(ctx, patch, resource_version=ctx.body["metadata"]["resourceVersion"])
         except ApiException as err:
             if err.status == 409:
                 raise Requeue(0.2, "PruneJob changed while being accepted") from None
             raise
         ctx.status.update({k: v for k, v in patch.items() if v is not None})
         ctx.status.pop("completionTime", None)
-        self._event(ctx, "Normal", "Accepted", f"PruneJob validated ({self._summary(ctx.job)})")
 
     def _adopt_attempts(self, ctx: Ctx, attempts: int) -> int:
-        """Count RayJobs that exist beyond status.attempts (created by a run that died before recording)."""
+        """Count RayJobs that exist beyond status.attempts (created by a run that died before recording).
+        Probed on the first reconcile of each PruneJob in this process only."""
+        key = (ctx.owner.namespace, ctx.owner.name)
+        if key in self._probed:
+            return attempts
         while True:
             nxt = self.kube.get_rayjob(ctx.owner.namespace, names.rayjob_name(ctx.owner.name, attempts + 1))
             if nxt is None:
+                self._probed.add(key)
                 return attempts
             self.kube.check_owner(nxt, ctx.owner.uid, deleting_ok=True)
             attempts += 1
@@ -222,12 +255,18 @@ class Reconciler:
     def _ensure_children(self, ctx: Ctx) -> None:
         """ConfigMap with the spec, and the job's identity: ServiceAccount + Role + RoleBinding."""
         owner, job = ctx.owner, ctx.job
-        self.kube.ensure(builders.configmap(job, owner), owner.uid, ("data",))
-        if not job.spec.resources.service_account_name:
-            self.kube.ensure(builders.service_account(owner), owner.uid)
-        self.kube.ensure(builders.role(owner), owner.uid, ("rules",))
         sa = builders.job_service_account_name(job, owner)
-        self.kube.ensure(builders.role_binding(owner, sa), owner.uid, ("subjects",))
+        wanted: list[tuple[dict[str, Any], tuple[str, ...]]] = [
+            (builders.configmap(job, owner), ("data",)),
+            (builders.role(owner), ("rules",)),
+            (builders.role_binding(owner, sa), ("subjects",)),
+        ]
+        if not job.spec.resources.service_account_name:
+            wanted.append((builders.service_account(owner), ()))
+        # Independent objects: created in parallel (four round trips cost one).
+        futures = [self._children_pool.submit(self.kube.ensure, body, owner.uid, keys) for body, keys in wanted]
+        for future in futures:
+            future.result()
 
     def _start_attempt(self, ctx: Ctx, attempt: int, *, retry: bool) -> float | None:
         """Create (or adopt) the RayJob of `attempt`, then record it in status."""
@@ -251,6 +290,7 @@ class Reconciler:
         created = True
         try:
             rayjob = self.kube.create_rayjob(body)
+            self._record_rayjob(rayjob)
         except ApiException as err:
             if err.status != 409:
                 raise
@@ -264,7 +304,8 @@ class Reconciler:
             gpus = f"{res.workers} worker(s) x {res.gpus_per_worker} GPU"
             self._event(
                 ctx, "Normal", "RayJobCreated",
-                f"created RayJob {rj_name} (attempt {attempt} of {job.spec.backoff_limit + 1}, {gpus})",
+                f"created RayJob {rj_name} (attempt {attempt} of {job.spec.backoff_limit + 1}, {gpus}; "
+                f"{self._summary(job)})",
             )
             if self.metrics:
                 self.metrics.rayjobs_created.inc()
@@ -288,6 +329,7 @@ class Reconciler:
             return rayjob
         name = rayjob["metadata"]["name"]
         updated = self.kube.patch_rayjob(ctx.owner.namespace, name, {"spec": {"suspend": want}})
+        self._record_rayjob(updated)
         self._event(
             ctx, "Normal", "Suspending" if want else "Resuming",
             f"{'suspending' if want else 'resuming'} RayJob {name}"
@@ -422,7 +464,7 @@ class Reconciler:
             new["completionTime"] = rfc3339(completion)
         patch = {k: v for k, v in new.items() if _differs(old.get(k), v)}
         if patch:
-            self.kube.patch_prunejob_status(ctx.owner.namespace, ctx.owner.name, patch)
+            self._patch_status(ctx, patch)
             ctx.status.update({k: (strip_none(v) if k == "rayJob" else v) for k, v in patch.items()})
         if self.metrics:
             self.metrics.set_phase(ctx.owner.namespace, ctx.owner.name, outcome.phase)

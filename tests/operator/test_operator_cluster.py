@@ -85,7 +85,7 @@ def test_apply_to_succeeded(cluster: Cluster, run_operator, control_plane) -> No
     assert "life" in cluster.cp.kubectl("get", "ml", "-n", cluster.ns).stdout  # category
 
     reasons = wait_for(lambda: (r := cluster.event_reasons("life")) and "Succeeded" in r and r, what="events")
-    assert {"Accepted", "RayJobCreated", "JobRunning", "Finetuning", "Succeeded"} <= set(reasons)
+    assert {"RayJobCreated", "JobRunning", "Finetuning", "Succeeded"} <= set(reasons)
     metrics = op.metrics()
     assert f'interlace_prunejobs{{namespace="{cluster.ns}",phase="Succeeded"}} 1.0' in metrics
     assert "interlace_rayjobs_created_total 1.0" in metrics
