@@ -1,0 +1,87 @@
+"""pytest plugin: one real control plane per session, a fresh namespace per test.
+
+Loaded from tests/conftest.py (`pytest_plugins = ["tests.cluster.fixtures"]`). The cluster starts
+lazily, the first time a test asks for `control_plane` (directly or through `kube_admin`/`namespace`),
+so test runs that select no cluster test (`-m "not cluster"`) never start it.
+
+Environment:
+  INTERLACE_TESTBED_DIR     where hack/testbed/build.sh put the binaries (default ~/.cache/interlace/testbed)
+  INTERLACE_TESTBED_KEEP=1  keep the control plane's temp dir (logs, kubeconfigs) even when all passed
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.testbed import ControlPlane, TestbedError
+
+_STATE: dict[str, object] = {}
+
+
+@pytest.fixture(scope="session")
+def control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
+    """etcd, kube-apiserver, controller-manager, scheduler, kwok (1 fake 8-GPU node), KubeRay."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+
+    def log(msg: str) -> None:
+        if reporter is not None and request.config.getoption("verbose") > 0:
+            reporter.write_line(f"[testbed] {msg}")
+
+    try:
+        cp = ControlPlane(log=log)
+    except TestbedError as e:
+        pytest.fail(str(e), pytrace=False)
+    _STATE["control_plane"] = cp
+    failures_before = request.session.testsfailed
+    try:
+        try:
+            cp.start()
+        except (TestbedError, TimeoutError) as e:
+            pytest.fail(f"control plane failed to start: {e}\n{cp.logs_report()}", pytrace=False)
+        log(f"control plane up in {cp.timings['start']:.1f}s: {cp.server}")
+        yield cp
+    finally:
+        _STATE.pop("control_plane", None)
+        cp.stop()
+        failed = request.session.testsfailed > failures_before
+        if failed or os.environ.get("INTERLACE_TESTBED_KEEP"):
+            if reporter is not None:
+                reporter.write_line(f"[testbed] logs and kubeconfigs kept in {cp.workdir}")
+        else:
+            shutil.rmtree(cp.workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def kube_admin(control_plane: ControlPlane) -> Path:
+    """Path of the admin kubeconfig (system:masters). Set it as KUBECONFIG for kopf/kubernetes."""
+    return control_plane.admin_kubeconfig
+
+
+@pytest.fixture
+def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace for one test, deleted afterwards (without waiting for finalization)."""
+    prefix = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:30].strip("-") or "t"
+    ns = control_plane.create_namespace(prefix=prefix, labels={"interlace.dev/test": "true"})
+    yield ns
+    if control_plane.running:
+        control_plane.delete_namespace(ns)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Attach the tail of every component's log to failed tests that used the control plane."""
+    outcome = yield
+    report = outcome.get_result()
+    cp = _STATE.get("control_plane")
+    if (
+        report.failed
+        and isinstance(cp, ControlPlane)
+        and "control_plane" in getattr(item, "fixturenames", ())
+    ):
+        report.sections.append(("control plane logs", cp.logs_report(lines=20)))

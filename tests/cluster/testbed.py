@@ -1,0 +1,1041 @@
+"""A real Kubernetes control plane for tests, started from locally built binaries.
+
+Components (all pinned in hack/testbed/versions.env, built by hack/testbed/build.sh):
+etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok (fake GPU nodes whose pods reach
+Running without a kubelet) and the KubeRay operator run out of cluster. Everything listens on
+127.0.0.1 on free ports; state, keys, kubeconfigs and one log file per component live in a temp dir.
+
+Stdlib only, so that `python tests/cluster/testbed.py up` (hack/testbed/up.sh) works with any Python.
+
+    with ControlPlane() as cp:
+        cp.kubectl("get", "nodes")
+        ns = cp.create_namespace()
+        sa_kubeconfig = cp.service_account_kubeconfig(ns, "default")
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import base64
+import contextlib
+import ctypes
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+VERSIONS_FILE = REPO_ROOT / "hack" / "testbed" / "versions.env"
+BUILD_COMMAND = "bash hack/testbed/build.sh"
+
+# Labels of the fake GPU nodes, like a GPU node pool of a managed cluster. Tests may select on them.
+GPU_NODE_POOL_LABELS = {
+    "interlace.dev/node-pool": "gpu",
+    "node.kubernetes.io/instance-type": "fake-a100-80gb-8x",
+    "nvidia.com/gpu.present": "true",
+    "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB",
+    "nvidia.com/gpu.memory": "81920",
+}
+KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
+RESTRICTED_GROUP = "interlace:restricted"
+
+T = TypeVar("T")
+
+
+class TestbedError(RuntimeError):
+    """The control plane could not be built, started or queried."""
+
+    __test__ = False  # not a pytest test class
+
+
+class KubectlError(TestbedError):
+    def __init__(self, args: Sequence[str], returncode: int, stdout: str, stderr: str):
+        self.cmd = list(args)
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        super().__init__(
+            f"kubectl {' '.join(args)} exited with {returncode}: {stderr.strip() or stdout.strip()}"
+        )
+
+
+# --------------------------------------------------------------------------- binaries
+
+
+def read_versions(path: Path = VERSIONS_FILE) -> dict[str, str]:
+    versions = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            versions[key.strip()] = value.strip().strip('"')
+    return versions
+
+
+def testbed_dir() -> Path:
+    return Path(os.environ.get("INTERLACE_TESTBED_DIR") or Path.home() / ".cache" / "interlace" / "testbed")
+
+
+@dataclass(frozen=True)
+class Binaries:
+    """Paths of the pinned binaries (cache layout of hack/testbed/build.sh)."""
+
+    etcd: Path
+    kube_apiserver: Path
+    kube_controller_manager: Path
+    kube_scheduler: Path
+    kubectl: Path
+    kwok: Path
+    ray_operator: Path
+    helm: Path
+    kuberay_crd_dir: Path
+
+    @classmethod
+    def locate(cls, root: Path | None = None) -> Binaries:
+        root = Path(root) if root else testbed_dir()
+        v = read_versions()
+        k8s = root / f"kubernetes-{v['K8S_VERSION']}"
+        found = cls(
+            etcd=root / f"etcd-{v['ETCD_VERSION']}" / "etcd",
+            kube_apiserver=k8s / "kube-apiserver",
+            kube_controller_manager=k8s / "kube-controller-manager",
+            kube_scheduler=k8s / "kube-scheduler",
+            kubectl=k8s / "kubectl",
+            kwok=root / f"kwok-{v['KWOK_VERSION']}" / "kwok",
+            ray_operator=root / f"kuberay-{v['KUBERAY_VERSION']}" / "ray-operator",
+            helm=root / f"helm-{v['HELM_VERSION']}" / "helm",
+            kuberay_crd_dir=_gomodcache()
+            / "github.com"
+            / "ray-project"
+            / "kuberay"
+            / f"ray-operator@{v['KUBERAY_VERSION']}"
+            / "config"
+            / "crd"
+            / "bases",
+        )
+        return found
+
+    def require(self, *names: str) -> Binaries:
+        """Raise TestbedError naming every missing binary among `names` (default: all)."""
+        names = names or tuple(self.__dict__)
+        missing = [str(getattr(self, n)) for n in names if not getattr(self, n).exists()]
+        if missing:
+            raise TestbedError(
+                "control-plane binaries are missing (build them once with `"
+                + BUILD_COMMAND
+                + "`, ~tens of minutes cold, cached afterwards):\n  "
+                + "\n  ".join(missing)
+            )
+        return self
+
+    @property
+    def path_dirs(self) -> list[str]:
+        dirs = [str(p.parent) for p in (self.kubectl, self.helm, self.etcd, self.kwok, self.ray_operator)]
+        return list(dict.fromkeys(dirs))
+
+
+def _gomodcache() -> Path:
+    if os.environ.get("GOMODCACHE"):
+        return Path(os.environ["GOMODCACHE"])
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(["go", "env", "GOMODCACHE"], capture_output=True, text=True, timeout=30)
+        if out.returncode == 0 and out.stdout.strip():
+            return Path(out.stdout.strip())
+    gopath = os.environ.get("GOPATH") or str(Path.home() / "go")
+    return Path(gopath.split(os.pathsep)[0]) / "pkg" / "mod"
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+_LIBC = None
+if sys.platform.startswith("linux"):
+    with contextlib.suppress(OSError):
+        _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded in the parent, not between fork and exec
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: SIGKILL it if the parent dies (even by SIGKILL)."""
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class Component:
+    """One child process in its own process group, logging to a file."""
+
+    def __init__(self, name: str, args: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None):
+        self.name = name
+        self.args = [str(a) for a in args]
+        self.log_path = log_path
+        self.env = dict(env) if env is not None else None
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            log.write(f"$ {' '.join(self.args)}\n".encode())
+            log.flush()
+            self.popen = subprocess.Popen(
+                self.args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,  # own process group: stop() kills the whole group
+                preexec_fn=_die_with_parent if _LIBC is not None else None,
+            )
+
+    @property
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def check_running(self) -> None:
+        if self.popen is not None and self.popen.poll() is not None:
+            raise TestbedError(
+                f"{self.name} exited with code {self.popen.returncode}; last log lines:\n{self.tail()}"
+            )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.popen is None:
+            return
+        pgid = self.popen.pid  # start_new_session: pgid == pid
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(wait)
+                break
+        # The leader may be gone while other members of its group survive: kill the rest.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            data = self.log_path.read_bytes()[-200_000:].decode(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(data.splitlines()[-lines:])
+
+
+# --------------------------------------------------------------------------- kubeconfigs
+
+
+def _yaml_str(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid YAML double-quoted scalar
+
+
+def write_kubeconfig(
+    path: Path, *, server: str, ca_pem: bytes, user: str, token: str, namespace: str | None = None
+) -> Path:
+    """A token kubeconfig usable by kubectl, client-go, the Python `kubernetes` client and kopf."""
+    context = f"{user}@interlace-testbed"
+    lines = [
+        "apiVersion: v1",
+        "kind: Config",
+        "preferences: {}",
+        "clusters:",
+        "- name: interlace-testbed",
+        "  cluster:",
+        f"    server: {_yaml_str(server)}",
+        f"    certificate-authority-data: {base64.b64encode(ca_pem).decode()}",
+        "users:",
+        f"- name: {_yaml_str(user)}",
+        "  user:",
+        f"    token: {_yaml_str(token)}",
+        "contexts:",
+        f"- name: {_yaml_str(context)}",
+        "  context:",
+        "    cluster: interlace-testbed",
+        f"    user: {_yaml_str(user)}",
+    ]
+    if namespace:
+        lines.append(f"    namespace: {_yaml_str(namespace)}")
+    lines.append(f"current-context: {_yaml_str(context)}")
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def _make_rsa_key(private: Path, public: Path) -> None:
+    """RSA key for signing service-account tokens: openssl, else python `cryptography`."""
+    if shutil.which("openssl"):
+        subprocess.run(
+            ["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", private],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            ["openssl", "pkey", "-in", private, "-pubout", "-out", public], check=True, capture_output=True
+        )
+        return
+    try:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+    except ImportError as e:  # pragma: no cover - depends on the machine
+        raise TestbedError("need `openssl` or the python `cryptography` package to make keys") from e
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+
+
+# --------------------------------------------------------------------------- the control plane
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    token: str
+    groups: tuple[str, ...]
+
+
+class ControlPlane:
+    """etcd + kube-apiserver + kube-controller-manager + kube-scheduler (+ kwok, + KubeRay).
+
+    `restricted_users` get a static token and only the group `interlace:restricted` (plus
+    system:authenticated): no permissions until a test binds a Role to them.
+    """
+
+    ADMIN = "admin"
+
+    def __init__(
+        self,
+        workdir: str | Path | None = None,
+        *,
+        binaries: Binaries | None = None,
+        restricted_users: Iterable[str] = ("alice", "bob"),
+        kwok: bool = True,
+        kuberay: bool = True,
+        gpu_nodes: int = 1,
+        gpus_per_node: int = 8,
+        log: Callable[[str], None] | None = None,
+    ):
+        self.binaries = binaries or Binaries.locate()
+        needed = ["etcd", "kube_apiserver", "kube_controller_manager", "kube_scheduler", "kubectl"]
+        needed += ["kwok"] if kwok else []
+        needed += ["ray_operator", "kuberay_crd_dir"] if kuberay else []
+        self.binaries.require(*needed)
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="interlace-testbed-")).resolve()
+        self.with_kwok = kwok
+        self.with_kuberay = kuberay
+        self.gpu_nodes = gpu_nodes if kwok else 0
+        self.gpus_per_node = gpus_per_node
+        self._log = log or (lambda msg: None)
+        self.components: dict[str, Component] = {}
+        self._users: dict[str, User] = {}
+        self._kubeconfigs: dict[str, Path] = {}
+        self._stopped = False
+        self._started = False
+        self._lock = threading.Lock()
+        self.timings: dict[str, float] = {}
+
+        for d in ("logs", "kubeconfigs", "pki", "etcd", "apiserver-certs", "kcm-certs", "scheduler-certs"):
+            (self.workdir / d).mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.ports = {
+            name: free_port()
+            for name in (
+                "etcd",
+                "etcd_peer",
+                "apiserver",
+                "kcm",
+                "scheduler",
+                "kwok",
+                "ray_metrics",
+                "ray_probe",
+            )
+        }
+        self.server = f"https://127.0.0.1:{self.ports['apiserver']}"
+        # The apiserver writes a self-signed serving cert + its CA here (--cert-dir); used as the CA.
+        self.ca_file = self.workdir / "apiserver-certs" / "apiserver.crt"
+
+        admin = User(self.ADMIN, secrets.token_hex(16), ("system:masters",))
+        internal = [
+            # Bootstrap RBAC binds these names to the system:kube-controller-manager / -scheduler roles.
+            User("system:kube-controller-manager", secrets.token_hex(16), ()),
+            User("system:kube-scheduler", secrets.token_hex(16), ()),
+            User("interlace:kwok", secrets.token_hex(16), ("system:masters",)),
+            User("interlace:kuberay-operator", secrets.token_hex(16), ("system:masters",)),
+        ]
+        restricted = [User(n, secrets.token_hex(16), (RESTRICTED_GROUP,)) for n in restricted_users]
+        for u in (admin, *internal, *restricted):
+            self._users[u.name] = u
+        self.restricted_users = tuple(u.name for u in restricted)
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def __enter__(self) -> ControlPlane:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 180.0) -> ControlPlane:
+        if self._started:
+            return self
+        self._started = True
+        atexit.register(self.stop)
+        deadline = time.monotonic() + timeout
+        t0 = time.monotonic()
+        try:
+            self._prepare_files()
+            self._start_etcd(deadline)
+            self._start_apiserver(deadline)
+            self._write_kubeconfigs()
+            self._start_controllers()
+            if self.with_kwok:
+                self._start_kwok()
+            if self.with_kuberay:
+                self._install_kuberay_crds(deadline)
+                self._start_kuberay()
+            self._wait_controllers(deadline)
+            if self.with_kwok:
+                self._create_gpu_nodes(deadline)
+            self.wait_for(
+                lambda: self._exists("serviceaccount", "default", "default"),
+                timeout=self._left(deadline),
+                what="the default ServiceAccount (serviceaccount controller)",
+            )
+            if self.with_kuberay:
+                self._wait_http(
+                    "kuberay",
+                    f"http://127.0.0.1:{self.ports['ray_probe']}/readyz",
+                    deadline,
+                )
+        except BaseException:
+            self.stop()
+            raise
+        self.timings["start"] = time.monotonic() - t0
+        self._log(f"control plane ready in {self.timings['start']:.1f}s ({self.server}, {self.workdir})")
+        return self
+
+    def stop(self) -> None:
+        """Kill every component's process group (idempotent, safe from atexit)."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        for comp in reversed(list(self.components.values())):
+            comp.stop()
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.stop)
+
+    @property
+    def running(self) -> bool:
+        return self._started and not self._stopped and all(c.running for c in self.components.values())
+
+    def check_running(self) -> None:
+        for comp in self.components.values():
+            comp.check_running()
+
+    # ----------------------------------------------------------------- startup steps
+
+    @staticmethod
+    def _left(deadline: float) -> float:
+        return max(1.0, deadline - time.monotonic())
+
+    def _spawn(self, name: str, args: Sequence[str], env: Mapping[str, str] | None = None) -> Component:
+        comp = Component(name, args, self.workdir / "logs" / f"{name}.log", env=env)
+        self.components[name] = comp
+        comp.start()
+        self._log(f"started {name} (pid {comp.popen.pid if comp.popen else '?'})")
+        return comp
+
+    def _prepare_files(self) -> None:
+        pki = self.workdir / "pki"
+        self.sa_key, self.sa_pub = pki / "sa.key", pki / "sa.pub"
+        _make_rsa_key(self.sa_key, self.sa_pub)
+        rows = []
+        for u in self._users.values():
+            groups = ",".join(u.groups)
+            rows.append(
+                f'{u.token},{u.name},{u.name},"{groups}"' if groups else f"{u.token},{u.name},{u.name}"
+            )
+        self.token_file = pki / "tokens.csv"
+        self.token_file.write_text("\n".join(rows) + "\n")
+        self.token_file.chmod(0o600)
+
+    def _start_etcd(self, deadline: float) -> None:
+        client = f"http://127.0.0.1:{self.ports['etcd']}"
+        peer = f"http://127.0.0.1:{self.ports['etcd_peer']}"
+        self._spawn(
+            "etcd",
+            [
+                self.binaries.etcd,
+                "--name=testbed",
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls={client}",
+                f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=testbed={peer}",
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+        )
+        self._wait_http("etcd", f"{client}/health", deadline, expect=lambda b: b'"health":"true"' in b)
+
+    def _start_apiserver(self, deadline: float) -> None:
+        self._spawn(
+            "kube-apiserver",
+            [
+                self.binaries.kube_apiserver,
+                f"--etcd-servers=http://127.0.0.1:{self.ports['etcd']}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.ports['apiserver']}",
+                f"--cert-dir={self.workdir / 'apiserver-certs'}",
+                "--service-cluster-ip-range=10.96.0.0/16",
+                # Loopback addresses are not valid endpoints of the `kubernetes` Service.
+                "--endpoint-reconciler-type=none",
+                "--authorization-mode=RBAC",
+                f"--token-auth-file={self.token_file}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={self.sa_pub}",
+                f"--service-account-signing-key-file={self.sa_key}",
+                "--allow-privileged=true",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
+        self.wait_for(
+            lambda: self.ca_file.exists() and self.ca_file.stat().st_size > 0,
+            timeout=self._left(deadline),
+            what="the apiserver's self-signed certificate",
+            check=self.components["kube-apiserver"].check_running,
+        )
+        time.sleep(0.2)  # the cert file is written before the key; give it a moment
+        self._wait_http(
+            "kube-apiserver",
+            f"{self.server}/readyz",
+            deadline,
+            token=self._users[self.ADMIN].token,
+            cafile=self.ca_file,
+            expect=lambda b: b.strip() == b"ok",
+        )
+
+    def _write_kubeconfigs(self) -> None:
+        ca_pem = self.ca_file.read_bytes()
+        self.ca_pem = ca_pem
+        for u in self._users.values():
+            fname = re.sub(r"[^A-Za-z0-9_.-]", "-", u.name) + ".kubeconfig"
+            self._kubeconfigs[u.name] = write_kubeconfig(
+                self.workdir / "kubeconfigs" / fname,
+                server=self.server,
+                ca_pem=ca_pem,
+                user=u.name,
+                token=u.token,
+            )
+
+    def _start_controllers(self) -> None:
+        self._spawn(
+            "kube-controller-manager",
+            [
+                self.binaries.kube_controller_manager,
+                f"--kubeconfig={self._kubeconfigs['system:kube-controller-manager']}",
+                "--leader-elect=false",
+                # Each controller acts as its own ServiceAccount (tokens via TokenRequest), as in kubeadm.
+                "--use-service-account-credentials=true",
+                f"--service-account-private-key-file={self.sa_key}",
+                f"--root-ca-file={self.ca_file}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={self.ports['kcm']}",
+                f"--cert-dir={self.workdir / 'kcm-certs'}",
+                "--controllers=*",
+                # Otherwise it creates /usr/libexec/kubernetes/kubelet-plugins/... on the host.
+                f"--flex-volume-plugin-dir={self.workdir / 'flexvolume'}",
+                "--v=1",
+            ],
+        )
+        self._spawn(
+            "kube-scheduler",
+            [
+                self.binaries.kube_scheduler,
+                f"--kubeconfig={self._kubeconfigs['system:kube-scheduler']}",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={self.ports['scheduler']}",
+                f"--cert-dir={self.workdir / 'scheduler-certs'}",
+                "--v=1",
+            ],
+        )
+
+    def _start_kwok(self) -> None:
+        key, value = KWOK_NODE_ANNOTATION
+        self._spawn(
+            "kwok",
+            [
+                self.binaries.kwok,
+                f"--kubeconfig={self._kubeconfigs['interlace:kwok']}",
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-annotation-selector={key}={value}",
+                "--cidr=10.244.0.1/16",
+                "--node-ip=10.0.0.1",
+                "--node-lease-duration-seconds=40",
+                f"--server-address=127.0.0.1:{self.ports['kwok']}",
+            ],
+        )
+
+    def _install_kuberay_crds(self, deadline: float) -> None:
+        crds = sorted(self.binaries.kuberay_crd_dir.glob("*.yaml"))
+        if not crds:
+            raise TestbedError(f"no KubeRay CRDs in {self.binaries.kuberay_crd_dir}")
+        # Too large for client-side apply's last-applied annotation: server-side apply.
+        args = ["apply", "--server-side", "--force-conflicts"]
+        for f in crds:
+            args += ["-f", str(f)]
+        self.kubectl(*args, timeout=self._left(deadline))
+        self.kubectl(
+            "wait",
+            "--for=condition=Established",
+            "crd/rayclusters.ray.io",
+            "crd/rayjobs.ray.io",
+            "crd/rayservices.ray.io",
+            f"--timeout={int(self._left(deadline))}s",
+            timeout=self._left(deadline) + 5,
+        )
+
+    def _start_kuberay(self) -> None:
+        env = dict(os.environ, KUBECONFIG=str(self._kubeconfigs["interlace:kuberay-operator"]))
+        self._spawn(
+            "kuberay-operator",
+            [
+                self.binaries.ray_operator,
+                "--enable-leader-election=false",
+                f"--metrics-addr=127.0.0.1:{self.ports['ray_metrics']}",
+                f"--health-probe-bind-address=127.0.0.1:{self.ports['ray_probe']}",
+                "--log-stdout-encoder=console",
+            ],
+            env=env,
+        )
+
+    def _wait_controllers(self, deadline: float) -> None:
+        for name in ("kcm", "scheduler"):
+            comp = "kube-controller-manager" if name == "kcm" else "kube-scheduler"
+            self._wait_http(comp, f"https://127.0.0.1:{self.ports[name]}/healthz", deadline, insecure=True)
+        if self.with_kwok:
+            self._wait_http("kwok", f"http://127.0.0.1:{self.ports['kwok']}/healthz", deadline)
+
+    def _create_gpu_nodes(self, deadline: float) -> None:
+        names = [f"kwok-gpu-{i}" for i in range(self.gpu_nodes)]
+        self.apply([self.gpu_node_manifest(n) for n in names])
+        for n in names:
+            self.kubectl(
+                "wait",
+                "--for=condition=Ready",
+                f"node/{n}",
+                f"--timeout={int(self._left(deadline))}s",
+                timeout=self._left(deadline) + 5,
+            )
+        self.gpu_node_names = names
+
+    def gpu_node_manifest(self, name: str) -> dict[str, Any]:
+        resources = {
+            "cpu": "96",
+            "memory": "1Ti",
+            "ephemeral-storage": "2Ti",
+            "pods": "250",
+            "nvidia.com/gpu": str(self.gpus_per_node),
+        }
+        return {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": name,
+                "annotations": {
+                    KWOK_NODE_ANNOTATION[0]: KWOK_NODE_ANNOTATION[1],
+                    "node.alpha.kubernetes.io/ttl": "0",
+                },
+                "labels": {
+                    "kubernetes.io/arch": "amd64",
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/hostname": name,
+                    "type": "kwok",
+                    "nvidia.com/gpu.count": str(self.gpus_per_node),
+                    **GPU_NODE_POOL_LABELS,
+                },
+            },
+            "spec": {},
+            "status": {
+                "allocatable": resources,
+                "capacity": resources,
+                "nodeInfo": {
+                    "architecture": "amd64",
+                    "operatingSystem": "linux",
+                    "kubeletVersion": "fake",
+                    "kubeProxyVersion": "fake",
+                    "containerRuntimeVersion": "kwok",
+                    "osImage": "kwok",
+                    "kernelVersion": "kwok",
+                    "machineID": name,
+                    "systemUUID": name,
+                    "bootID": name,
+                },
+            },
+        }
+
+    # ----------------------------------------------------------------- waiting
+
+    def wait_for(
+        self,
+        predicate: Callable[[], T],
+        *,
+        timeout: float = 60.0,
+        interval: float = 0.25,
+        what: str = "condition",
+        check: Callable[[], None] | None = None,
+    ) -> T:
+        """Poll `predicate` until it returns a truthy value (returned). Exceptions count as not yet."""
+        deadline = time.monotonic() + timeout
+        last_exc: BaseException | None = None
+        while True:
+            (check or self.check_running)()
+            try:
+                value = predicate()
+                if value:
+                    return value
+            except (TestbedError, OSError, ValueError) as e:
+                last_exc = e
+            if time.monotonic() >= deadline:
+                detail = f" (last error: {last_exc})" if last_exc else ""
+                raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
+            time.sleep(interval)
+
+    def _wait_http(
+        self,
+        component: str,
+        url: str,
+        deadline: float,
+        *,
+        token: str | None = None,
+        cafile: Path | None = None,
+        insecure: bool = False,
+        expect: Callable[[bytes], bool] | None = None,
+    ) -> None:
+        ctx = None
+        if url.startswith("https"):
+            ctx = ssl.create_default_context(cafile=str(cafile) if cafile else None)
+            if insecure:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+
+        def probe() -> bool:
+            req = urllib.request.Request(url)
+            if token:
+                req.add_header("Authorization", f"Bearer {token}")
+            try:
+                with urllib.request.urlopen(req, timeout=5, context=ctx) as resp:
+                    body = resp.read()
+                    return resp.status == 200 and (expect is None or expect(body))
+            except (urllib.error.URLError, ConnectionError, TimeoutError, ssl.SSLError):
+                return False
+
+        comp = self.components[component]
+        try:
+            self.wait_for(
+                probe, timeout=self._left(deadline), what=f"{component} at {url}", check=comp.check_running
+            )
+        except TimeoutError as e:
+            raise TestbedError(f"{e}; last log lines of {component}:\n{comp.tail()}") from None
+
+    def _exists(self, kind: str, name: str, namespace: str | None = None) -> bool:
+        args = ["get", kind, name, "-o", "name", "--ignore-not-found"]
+        if namespace:
+            args += ["-n", namespace]
+        return bool(self.kubectl(*args).stdout.strip())
+
+    # ----------------------------------------------------------------- users and kubeconfigs
+
+    @property
+    def admin_kubeconfig(self) -> Path:
+        return self._kubeconfigs[self.ADMIN]
+
+    def kubeconfig(self, user: str = ADMIN) -> Path:
+        """Kubeconfig of a static-token user (admin or one of `restricted_users`)."""
+        try:
+            return self._kubeconfigs[user]
+        except KeyError:
+            raise KeyError(f"no static user {user!r}; known: {sorted(self._kubeconfigs)}") from None
+
+    def token(self, user: str = ADMIN) -> str:
+        return self._users[user].token
+
+    def service_account_kubeconfig(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        duration: str = "2h",
+        audience: str | None = None,
+        create: bool = False,
+    ) -> Path:
+        """Kubeconfig that acts AS a ServiceAccount, with a token from the TokenRequest API."""
+        if create:
+            self.kubectl("create", "serviceaccount", name, "-n", namespace)
+        args = ["create", "token", name, "-n", namespace, f"--duration={duration}"]
+        if audience:
+            args.append(f"--audience={audience}")
+        token = self.kubectl(*args).stdout.strip()
+        path = self.workdir / "kubeconfigs" / f"sa-{namespace}-{name}.kubeconfig"
+        user = f"system:serviceaccount:{namespace}:{name}"
+        return write_kubeconfig(
+            path, server=self.server, ca_pem=self.ca_pem, user=user, token=token, namespace=namespace
+        )
+
+    def env(self, kubeconfig: str | Path | None = None) -> dict[str, str]:
+        """Environment for subprocesses: KUBECONFIG set, the pinned kubectl/helm first on PATH."""
+        env = dict(os.environ)
+        env["KUBECONFIG"] = str(kubeconfig or self.admin_kubeconfig)
+        env["PATH"] = os.pathsep.join([*self.binaries.path_dirs, env.get("PATH", "")])
+        return env
+
+    # ----------------------------------------------------------------- kubectl / helm
+
+    def kubectl(
+        self,
+        *args: str,
+        kubeconfig: str | Path | None = None,
+        user: str | None = None,
+        input: str | bytes | None = None,
+        check: bool = True,
+        timeout: float = 60.0,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the pinned kubectl (as admin unless `user` or `kubeconfig` is given)."""
+        return self._run(
+            self.binaries.kubectl,
+            args,
+            kubeconfig=kubeconfig,
+            user=user,
+            input=input,
+            check=check,
+            timeout=timeout,
+        )
+
+    def helm(
+        self, *args: str, kubeconfig: str | Path | None = None, check: bool = True, timeout: float = 120.0
+    ) -> subprocess.CompletedProcess[str]:
+        self.binaries.require("helm")
+        home = self.workdir / "helm"
+        extra = {
+            "HELM_CACHE_HOME": str(home / "cache"),
+            "HELM_CONFIG_HOME": str(home / "config"),
+            "HELM_DATA_HOME": str(home / "data"),
+        }
+        return self._run(
+            self.binaries.helm, args, kubeconfig=kubeconfig, check=check, timeout=timeout, extra_env=extra
+        )
+
+    def _run(
+        self,
+        binary: Path,
+        args: Sequence[str],
+        *,
+        kubeconfig: str | Path | None = None,
+        user: str | None = None,
+        input: str | bytes | None = None,
+        check: bool = True,
+        timeout: float = 60.0,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        if kubeconfig is None:
+            kubeconfig = self.kubeconfig(user or self.ADMIN)
+        env = self.env(kubeconfig)
+        env.update(extra_env or {})
+        if isinstance(input, bytes):
+            input = input.decode()
+        proc = subprocess.run(
+            [str(binary), *map(str, args)],
+            input=input,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise KubectlError(list(map(str, args)), proc.returncode, proc.stdout, proc.stderr)
+        return proc
+
+    def kubectl_json(self, *args: str, **kwargs: Any) -> Any:
+        return json.loads(self.kubectl(*args, "-o", "json", **kwargs).stdout)
+
+    def apply(
+        self,
+        objs: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        *,
+        namespace: str | None = None,
+        server_side: bool = True,
+        **kwargs: Any,
+    ) -> subprocess.CompletedProcess[str]:
+        """`kubectl apply` one object or a list (as a v1 List), server-side by default."""
+        doc = objs if isinstance(objs, Mapping) else {"apiVersion": "v1", "kind": "List", "items": list(objs)}
+        args = ["apply", "-f", "-"]
+        if server_side:
+            args += ["--server-side", "--field-manager=interlace-tests"]
+        if namespace:
+            args += ["-n", namespace]
+        return self.kubectl(*args, input=json.dumps(doc), **kwargs)
+
+    def create(self, obj: Mapping[str, Any], *, namespace: str | None = None, **kwargs: Any) -> Any:
+        """`kubectl create` one object; returns the created object."""
+        args = ["create", "-f", "-", "-o", "json"]
+        if namespace:
+            args += ["-n", namespace]
+        return json.loads(self.kubectl(*args, input=json.dumps(obj), **kwargs).stdout)
+
+    # ----------------------------------------------------------------- namespaces and pods
+
+    def create_namespace(
+        self, name: str | None = None, *, prefix: str = "t", labels: Mapping[str, str] | None = None
+    ) -> str:
+        """Create a namespace and wait until its `default` ServiceAccount exists (pods need it)."""
+        if name is None:
+            prefix = re.sub(r"[^a-z0-9-]", "-", prefix.lower()).strip("-")[:40] or "t"
+            name = f"{prefix}-{secrets.token_hex(3)}"
+        self.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": name, "labels": dict(labels or {})},
+            }
+        )
+        self.wait_for(
+            lambda: self._exists("serviceaccount", "default", name),
+            timeout=60,
+            what=f"ServiceAccount default in namespace {name}",
+        )
+        return name
+
+    def delete_namespace(self, name: str, *, wait: bool = False, timeout: float = 120.0) -> None:
+        self.kubectl(
+            "delete", "namespace", name, "--ignore-not-found", f"--wait={str(wait).lower()}", timeout=timeout
+        )
+
+    def wait_for_pods(
+        self,
+        namespace: str,
+        selector: str,
+        *,
+        count: int,
+        phase: str = "Running",
+        timeout: float = 120.0,
+    ) -> list[dict[str, Any]]:
+        """Wait until at least `count` pods matching `selector` are in `phase`; returns them."""
+
+        def ready() -> list[dict[str, Any]] | None:
+            pods = self.kubectl_json("get", "pods", "-n", namespace, "-l", selector)["items"]
+            good = [p for p in pods if p.get("status", {}).get("phase") == phase]
+            return good if len(good) >= count else None
+
+        try:
+            return self.wait_for(
+                ready, timeout=timeout, interval=0.5, what=f"{count} {phase} pods {selector!r}"
+            )
+        except TimeoutError as e:
+            pods = self.kubectl("get", "pods", "-n", namespace, "-o", "wide", check=False).stdout
+            events = self.kubectl("get", "events", "-n", namespace, check=False).stdout
+            raise TimeoutError(f"{e}\npods:\n{pods}\nevents:\n{events}") from None
+
+    # ----------------------------------------------------------------- diagnostics
+
+    def log_tail(self, component: str, lines: int = 40) -> str:
+        return self.components[component].tail(lines)
+
+    def logs_report(self, lines: int = 25) -> str:
+        parts = [f"control plane workdir: {self.workdir}"]
+        for name, comp in self.components.items():
+            state = "running" if comp.running else f"exited {comp.popen.returncode if comp.popen else '?'}"
+            parts.append(f"----- {name} ({state}) {comp.log_path}\n{comp.tail(lines)}")
+        return "\n".join(parts)
+
+    def python_client(self, kubeconfig: str | Path | None = None) -> Any:
+        """A `kubernetes.client.ApiClient` for a kubeconfig (admin by default)."""
+        from kubernetes import config  # imported lazily: the module itself is stdlib-only
+
+        return config.new_client_from_config(config_file=str(kubeconfig or self.admin_kubeconfig))
+
+
+# --------------------------------------------------------------------------- CLI (hack/testbed/up.sh)
+
+
+def _cli(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="start the control plane and stay in the foreground until Ctrl-C")
+    up.add_argument("--workdir", help="state/log directory (default: a new temp dir)")
+    up.add_argument("--no-kuberay", action="store_true")
+    up.add_argument("--no-kwok", action="store_true")
+    up.add_argument("--gpu-nodes", type=int, default=1)
+    sub.add_parser("paths", help="print the binaries' paths")
+    args = parser.parse_args(argv)
+
+    if args.cmd == "paths":
+        for key, value in Binaries.locate().__dict__.items():
+            print(f"{key}={value}{'' if value.exists() else '  (missing)'}")
+        return 0
+
+    def say(msg: str) -> None:
+        print(f"[testbed] {msg}", file=sys.stderr, flush=True)
+
+    cp = ControlPlane(
+        args.workdir, kwok=not args.no_kwok, kuberay=not args.no_kuberay, gpu_nodes=args.gpu_nodes, log=say
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        cp.start()
+        path = ":".join(cp.binaries.path_dirs)
+        env_file = cp.workdir / "env.sh"
+        env_file.write_text(f"export KUBECONFIG={cp.admin_kubeconfig}\nexport PATH={path}:$PATH\n")
+        users = "\n".join(f"#   {u}: {cp.kubeconfig(u)}" for u in cp.restricted_users)
+        print(
+            f"# control plane up: {cp.server} (logs: {cp.workdir / 'logs'})\n"
+            f"# restricted users (group {RESTRICTED_GROUP}, no RBAC until you bind a Role):\n{users}\n"
+            f"export KUBECONFIG={cp.admin_kubeconfig}\n"
+            f"export PATH={path}:$PATH\n"
+            f"# (also in {env_file}: `source {env_file}`). Ctrl-C stops everything.",
+            flush=True,
+        )
+        while not stop.wait(2.0):
+            cp.check_running()
+    except TestbedError as e:
+        say(str(e))
+        return 1
+    finally:
+        say("stopping")
+        cp.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_cli())
