@@ -96,10 +96,20 @@ def _convert_smollm2(out: Path) -> None:
 
     gguf = smollm2_gguf()
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     if not tokenizer.chat_template:
         raise InterlaceError(f"{gguf} carries no chat template; reinstall {SMOLLM2_PACKAGE}")
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # The GGUF loader dequantises every tensor to float32 but leaves a GGUF "quantizer" attached,
+    # which refuses to save. Move the (plain float) weights into a model built from the same config
+    # without the quantisation entry; strict loading proves nothing is lost or renamed.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), strict=True)
+    del loaded
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     (out / "interlace-builtin.json").write_text(
