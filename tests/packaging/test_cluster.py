@@ -190,7 +190,7 @@ def test_helm_install_cluster_wide(control_plane: Any, namespace: str, other_nam
         proc = cp.kubectl("create", "-f", "-", kubeconfig=kubeconfig, input=json.dumps(greedy), check=False)
         assert proc.returncode != 0 and "forbidden" in proc.stderr.lower(), proc.stderr
     finally:
-        cp.helm("uninstall", release, "--namespace", namespace, "--wait", "--timeout", "60s", check=False, timeout=90)
+        cp.helm("uninstall", release, "--namespace", namespace, check=False, timeout=90)
     # resource-policy keep: the CRD (and every PruneJob) survives an uninstall
     assert cp.kubectl("get", "crd", CRD_NAME, "-o", "name").stdout.strip()
     assert not cp.kubectl("get", "clusterrole", f"{release}-interlace-operator", "--ignore-not-found",
@@ -218,7 +218,7 @@ def test_helm_install_namespaced(control_plane: Any, namespace: str, other_names
         rows += [(v, r, s, None, False) for v, r, s in DENIED_CLUSTER]
         check_table(cp, sa, rows)
     finally:
-        cp.helm("uninstall", release, "--namespace", namespace, "--wait", "--timeout", "60s", check=False, timeout=90)
+        cp.helm("uninstall", release, "--namespace", namespace, check=False, timeout=90)
 
 
 @pytest.mark.parametrize(("overlay", "ns"), [("cluster-wide", "interlace-system"), ("namespaced", "interlace")])
