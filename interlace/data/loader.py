@@ -39,8 +39,17 @@ class SubsetPlan:
     indices: list[int] | None  # None: size unknown (hub, maxSamples set): stream/shuffle and take quota
 
 
+def effective_spec(spec: DataSpec) -> DataSpec:
+    """Builtin sources know their own schema: `builtin:english` is conversation rows, whatever
+    `format` says (a text-only model may well set `format: text` and point at it)."""
+    if spec.path.strip().startswith("builtin:") and spec.format != "finevision":
+        return spec.model_copy(update={"format": "finevision"})
+    return spec
+
+
 def plan(spec: DataSpec, *, where: str = "data") -> list[SubsetPlan]:
     """Resolve the source and decide, per subset, which rows to read. Raises InterlaceError."""
+    spec = effective_spec(spec)
     subsets = resolve_subsets(spec, where=where)
     quotas = [rows_to_take(s.num_rows, spec.fraction) if s.num_rows is not None else 0 for s in subsets]
     unknown = [i for i, s in enumerate(subsets) if s.num_rows is None]
@@ -77,6 +86,7 @@ def load_samples(
     The source is resolved and checked now (InterlaceError here, not at the first `next`); rows are
     read lazily. Pass a DataStats to see how many rows were read and why some were skipped.
     """
+    spec = effective_spec(spec)
     plans = plan(spec)
     return _generate(plans, spec, limit, stats if stats is not None else DataStats())
 
