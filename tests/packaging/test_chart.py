@@ -18,6 +18,7 @@ from tests.packaging.tools import (
     APP_VERSION,
     CHART,
     by_kind,
+    helm,
     normalize,
     one,
     operator_rules,
@@ -311,3 +312,16 @@ def test_chart_files_present() -> None:
         assert (CHART / name).is_file(), name
     assert not (CHART / "crds").exists(), "CRDs in crds/ are never upgraded by helm: keep it a template"
     assert Path(CHART / "templates" / "servicemonitor.yaml").is_file()
+
+
+def test_chart_packages(tmp_path: Path) -> None:
+    """`helm package` produces an archive versioned like the chart, with the schema, NOTES and README."""
+    import tarfile
+
+    proc = helm("package", str(CHART), "--destination", str(tmp_path))
+    archive = tmp_path / f"interlace-operator-{APP_VERSION}.tgz"
+    assert archive.is_file(), proc.stdout
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+    for f in ("values.schema.json", "README.md", "templates/NOTES.txt", "templates/crd.yaml", "Chart.yaml"):
+        assert f"interlace-operator/{f}" in names, f
