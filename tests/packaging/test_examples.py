@@ -136,3 +136,13 @@ def test_examples_accepted_by_the_api_server(control_plane: Any, namespace: str)
     )
     assert proc.returncode != 0
     assert "spec.pruning.ratio" in proc.stderr, proc.stderr
+
+
+def test_argocd_chart_values_pass_the_chart_schema() -> None:
+    """The Application's inline Helm values render with the chart (values.schema.json accepts them)."""
+    from tests.packaging.tools import one, template
+
+    apps = [d for d in yaml.safe_load_all((EXAMPLES / "argocd-application.yaml").read_text()) if d]
+    helm_src = next(a["spec"]["source"]["helm"] for a in apps if "helm" in a["spec"]["source"])
+    objs = template(helm_src.get("valuesObject"), release=helm_src["releaseName"])
+    assert one(objs, "Deployment")["metadata"]["name"] == "interlace-operator"
