@@ -29,12 +29,14 @@ from urllib.parse import urlparse
 from interlace.errors import InterlaceError
 from interlace.publish.card import model_card, write_card
 from interlace.publish.hub import HubUploadPlan, plan_hub_upload, push_to_hub
+from interlace.publish.redact import install as install_redaction
 from interlace.publish.redact import redact, redacting
 from interlace.publish.retry import RetryPolicy
 from interlace.publish.transfer import TransferStats, publish_local, s3_filesystem, upload_s3
 from interlace.spec import HubOutput, LayerPlan, OutputSpec, PruneJob, Results
 
 log = logging.getLogger("interlace.publish")
+install_redaction()  # before anything here can log; see interlace.publish.redact
 
 ARTIFACTS = ("scores.json", "plan.json", "heatmap.png")
 DEFAULT_PVC_ROOT = "/data"
@@ -198,6 +200,7 @@ __all__ = [
     "Destination",
     "PublishOutcome",
     "RetryPolicy",
+    "install_redaction",
     "model_card",
     "plan_hub_upload",
     "publish",

@@ -1,10 +1,11 @@
 """Keep credentials out of every log line, error message and file we write.
 
-Why a filter on the handlers and not only care in our own messages: at DEBUG, botocore logs request
-headers (the Authorization header carries the access key id) and other libraries may echo
-configuration. A `logging.Filter` attached to each handler rewrites the record after formatting its
-message, so whatever a library logs, the secret's value never reaches a sink. Values are taken from
-the environment (that is where the operator puts them, from Secrets), so nothing has to be registered.
+Why at record creation and not only care in our own messages: at DEBUG, libraries (botocore, s3fs,
+huggingface_hub, urllib3) may echo headers or configuration. `install()` wraps the logging record
+factory, so EVERY record of EVERY logger is scrubbed when it is created, before any handler, formatter
+or later-added sink sees it. Values come from the environment (that is where the operator puts them,
+from Secrets), so nothing has to be registered. Importing interlace.publish installs it; the CLI should
+call `install()` at start so that model loading with an HF token is covered too.
 """
 
 from __future__ import annotations
@@ -40,54 +41,45 @@ def redact(text: str) -> str:
     return text
 
 
-class RedactingFilter(logging.Filter):
-    """Replace credential values in a record's message and traceback (always lets the record through)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        secrets = secret_values()
-        if not secrets:
-            return True
-        try:
-            msg = record.getMessage()
-        except Exception:  # a broken format string: keep the raw template
-            msg = str(record.msg)
-        record.msg, record.args = redact(msg), None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
-        if record.exc_text:
-            record.exc_text = redact(record.exc_text)
-        if record.stack_info:
-            record.stack_info = redact(record.stack_info)
-        return True
+def scrub(record: logging.LogRecord) -> None:
+    """Replace credential values in a record's message, traceback and stack (in place)."""
+    secrets = secret_values()
+    if not secrets:
+        return
+    try:
+        msg = record.getMessage()
+    except Exception:  # a broken format string: keep the raw template
+        msg = str(record.msg)
+    record.msg, record.args = redact(msg), None
+    if record.exc_info and not record.exc_text:
+        record.exc_text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+    if record.exc_text:
+        record.exc_text = redact(record.exc_text)
+    if record.stack_info:
+        record.stack_info = redact(record.stack_info)
 
 
-_FILTER = RedactingFilter()
-
-
-def _all_handlers() -> list[logging.Handler]:
-    handlers = list(logging.getLogger().handlers)
-    for logger in logging.Logger.manager.loggerDict.values():
-        if isinstance(logger, logging.Logger):
-            handlers.extend(logger.handlers)
-    return handlers
+_installed = False
 
 
 def install() -> None:
-    """Attach the filter to every handler that exists now (idempotent). The CLI calls it at start."""
-    for h in _all_handlers():
-        if _FILTER not in h.filters:
-            h.addFilter(_FILTER)
+    """Scrub every log record of the process from now on (idempotent)."""
+    global _installed
+    if _installed:
+        return
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        scrub(record)
+        return record
+
+    logging.setLogRecordFactory(factory)
+    _installed = True
 
 
 @contextmanager
 def redacting() -> Iterator[None]:
-    """Attach the filter to all current handlers for the duration of a publish, then detach the
-    ones this call added."""
-    added = [h for h in _all_handlers() if _FILTER not in h.filters]
-    for h in added:
-        h.addFilter(_FILTER)
-    try:
-        yield
-    finally:
-        for h in added:
-            h.removeFilter(_FILTER)
+    """Make sure redaction is on for a block (it stays on afterwards: credentials stay in the env)."""
+    install()
+    yield

@@ -32,7 +32,7 @@ class RetryPolicy:
 
 def is_transient(err: BaseException) -> bool:
     """True for errors worth retrying."""
-    if isinstance(err, _PERMANENT_OS):
+    if isinstance(err, _PERMANENT_OS) or type(err).__name__ == "OfflineModeIsEnabled":
         return False
     status = getattr(getattr(err, "response", None), "status_code", None)
     if isinstance(status, int):  # huggingface_hub / httpx HTTP errors
