@@ -177,7 +177,20 @@ def resolve_source(source: str) -> tuple[str, bool]:
         raise InterlaceError(
             f"model {source!r} is neither an existing directory nor a valid hub id (org/name)"
         )
+    if _offline():
+        # Answer from the local cache alone, before transformers/torch are even imported.
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(source, "config.json"), str):
+            raise InterlaceError(
+                f"model {source!r} is not a local directory and not in the hub cache, and HF_HUB_OFFLINE=1 "
+                "forbids downloading it; download it first or pass a local directory"
+            )
     return source, False
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _check_dir(p: Path, source: str) -> str:
@@ -223,7 +236,7 @@ def resolve_device(device: str | None) -> str:
 
 
 def _hub_error(source: str, err: BaseException) -> InterlaceError:
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    offline = _offline()
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     if offline:
         return InterlaceError(
@@ -235,9 +248,15 @@ def _hub_error(source: str, err: BaseException) -> InterlaceError:
 
 def load_config(source: str, *, revision: str | None = None, trust_remote_code: bool = False) -> Any:
     """The model's config, with a clear error when it cannot be found or is unsupported."""
+    target, local = resolve_source(source)
+    return _load_config(source, target, local, revision=revision, trust_remote_code=trust_remote_code)
+
+
+def _load_config(
+    source: str, target: str, local: bool, *, revision: str | None, trust_remote_code: bool
+) -> Any:
     from transformers import AutoConfig
 
-    target, local = resolve_source(source)
     try:
         cfg = AutoConfig.from_pretrained(target, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as err:
@@ -269,6 +288,7 @@ def load_model(
     VLMs load through AutoModelForImageTextToText and AutoProcessor, text models through
     AutoModelForCausalLM and AutoTokenizer. The model is in eval mode on `device`.
     """
+    target, local = resolve_source(source)  # bad sources fail here, before the heavy imports
     from transformers import (
         AutoModelForCausalLM,
         AutoModelForImageTextToText,
@@ -276,8 +296,7 @@ def load_model(
         AutoTokenizer,
     )
 
-    cfg = load_config(source, revision=revision, trust_remote_code=trust_remote_code)
-    target, local = resolve_source(source)
+    cfg = _load_config(source, target, local, revision=revision, trust_remote_code=trust_remote_code)
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     is_vlm = cfg.model_type in VLM_FAMILIES

@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     from interlace.data import check_source, load_samples
     from interlace.spec import DataSpec
 
-    spec = DataSpec(format=args.format, path=args.data, fraction=1.0, max_samples=args.samples)
+    # All rows are eligible; the first --samples usable ones (after the loader's filters) are analysed.
+    spec = DataSpec(format=args.format, path=args.data, fraction=1.0)
     check_source(spec, where="--data")
 
     from interlace.analysis import analyze
