@@ -116,3 +116,13 @@ def test_smollm2_converts_once_reloads_and_talks(monkeypatch: pytest.MonkeyPatch
     ex = encode_sample(sample, tok, max_length=256)
     assert tok.decode(ex["input_ids"]).startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
     assert tok.decode(ex["input_ids"][ex["labels"] != IGNORE_INDEX]) == "Hi there!<|im_end|>"
+
+
+def test_builtin_english_without_the_debian_packages(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from interlace.data import check_source, english
+
+    monkeypatch.setenv("INTERLACE_CACHE", str(tmp_path))
+    monkeypatch.setattr(english, "WORDNET_DIR", tmp_path / "no-wordnet")
+    with pytest.raises(InterlaceError, match=r"needs the Debian packages fortunes, fortunes-min, wordnet-base.*hack/system-deps\.sh"):
+        check_source(DataSpec(path="builtin:english"))
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
