@@ -1,0 +1,89 @@
+"""`interlace evaluate`: score a pruned model against its base on the same benchmarks.
+
+    interlace evaluate --base DIR --pruned DIR --benchmarks perplexity set.jsonl ... \\
+        [--data PATH] [--max-samples N] [--batch-size N] [--max-new-tokens N] [--no-speed] \\
+        --output results.json
+
+Writes the Results (camelCase, as in PruneJob status.results) to --output atomically and prints them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from interlace.errors import InterlaceError
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "evaluate",
+        help="compare a pruned model with its base (quality, relative performance, speed)",
+        description="Score base and pruned model on the same benchmarks: 'perplexity' (needs --data), "
+        "or paths to local VQA sets (parquet/jsonl with image, question, choices, answer). "
+        "Relative performance = mean over benchmarks of pruned/base, in percent.",
+    )
+    p.add_argument("--base", required=True, help="unpruned model: directory, hub id or builtin:<name>")
+    p.add_argument("--pruned", required=True, help="pruned model directory")
+    p.add_argument("--benchmarks", nargs="+", required=True, metavar="BENCHMARK")
+    p.add_argument("--data", help="held-out conversations for perplexity (parquet/jsonl shards or builtin:english)")
+    p.add_argument("--data-format", choices=("finevision", "text"), default=None,
+                   help="format of --data (default: text for builtin:english, else finevision)")
+    p.add_argument("--max-samples", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=2048, help="token cap per perplexity sample")
+    p.add_argument("--no-speed", action="store_true", help="skip the prefill/decode speed report")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--output", required=True, type=Path, help="results JSON to write")
+    return p
+
+
+def _spec(args: argparse.Namespace) -> Any:
+    from pydantic import ValidationError
+
+    from interlace.spec import DataSpec, EvaluationSpec, format_validation_error
+
+    try:
+        data = None
+        if args.data:
+            fmt = args.data_format or ("text" if args.data.startswith("builtin:english") else "finevision")
+            data = DataSpec(format=fmt, path=args.data, fraction=1.0, max_samples=args.max_samples)
+        return EvaluationSpec(
+            benchmarks=args.benchmarks,
+            data=data,
+            max_samples=args.max_samples,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            speed=not args.no_speed,
+        )
+    except ValidationError as err:
+        raise InterlaceError(format_validation_error(err, prefix="--")) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from interlace.evaluation import check_benchmarks
+
+    spec = _spec(args)
+    check_benchmarks(spec)  # bad benchmarks fail before any model loads
+    if args.output.exists() and args.output.is_dir():
+        raise InterlaceError(f"--output {args.output} is a directory; give a file name like results.json")
+
+    from interlace.evaluation import evaluate
+    from interlace.models import load_model
+
+    base = load_model(args.base, device=args.device)
+    pruned = load_model(args.pruned, device=args.device)
+    results = evaluate(
+        spec, base=base.model, pruned=pruned.model, processor=base.processor, max_length=args.max_length
+    )
+    text = json.dumps(results.to_wire(), indent=2) + "\n"
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.output.with_name(args.output.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(args.output)
+    sys.stdout.write(text)
+    return 0
