@@ -129,7 +129,9 @@ def main() -> int:
     print("starting the control plane (etcd, kube-apiserver, controllers, kwok, KubeRay) ...", flush=True)
     with ControlPlane() as cp:
         cp.kubectl("apply", "--server-side", "-f", str(REPO / "manifests/base/crd.yaml"))
-        cp.kubectl("wait", "--for=condition=Established", "crd/prunejobs.interlace.dev", "--timeout=60s")
+        cp.wait_for(lambda: any(c["type"] == "Established" and c["status"] == "True" for c in
+                                (cp.kubectl_json("get", "crd", "prunejobs.interlace.dev").get("status") or {})
+                                .get("conditions") or []), timeout=60, what="the PruneJob CRD")
         ns = cp.create_namespace(prefix="bench")
         api_client = config.new_client_from_config(config_file=str(cp.admin_kubeconfig))
         api_client.configuration.connection_pool_maxsize = 16

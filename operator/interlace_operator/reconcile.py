@@ -259,14 +259,16 @@ class Reconciler:
         wanted: list[tuple[dict[str, Any], tuple[str, ...]]] = [
             (builders.configmap(job, owner), ("data",)),
             (builders.role(owner), ("rules",)),
-            (builders.role_binding(owner, sa), ("subjects",)),
         ]
         if not job.spec.resources.service_account_name:
             wanted.append((builders.service_account(owner), ()))
-        # Independent objects: created in parallel (four round trips cost one).
+        # Independent objects: created in parallel (three round trips cost one). The RoleBinding
+        # comes after its Role: the API server's escalation check reads the Role, and without the
+        # `bind` verb the operator may only bind a Role that exists and whose rules it holds.
         futures = [self._children_pool.submit(self.kube.ensure, body, owner.uid, keys) for body, keys in wanted]
         for future in futures:
             future.result()
+        self.kube.ensure(builders.role_binding(owner, sa), owner.uid, ("subjects",))
 
     def _start_attempt(self, ctx: Ctx, attempt: int, *, retry: bool) -> float | None:
         """Create (or adopt) the RayJob of `attempt`, then record it in status."""
@@ -299,6 +301,8 @@ class Reconciler:
                 raise Requeue(0.5, f"RayJob {rj_name} vanished while adopting it") from None
             self.kube.check_owner(rayjob, owner.uid)
             created = False
+        log.info("%s/%s: %s RayJob %s (attempt %d)", owner.namespace, owner.name,
+                 "created" if created else "adopted", rj_name, attempt)
         if created:
             res = job.spec.resources
             gpus = f"{res.workers} worker(s) x {res.gpus_per_worker} GPU"
@@ -469,6 +473,10 @@ class Reconciler:
         if self.metrics:
             self.metrics.set_phase(ctx.owner.namespace, ctx.owner.name, outcome.phase)
         if old.get("phase") != outcome.phase or _reason(old, "Ready") != _reason(new, "Ready"):
+            log.info(
+                "%s/%s: %s -> %s (%s: %s)", ctx.owner.namespace, ctx.owner.name, old.get("phase"),
+                outcome.phase, outcome.reason, outcome.message,
+            )
             self._transition_event(ctx, old.get("phase"), outcome)
 
     def _transition_event(self, ctx: Ctx, old_phase: str | None, outcome: Outcome) -> None:

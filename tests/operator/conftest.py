@@ -52,9 +52,14 @@ def wait_for(fn: Callable[[], Any], timeout: float = 60.0, interval: float = 0.2
 @pytest.fixture(scope="session")
 def prunejob_crd(control_plane: Any) -> str:
     control_plane.kubectl("apply", "--server-side", "--field-manager=interlace-tests", "-f", str(CRD_FILE))
-    control_plane.kubectl(
-        "wait", "--for=condition=Established", "crd/prunejobs.interlace.dev", "--timeout=60s"
-    )
+
+    def established() -> bool:
+        # (not `kubectl wait`: it errors out instead of waiting while .status.conditions is still null)
+        crd = control_plane.kubectl_json("get", "crd", "prunejobs.interlace.dev")
+        conds = (crd.get("status") or {}).get("conditions") or []
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conds)
+
+    wait_for(established, timeout=60, what="the PruneJob CRD to be Established")
     return "prunejobs.interlace.dev"
 
 
