@@ -14,9 +14,16 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -197,10 +204,12 @@ def test_helm_install_cluster_wide(control_plane: Any, namespace: str, other_nam
                           "-o", "name").stdout.strip()
 
 
-def test_helm_install_namespaced(control_plane: Any, namespace: str, other_namespace: str) -> None:
+def test_helm_install_namespaced(control_plane: Any, namespace: str, other_namespace: str, tmp_path: Path) -> None:
     cp = control_plane
     release = f"pkg-{secrets.token_hex(3)}"
     # The operator lives in `namespace` and watches only `namespace`; `other_namespace` is out of reach.
+    # The CRD is installed separately here (crds.install=false), as a cluster admin would.
+    ensure_crd(cp)
     helm_install(cp, release, namespace, "--set", f"watchNamespaces={{{namespace}}}", "--set", "crds.install=false")
     try:
         fullname = f"{release}-interlace-operator"
@@ -222,8 +231,82 @@ def test_helm_install_namespaced(control_plane: Any, namespace: str, other_names
         rows += [(v, r, s, namespace, False) for v, r, s in DENIED_NAMESPACED]
         rows += [(v, r, s, None, False) for v, r, s in DENIED_CLUSTER]
         check_table(cp, sa, rows)
+
+        # Enough in practice: the real operator, as this ServiceAccount (its own token), handles a
+        # PruneJob in the watched namespace with only the namespaced chart's grants.
+        run_operator_as(cp, namespace, fullname, tmp_path)
     finally:
         cp.helm("uninstall", release, "--namespace", namespace, check=False, timeout=90)
+
+
+def ensure_crd(cp: Any) -> None:
+    crd = MANIFESTS / "base" / "crd.yaml"
+    cp.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=interlace-packaging", "-f", str(crd))
+    cp.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s", timeout=70)
+
+
+def run_operator_as(cp: Any, namespace: str, service_account: str, tmp_path: Path) -> None:
+    """Run `python -m interlace_operator` outside the cluster with the ServiceAccount's token (kwok pods
+    run nothing), apply the 4B example PruneJob, and wait until the operator created its RayJob and
+    wrote the PruneJob's status. Any 403 in the operator's log fails the test."""
+    kubeconfig = cp.service_account_kubeconfig(namespace, service_account)
+    health = free_port()
+    env = dict(os.environ)
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    env.update(
+        KUBECONFIG=str(kubeconfig),
+        INTERLACE_WATCH_NAMESPACES=namespace,
+        INTERLACE_HEALTH_PORT=str(health),
+        INTERLACE_METRICS_PORT=str(free_port()),
+        INTERLACE_RUNTIME_IMAGE="registry.test/interlace-runtime:test",
+    )
+    log_path = tmp_path / "operator.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "interlace_operator"], stdout=log, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True)
+    example = MANIFESTS / "examples" / "qwen3-vl-4b-20.yaml"
+    try:
+        cp.wait_for(lambda: _healthz(health, proc, log_path), timeout=90, what="operator /healthz")
+        cp.kubectl("apply", "-n", namespace, "-f", str(example))
+
+        def handled() -> bool:
+            pj = cp.kubectl_json("get", "prunejob", "qwen3-vl-4b-20", "-n", namespace)
+            rayjobs = cp.kubectl_json("get", "rayjobs", "-n", namespace)["items"]
+            st = pj.get("status") or {}
+            return bool(st.get("phase") and st.get("conditions") and rayjobs)
+
+        try:
+            cp.wait_for(handled, timeout=90, what="the operator to create the RayJob and write status")
+        except TimeoutError as e:
+            raise AssertionError(f"{e}\noperator log:\n{log_path.read_text(errors='replace')[-4000:]}") from None
+        cp.kubectl("delete", "-n", namespace, "-f", str(example), "--wait=true", "--timeout=60s", timeout=70)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+    text = log_path.read_text(errors="replace")
+    forbidden = [ln for ln in text.splitlines() if "Forbidden" in ln or " 403" in ln or "(403)" in ln]
+    assert not forbidden, "\n".join(forbidden[:20])
+
+
+def _healthz(port: int, proc: subprocess.Popen[bytes], log_path: Path) -> bool:
+    if proc.poll() is not None:
+        raise AssertionError(f"operator exited {proc.returncode}:\n{log_path.read_text(errors='replace')[-4000:]}")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @pytest.mark.parametrize(("overlay", "ns"), [("cluster-wide", "interlace-system"), ("namespaced", "interlace")])
