@@ -70,7 +70,8 @@ def pruned_llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, LayerP
 def ray_session() -> Iterator[Any]:
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+    from interlace.finetune import start_ray
+
+    start_ray(local=True, attempts=5)  # a loaded machine can make a Ray start fail; retry
     yield ray
     ray.shutdown()

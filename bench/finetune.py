@@ -1,0 +1,167 @@
+"""Interleaved finetuning vs finetuning every layer of the same pruned model: step time and memory.
+
+    bash hack/in-venv.sh python bench/finetune.py            # the embedded SmolLM2-135M, 20% pruned
+
+One process, one run, side by side: the model is pruned by an INTERLACE plan (from a real analysis on
+calibration text), then copied twice:
+
+* interleaved: interlace.freeze as training uses it (only the plan's finetune layers train, the
+  backward pass stops below the lowest of them, checkpointing from there up);
+* all layers: every decoder layer trains (embeddings, final norm and lm_head frozen in both, so the
+  comparison is about the decoder), checkpointing on every layer.
+
+Both take the same optimizer steps on the same batches (alternating, so machine load hits both
+alike), through the same step functions the Ray Train workers run (interlace.finetune). Reported:
+median step time, and gradient + optimizer-state bytes measured from the tensors that exist after a
+step (p.grad of trainable parameters before they are cleared, AdamW's exp_avg/exp_avg_sq).
+Goals from the issue: <= 0.60x time, <= 0.50x memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="builtin:smollm2-135m")
+    ap.add_argument("--data", default="builtin:english", help="conversation data (FineVision schema)")
+    ap.add_argument("--ratio", type=float, default=0.2)
+    ap.add_argument("--steps", type=int, default=6, help="measured optimizer steps per mode")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--accum", type=int, default=1)
+    ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--calibration", type=int, default=32, help="calibration samples for the plan")
+    ap.add_argument("--no-checkpointing", action="store_true")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    args = ap.parse_args(argv)
+
+    import torch
+    from transformers import get_scheduler
+
+    from interlace.analysis import analyze
+    from interlace.calibration import calibration_batches
+    from interlace.data import load_samples
+    from interlace.data.encode import collate, encode_sample
+    from interlace.finetune import accumulate_gradients, apply_gradients
+    from interlace.freeze import apply_freezing, enable_checkpointing
+    from interlace.models import find_parts, load_model
+    from interlace.selection import select_layers
+    from interlace.spec import DataSpec
+    from interlace.surgery import prune_model
+
+    torch.manual_seed(0)
+    loaded = load_model(args.model, dtype="float32", device="cpu")
+    model, proc = loaded.model, loaded.processor
+    L = loaded.parts.num_layers
+    n_drop = int(L * args.ratio)
+    data = DataSpec(path=args.data, max_samples=args.calibration + 64)
+    samples = list(load_samples(data))
+    cal, train = samples[: args.calibration], samples[args.calibration :]
+    scores = analyze(
+        model,
+        calibration_batches(cal, proc, batch_size=8, max_length=args.max_length),
+        show_progress=False,
+    )
+    plan = select_layers(scores, n_drop=n_drop, strategy="interlace", ratio=args.ratio)
+    prune_model(model, plan, deepstack_policy="position")
+    print(f"model {args.model}: {L} -> {L - n_drop} layers; finetune {plan.finetune} (original indices)")
+
+    tok = getattr(proc, "tokenizer", proc)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    need = args.batch * args.accum * (args.steps + 1)
+    batches = []
+    for k in range(need // args.batch):
+        chunk = [train[(k * args.batch + j) % len(train)] for j in range(args.batch)]
+        exs = [encode_sample(s, proc, max_length=args.max_length) for s in chunk]
+        batches.append((collate(exs, pad), sum(int(e["input_ids"].shape[0]) for e in exs)))
+
+    def prepare(mode: str) -> tuple[torch.nn.Module, list[torch.nn.Parameter], torch.optim.Optimizer, object]:
+        m = copy.deepcopy(model)
+        if mode == "interleaved":
+            summary = apply_freezing(m, plan)
+            lowest = summary.lowest_position
+        else:
+            m.requires_grad_(False)
+            find_parts(m).layers.requires_grad_(True)
+            lowest = 0
+        if not args.no_checkpointing:
+            enable_checkpointing(m, lowest)
+        m.train()
+        params = [p for p in m.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
+        sched = get_scheduler("constant", opt)
+        return m, params, opt, sched
+
+    modes = ("interleaved", "all layers")
+    state = {mode: prepare(mode) for mode in modes}
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    mem: dict[str, dict[str, int]] = {}
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    dev = torch.device("cpu")
+    for step in range(args.steps + 1):  # step 0 warms up (allocations, caches); not timed
+        group = batches[step * args.accum : (step + 1) * args.accum]
+        for mode in modes if step % 2 == 0 else reversed(modes):
+            m, params, opt, sched = state[mode]
+            t0 = time.perf_counter()
+            accumulate_gradients(m, group, device=dev, amp_dtype=None, world=1)
+            grad_bytes = sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None)
+            apply_gradients(params, opt, sched, scaler, max_grad_norm=1.0)
+            dt = time.perf_counter() - t0
+            if step > 0:
+                times[mode].append(dt)
+            opt_bytes = sum(
+                t.numel() * t.element_size()
+                for st in opt.state.values()
+                for t in st.values()
+                if torch.is_tensor(t) and t.dim() > 0
+            )
+            mem[mode] = {
+                "trainable_params": sum(p.numel() for p in params),
+                "grad_bytes": grad_bytes,
+                "optimizer_bytes": opt_bytes,
+            }
+
+    t_i, t_a = statistics.median(times["interleaved"]), statistics.median(times["all layers"])
+    m_i = mem["interleaved"]["grad_bytes"] + mem["interleaved"]["optimizer_bytes"]
+    m_a = mem["all layers"]["grad_bytes"] + mem["all layers"]["optimizer_bytes"]
+    print()
+    print("| mode | trainable params | median step (s) | grad + optimizer (MiB) |")
+    print("|---|---|---|---|")
+    for mode, t, mb in (("interleaved", t_i, m_i), ("all layers", t_a, m_a)):
+        print(f"| {mode} | {mem[mode]['trainable_params']:,} | {t:.3f} | {mb / 2**20:.1f} |")
+    print()
+    print(f"time ratio   {t_i / t_a:.3f}x  (goal <= 0.60x)")
+    print(f"memory ratio {m_i / m_a:.3f}x  (goal <= 0.50x)")
+    print(
+        f"({args.steps} measured steps per mode, batch {args.batch} x accum {args.accum}, "
+        f"max length {args.max_length}, checkpointing {'off' if args.no_checkpointing else 'on'}, "
+        f"{torch.get_num_threads()} threads)"
+    )
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "plan": plan.model_dump(mode="json"),
+                    "median_step_seconds": {"interleaved": t_i, "all_layers": t_a},
+                    "memory": mem,
+                    "time_ratio": t_i / t_a,
+                    "memory_ratio": m_i / m_a,
+                },
+                indent=2,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""`interlace run -f prunejob.yaml`: the whole pipeline, locally or as the RayJob entrypoint.
+
+The YAML is validated first (a bad field exits 2 naming it, before torch or Ray is imported). Then
+Ray is started (`ray.init()`: a local cluster, or the cluster named by RAY_ADDRESS when the job runs
+inside one), the reporters are assembled (console, progress.jsonl in the output directory, and the
+Kubernetes status sink when the operator set INTERLACE_PRUNEJOB), and interlace.pipeline runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from interlace.errors import InterlaceError
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "run",
+        help="run a PruneJob: analyze -> plan -> prune -> finetune -> evaluate -> save",
+        description="Run the INTERLACE pipeline described by a PruneJob YAML (the same file the "
+        "operator takes), on a local Ray cluster or the one RAY_ADDRESS names.",
+    )
+    p.add_argument("-f", "--file", required=True, type=Path, help="PruneJob YAML")
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="always start a private local Ray cluster, even if RAY_ADDRESS is set",
+    )
+    p.add_argument("--output", help="output directory or URI (overrides spec.output.uri)")
+    p.add_argument("--workers", type=int, help="Ray Train workers (overrides spec.resources.workers)")
+    p.add_argument("--max-steps", type=int, help="stop finetuning after N optimizer steps")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from interlace.spec import load_prunejob
+
+    job = load_prunejob(args.file)  # SpecError (exit 2) before anything heavy
+    if args.workers is not None and args.workers < 1:
+        raise InterlaceError(f"--workers {args.workers}: need at least 1")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise InterlaceError(f"--max-steps {args.max_steps}: need at least 1")
+    if args.output:
+        job.spec.output.uri = args.output
+    if args.workers is not None:
+        job.spec.resources.workers = args.workers
+    if args.max_steps is not None:
+        job.spec.finetune.max_steps = args.max_steps
+
+    from interlace.pipeline import resolve_output_dir
+
+    output_dir = resolve_output_dir(job.spec.output.uri, job=job)
+
+    from interlace.console import ConsoleReporter, summary_table
+    from interlace.progress import JsonlReporter, MultiReporter, Reporter
+
+    console = ConsoleReporter()
+    sinks: list[Reporter] = [console]
+    kube = _kube_reporter()
+    if kube is not None:
+        sinks.append(kube)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    sinks.append(JsonlReporter(output_dir / "progress.jsonl"))
+    reporter = MultiReporter(*sinks)
+
+    if job.spec.finetune.enabled and not job.spec.dry_run:  # only finetuning needs Ray
+        from interlace.finetune import start_ray
+
+        start_ray(local=args.local)
+
+    from interlace.pipeline import run_pipeline
+
+    try:
+        results = run_pipeline(job, output_dir=output_dir, reporter=reporter)
+    finally:
+        reporter.close()
+    console.console.print(summary_table(results, output_dir=output_dir))
+    return 0
+
+
+def _kube_reporter() -> Any:
+    """The PruneJob status sink when running under the operator (INTERLACE_PRUNEJOB set), else None."""
+    if not os.environ.get("INTERLACE_PRUNEJOB"):
+        return None
+    try:
+        from interlace.reporter.kube import from_env
+    except ModuleNotFoundError as err:
+        if err.name and err.name.startswith("interlace.reporter"):
+            return None
+        raise
+    return from_env()

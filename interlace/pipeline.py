@@ -1,0 +1,325 @@
+"""The whole INTERLACE run as one function: analyze -> plan -> surgery -> finetune -> evaluate -> save.
+
+`run_pipeline` is what `interlace run` (locally, or as the RayJob entrypoint) calls. Each stage is a
+function of another module over plain data; this module only orders them, decides what is kept in
+memory, writes the artifacts and reports the stages:
+
+    <output>/scores.json      layer similarity scores (interlace.analysis)
+    <output>/plan.json        the chosen layers (interlace.selection)
+    <output>/heatmap.png      scores with the plan drawn on (interlace.plots)
+    <output>/checkpoints/     Ray Train checkpoints of the finetune (interlace.finetune)
+    <output>/model/           the pruned + finetuned model (interlace.publish, else surgery.save_model)
+    <output>/results.json     layers, parameters, benchmarks (interlace.evaluation)
+    <output>/progress.jsonl   every reporter event (written by the caller's JsonlReporter)
+
+Inputs that can be wrong (data sources, the pruning amount) are checked before the model loads.
+A restarted job with spec.finetune.resume (the default) reuses scores.json/plan.json when they fit
+the spec, so it finetunes the same layers its checkpoints were made for.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from interlace.errors import InterlaceError
+from interlace.progress import Reporter
+from interlace.spec import (
+    DataSpec,
+    LayerPlan,
+    Phase,
+    Progress,
+    PruneJob,
+    PruneJobSpec,
+    Results,
+)
+
+
+def resolve_output_dir(uri: str, *, job: PruneJob | None = None) -> Path:
+    """Local directory for the run's artifacts.
+
+    A path, file:// or pvc:// URI: that directory (interlace.publish resolves it, so the model lands
+    in <dir>/model next to the other artifacts). Remote URIs (s3://, hf://): a local staging
+    directory; interlace.publish uploads the model and the artifacts from there.
+    """
+    from interlace.publish import resolve_destination
+
+    dest = resolve_destination(uri, job=job)
+    if dest.kind == "local":
+        return Path(dest.base)
+    root = Path(os.environ.get("INTERLACE_WORK_DIR", Path.home() / ".cache" / "interlace" / "runs"))
+    return (root / re.sub(r"[^A-Za-z0-9._-]+", "_", dest.base).strip("_")).resolve()
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Atomic: readers never see half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _data_specs(spec: PruneJobSpec) -> list[tuple[str, DataSpec]]:
+    out = [("spec.calibration.data", spec.calibration.data or spec.finetune.data)]
+    if spec.finetune.enabled and not spec.dry_run:
+        out.append(("spec.finetune.data", spec.finetune.data))
+    if spec.evaluation.enabled and not spec.dry_run and spec.evaluation.data is not None:
+        out.append(("spec.evaluation.data", spec.evaluation.data))
+    return out
+
+
+def check_inputs(spec: PruneJobSpec) -> None:
+    """Everything cheap that can fail: data sources readable, benchmarks known. Raises InterlaceError."""
+    from interlace.data import check_source
+
+    for where, data in _data_specs(spec):
+        check_source(data, where=where)
+    if spec.evaluation.enabled and not spec.dry_run:
+        from interlace.evaluation import check_benchmarks
+
+        check_benchmarks(spec.evaluation, finetune_data=spec.finetune.data)
+
+
+def _layers_to_drop(spec: PruneJobSpec, num_layers: int) -> int:
+    try:
+        return spec.pruning.layers_to_drop(num_layers)
+    except ValueError as err:
+        raise InterlaceError(str(err)) from None
+
+
+def _reusable_plan(out: Path, spec: PruneJobSpec, num_layers: int, n_drop: int) -> LayerPlan | None:
+    """plan.json of an earlier attempt in the same output, if it fits this spec (resume)."""
+    f = out / "plan.json"
+    if not (spec.finetune.resume and f.is_file() and (out / "scores.json").is_file()):
+        return None
+    try:
+        plan = LayerPlan.model_validate(json.loads(f.read_text()))
+    except (ValueError, OSError):
+        return None
+    fits = (
+        plan.num_layers == num_layers
+        and len(plan.drop) == n_drop
+        and str(plan.strategy) == str(spec.pruning.strategy)
+        and not set(plan.drop) & set(spec.pruning.protected_layers)
+    )
+    return plan if fits else None
+
+
+def _stage_progress(reporter: Reporter, done: int, total: int, message: str) -> None:
+    reporter.progress(
+        Progress(
+            percent=round(100.0 * done / max(total, 1), 2), step=done, total_steps=total, message=message
+        )
+    )
+
+
+def run_pipeline(
+    job: PruneJob,
+    *,
+    output_dir: str | Path,
+    reporter: Reporter,
+    use_gpu: bool | None = None,
+) -> Results:
+    """Run the PruneJob end to end and return its Results (also written to results.json)."""
+    import torch
+
+    from interlace.models import load_model
+
+    spec = job.spec
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if use_gpu is None:
+        use_gpu = torch.cuda.is_available() and spec.resources.gpus_per_worker > 0
+    device = "cuda" if use_gpu else "cpu"
+    check_inputs(spec)
+
+    # ---- 1. analysis: layer similarity scores on calibration samples
+    reporter.stage(Phase.ANALYZING, f"loading {spec.model.source}")
+    base = load_model(
+        spec.model.source,
+        dtype=spec.model.dtype,
+        device=device,
+        attn_implementation=spec.model.attn_implementation,
+        revision=spec.model.revision,
+        trust_remote_code=spec.model.trust_remote_code,
+    )
+    processor = base.processor
+    num_layers = base.parts.num_layers
+    n_drop = _layers_to_drop(spec, num_layers)
+    plan = _reusable_plan(out, spec, num_layers, n_drop)
+    if plan is None:
+        scores = _analyze(spec, base, reporter)
+        scores.save(out / "scores.json")
+        # ---- 2. plan
+        reporter.stage(Phase.PLANNING, f"{spec.pruning.strategy}: drop {n_drop} of {num_layers} layers")
+        from interlace.selection import protected_layers, select_layers
+
+        plan = select_layers(
+            scores,
+            n_drop=n_drop,
+            strategy=str(spec.pruning.strategy),
+            protected=protected_layers(spec.pruning, base.parts, num_layers=num_layers),
+            seed=spec.pruning.seed,
+            ratio=spec.pruning.ratio,
+        )
+        _write_json(out / "plan.json", plan.to_wire())
+    else:
+        from interlace.analysis import LayerScores
+
+        scores = LayerScores.load(out / "scores.json")
+        reporter.stage(Phase.PLANNING, "reusing plan.json of an earlier attempt (spec.finetune.resume)")
+    reporter.plan(plan)
+    _heatmap(scores, plan, out / "heatmap.png")
+
+    params_before = sum(p.numel() for p in base.model.parameters())
+    dropped = sum(p.numel() for i in plan.drop for p in base.parts.layers[i].parameters())
+    results = Results(
+        layers_before=num_layers,
+        layers_after=num_layers - len(plan.drop),
+        params_before=params_before,
+        params_after=params_before - dropped,
+    )
+    if spec.dry_run:
+        _write_json(out / "results.json", results.to_wire())
+        reporter.results(results)
+        return results
+
+    # ---- 3. surgery on a copy: the base model stays for evaluation
+    from interlace.surgery import prune_model, save_model
+
+    pruned = prune_model(copy.deepcopy(base.model), plan, deepstack_policy=str(spec.pruning.deepstack_policy))
+    pruned_dir = out / "pruned"
+    save_model(pruned, processor, pruned_dir, plan=plan, overwrite=True)
+
+    # ---- 4. interleaved finetuning on Ray Train
+    before_ft: tuple[float, float] | None = None
+    final_model = pruned
+    if spec.finetune.enabled:
+        if _wants_perplexity(spec):
+            before_ft = _perplexities(spec, base.model, pruned, processor)
+        del pruned, final_model
+        gc.collect()
+        reporter.stage(Phase.FINETUNING, f"layers {plan.finetune} on {spec.resources.workers} worker(s)")
+        from interlace.finetune import finetune
+
+        ft = finetune(
+            pruned_dir,
+            plan,
+            spec.finetune,
+            output_dir=out,
+            reporter=reporter,
+            num_workers=spec.resources.workers,
+            use_gpu=use_gpu,
+            gpus_per_worker=spec.resources.gpus_per_worker,
+            freeze_lm_head=spec.pruning.freeze_lm_head,
+            num_samples=_epoch_size(spec.finetune.data),
+            attn_implementation=spec.model.attn_implementation,
+            trust_remote_code=spec.model.trust_remote_code,
+            final_model_dir=out / "finetuned",
+        )
+        final_dir = ft.model_dir
+        final_model = load_model(
+            str(final_dir),
+            dtype=spec.model.dtype,
+            device=device,
+            attn_implementation=spec.model.attn_implementation,
+        ).model
+    else:
+        final_dir = pruned_dir
+
+    # ---- 5. evaluation: base vs pruned(+finetuned) on the same samples
+    if spec.evaluation.enabled:
+        reporter.stage(Phase.EVALUATING, ", ".join(spec.evaluation.benchmarks))
+        from interlace.evaluation import benchmark_result, evaluate
+
+        results = evaluate(
+            spec.evaluation,
+            base=base.model,
+            pruned=final_model,
+            processor=processor,
+            reporter=reporter,
+            finetune_data=spec.finetune.data,
+            max_length=spec.finetune.max_length,
+        )
+        if before_ft is not None:
+            # The pruned model before finetuning, on the same samples: what finetuning recovered.
+            # Appended after relativePerformance was computed, which stays about the final model.
+            label = "perplexity" if spec.evaluation.data is not None else "perplexity (finetune data)"
+            results.benchmarks = [
+                *results.benchmarks,
+                benchmark_result(f"{label} before finetuning", *before_ft, metric="perplexity"),
+            ]
+
+    # ---- 6. publish (or save) the model
+    reporter.stage(Phase.PUBLISHING, spec.output.uri)
+    results.output_uri = _publish(job, final_dir, out, plan, results)
+    _write_json(out / "results.json", results.to_wire())
+    reporter.results(results)
+    # Staging copies are no longer needed once the model is published; checkpoints only if asked.
+    for staging in (out / "pruned", out / "finetuned"):
+        shutil.rmtree(staging, ignore_errors=True)
+    if not spec.output.save_checkpoints:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    return results
+
+
+def _analyze(spec: PruneJobSpec, base: Any, reporter: Reporter) -> Any:
+    from interlace.analysis import analyze
+    from interlace.calibration import calibration_batches
+    from interlace.data import load_samples
+
+    cal = spec.calibration
+    samples = list(load_samples(cal.data or spec.finetune.data, limit=cal.num_samples))
+    if not samples:
+        raise InterlaceError("spec.calibration.data yields no samples; point it at readable data")
+    batches = calibration_batches(
+        samples, base.processor, batch_size=cal.batch_size, max_length=cal.max_length
+    )
+
+    def progress(done: int, total: int | None) -> None:
+        _stage_progress(
+            reporter, done, total or len(samples), f"calibration sample {done}/{total or len(samples)}"
+        )
+
+    return analyze(
+        base.model, batches, max_window=3, progress=progress, total_samples=len(samples), show_progress=False
+    )
+
+
+def _heatmap(scores: Any, plan: LayerPlan, path: Path) -> None:
+    from interlace import plots
+
+    plots.heatmap(scores, path, plan=plan)
+
+
+def _epoch_size(data: DataSpec) -> int:
+    """Samples in one epoch, from the data plan (rows picked per subset): no row is read. Rows that
+    turn out malformed make the real epoch a little shorter; the sample stream then wraps around."""
+    from interlace.data import plan as data_plan
+
+    return sum(p.quota for p in data_plan(data))
+
+
+def _wants_perplexity(spec: PruneJobSpec) -> bool:
+    return spec.evaluation.enabled and "perplexity" in spec.evaluation.benchmarks
+
+
+def _perplexities(spec: PruneJobSpec, base: Any, pruned: Any, processor: Any) -> tuple[float, float]:
+    """Held-out perplexity of base and pruned (before finetuning), on the evaluation samples."""
+    from interlace.evaluation import heldout_samples, perplexity
+
+    samples = heldout_samples(spec.evaluation, finetune_data=spec.finetune.data)  # as evaluate() picks them
+    kw = {"batch_size": spec.evaluation.batch_size, "max_length": spec.finetune.max_length}
+    return perplexity(base, processor, samples, **kw), perplexity(pruned, processor, samples, **kw)
+
+
+def _publish(job: PruneJob, model_dir: Path, out: Path, plan: LayerPlan, results: Results) -> str:
+    """The model card goes into model_dir, then the model to <output>/model (or the bucket/Hub)."""
+    from interlace.publish import publish
+
+    return publish(model_dir, job.spec.output, plan=plan, results=results, job=job, artifacts_dir=out)

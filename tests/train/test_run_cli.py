@@ -1,0 +1,150 @@
+"""`interlace run -f prunejob.yaml`: bad input exits 2 naming the field; a tiny job writes every artifact."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from interlace.cli import main
+from interlace.spec import LayerPlan, Results
+from tests.train.conftest import pattern_samples
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """A fresh process: the validation must happen before torch/Ray would even be imported."""
+    code = (
+        "import sys; from interlace.cli import main; rc = main(sys.argv[1:]); "
+        "heavy = [m for m in ('torch', 'ray', 'transformers') if m in sys.modules]; "
+        "print('HEAVY', heavy); sys.exit(rc)"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, timeout=120,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+    )
+
+
+def _job(**spec: object) -> dict:
+    base = {"model": {"source": "builtin:smollm2-135m"}, "pruning": {"ratio": 0.2}}
+    base.update(spec)
+    return {"apiVersion": "interlace.dev/v1alpha1", "kind": "PruneJob", "metadata": {"name": "t"}, "spec": base}
+
+
+@pytest.mark.parametrize(
+    ("doc", "field"),
+    [
+        (_job(pruning={"ratio": 1.5}), "spec.pruning.ratio"),
+        (_job(finetune={"learningRat": 1e-4}), "spec.finetune.learningRat"),
+        (_job(pruning={"ratio": 0.2, "numLayers": 3}), "spec.pruning"),
+        ("spec: [unclosed", "not valid YAML"),
+    ],
+)
+def test_bad_prunejob_exits_2_naming_the_field(tmp_path: Path, doc: object, field: str) -> None:
+    f = tmp_path / "job.yaml"
+    f.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc))
+    out = tmp_path / "out"
+    proc = _run_cli("run", "-f", str(f), "--output", str(out), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert field in proc.stderr
+    assert "interlace run: error:" in proc.stderr
+    assert "HEAVY []" in proc.stdout  # rejected before torch, transformers or Ray were imported
+    assert not out.exists()  # nothing written
+
+
+def test_missing_file_exits_2(tmp_path: Path) -> None:
+    proc = _run_cli("run", "-f", str(tmp_path / "nope.yaml"), cwd=tmp_path)
+    assert proc.returncode == 2 and "no such file" in proc.stderr
+
+
+def _write_text_rows(path: Path, texts: list[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return path
+
+
+def _tiny_job(tmp_path: Path, **overrides: object) -> Path:
+    """A PruneJob for the tiny Llama (8 layers) on local text shards; returns the YAML path."""
+    from tests.fixtures.tiny import save_tiny
+
+    model_dir = save_tiny("llama", tmp_path / "tiny-llama")
+    texts = [f"{s.turns[0].text} {s.turns[1].text}" for s in pattern_samples(48)]
+    train = _write_text_rows(tmp_path / "data" / "train.jsonl", texts)
+    heldout = _write_text_rows(tmp_path / "heldout" / "heldout.jsonl", texts[:8])
+    data = {"format": "text", "path": str(train), "fraction": 1.0}
+    job = _job(
+        model={"source": str(model_dir)},
+        pruning={"numLayers": 2, "strategy": "interlace"},
+        calibration={"data": data, "numSamples": 8, "batchSize": 4, "maxLength": 64},
+        finetune={
+            "data": data, "learningRate": 1e-3, "perDeviceBatchSize": 2, "gradientAccumulationSteps": 1,
+            "maxSteps": 4, "maxLength": 64, "checkpointEverySteps": 2,
+        },
+        evaluation={
+            "benchmarks": ["perplexity"], "data": {"format": "text", "path": str(heldout), "fraction": 1.0},
+            "maxSamples": 8, "batchSize": 4, "speed": False,
+        },
+        resources={"workers": 1, "gpusPerWorker": 0},
+    )
+    job["spec"].update(overrides)
+    f = tmp_path / "job.yaml"
+    f.write_text(yaml.safe_dump(job))
+    return f
+
+
+def test_dry_run_stops_after_the_plan(tmp_path: Path) -> None:
+    f = _tiny_job(tmp_path, dryRun=True)
+    out = tmp_path / "out"
+    assert main(["run", "-f", str(f), "--output", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "heatmap.png", "plan.json", "progress.jsonl", "results.json", "scores.json",
+    ]
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["num_layers"] == 8 and len(scores["scores"]["3"]) == 5
+    results = Results.model_validate(json.loads((out / "results.json").read_text()))
+    assert (results.layers_before, results.layers_after) == (8, 6)
+    assert 0 < results.params_after < results.params_before
+    assert results.benchmarks == []
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_run_tiny_job_end_to_end(ray_session, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = _tiny_job(tmp_path)
+    out = tmp_path / "out"
+
+    assert main(["run", "-f", str(f), "--output", str(out)]) == 0
+
+    for name in ("scores.json", "plan.json", "heatmap.png", "results.json", "progress.jsonl"):
+        assert (out / name).is_file(), name
+    assert (out / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "model" / "config.json").is_file() and (out / "model" / "model.safetensors").is_file()
+    assert sorted(p.name for p in (out / "checkpoints" / "finetune").glob("step-*"))[-1] == "step-00000004"
+    plan = LayerPlan.model_validate(json.loads((out / "plan.json").read_text()))
+    assert len(plan.drop) == 2 and plan.num_layers == 8
+    results = Results.model_validate(json.loads((out / "results.json").read_text()))
+    assert (results.layers_before, results.layers_after) == (8, 6)
+    assert results.params_after < results.params_before
+    names = [b.name for b in results.benchmarks]
+    assert names == ["perplexity", "perplexity before finetuning"]
+    ppl, before = results.benchmarks
+    assert ppl.base == before.base > 1 and ppl.pruned > 1 and before.pruned > 1
+    assert results.relative_performance == pytest.approx(ppl.relative)
+    assert results.output_uri == str(out / "model")
+    cfg = json.loads((out / "model" / "config.json").read_text())
+    assert cfg["num_hidden_layers"] == 6
+    events = [json.loads(line)["event"] for line in (out / "progress.jsonl").read_text().splitlines()]
+    assert events.count("plan") == 1 and events[-1] == "results"
+    stages = [
+        json.loads(line)["data"]["stage"]
+        for line in (out / "progress.jsonl").read_text().splitlines()
+        if json.loads(line)["event"] == "stage"
+    ]
+    assert stages == ["Analyzing", "Planning", "Finetuning", "Evaluating", "Publishing"]
+    captured = capsys.readouterr()
+    assert "interlace run: summary" in captured.err + captured.out
