@@ -30,8 +30,7 @@ def heatmap(
 
     fig, ax = plt.subplots(figsize=(max(6.0, 0.32 * L + 2.5), 1.1 * len(ks) + 1.8), dpi=110)
     try:
-        cmap = plt.get_cmap("viridis").copy()
-        cmap.set_bad("#dddddd")
+        cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")
         im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, interpolation="nearest")
         ax.set_yticks(range(len(ks)), [f"pack-{k}" for k in ks])
         step = 1 if L <= 40 else 2
