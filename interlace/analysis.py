@@ -19,8 +19,8 @@ How this maps onto the paper's h[0..L] (see docs/method.md for the full discussi
   never the end of a window, so y_{L-1} (and the normed last hidden state) is not used.
 
 Implementation: forward pre-hooks/hooks on the decoder layers, a ring of the last max_window layer
-inputs, and per-(k, i) running sums on the model's device; no `output_hidden_states`, so at most
-max_window extra hidden states are alive at any time. The base model (without lm_head) is run, under
+inputs (normalised, float32), and per-(k, i) running sums on the model's device; no
+`output_hidden_states`, so at most max_window + 1 extra hidden states are alive at any time. The base model (without lm_head) is run, under
 torch.inference_mode, with use_cache=False.
 """
 
@@ -58,7 +58,13 @@ def _base_model(model: Any) -> Any:
 
 
 class _Accumulator:
-    """The hooks and running sums of one analysis run."""
+    """The hooks and running sums of one analysis run.
+
+    Each hidden state is normalised once (float32, unit length per token); a window's cosine is then a
+    single dot product. The ring holds the normalised inputs of the last max_window layers; when a
+    layer receives exactly the tensor the previous layer returned (no DeepStack addition in between),
+    its normalised output is reused.
+    """
 
     def __init__(self, num_layers: int, max_window: int, device: Any) -> None:
         import torch
@@ -67,9 +73,17 @@ class _Accumulator:
         self.K = max_window
         self.sums = torch.zeros(max_window, num_layers, dtype=torch.float64, device=device)
         self.ring: dict[int, Any] = {}
+        self.last_out: Any = None  # the tensor the previous layer returned
+        self.last_out_n: Any = None  # ... normalised
         self.mask: Any = None  # (B, T) float32, 1 for real tokens
         self.denom: Any = None  # (B,) tokens per sample (clamped >= 1)
         self.valid: Any = None  # (B,) 1.0 for samples with at least one token
+
+    @staticmethod
+    def _unit(h: Any) -> Any:
+        import torch.nn.functional as F
+
+        return F.normalize(h.float(), dim=-1, eps=1e-12)
 
     def begin(self, attention_mask: Any) -> None:
         import torch
@@ -80,9 +94,11 @@ class _Accumulator:
         self.valid = (counts > 0).to(torch.float64)
         self.denom = counts.clamp(min=1.0)
         self.ring.clear()
+        self.last_out = self.last_out_n = None
 
     def end(self) -> None:
         self.ring.clear()
+        self.last_out = self.last_out_n = None
         self.mask = self.denom = self.valid = None
 
     def pre_hook(self, i: int) -> Callable[..., None]:
@@ -90,14 +106,13 @@ class _Accumulator:
             h = args[0] if args else kwargs.get("hidden_states")
             if h is None:
                 raise InterlaceError(f"decoder layer {i} was called without hidden states")
-            self.ring[i] = h
+            self.ring[i] = self.last_out_n if h is self.last_out else self._unit(h)
             self.ring.pop(i - self.K, None)
 
         return hook
 
     def post_hook(self, j: int) -> Callable[..., None]:
         import torch
-        import torch.nn.functional as F
 
         def hook(_module: Any, _args: Any, output: Any) -> None:
             y = output[0] if isinstance(output, tuple | list) else output
@@ -106,15 +121,15 @@ class _Accumulator:
                     f"hidden states of layer {j} have shape {tuple(y.shape)} but the attention mask is "
                     f"{tuple(self.mask.shape)}; the analysis needs one hidden state per input token"
                 )
-            yf = y.float()
+            yn = self._unit(y)
             for k in range(1, self.K + 1):
                 i = j - k + 1
                 if i < 0 or i > self.L - k - 1:
                     continue
-                x = self.ring[i]
-                cos = F.cosine_similarity(x.float(), yf, dim=-1)  # (B, T)
+                cos = torch.einsum("btd,btd->bt", self.ring[i], yn)  # (B, T)
                 per_sample = (cos * self.mask).sum(dim=1) / self.denom
                 self.sums[k - 1, i] += (per_sample.to(torch.float64) * self.valid).sum()
+            self.last_out, self.last_out_n = y, yn
 
         return hook
 
