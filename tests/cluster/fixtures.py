@@ -42,7 +42,7 @@ def control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
     try:
         try:
             cp.start()
-        except (TestbedError, TimeoutError) as e:
+        except Exception as e:
             pytest.fail(f"control plane failed to start: {e}\n{cp.logs_report()}", pytrace=False)
         log(f"control plane up in {cp.timings['start']:.1f}s: {cp.server}")
         yield cp

@@ -405,31 +405,49 @@ class ControlPlane:
         atexit.register(self.stop)
         deadline = time.monotonic() + timeout
         t0 = time.monotonic()
-        try:
-            self._prepare_files()
-            self._start_etcd(deadline)
-            self._start_apiserver(deadline)
-            self._write_kubeconfigs()
-            self._start_controllers()
-            if self.with_kwok:
-                self._start_kwok()
-            if self.with_kuberay:
-                self._install_kuberay_crds(deadline)
-                self._start_kuberay()
-            self._wait_controllers(deadline)
-            if self.with_kwok:
-                self._create_gpu_nodes(deadline)
-            self.wait_for(
-                lambda: self._exists("serviceaccount", "default", "default"),
-                timeout=self._left(deadline),
-                what="the default ServiceAccount (serviceaccount controller)",
+        steps: list[tuple[str, Callable[[], object]]] = [
+            ("keys and tokens", self._prepare_files),
+            ("etcd", lambda: self._start_etcd(deadline)),
+            ("kube-apiserver", lambda: self._start_apiserver(deadline)),
+            ("kubeconfigs", self._write_kubeconfigs),
+            ("spawn controller-manager, scheduler", self._start_controllers),
+        ]
+        if self.with_kwok:
+            steps.append(("spawn kwok", self._start_kwok))
+        if self.with_kuberay:
+            # ~3 MB of CRDs keep the apiserver busy for a while: sent in the background meanwhile.
+            steps.append(("send KubeRay CRDs", self._send_kuberay_crds))
+        steps.append(("controllers healthy", lambda: self._wait_controllers(deadline)))
+        if self.with_kwok:
+            steps.append(("fake GPU nodes Ready", lambda: self._create_gpu_nodes(deadline)))
+        if self.with_kuberay:
+            steps.append(("KubeRay CRDs established", lambda: self._wait_kuberay_crds(deadline)))
+            steps.append(("spawn KubeRay operator", self._start_kuberay))
+        steps.append(
+            (
+                "default ServiceAccount",
+                lambda: self.wait_for(
+                    lambda: self._exists("serviceaccount", "default", "default"),
+                    timeout=self._left(deadline),
+                    what="the default ServiceAccount (serviceaccount controller)",
+                ),
             )
-            if self.with_kuberay:
-                self._wait_http(
-                    "kuberay",
-                    f"http://127.0.0.1:{self.ports['ray_probe']}/readyz",
-                    deadline,
+        )
+        if self.with_kuberay:
+            steps.append(
+                (
+                    "KubeRay operator ready",
+                    lambda: self._wait_http(
+                        "kuberay-operator", f"http://127.0.0.1:{self.ports['ray_probe']}/readyz", deadline
+                    ),
                 )
+            )
+        try:
+            for label, step in steps:
+                t = time.monotonic()
+                step()
+                self.timings[label] = time.monotonic() - t
+                self._log(f"{label}: {self.timings[label]:.1f}s")
         except BaseException:
             self.stop()
             raise
@@ -604,21 +622,34 @@ class ControlPlane:
             ],
         )
 
-    def _install_kuberay_crds(self, deadline: float) -> None:
+    KUBERAY_CRDS = ("rayclusters.ray.io", "rayjobs.ray.io", "rayservices.ray.io")
+
+    def _send_kuberay_crds(self) -> None:
         crds = sorted(self.binaries.kuberay_crd_dir.glob("*.yaml"))
         if not crds:
             raise TestbedError(f"no KubeRay CRDs in {self.binaries.kuberay_crd_dir}")
         # Too large for client-side apply's last-applied annotation: server-side apply.
-        args = ["apply", "--server-side", "--force-conflicts"]
+        args = [str(self.binaries.kubectl), "apply", "--server-side", "--force-conflicts"]
         for f in crds:
             args += ["-f", str(f)]
-        self.kubectl(*args, timeout=self._left(deadline))
+        self._crd_log = self.workdir / "logs" / "kuberay-crds.log"
+        with open(self._crd_log, "wb") as log:
+            self._crd_proc = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=self.env()
+            )
+
+    def _wait_kuberay_crds(self, deadline: float) -> None:
+        try:
+            rc = self._crd_proc.wait(self._left(deadline))
+        except subprocess.TimeoutExpired:
+            self._crd_proc.kill()
+            raise TestbedError("timed out installing the KubeRay CRDs") from None
+        if rc != 0:
+            raise TestbedError(f"installing the KubeRay CRDs failed:\n{self._crd_log.read_text()[-3000:]}")
         self.kubectl(
             "wait",
             "--for=condition=Established",
-            "crd/rayclusters.ray.io",
-            "crd/rayjobs.ray.io",
-            "crd/rayservices.ray.io",
+            *(f"crd/{name}" for name in self.KUBERAY_CRDS),
             f"--timeout={int(self._left(deadline))}s",
             timeout=self._left(deadline) + 5,
         )
