@@ -18,7 +18,7 @@ source "$here/versions.env"
 
 OUT=${INTERLACE_TESTBED_DIR:-$HOME/.cache/interlace/testbed}
 JOBS=${TESTBED_BUILD_JOBS:-2}
-export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="-mod=mod -buildvcs=false"
+export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:+$GOFLAGS }-mod=mod -buildvcs=false"
 GO=(nice -n "${TESTBED_NICE:-10}" go)
 ALL=(kubernetes etcd kwok kuberay helm)
 

@@ -1026,6 +1026,7 @@ def _cli(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--no-kuberay", action="store_true")
     up.add_argument("--no-kwok", action="store_true")
     up.add_argument("--gpu-nodes", type=int, default=1)
+    up.add_argument("--keep", action="store_true", help="keep the temp dir (logs, kubeconfigs) on exit")
     sub.add_parser("paths", help="print the binaries' paths")
     args = parser.parse_args(argv)
 
@@ -1059,12 +1060,16 @@ def _cli(argv: Sequence[str] | None = None) -> int:
         )
         while not stop.wait(2.0):
             cp.check_running()
-    except TestbedError as e:
-        say(str(e))
-        return 1
-    finally:
-        say("stopping")
+    except (TestbedError, TimeoutError) as e:
+        say(f"{e}\n{cp.logs_report()}\nlogs kept in {cp.workdir}")
         cp.stop()
+        return 1
+    say("stopping")
+    cp.stop()
+    if args.workdir or args.keep:
+        say(f"logs and kubeconfigs kept in {cp.workdir}")
+    else:
+        shutil.rmtree(cp.workdir, ignore_errors=True)
     return 0
 
 
