@@ -197,7 +197,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 # ------------------------------------------------------------------------------- PruneJob helpers
 
 
-def prunejob(name: str, **spec: Any) -> dict[str, Any]:
+# The real KubeRay runs a submitter Job once a Ray cluster is ready; kwok "completes" that Job at once
+# and KubeRay then fails the RayJob 30 s later (JobDeploymentStatusTransitionGracePeriodExceeded),
+# because no Ray job exists behind the fake pods. Tests that hold a RayJob in a state for longer keep
+# its workers unschedulable (no node has this label): KubeRay creates the RayCluster and its head pod
+# but never submits, and leaves the statuses the test writes alone.
+HELD = {"interlace.dev/node-pool": "held-by-test"}
+
+
+def prunejob(name: str, *, schedulable: bool = False, **spec: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": {"source": "Qwen/Qwen3-VL-4B-Instruct"},
         "pruning": {"ratio": 0.25},
@@ -209,7 +217,7 @@ def prunejob(name: str, **spec: Any) -> dict[str, Any]:
             "memory": "16Gi",
             "headCpu": "1",
             "headMemory": "2Gi",
-            "nodeSelector": {"interlace.dev/node-pool": "gpu"},
+            "nodeSelector": {"interlace.dev/node-pool": "gpu"} if schedulable else dict(HELD),
             "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
         },
     }

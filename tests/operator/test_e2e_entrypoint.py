@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.operator.conftest import Cluster, prunejob, wait_for
+from tests.operator.conftest import HELD, Cluster, prunejob, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.ray, pytest.mark.slow]
 
@@ -36,7 +36,8 @@ def _spec(model_dir: Path, output: Path) -> dict:
         },
         "evaluation": {"benchmarks": ["perplexity"], "maxSamples": 4, "batchSize": 2, "speed": False},
         "output": {"uri": f"file://{output}", "saveCheckpoints": False},
-        "resources": {"workers": 1, "gpusPerWorker": 0, "cpu": "2", "memory": "4Gi"},
+        # HELD: KubeRay builds the Ray cluster but never submits (see tests/operator/conftest.py).
+        "resources": {"workers": 1, "gpusPerWorker": 0, "cpu": "2", "memory": "4Gi", "nodeSelector": HELD},
         "backoffLimit": 0,
     }
 

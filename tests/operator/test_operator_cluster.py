@@ -27,8 +27,8 @@ def test_apply_to_succeeded(cluster: Cluster, run_operator, control_plane) -> No
     """apply -> RayJob with the GPU resources -> KubeRay cluster + pods on the fake GPU node -> the
     RayJob moves forward -> phase, conditions, printer columns, events and metrics follow."""
     op = run_operator()
-    resources = {**prunejob("x")["spec"]["resources"], "queueName": "team-a"}
-    cluster.apply(prunejob("life", resources=resources))
+    resources = {**prunejob("x", schedulable=True)["spec"]["resources"], "queueName": "team-a"}
+    cluster.apply(prunejob("life", schedulable=True, resources=resources))
     rj = _rayjob(cluster, "life-1")
     worker = rj["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
     assert worker["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
@@ -135,7 +135,7 @@ def test_operator_killed_and_restarted_mid_job(cluster: Cluster, run_operator) -
     assert rayjobs_of(cluster, "crashy") == ["crashy-1", "crashy-2"]
     assert wait_for(lambda: cluster.status("crashy").get("attempts") == 2, what="attempts=2")
 
-    # Kill right after the status change, before the operator can have reacted, several times.
+    # Kill right after a status change, before the operator can have reacted.
     cluster.patch_rayjob_status("crashy-2", jobDeploymentStatus="Running", jobStatus="RUNNING")
     op.kill()
     op.start()
