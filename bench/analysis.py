@@ -153,6 +153,7 @@ def child(args: argparse.Namespace) -> None:
     model, proc = build(args.family, args.seed)
     model.to(args.device)
     data = batches(proc, args.samples, args.batch_size, args.family != "llama")
+    run_mode(args.child, model, data[:1])  # warm-up: lazy imports and one-time inits are not counted
     cuda = args.device.startswith("cuda")
     if cuda:
         torch.cuda.synchronize()
