@@ -27,13 +27,14 @@ gradients over workers. That is the exact token mean over the effective batch, h
 assistant tokens fall across micro-batches.
 
 Checkpoints (every spec.checkpointEverySteps optimizer steps and at the end) go through
-`ray.train.report(checkpoint=...)` into ``<output>/checkpoints/finetune/step-<N>/``: the trainable
-parameters (safetensors), optimizer and scheduler state, and `state.json` (step, samples consumed,
-tokens, losses, plan fingerprint). Ray Train restarts the worker group after a worker failure
-(FailureConfig.max_failures) and `ray.train.get_checkpoint()` hands the newest checkpoint to the new
-workers. A restart of the whole job with the same output directory finds the same run name and
-storage path; Ray Train V2 then restores its checkpoint list from the run snapshot, so the same call
-resumes too (spec.finetune.resume: false moves old checkpoints aside instead).
+`ray.train.report(checkpoint=...)` into ``<output>/checkpoints/finetune-<time>/step-<N>/``: the
+trainable parameters (safetensors), optimizer and scheduler state, and `state.json` (written last:
+step, samples consumed, tokens, losses, plan fingerprint). Ray Train restarts the worker group after a
+worker failure (FailureConfig.max_failures) and `ray.train.get_checkpoint()` hands the newest
+checkpoint of the run to the new workers. A restart of the whole job (same output directory) starts a
+new run whose workers load the newest complete checkpoint on disk (found by its state.json) when
+the run has none of its own yet. We do not rely on Ray Train's run snapshot for that: a job killed
+right after a report can leave a checkpoint directory that the snapshot does not list yet.
 
 Fault injection for tests: INTERLACE_FAULT_CRASH_AT_STEP=N with INTERLACE_FAULT_MARKER=<file> in
 the driver's environment makes the last worker `os._exit(1)` right after optimizer step N, once (the
@@ -66,11 +67,12 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-RUN_NAME = "finetune"  # <output>/checkpoints/finetune: fixed, so a restarted job finds its checkpoints
+RUN_PREFIX = "finetune"  # <output>/checkpoints/finetune-<UTC time>/step-<N>: one directory per run
 TRAINABLE_FILE = "trainable.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "scheduler.pt"
 STATE_FILE = "state.json"
+COMPLETE_FILE = "COMPLETE"  # written into the persisted checkpoint after ray.train.report returned
 FAULT_STEP_ENV = "INTERLACE_FAULT_CRASH_AT_STEP"
 FAULT_MARKER_ENV = "INTERLACE_FAULT_MARKER"
 
@@ -160,19 +162,16 @@ def finetune(
 
     storage = output_dir / "checkpoints"
     storage.mkdir(parents=True, exist_ok=True)
-    run_dir = storage / RUN_NAME
     fingerprint = plan_fingerprint(plan)
-    if run_dir.exists() and not spec.resume:
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        run_dir.rename(storage / f"{RUN_NAME}-superseded-{stamp}")
-    newest = newest_checkpoint(run_dir)
+    newest = newest_checkpoint(storage) if spec.resume else None
     if newest is not None:
         state = json.loads((newest / STATE_FILE).read_text())
         if state.get("plan_fingerprint") != fingerprint:
             raise InterlaceError(
                 f"{newest} was written for a different layer plan; set spec.finetune.resume: false "
-                "to start over (old checkpoints are moved aside) or use another output directory"
+                "to start over or use another output directory"
             )
+    run_name = f"{RUN_PREFIX}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}"
 
     start_ray()
     from ray.util.queue import Queue
@@ -190,6 +189,9 @@ def finetune(
         "trust_remote_code": trust_remote_code,
         "plan_fingerprint": fingerprint,
         "final_model_dir": str(final_model_dir),
+        # Where a (re)starting worker group looks for the newest complete checkpoint on disk.
+        "resume_root": str(storage if spec.resume else storage / run_name),
+        "run_dir": str(storage / run_name),
         "queue": queue,
         "fault_step": int(os.environ[FAULT_STEP_ENV]) if os.environ.get(FAULT_STEP_ENV) else None,
         "fault_marker": os.environ.get(FAULT_MARKER_ENV),
@@ -205,7 +207,7 @@ def finetune(
             num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources
         ),
         run_config=RunConfig(
-            name=RUN_NAME,
+            name=run_name,
             storage_path=str(storage),
             failure_config=FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
@@ -321,19 +323,20 @@ def plan_fingerprint(plan: LayerPlan) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def newest_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint with the highest step under `run_dir` (complete ones only: state.json last)."""
-    best: tuple[int, Path] | None = None
-    if not run_dir.is_dir():
-        return None
-    for d in run_dir.glob("step-*"):
-        f = d / STATE_FILE
-        if not f.is_file():
-            continue
-        step = json.loads(f.read_text())["step"]
-        if best is None or step > best[0]:
-            best = (step, d)
-    return best[1] if best else None
+def newest_checkpoint(root: Path) -> Path | None:
+    """The complete checkpoint with the highest step under `root`: <output>/checkpoints (any run) or
+    one run's directory. Complete = rank 0 wrote COMPLETE into it after Ray Train persisted it."""
+    best: tuple[int, str, Path] | None = None
+    marks = [*root.glob(f"{RUN_PREFIX}-*/step-*/{COMPLETE_FILE}"), *root.glob(f"step-*/{COMPLETE_FILE}")]
+    for mark in marks:
+        try:
+            step = int(json.loads((mark.parent / STATE_FILE).read_text())["step"])
+        except (ValueError, KeyError, OSError):
+            continue  # a damaged checkpoint is skipped, not fatal
+        key = (step, mark.parent.parent.name, mark.parent)
+        if best is None or key[:2] > best[:2]:
+            best = key
+    return best[2] if best else None
 
 
 # ------------------------------------------------------------------------------------------ worker
@@ -417,8 +420,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         trainable_positions=summary.positions,
         world_size=world,
     )
+    #    The disk is the authority: Ray Train's get_checkpoint() only knows reports its controller
+    #    already processed (a worker can die just after reporting), and V2 has no way to start a new
+    #    run from an old run's checkpoint. It remains the fallback for storage we cannot list.
+    on_disk = newest_checkpoint(Path(config["resume_root"]))
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
+    if on_disk is not None:
+        state = _load_checkpoint(on_disk, model, optimizer, scheduler, state)
+    elif checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = _load_checkpoint(Path(d), model, optimizer, scheduler, state)
     state.start_step = state.step
@@ -449,7 +458,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         last = state.step == total_steps
         if last or state.step % spec.checkpoint_every_steps == 0:
-            _save_and_report(model, optimizer, scheduler, state, rank)
+            _save_and_report(model, optimizer, scheduler, state, rank, Path(config["run_dir"]))
         _maybe_crash(config, state.step, rank, world)
 
     # 6. The whole finetuned model, for evaluation and publishing (also after a resume that found
@@ -662,7 +671,9 @@ def _send_progress(
         queue.put_nowait(progress.to_wire())
 
 
-def _save_and_report(model: nn.Module, optimizer: Any, scheduler: Any, state: TrainState, rank: int) -> None:
+def _save_and_report(
+    model: nn.Module, optimizer: Any, scheduler: Any, state: TrainState, rank: int, run_dir: Path
+) -> None:
     """Gather full trainable state (collective), rank 0 writes it, every rank reports."""
     import ray.train
     import torch
@@ -687,11 +698,11 @@ def _save_and_report(model: nn.Module, optimizer: Any, scheduler: Any, state: Tr
         torch.save(optim_sd, d / OPTIMIZER_FILE)
         torch.save(scheduler.state_dict(), d / SCHEDULER_FILE)
         (d / STATE_FILE).write_text(json.dumps(asdict(state)))
-        ray.train.report(
-            metrics,
-            checkpoint=ray.train.Checkpoint.from_directory(tmp),
-            checkpoint_dir_name=f"step-{state.step:08d}",
-        )
+        name = f"step-{state.step:08d}"
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
+    # report() returns once the checkpoint is persisted: mark it complete for a later resume.
+    if (run_dir / name).is_dir():
+        (run_dir / name / COMPLETE_FILE).write_text(f"{state.step}\n")
 
 
 def _load_checkpoint(

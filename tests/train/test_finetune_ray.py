@@ -54,7 +54,7 @@ def test_two_workers_train_only_finetune_layers_and_resume(
     with pytest.raises(Exception):  # noqa: B017 - Ray Train's TrainingFailedError family
         finetune(model_dir, plan, _spec(0), output_dir=out, num_workers=2, samples=samples)
     assert (tmp_path / "crash-1").exists()
-    steps = sorted(p.name for p in (out / "checkpoints" / "finetune").glob("step-*"))
+    steps = sorted(p.name for p in (out / "checkpoints").glob("finetune-*/step-*"))
     assert steps == ["step-00000002"]
 
     # 2. The whole job restarts: it resumes from step 2; a worker dies after step 5 and Ray Train

@@ -124,7 +124,7 @@ def test_run_tiny_job_end_to_end(ray_session, tmp_path: Path, capsys: pytest.Cap
         assert (out / name).is_file(), name
     assert (out / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "model" / "config.json").is_file() and (out / "model" / "model.safetensors").is_file()
-    assert sorted(p.name for p in (out / "checkpoints" / "finetune").glob("step-*"))[-1] == "step-00000004"
+    assert sorted(p.name for p in (out / "checkpoints").glob("finetune-*/step-*"))[-1] == "step-00000004"
     plan = LayerPlan.model_validate(json.loads((out / "plan.json").read_text()))
     assert len(plan.drop) == 2 and plan.num_layers == 8
     results = Results.model_validate(json.loads((out / "results.json").read_text()))
