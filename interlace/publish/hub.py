@@ -72,6 +72,12 @@ def push_to_hub(plan: HubUploadPlan, model_dir: Path, *, policy: RetryPolicy) ->
     from huggingface_hub import HfApi
     from huggingface_hub.errors import OfflineModeIsEnabled
 
+    # huggingface_hub reads HF_HUB_OFFLINE once at import; the environment now is what counts.
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        raise InterlaceError(
+            "spec.output.hub: HF_HUB_OFFLINE is set, so nothing can be uploaded to the Hub; unset it "
+            "or remove spec.output.hub"
+        )
     api = HfApi(token=hub_token())
     allow = [rel for rel, _ in plan.files]
     log.info(

@@ -48,13 +48,10 @@ def is_transient(err: BaseException) -> bool:
             return True
     except ImportError:
         pass
-    try:
-        import httpx
-
-        if isinstance(err, httpx.TransportError):
-            return True
-    except ImportError:
-        pass
+    # httpx (and the httpx fork huggingface_hub ships) transport errors: matched by class name so
+    # that either package counts without importing both.
+    if {c.__name__ for c in type(err).__mro__} & {"TransportError", "ConnectError", "TimeoutException"}:
+        return True
     return isinstance(err, OSError | TimeoutError | ConnectionError)
 
 
