@@ -36,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Credential values (HF token, S3 keys) are redacted from every log record from the first line on,
+    # not only once publishing starts: loading a gated model already handles the HF token.
+    from interlace.publish.redact import install as install_redaction
+
+    install_redaction()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
