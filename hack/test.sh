@@ -21,6 +21,8 @@ step "import contracts"
 lint-imports
 
 step "pytest"
+# Tests start many Python processes (Ray workers, CLI subprocesses, the operator): let them cache bytecode.
+unset PYTHONDONTWRITEBYTECODE
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 set +e
 python -m pytest "$@"
