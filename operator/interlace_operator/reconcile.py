@@ -20,6 +20,7 @@ diff, so a restart does not repeat them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -380,6 +381,8 @@ class Reconciler:
             release()
             return None
         if outcome.phase == Phase.SUCCEEDED.value:
+            # The condition message (and the event) name the plan, the output and the retention.
+            outcome = dataclasses.replace(outcome, message=self._success_message(ctx, outcome))
             self._finish(ctx, outcome, mirror, attempts=attempts)
             return None
         self._write(ctx, outcome, mirror, attempts=attempts)
@@ -482,7 +485,7 @@ class Reconciler:
     def _transition_event(self, ctx: Ctx, old_phase: str | None, outcome: Outcome) -> None:
         phase = outcome.phase
         if phase == Phase.SUCCEEDED.value:
-            self._event(ctx, "Normal", outcome.reason, self._success_message(ctx, outcome))
+            self._event(ctx, "Normal", outcome.reason, outcome.message)
         elif phase == Phase.FAILED.value:
             self._event(ctx, "Warning", outcome.reason, outcome.message)
         elif phase == Phase.SUSPENDED.value and old_phase != phase:
