@@ -36,7 +36,11 @@ def control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
     try:
         cp = ControlPlane(log=log)
     except TestbedError as e:
-        pytest.fail(str(e), pytrace=False)
+        missing = str(e)
+    else:
+        missing = ""
+    if missing:
+        pytest.fail(missing, pytrace=False)
     _STATE["control_plane"] = cp
     failures_before = request.session.testsfailed
     try:
