@@ -7,10 +7,13 @@ so test runs that select no cluster test (`-m "not cluster"`) never start it.
 Environment:
   INTERLACE_TESTBED_DIR     where hack/testbed/build.sh put the binaries (default ~/.cache/interlace/testbed)
   INTERLACE_TESTBED_KEEP=1  keep the control plane's temp dir (logs, kubeconfigs) even when all passed
+  INTERLACE_TESTBED_EXTRA_ARGS='{"kube-apiserver": ["--feature-gates=..."]}'  extra flags per component
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import shutil
@@ -28,13 +31,20 @@ _STATE: dict[str, object] = {}
 def control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
     """etcd, kube-apiserver, controller-manager, scheduler, kwok (1 fake 8-GPU node), KubeRay."""
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
 
     def log(msg: str) -> None:
-        if reporter is not None and request.config.getoption("verbose") > 0:
+        """Start-up steps and timings on the terminal with -v (not swallowed by output capture)."""
+        if reporter is None or request.config.getoption("verbose") <= 0:
+            return
+        ctx = capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext()
+        with ctx:
             reporter.write_line(f"[testbed] {msg}")
 
     try:
-        cp = ControlPlane(log=log)
+        cp = ControlPlane(
+            log=log, extra_args=json.loads(os.environ.get("INTERLACE_TESTBED_EXTRA_ARGS") or "{}")
+        )
     except TestbedError as e:
         missing = str(e)
     else:
@@ -48,7 +58,6 @@ def control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
             cp.start()
         except Exception as e:
             pytest.fail(f"control plane failed to start: {e}\n{cp.logs_report()}", pytrace=False)
-        log(f"control plane up in {cp.timings['start']:.1f}s: {cp.server}")
         yield cp
     finally:
         _STATE.pop("control_plane", None)

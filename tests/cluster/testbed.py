@@ -337,6 +337,7 @@ class ControlPlane:
         gpu_nodes: int = 1,
         gpus_per_node: int = 8,
         log: Callable[[str], None] | None = None,
+        extra_args: Mapping[str, Sequence[str]] | None = None,
     ):
         self.binaries = binaries or Binaries.locate()
         needed = ["etcd", "kube_apiserver", "kube_controller_manager", "kube_scheduler", "kubectl"]
@@ -350,6 +351,8 @@ class ControlPlane:
         self.gpu_nodes = gpu_nodes if kwok else 0
         self.gpus_per_node = gpus_per_node
         self._log = log or (lambda msg: None)
+        # Extra command-line flags per component name (e.g. {"kube-apiserver": ["--feature-gates=..."]}).
+        self.extra_args = {k: list(v) for k, v in (extra_args or {}).items()}
         self.components: dict[str, Component] = {}
         self._users: dict[str, User] = {}
         self._kubeconfigs: dict[str, Path] = {}
@@ -481,6 +484,7 @@ class ControlPlane:
         return max(1.0, deadline - time.monotonic())
 
     def _spawn(self, name: str, args: Sequence[str], env: Mapping[str, str] | None = None) -> Component:
+        args = [*args, *self.extra_args.get(name, ())]
         comp = Component(name, args, self.workdir / "logs" / f"{name}.log", env=env)
         self.components[name] = comp
         comp.start()
