@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,15 +37,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.cluster.testbed import ControlPlane  # noqa: E402  (stdlib-only module)
+from tests.cluster.testbed import ControlPlane, free_port  # noqa: E402  (stdlib-only module)
 
 GOALS = {"p50": 1.0, "p99": 3.0, "burst": 60.0, "rss_mb": 150.0}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def prunejob(name: str, *, suspend: bool) -> dict[str, Any]:

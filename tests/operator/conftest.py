@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,15 +26,11 @@ from typing import Any
 import pytest
 from interlace_operator.rbac import cluster_role
 
+from tests.cluster.testbed import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "manifests" / "base" / "crd.yaml"
 RUNTIME_IMAGE = "registry.test/interlace-runtime:test"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(fn: Callable[[], Any], timeout: float = 60.0, interval: float = 0.25, what: str = "condition") -> Any:

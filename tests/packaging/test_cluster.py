@@ -17,7 +17,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -28,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from tests.cluster.testbed import free_port
 from tests.packaging.tools import CHART, MANIFESTS, normalize, operator_rules, split_rules, template
 
 pytestmark = pytest.mark.cluster
@@ -301,12 +301,6 @@ def _healthz(port: int, proc: subprocess.Popen[bytes], log_path: Path) -> bool:
             return r.status == 200
     except OSError:
         return False
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.parametrize(("overlay", "ns"), [("cluster-wide", "interlace-system"), ("namespaced", "interlace")])

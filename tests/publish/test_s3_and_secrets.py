@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from interlace.publish import publish_outputs
 from interlace.publish.retry import RetryPolicy
 from interlace.publish.transfer import s3_filesystem
 from interlace.spec import HubOutput, OutputSpec
+from tests.cluster.testbed import free_port
 from tests.publish.helpers import PLAN, job, results, same_logits, saved_pruned
 
 ACCESS_KEY = "AKIAPLANTEDKEY7Q2X9Z"
@@ -31,15 +31,9 @@ HF_TOKEN = "hf_plantedHubTokenQz81LmNp4RtV"
 FAST = RetryPolicy(attempts=3, wait_initial=0.05, wait_max=0.2)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class MotoS3:
     def __init__(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.server: ThreadedMotoServer | None = None
 
     @property
