@@ -97,6 +97,7 @@ class FinetuneResult:
     model_dir: Path
     num_workers: int
     effective_batch_size: int
+    wrapping: str = ""  # how the workers held the model: "fsdp2" (sharded DTensors), "ddp" or "none"
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -248,6 +249,7 @@ def finetune(
         model_dir=final_model_dir,
         num_workers=num_workers,
         effective_batch_size=per_step,
+        wrapping=state.get("wrapping", ""),
     )
 
 
@@ -358,6 +360,7 @@ class TrainState:
     trainable_positions: list[int] = field(default_factory=list)
     world_size: int = 1
     attempt_starts: list[int] = field(default_factory=list)  # step each (checkpointed) attempt began at
+    wrapping: str = ""  # what _wrap produced, read back from the model (see wrapping_of)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -419,6 +422,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         total_params=summary.total_params,
         trainable_positions=summary.positions,
         world_size=world,
+        wrapping=wrapping_of(model),
     )
     #    The disk is the authority: Ray Train's get_checkpoint() only knows reports its controller
     #    already processed (a worker can die just after reporting), and V2 has no way to start a new
@@ -553,6 +557,17 @@ def _wrap(model: nn.Module, parallelism: str, device: torch.device, amp_dtype: A
 
     # find_unused_parameters stays False: every trainable parameter is used in every forward.
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def wrapping_of(model: nn.Module) -> str:
+    """How a wrapped model is distributed, read from the model itself rather than the spec."""
+    from torch.distributed.tensor import DTensor
+
+    if any(isinstance(p, DTensor) for p in model.parameters()):
+        return "fsdp2"
+    if hasattr(model, "no_sync"):
+        return "ddp"
+    return "none"
 
 
 def _no_sync(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager[Any]:
