@@ -1,6 +1,6 @@
 """Held-out perplexity retention of INTERLACE vs consecutive, random and ShortGPT plans.
 
-    bash hack/in-venv.sh python bench/quality.py             # the embedded default, ~20 minutes on 2 cores
+    bash hack/in-venv.sh python bench/quality.py             # the embedded default, ~25 minutes on 2 cores
 
 The embedded default (SmolLM2-135M-Instruct, 30 layers) is analysed once on calibration text
 (builtin:english); every strategy then plans the same number of layers (20%) from the same scores,
