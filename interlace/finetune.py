@@ -268,11 +268,17 @@ def start_ray(*, local: bool = False, attempts: int = 3) -> None:
     os.environ.setdefault("RAY_agent_register_timeout_ms", "300000")
     if ray.is_initialized():
         return
+    # A RayJob's driver joins the cluster RAY_ADDRESS names and keeps that job's runtime env as it is.
+    joining = not local and bool(os.environ.get("RAY_ADDRESS"))
     me = psutil.Process()
     for attempt in range(1, attempts + 1):
         before = {p.pid for p in me.children(recursive=True)}
         try:
-            ray.init(address="local" if local else None, include_dashboard=False if local else None)
+            ray.init(
+                address="local" if local else None,
+                include_dashboard=False if local else None,
+                runtime_env=None if joining else {"worker_process_setup_hook": f"{__name__}.quiet_local_workers"},
+            )
             return
         except Exception as err:  # Ray raises plain Exception for a node that did not come up
             if attempt == attempts:
@@ -285,6 +291,22 @@ def start_ray(*, local: bool = False, attempts: int = 3) -> None:
                 with contextlib.suppress(psutil.Error):
                     p.kill()
             psutil.wait_procs(leftovers, timeout=10)
+
+
+def quiet_local_workers() -> None:
+    """Ray worker set-up hook when start_ray starts (or finds) a cluster on this machine.
+
+    Ray Train's PlacementGroupCleaner asks the State API every few seconds whether the controller is
+    alive and, without a dashboard, logs a warning each time (dozens of lines per run). On a local
+    cluster it has nothing to clean up that the end of the driver does not: the whole cluster dies
+    with the process. A RayJob's driver (RAY_ADDRESS set) does not install this hook: there the head
+    runs the dashboard and the check works.
+    """
+    import logging
+
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(
+        logging.ERROR
+    )
 
 
 def _forward_progress(queue: Any, reporter: Reporter, stop: threading.Event) -> None:
