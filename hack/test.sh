@@ -11,7 +11,7 @@ cd "$repo"
 start=$(date +%s)
 step() { printf '\n=== [%4ss] %s\n' "$(( $(date +%s) - start ))" "$*"; }
 
-step "control-plane binaries (cached in ${INTERLACE_TESTBED_DIR:-$HOME/.cache/interlace/testbed})"
+step "control-plane binaries (cached in ${INTERLACE_TESTBED_DIR:-${INTERLACE_CACHE:-$HOME/.cache/interlace}/testbed})"
 bash hack/testbed/build.sh
 
 step "ruff"

@@ -5,7 +5,7 @@
 #   bash hack/testbed/build.sh etcd kwok     # only some components
 #   bash hack/testbed/build.sh --print-dir   # print the binary directory of every component
 #
-# Output: ${INTERLACE_TESTBED_DIR:-$HOME/.cache/interlace/testbed}/<name>-<version>/<binary>.
+# Output: ${INTERLACE_TESTBED_DIR:-${INTERLACE_CACHE:-$HOME/.cache/interlace}/testbed}/<name>-<version>/<binary>.
 # A component whose directory exists is skipped, so a second run costs nothing. Each component is
 # built into a temporary directory that is renamed at the end: an interrupted build leaves no
 # half-filled cache entry. Builds run under `nice` with TESTBED_BUILD_JOBS (default 2) packages in
@@ -16,7 +16,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=versions.env
 source "$here/versions.env"
 
-OUT=${INTERLACE_TESTBED_DIR:-$HOME/.cache/interlace/testbed}
+OUT=${INTERLACE_TESTBED_DIR:-${INTERLACE_CACHE:-$HOME/.cache/interlace}/testbed}
 JOBS=${TESTBED_BUILD_JOBS:-2}
 export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:+$GOFLAGS }-mod=mod -buildvcs=false"
 GO=(nice -n "${TESTBED_NICE:-10}" go)

@@ -9,6 +9,6 @@
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 bash "$repo/hack/testbed/build.sh" >&2
-python=${PYTHON:-$HOME/.cache/interlace/venv/bin/python}
+python=${PYTHON:-${INTERLACE_CACHE:-$HOME/.cache/interlace}/venv/bin/python}
 [[ -x $python ]] || python=python3   # the testbed library is stdlib-only
 exec "$python" "$repo/tests/cluster/testbed.py" up "$@"

@@ -5,7 +5,7 @@ lazily, the first time a test asks for `control_plane` (directly or through `kub
 so test runs that select no cluster test (`-m "not cluster"`) never start it.
 
 Environment:
-  INTERLACE_TESTBED_DIR     where hack/testbed/build.sh put the binaries (default ~/.cache/interlace/testbed)
+  INTERLACE_TESTBED_DIR     where hack/testbed/build.sh put the binaries (default $INTERLACE_CACHE/testbed, ~/.cache/interlace/testbed)
   INTERLACE_TESTBED_KEEP=1  keep the control plane's temp dir (logs, kubeconfigs) even when all passed
   INTERLACE_TESTBED_EXTRA_ARGS='{"kube-apiserver": ["--feature-gates=..."]}'  extra flags per component
 """

@@ -89,7 +89,8 @@ def read_versions(path: Path = VERSIONS_FILE) -> dict[str, str]:
 
 
 def testbed_dir() -> Path:
-    return Path(os.environ.get("INTERLACE_TESTBED_DIR") or Path.home() / ".cache" / "interlace" / "testbed")
+    cache = os.environ.get("INTERLACE_CACHE") or Path.home() / ".cache" / "interlace"
+    return Path(os.environ.get("INTERLACE_TESTBED_DIR") or Path(cache) / "testbed")
 
 
 @dataclass(frozen=True)
