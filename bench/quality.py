@@ -44,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0, help="seed of the random strategy")
+    ap.add_argument(
+        "--data-seed",
+        type=int,
+        help="finetune on a seeded random 1%% of builtin:english instead of its first rows (another data order)",
+    )
     ap.add_argument("--json", type=Path, help="also write the table here")
     args = ap.parse_args(argv)
 
@@ -83,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.model}: {L} layers, drop {n_drop}; base held-out perplexity {base_ppl:.3f}", flush=True)
 
     spec = FinetuneSpec(
-        data=DataSpec(path="builtin:english", max_samples=args.train_samples),
+        data=DataSpec(path="builtin:english", max_samples=args.train_samples)
+        if args.data_seed is None
+        else DataSpec(path="builtin:english", max_samples=args.train_samples, sampling="random", seed=args.data_seed),
         learning_rate=args.lr,
         per_device_batch_size=args.batch,
         gradient_accumulation_steps=args.accum,
@@ -139,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(
         f"(finetuning: {args.steps} steps, lr {args.lr}, batch {args.batch} x accum {args.accum} x "
-        f"{args.workers} workers, max length {args.max_length}; total {time.monotonic() - t_start:.0f} s)"
+        f"{args.workers} workers, max length {args.max_length}, "
+        f"data {'first rows' if args.data_seed is None else f'random rows, seed {args.data_seed}'}; "
+        f"total {time.monotonic() - t_start:.0f} s)"
     )
     if args.json:
         args.json.write_text(json.dumps({"base_ppl": base_ppl, "rows": rows}, indent=2))
