@@ -165,10 +165,44 @@ def _gomodcache() -> Path:
 # --------------------------------------------------------------------------- processes
 
 
+_EPHEMERAL_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_handed_out: set[int] = set()
+_port_lock = threading.Lock()
+_rng = secrets.SystemRandom()  # not `random`: a test that seeds it must not make two runs pick alike
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = (int(x) for x in _EPHEMERAL_FILE.read_text().split())
+    except (OSError, ValueError):
+        lo, hi = 32768, 60999  # Linux default
+    return lo, hi
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on, chosen OUTSIDE the kernel's ephemeral range.
+
+    A port from bind(("127.0.0.1", 0)) is an ephemeral one, and every outgoing connection (the
+    apiserver's to etcd, the controllers' to the apiserver, ...) also takes its local port from that
+    range: in the tens of seconds between choosing a port and a component binding it, a connection
+    can take it ("bind: address already in use", seen once in CI). Ports below the range are never
+    given to outgoing connections. A port is never handed out twice by one process.
+    """
+    lo, hi = _ephemeral_range()
+    candidates = range(10000, lo) if lo > 12000 else range(hi + 1, 65536)
+    with _port_lock:
+        for _ in range(500):
+            port = _rng.choice(candidates)
+            if port in _handed_out:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _handed_out.add(port)
+            return port
+    raise TestbedError(f"no free TCP port outside the ephemeral range {lo}-{hi} after 500 tries")
 
 
 _LIBC = None
