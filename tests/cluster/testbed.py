@@ -189,7 +189,8 @@ def free_port() -> int:
     given to outgoing connections. A port is never handed out twice by one process.
     """
     lo, hi = _ephemeral_range()
-    candidates = range(10000, lo) if lo > 12000 else range(hi + 1, 65536)
+    # 20000 and up: Ray's workers take ports from 10002-19999 (its default min/max_worker_port).
+    candidates = range(20000, lo) if lo > 22000 else range(hi + 1, 65536)
     with _port_lock:
         for _ in range(500):
             port = _rng.choice(candidates)
