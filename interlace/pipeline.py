@@ -53,8 +53,9 @@ def resolve_output_dir(uri: str, *, job: PruneJob | None = None) -> Path:
     dest = resolve_destination(uri, job=job)
     if dest.kind == "local":
         return Path(dest.base)
-    cache = os.environ.get("INTERLACE_CACHE") or Path.home() / ".cache" / "interlace"
-    root = Path(os.environ.get("INTERLACE_WORK_DIR") or Path(cache) / "runs")
+    from interlace.builtin import cache_dir
+
+    root = Path(os.environ.get("INTERLACE_WORK_DIR") or cache_dir() / "runs")
     return (root / re.sub(r"[^A-Za-z0-9._-]+", "_", dest.base).strip("_")).resolve()
 
 

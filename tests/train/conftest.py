@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from interlace.sample import Sample, Turn
-from interlace.spec import LayerPlan
+from interlace.spec import FinetuneSpec, LayerPlan
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local test cluster: no token file under ~/.ray
@@ -47,6 +47,20 @@ def pattern_samples(n: int = 64) -> list[Sample]:
         )
         for k in range(n)
     ]
+
+
+def pattern_spec(**overrides: Any) -> FinetuneSpec:
+    """A short run on `pattern_samples` with a tiny model: lr high enough to learn visibly in a few
+    steps, small batches, a checkpoint every 2 steps (so a crash has something to resume from)."""
+    fields: dict[str, Any] = {
+        "learning_rate": 1e-3,
+        "per_device_batch_size": 2,
+        "gradient_accumulation_steps": 2,
+        "max_length": 64,
+        "packing": False,
+        "checkpoint_every_steps": 2,
+    }
+    return FinetuneSpec(**(fields | overrides))
 
 
 def save_pruned(kind: str, plan: LayerPlan, out: Path) -> Path:

@@ -23,22 +23,13 @@ from safetensors.torch import load_file
 from interlace.finetune import FAULT_MARKER_ENV, FAULT_STEP_ENV, finetune
 from interlace.progress import JsonlReporter
 from interlace.spec import FinetuneSpec
-from tests.train.conftest import pattern_samples
+from tests.train.conftest import pattern_samples, pattern_spec
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def _spec(max_failures: int) -> FinetuneSpec:
-    return FinetuneSpec(
-        learning_rate=1e-3,  # a tiny random model on a repeated pattern: learn visibly in 8 steps
-        per_device_batch_size=2,
-        gradient_accumulation_steps=2,
-        max_steps=8,
-        max_length=64,
-        packing=False,
-        checkpoint_every_steps=2,
-        max_failures=max_failures,
-    )
+    return pattern_spec(max_steps=8, max_failures=max_failures)
 
 
 def test_two_workers_train_only_finetune_layers_and_resume(

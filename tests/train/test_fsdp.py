@@ -18,23 +18,13 @@ from safetensors.torch import load_file
 from interlace.errors import InterlaceError
 from interlace.finetune import FAULT_MARKER_ENV, FAULT_STEP_ENV, finetune
 from interlace.spec import FinetuneSpec
-from tests.train.conftest import pattern_samples
+from tests.train.conftest import pattern_samples, pattern_spec
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def _spec(parallelism: str, max_failures: int = 0) -> FinetuneSpec:
-    return FinetuneSpec(
-        parallelism=parallelism,
-        learning_rate=1e-3,
-        per_device_batch_size=2,
-        gradient_accumulation_steps=2,
-        max_steps=6,
-        max_length=64,
-        packing=False,
-        checkpoint_every_steps=2,
-        max_failures=max_failures,
-    )
+    return pattern_spec(parallelism=parallelism, max_steps=6, max_failures=max_failures)
 
 
 def test_fsdp2_matches_ddp_and_resumes_after_a_worker_dies(
