@@ -55,7 +55,9 @@ class ConsoleReporter:
         self._stage: Phase | str | None = None
         self._bar: Progress | None = None
         self._task: Any = None
-        self._last_line = 0.0
+        # None until the first line: the monotonic clock starts near 0 on a freshly booted machine,
+        # so a 0.0 sentinel would swallow the first line whenever uptime < log_interval.
+        self._last_line: float | None = None
 
     # -- Reporter protocol
     def stage(self, stage: Phase, message: str = "") -> None:
@@ -73,7 +75,7 @@ class ConsoleReporter:
             return
         now = time.monotonic()
         final = progress.total_steps is not None and progress.step == progress.total_steps
-        if final or now - self._last_line >= self.log_interval:
+        if final or self._last_line is None or now - self._last_line >= self.log_interval:
             self._last_line = now
             self.console.print(f"    {self._stage or ''} {line}", highlight=False)
 

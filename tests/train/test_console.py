@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import pytest
 from rich.console import Console
 
 from interlace.console import ConsoleReporter, describe, summary_table
@@ -36,6 +37,21 @@ def test_log_output_is_rate_limited_but_keeps_the_last_step() -> None:
     progress_lines = [line for line in lines if "step " in line]
     assert len(progress_lines) == 2  # the first one, then nothing for an hour, then the final step
     assert "step 1/100" in progress_lines[0] and "step 100/100" in progress_lines[1]
+
+
+@pytest.mark.parametrize("uptime", [0.5, 30.0, 7200.0])
+def test_first_line_is_logged_whatever_the_machine_uptime(monkeypatch: pytest.MonkeyPatch, uptime: float) -> None:
+    # The monotonic clock counts from boot: on a machine up for less than log_interval a 0.0
+    # "last line" sentinel made the first progress line disappear (a fresh CI machine failed here).
+    clock = iter([uptime + 0.1 * i for i in range(1000)])
+    monkeypatch.setattr("interlace.console.time.monotonic", lambda: next(clock))
+    buf = io.StringIO()
+    rep = ConsoleReporter(Console(file=buf, force_terminal=False, width=200), log_interval=3600)
+    rep.stage(Phase.FINETUNING)
+    rep.progress(_p(1))
+    rep.progress(_p(2))
+    lines = [line for line in buf.getvalue().splitlines() if "step " in line]
+    assert len(lines) == 1 and "step 1/100" in lines[0]
 
 
 def test_terminal_gets_a_progress_bar() -> None:
