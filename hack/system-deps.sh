@@ -7,10 +7,17 @@
 #
 # They are the text of `builtin:english` / `builtin:english-heldout` (interlace/data/english.py), the
 # calibration, finetuning and held-out data of the embedded default that runs without any hub.
+#
+# With --node, the packages of the testbed's real node and of the image build instead (hack/test.sh):
+#   containerd, runc, containernetworking-plugins, iptables, conntrack   a real Kubernetes node
+#   mmdebstrap                                                           the images' Debian root filesystem
 # Run as root (CI, containers) or with sudo available.
 set -euo pipefail
 
 packages=(fortunes fortunes-min wordnet-base)
+if [ "${1-}" = "--node" ]; then
+  packages=(containerd runc containernetworking-plugins iptables conntrack mmdebstrap)
+fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -2,9 +2,12 @@
 # The whole test suite, as CI runs it (`.ci/run` calls `bash hack/in-venv.sh bash hack/test.sh`).
 #
 # hack/in-venv.sh has already installed the Debian packages and the virtualenv. Then:
-# 1. the real control plane's binaries, compiled from Go modules and cached outside the clone,
-# 2. static checks: ruff, import-linter contracts (the operator never reaches torch),
-# 3. pytest (CRD drift is a test). Exit code 5 (no tests collected) is a failure, not a pass.
+# 1. the real control plane's and the real node's binaries, compiled from Go modules and cached outside
+#    the clone; the real node's Debian packages (containerd, runc, CNI plugins, iptables, mmdebstrap),
+# 2. the container images (hack/images/build.py: Debian root filesystem + PyPI wheels, cached by content),
+# 3. static checks: ruff, import-linter contracts (the operator never reaches torch),
+# 4. pytest (CRD drift is a test; `real_node` tests run the images as real pods). Exit code 5 (no
+#    tests collected) is a failure, not a pass.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -13,6 +16,12 @@ step() { printf '\n=== [%4ss] %s\n' "$(( $(date +%s) - start ))" "$*"; }
 
 step "control-plane binaries (cached in ${INTERLACE_TESTBED_DIR:-${INTERLACE_CACHE:-$HOME/.cache/interlace}/testbed})"
 bash hack/testbed/build.sh
+
+step "real-node packages"
+bash hack/system-deps.sh --node
+
+step "images (cached in ${INTERLACE_CACHE:-$HOME/.cache/interlace}/images)"
+python hack/images/build.py
 
 step "ruff"
 ruff check .

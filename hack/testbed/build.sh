@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the pinned binaries of the test control plane from Go modules (no Docker, no release downloads).
 #
-#   bash hack/testbed/build.sh               # everything: kubernetes etcd kwok kuberay helm
+#   bash hack/testbed/build.sh               # everything: kubernetes etcd kwok kuberay helm node coredns
 #   bash hack/testbed/build.sh etcd kwok     # only some components
 #   bash hack/testbed/build.sh --print-dir   # print the binary directory of every component
 #
@@ -20,7 +20,7 @@ OUT=${INTERLACE_TESTBED_DIR:-${INTERLACE_CACHE:-$HOME/.cache/interlace}/testbed}
 JOBS=${TESTBED_BUILD_JOBS:-2}
 export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:+$GOFLAGS }-mod=mod -buildvcs=false"
 GO=(nice -n "${TESTBED_NICE:-10}" go)
-ALL=(kubernetes etcd kwok kuberay helm)
+ALL=(kubernetes etcd kwok kuberay helm node coredns)
 
 log() { printf '[testbed-build %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
@@ -31,6 +31,8 @@ component_dir() {  # name -> cache directory
     kwok) echo "$OUT/kwok-$KWOK_VERSION" ;;
     kuberay) echo "$OUT/kuberay-$KUBERAY_VERSION" ;;
     helm) echo "$OUT/helm-$HELM_VERSION" ;;
+    node) echo "$OUT/kubernetes-node-$K8S_VERSION" ;;
+    coredns) echo "$OUT/coredns-$COREDNS_VERSION" ;;
     *) echo "unknown component: $1 (known: ${ALL[*]})" >&2; return 1 ;;
   esac
 }
@@ -57,6 +59,7 @@ go_build() {
   work="$OUT/.work/$(basename "$dest")"
   rm -rf "$work"; mkdir -p "$work"
   printf '%s\n' "$gomod" > "$work/go.mod"
+  [[ -z ${GO_BUILD_MAIN:-} ]] || printf '%s' "$GO_BUILD_MAIN" > "$work/main.go"
   tmp=$(mktemp -d "$OUT/.tmp-$(basename "$dest").XXXXXX")
   # shellcheck disable=SC2064
   trap "rm -rf '$tmp'" EXIT
@@ -68,6 +71,7 @@ go_build() {
   for spec in "$@"; do
     local want=${spec%%=*} pkg=${spec#*=} got
     got=$(basename "$pkg"); [[ $got =~ ^v[0-9]+$ ]] && got=$(basename "$(dirname "$pkg")")
+    [[ $pkg == . ]] && got=$(basename "$(sed -n 's/^module //p' "$work/go.mod")")
     [[ $got == "$want" ]] || mv "$tmp/$got" "$tmp/$want"
     [[ -x $tmp/$want ]] || { echo "$name: $want was not built" >&2; return 1; }
   done
@@ -83,7 +87,7 @@ simple_gomod() {  # MODULE VERSION -> wrapper go.mod requiring it
   printf 'module interlace.local/testbed/%s\n\ngo 1.24.0\n\nrequire %s %s\n' "$(basename "$1")" "$1" "$2"
 }
 
-build_kubernetes() {
+k8s_ldflags() {  # the version stamp of every Kubernetes binary (kubectl version, /version)
   local v=$K8S_VERSION minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
   local ld="" pkg key val
   local -A vars=([gitVersion]=$v [gitMajor]=1 [gitMinor]=$minor [gitTreeState]=clean [gitCommit]=
@@ -91,7 +95,11 @@ build_kubernetes() {
   for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
     for key in "${!vars[@]}"; do val=${vars[$key]}; ld+=" -X $pkg.$key=$val"; done
   done
-  go_build kubernetes "$(bash "$here/gen-k8s-gomod.sh" "$v")" "$ld" \
+  echo "$ld"
+}
+
+build_kubernetes() {
+  go_build kubernetes "$(bash "$here/gen-k8s-gomod.sh" "$K8S_VERSION")" "$(k8s_ldflags)" \
     kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver \
     kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager \
     kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler \
@@ -132,6 +140,37 @@ build_helm() {
     "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean
      -X helm.sh/helm/v3/internal/version.metadata= $helm_k8s" \
     helm=helm.sh/helm/v3/cmd/helm
+}
+
+build_node() {
+  # The real node's kubelet and kube-proxy: the same wrapper module as the control plane, so the
+  # packages they share with it come from the Go build cache.
+  go_build node "$(bash "$here/gen-k8s-gomod.sh" "$K8S_VERSION")" "$(k8s_ldflags)" \
+    kubelet=k8s.io/kubernetes/cmd/kubelet \
+    kube-proxy=k8s.io/kubernetes/cmd/kube-proxy
+}
+
+build_coredns() {
+  # A wrapper main with only the plugins the testbed's Corefile uses (tests/cluster/node.py): the
+  # full CoreDNS links ~50 plugins and their cloud SDKs (19 min under load); this builds a fraction.
+  local gomod main
+  gomod="$(simple_gomod github.com/coredns/coredns "$COREDNS_VERSION")"
+  main='package main
+
+import (
+	"github.com/coredns/coredns/coremain"
+	_ "github.com/coredns/coredns/plugin/cache"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/forward"
+	_ "github.com/coredns/coredns/plugin/health"
+	_ "github.com/coredns/coredns/plugin/kubernetes"
+	_ "github.com/coredns/coredns/plugin/loop"
+	_ "github.com/coredns/coredns/plugin/ready"
+)
+
+func main() { coremain.Run() }
+'
+  GO_BUILD_MAIN="$main" go_build coredns "$gomod" "" coredns=.
 }
 
 main() {

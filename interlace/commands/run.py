@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from interlace.pipeline import resolve_output_dir
 
     output_dir = resolve_output_dir(job.spec.output.uri, job=job)
+    _require_shared_work_dir(job, output_dir, local=args.local)
 
     from interlace.console import ConsoleReporter, summary_table
     from interlace.progress import JsonlReporter, MultiReporter, Reporter
@@ -79,6 +80,27 @@ def run(args: argparse.Namespace) -> int:
         reporter.close()
     console.console.print(summary_table(results, output_dir=output_dir))
     return 0
+
+
+def _require_shared_work_dir(job: Any, output_dir: Path, *, local: bool) -> None:
+    """On a Ray cluster of several pods (a RayJob), every stage's files must be where every pod can
+    read them: the pruned model the workers finetune, their checkpoints, the finetuned model rank 0
+    writes. A pvc:// output is such a place (the claim is mounted in every Ray pod); an s3:// or hf://
+    output is staged in INTERLACE_WORK_DIR, which the operator points at the claim when
+    spec.resources.pvcName is set. Without either, the workers could not read the pruned model:
+    fail now, before any work, rather than after the analysis."""
+    if local or not os.environ.get("RAY_ADDRESS"):
+        return  # one machine: every path is shared
+    if job.spec.output.uri.startswith("pvc://"):
+        return
+    if os.environ.get("INTERLACE_WORK_DIR") and job.spec.resources.pvc_name:
+        return
+    raise InterlaceError(
+        f"spec.output.uri {job.spec.output.uri!r}: a Ray cluster's worker pods cannot read files the "
+        f"driver writes to {output_dir} (a path inside the head pod). Write to shared storage: "
+        "spec.output.uri: pvc://<claim>/<path> with spec.resources.pvcName: <claim>, or keep an s3:// / "
+        "hf:// output and set spec.resources.pvcName to a ReadWriteMany claim for the work files"
+    )
 
 
 def _kube_reporter() -> Any:

@@ -137,6 +137,10 @@ def _env(job: PruneJob, owner: Owner) -> tuple[list[dict[str, Any]], list[dict[s
                 "valueFrom": {"secretKeyRef": {"name": token_secret, "key": "HF_TOKEN", "optional": False}},
             }
         )
+    if job.spec.resources.pvc_name:
+        # Work files of remote (s3://, hf://) outputs go to the claim every Ray pod mounts, not into
+        # the head's container (interlace.commands.run checks that a cluster run has shared storage).
+        env.append({"name": "INTERLACE_WORK_DIR", "value": f"{DATA_MOUNT_DIR}/.interlace-work"})
     env_from: list[dict[str, Any]] = []
     if job.spec.output.s3_secret:
         env_from.append({"secretRef": {"name": job.spec.output.s3_secret}})
@@ -231,8 +235,10 @@ def rayjob(
         "suspend": bool(job.spec.suspend),
         "rayClusterSpec": {
             "headGroupSpec": {
-                # No GPU on the head: the GPUs belong to the Ray Train workers.
-                "rayStartParams": {"dashboard-host": "0.0.0.0", "num-gpus": "0"},
+                # No GPU and no CPU for Ray work on the head: it runs the driver (which only
+                # orchestrates) and Ray's control processes; Ray Train workers and the stages' tasks
+                # go to the worker pods, never to the head.
+                "rayStartParams": {"dashboard-host": "0.0.0.0", "num-gpus": "0", "num-cpus": "0"},
                 "template": {"metadata": {"labels": dict(pod_labels)}, "spec": pod_spec([head], gpu=False)},
             },
             "workerGroupSpecs": [

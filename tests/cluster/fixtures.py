@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster.node import RealNode, host_ip, host_leftovers
 from tests.cluster.testbed import ControlPlane, TestbedError
 
 _STATE: dict[str, object] = {}
@@ -71,6 +72,60 @@ def control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
 
 
 @pytest.fixture(scope="session")
+def real_cluster(request: pytest.FixtureRequest) -> Iterator[tuple[ControlPlane, RealNode]]:
+    """A second control plane with a REAL node (tests/cluster/node.py): kubelet, containerd, runc, the
+    CNI bridge, kube-proxy and CoreDNS on this machine, the project's images loaded, KubeRay reaching
+    Ray heads through the apiserver's proxy, and a tainted fake GPU node beside it. Started lazily by
+    the first `real_node` test; every host change is undone at the end of the session (checked)."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+
+    def log(msg: str) -> None:
+        if reporter is not None and request.config.getoption("verbose") > 0:
+            reporter.write_line(f"[real node] {msg}")
+
+    try:
+        cp = ControlPlane(log=log, node_ip=host_ip())
+        node = RealNode(cp, log=log)
+    except TestbedError as e:
+        pytest.fail(str(e), pytrace=False)
+    _STATE["real_cluster"] = (cp, node)
+    failures_before = request.session.testsfailed
+    try:
+        try:
+            cp.start()
+            node.start()
+        except Exception as e:
+            pytest.fail(
+                f"real node failed to start: {e}\n{cp.logs_report()}\n{node.logs_report()}", pytrace=False
+            )
+        yield cp, node
+    finally:
+        _STATE.pop("real_cluster", None)
+        node.stop()
+        cp.stop()
+        failed = request.session.testsfailed > failures_before
+        if failed or os.environ.get("INTERLACE_TESTBED_KEEP"):
+            if reporter is not None:
+                reporter.write_line(f"[real node] logs kept in {cp.workdir}")
+        else:
+            shutil.rmtree(cp.workdir, ignore_errors=True)
+    left = host_leftovers()
+    if left:
+        pytest.fail("the real node left host changes behind:\n  " + "\n  ".join(left), pytrace=False)
+
+
+@pytest.fixture
+def real_namespace(real_cluster: tuple[ControlPlane, RealNode], request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace on the real-node cluster, deleted afterwards."""
+    cp, _ = real_cluster
+    prefix = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:30].strip("-") or "t"
+    ns = cp.create_namespace(prefix=prefix, labels={"interlace.dev/test": "true"})
+    yield ns
+    if cp.running:
+        cp.delete_namespace(ns)
+
+
+@pytest.fixture(scope="session")
 def kube_admin(control_plane: ControlPlane) -> Path:
     """Path of the admin kubeconfig (system:masters). Set it as KUBECONFIG for kopf/kubernetes."""
     return control_plane.admin_kubeconfig
@@ -98,3 +153,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         and "control_plane" in getattr(item, "fixturenames", ())
     ):
         report.sections.append(("control plane logs", cp.logs_report(lines=20)))
+    real = _STATE.get("real_cluster")
+    if report.failed and isinstance(real, tuple) and "real_cluster" in getattr(item, "fixturenames", ()):
+        rcp, node = real
+        report.sections.append(("real-node cluster logs", rcp.logs_report(lines=20) + "\n" + node.logs_report()))

@@ -54,6 +54,7 @@ GPU_NODE_POOL_LABELS = {
 }
 KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 RESTRICTED_GROUP = "interlace:restricted"
+FAKE_NODE_TAINT = "interlace.dev/fake-node"
 
 T = TypeVar("T")
 
@@ -374,7 +375,14 @@ class ControlPlane:
         gpus_per_node: int = 8,
         log: Callable[[str], None] | None = None,
         extra_args: Mapping[str, Sequence[str]] | None = None,
+        node_ip: str | None = None,
+        node_name: str = "realnode",
     ):
+        """`node_ip` set: the control plane of a real node (tests/cluster/node.py) on that host
+        address. The apiserver then listens on every address and advertises node_ip, so pods reach it
+        through the `kubernetes` Service; the Node authorizer and a kubelet client certificate are
+        on; KubeRay reaches Ray heads through the apiserver's proxy (it runs outside the pod network);
+        the fake GPU nodes are tainted so that only pods that tolerate them land there."""
         self.binaries = binaries or Binaries.locate()
         needed = ["etcd", "kube_apiserver", "kube_controller_manager", "kube_scheduler", "kubectl"]
         needed += ["kwok"] if kwok else []
@@ -386,6 +394,8 @@ class ControlPlane:
         self.with_kuberay = kuberay
         self.gpu_nodes = gpu_nodes if kwok else 0
         self.gpus_per_node = gpus_per_node
+        self.node_ip = node_ip
+        self.node_name = node_name
         self._log = log or (lambda msg: None)
         # Extra command-line flags per component name (e.g. {"kube-apiserver": ["--feature-gates=..."]}).
         self.extra_args = {k: list(v) for k, v in (extra_args or {}).items()}
@@ -412,7 +422,9 @@ class ControlPlane:
                 "ray_probe",
             )
         }
-        self.server = f"https://127.0.0.1:{self.ports['apiserver']}"
+        # With a real node the serving certificate names localhost, node_ip and the Service IP, not 127.0.0.1.
+        host = "localhost" if node_ip else "127.0.0.1"
+        self.server = f"https://{host}:{self.ports['apiserver']}"
         # The apiserver writes a self-signed serving cert + its CA here (--cert-dir); used as the CA.
         self.ca_file = self.workdir / "apiserver-certs" / "apiserver.crt"
 
@@ -424,6 +436,11 @@ class ControlPlane:
             User("interlace:kwok", secrets.token_hex(16), ("system:masters",)),
             User("interlace:kuberay-operator", secrets.token_hex(16), ("system:masters",)),
         ]
+        if node_ip:
+            internal += [
+                User(f"system:node:{node_name}", secrets.token_hex(16), ("system:nodes",)),
+                User("system:kube-proxy", secrets.token_hex(16), ()),
+            ]
         restricted = [User(n, secrets.token_hex(16), (RESTRICTED_GROUP,)) for n in restricted_users]
         for u in (admin, *internal, *restricted):
             self._users[u.name] = u
@@ -540,6 +557,22 @@ class ControlPlane:
         self.token_file = pki / "tokens.csv"
         self.token_file.write_text("\n".join(rows) + "\n")
         self.token_file.chmod(0o600)
+        if self.node_ip:
+            self._make_kubelet_pki(pki)
+
+    def _make_kubelet_pki(self, pki: Path) -> None:
+        """A CA the kubelet trusts for client certificates, and the apiserver's client certificate
+        (logs, exec, port-forward go from the apiserver to the kubelet)."""
+        self.client_ca, ca_key = pki / "client-ca.crt", pki / "client-ca.key"
+        self.kubelet_client_cert, self.kubelet_client_key = pki / "kubelet-client.crt", pki / "kubelet-client.key"
+        csr = pki / "kubelet-client.csr"
+        run = lambda *a: subprocess.run(a, check=True, capture_output=True)  # noqa: E731
+        run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out",
+            self.client_ca, "-days", "7", "-subj", "/CN=interlace-testbed-client-ca")
+        run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", self.kubelet_client_key, "-out", csr,
+            "-subj", "/O=system:masters/CN=kube-apiserver-kubelet-client")
+        run("openssl", "x509", "-req", "-in", csr, "-CA", self.client_ca, "-CAkey", ca_key, "-CAcreateserial",
+            "-out", self.kubelet_client_cert, "-days", "7")
 
     def _start_etcd(self, deadline: float) -> None:
         client = f"http://127.0.0.1:{self.ports['etcd']}"
@@ -561,20 +594,35 @@ class ControlPlane:
         )
         self._wait_http("etcd", f"{client}/health", deadline, expect=lambda b: b'"health":"true"' in b)
 
+    def _apiserver_network_args(self) -> list[str]:
+        if not self.node_ip:
+            return [
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                # Loopback addresses are not valid endpoints of the `kubernetes` Service.
+                "--endpoint-reconciler-type=none",
+                "--authorization-mode=RBAC",
+            ]
+        return [
+            # Pods reach the apiserver through the `kubernetes` Service, whose endpoint is node_ip.
+            "--bind-address=0.0.0.0",
+            f"--advertise-address={self.node_ip}",
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+            f"--kubelet-client-certificate={self.kubelet_client_cert}",
+            f"--kubelet-client-key={self.kubelet_client_key}",
+        ]
+
     def _start_apiserver(self, deadline: float) -> None:
         self._spawn(
             "kube-apiserver",
             [
                 self.binaries.kube_apiserver,
                 f"--etcd-servers=http://127.0.0.1:{self.ports['etcd']}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                *self._apiserver_network_args(),
                 f"--secure-port={self.ports['apiserver']}",
                 f"--cert-dir={self.workdir / 'apiserver-certs'}",
                 "--service-cluster-ip-range=10.96.0.0/16",
-                # Loopback addresses are not valid endpoints of the `kubernetes` Service.
-                "--endpoint-reconciler-type=none",
-                "--authorization-mode=RBAC",
                 f"--token-auth-file={self.token_file}",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={self.sa_pub}",
@@ -704,6 +752,9 @@ class ControlPlane:
                 f"--metrics-addr=127.0.0.1:{self.ports['ray_metrics']}",
                 f"--health-probe-bind-address=127.0.0.1:{self.ports['ray_probe']}",
                 "--log-stdout-encoder=console",
+                # Out of the cluster, KubeRay cannot resolve <head>-svc.<ns>.svc names: it reaches
+                # the Ray dashboard of each head through the apiserver's service proxy instead.
+                *(["--use-kubernetes-proxy"] if self.node_ip else []),
             ],
             env=env,
         )
@@ -754,7 +805,10 @@ class ControlPlane:
                     **GPU_NODE_POOL_LABELS,
                 },
             },
-            "spec": {},
+            # Beside a real node, only pods that tolerate this taint are placed on a fake node.
+            "spec": {"taints": [{"key": FAKE_NODE_TAINT, "value": "true", "effect": "NoSchedule"}]}
+            if self.node_ip
+            else {},
             "status": {
                 "allocatable": resources,
                 "capacity": resources,
@@ -1067,6 +1121,12 @@ def _cli(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--no-kwok", action="store_true")
     up.add_argument("--gpu-nodes", type=int, default=1)
     up.add_argument("--keep", action="store_true", help="keep the temp dir (logs, kubeconfigs) on exit")
+    up.add_argument(
+        "--real-node",
+        action="store_true",
+        help="also run a real node on this machine (root: kubelet, containerd, CNI, kube-proxy, CoreDNS) "
+        "with the images of hack/images/build.py loaded; the fake GPU nodes are then tainted",
+    )
     sub.add_parser("paths", help="print the binaries' paths")
     args = parser.parse_args(argv)
 
@@ -1078,14 +1138,26 @@ def _cli(argv: Sequence[str] | None = None) -> int:
     def say(msg: str) -> None:
         print(f"[testbed] {msg}", file=sys.stderr, flush=True)
 
-    cp = ControlPlane(
-        args.workdir, kwok=not args.no_kwok, kuberay=not args.no_kuberay, gpu_nodes=args.gpu_nodes, log=say
-    )
+    node: Any = None
+    if args.real_node:
+        sys.path.insert(0, str(REPO_ROOT))
+        from tests.cluster.node import RealNode, host_ip
+
+        cp = ControlPlane(args.workdir, kwok=not args.no_kwok, kuberay=not args.no_kuberay,
+                          gpu_nodes=args.gpu_nodes, log=say, node_ip=host_ip())
+        node = RealNode(cp, log=say)
+    else:
+        cp = ControlPlane(
+            args.workdir, kwok=not args.no_kwok, kuberay=not args.no_kuberay, gpu_nodes=args.gpu_nodes, log=say
+        )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
     try:
         cp.start()
+        if node is not None:
+            node.start()
+            say(f"real node {node.name} Ready; images: " + ", ".join(f"{k}={v}" for k, v in node.images.items()))
         path = ":".join(cp.binaries.path_dirs)
         env_file = cp.workdir / "env.sh"
         env_file.write_text(f"export KUBECONFIG={cp.admin_kubeconfig}\nexport PATH={path}:$PATH\n")
@@ -1100,11 +1172,17 @@ def _cli(argv: Sequence[str] | None = None) -> int:
         )
         while not stop.wait(2.0):
             cp.check_running()
+            if node is not None:
+                node.check_running()
     except (TestbedError, TimeoutError) as e:
-        say(f"{e}\n{cp.logs_report()}\nlogs kept in {cp.workdir}")
+        say(f"{e}\n{cp.logs_report()}\n{node.logs_report() if node else ''}\nlogs kept in {cp.workdir}")
+        if node is not None:
+            node.stop()
         cp.stop()
         return 1
     say("stopping")
+    if node is not None:
+        node.stop()
     cp.stop()
     if args.workdir or args.keep:
         say(f"logs and kubeconfigs kept in {cp.workdir}")

@@ -95,6 +95,20 @@ def test_rayjob_defaults_image_cpu_workers_and_secrets() -> None:
     assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "HF_TOKEN", "optional": False}}} in worker["env"]
     assert worker["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
     assert {"name": "data", "mountPath": "/data"} in worker["volumeMounts"]
+    # An s3:// output's work files (pruned model, checkpoints) go to the claim every Ray pod mounts.
+    head = rj["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    for container in (head, worker):
+        assert {"name": "INTERLACE_WORK_DIR", "value": "/data/.interlace-work"} in container["env"]
+    no_claim = builders.rayjob(job(), OWNER, attempt=1, image="default:1")
+    head = no_claim["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert all(e["name"] != "INTERLACE_WORK_DIR" for e in head["env"])
+
+
+def test_the_head_takes_no_ray_work() -> None:
+    """The head runs the driver; Ray Train workers and tasks must land on the worker pods."""
+    rj = builders.rayjob(job(), OWNER, attempt=1, image="img:1")
+    params = rj["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParams"]
+    assert params["num-cpus"] == "0" and params["num-gpus"] == "0"
 
 
 def test_configmap_holds_a_loadable_prunejob(tmp_path) -> None:

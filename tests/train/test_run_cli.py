@@ -148,3 +148,25 @@ def test_run_tiny_job_end_to_end(ray_session, tmp_path: Path, capsys: pytest.Cap
     assert stages == ["Analyzing", "Planning", "Finetuning", "Evaluating", "Publishing"]
     captured = capsys.readouterr()
     assert "interlace run: summary" in captured.err + captured.out
+
+
+@pytest.mark.parametrize("output", ["file://{tmp}/out", "s3://bucket/prefix"])
+def test_a_cluster_run_without_shared_storage_stops_before_any_work(tmp_path: Path, output: str) -> None:
+    """As the RayJob's driver (RAY_ADDRESS set), a work dir inside the head pod would leave the worker
+    pods unable to read the pruned model: exit 2 naming the fields, nothing written, nothing loaded."""
+    f = tmp_path / "job.yaml"
+    f.write_text(yaml.safe_dump(_job(output={"uri": output.format(tmp=tmp_path)})))
+    code = (
+        "import sys; from interlace.cli import main; rc = main(sys.argv[1:]); "
+        "heavy = [m for m in ('torch', 'ray', 'transformers') if m in sys.modules]; "
+        "print('HEAVY', heavy); sys.exit(rc)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "run", "-f", str(f)], cwd=tmp_path, capture_output=True, text=True,
+        timeout=120, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1",
+                          "RAY_ADDRESS": "10.0.0.1:6379", "INTERLACE_CACHE": str(tmp_path / "cache")},
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "spec.output.uri" in proc.stderr and "spec.resources.pvcName" in proc.stderr
+    assert "HEAVY []" in proc.stdout
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache" / "runs").exists()

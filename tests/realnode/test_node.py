@@ -1,0 +1,122 @@
+"""The testbed's real node: pods from the project's own images run for real.
+
+What a kwok node cannot show: a container process runs (its exit code and logs come back), a pod
+reaches another pod through a ClusterIP Service by its DNS name, a pod reaches the apiserver through
+the `kubernetes` Service with its ServiceAccount token, and the fake GPU node beside the real one
+takes only pods that tolerate its taint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.cluster.node import NODE_LABEL, RealNode
+from tests.cluster.testbed import FAKE_NODE_TAINT, ControlPlane
+
+pytestmark = [pytest.mark.real_node, pytest.mark.cluster]
+
+
+def _pod(name: str, image: str, command: list[str], **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "main", "image": image, "imagePullPolicy": "Never", "command": command,
+                            "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}}}],
+            **spec,
+        },
+    }
+
+
+def _wait_phase(cp: ControlPlane, ns: str, name: str, phases: tuple[str, ...], timeout: float = 180) -> str:
+    def phase() -> str | None:
+        p = cp.kubectl_json("get", "pod", name, "-n", ns).get("status", {}).get("phase")
+        return p if p in phases else None
+
+    return cp.wait_for(phase, timeout=timeout, interval=1.0, what=f"pod {name} in {phases}")
+
+
+def test_node_is_ready_real_and_the_fake_gpu_node_is_tainted(real_cluster: tuple[ControlPlane, RealNode]) -> None:
+    cp, node = real_cluster
+    nodes = {n["metadata"]["name"]: n for n in cp.kubectl_json("get", "nodes")["items"]}
+    real = nodes[node.name]
+    assert real["metadata"]["labels"][NODE_LABEL[0]] == NODE_LABEL[1]
+    assert real["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://")
+    assert real["status"]["addresses"][0]["address"] == cp.node_ip
+    fakes = [n for name, n in nodes.items() if name != node.name]
+    assert fakes and all(
+        any(t["key"] == FAKE_NODE_TAINT for t in n["spec"].get("taints", [])) for n in fakes
+    )
+
+
+def test_a_pod_of_the_runtime_image_runs_python_with_the_project(
+    real_cluster: tuple[ControlPlane, RealNode], real_namespace: str
+) -> None:
+    cp, node = real_cluster
+    code = (
+        "import interlace.spec, torch, transformers, ray, os; from interlace import builtin; "
+        "print('OK', torch.__version__, ray.__version__, builtin.smollm2_dir().is_dir(), os.getuid())"
+    )
+    cp.create(_pod("py", node.images["runtime"], ["python", "-c", code]), namespace=real_namespace)
+    assert _wait_phase(cp, real_namespace, "py", ("Succeeded", "Failed"), timeout=300) == "Succeeded"
+    out = cp.kubectl("logs", "py", "-n", real_namespace).stdout
+    assert out.startswith("OK 2.14.1") and " True " in out, out
+    pod = cp.kubectl_json("get", "pod", "py", "-n", real_namespace)
+    assert pod["spec"]["nodeName"] == node.name
+
+
+def test_service_dns_and_the_apiserver_are_reachable_from_a_pod(
+    real_cluster: tuple[ControlPlane, RealNode], real_namespace: str
+) -> None:
+    cp, node = real_cluster
+    ns = real_namespace
+    image = node.images["runtime"]
+    server = _pod("web", image, ["python", "-m", "http.server", "8000"])
+    server["spec"]["restartPolicy"] = "Always"
+    cp.create(server, namespace=ns)
+    cp.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+               "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8000}]}}, namespace=ns)
+    _wait_phase(cp, ns, "web", ("Running",))
+    # The client: the Service by its DNS name, then the apiserver with the pod's own token.
+    client = (
+        "import urllib.request, ssl, socket, json\n"
+        f"print('dns', socket.gethostbyname('web.{ns}.svc.cluster.local'))\n"
+        f"print('web', urllib.request.urlopen('http://web.{ns}/', timeout=20).status)\n"
+        "tok = open('/var/run/secrets/kubernetes.io/serviceaccount/token').read()\n"
+        "ctx = ssl.create_default_context(cafile='/var/run/secrets/kubernetes.io/serviceaccount/ca.crt')\n"
+        "req = urllib.request.Request('https://kubernetes.default.svc/version', headers={'Authorization': 'Bearer ' + tok})\n"
+        "print('api', json.load(urllib.request.urlopen(req, context=ctx, timeout=20))['gitVersion'])\n"
+    )
+    cp.create(_pod("client", image, ["python", "-c", client]), namespace=ns)
+    phase = _wait_phase(cp, ns, "client", ("Succeeded", "Failed"))
+    logs = cp.kubectl("logs", "client", "-n", ns).stdout
+    assert phase == "Succeeded", logs
+    svc_ip = cp.kubectl_json("get", "service", "web", "-n", ns)["spec"]["clusterIP"]
+    assert f"dns {svc_ip}" in logs and "web 200" in logs and "api v1." in logs, logs
+
+
+def test_pods_avoid_the_fake_gpu_node_unless_they_tolerate_it(
+    real_cluster: tuple[ControlPlane, RealNode], real_namespace: str
+) -> None:
+    cp, node = real_cluster
+    gpu = _pod("gpu", node.images["pause"], ["/pause"])
+    gpu["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": "1"}}
+    cp.create(gpu, namespace=real_namespace)
+    tolerating = _pod("tolerating", node.images["pause"], ["/pause"],
+                      tolerations=[{"key": FAKE_NODE_TAINT, "operator": "Exists", "effect": "NoSchedule"}])
+    tolerating["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": "1"}}
+    cp.create(tolerating, namespace=real_namespace)
+
+    def scheduled() -> dict[str, Any] | None:
+        pods = {p["metadata"]["name"]: p for p in cp.kubectl_json("get", "pods", "-n", real_namespace)["items"]}
+        unsched = [c for c in pods["gpu"].get("status", {}).get("conditions", [])
+                   if c["type"] == "PodScheduled" and c["status"] == "False"]
+        return pods if unsched and pods["tolerating"]["spec"].get("nodeName") else None
+
+    pods = cp.wait_for(scheduled, timeout=60, what="scheduling decisions")
+    assert pods["tolerating"]["spec"]["nodeName"] != node.name
+    assert "taint" in pods["gpu"]["status"]["conditions"][0]["message"] or "untolerated" in str(pods["gpu"]["status"])

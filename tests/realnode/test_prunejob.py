@@ -1,0 +1,236 @@
+"""The product on real pods: `helm install` of the chart with the operator image this repo builds, then a
+PruneJob of the embedded default on a Ray head and two Ray worker pods, to a pruned model on a
+PersistentVolume.
+
+Nothing in this module moves a status by hand: the operator runs as a pod (its probes, its
+ServiceAccount, the chart's read-only root filesystem), KubeRay creates the Ray cluster, `interlace
+run` runs as the RayJob's driver on the head, Ray Train's workers are the worker pods, and every
+status field the test reads was written by the operator or by the job's reporter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.cluster.node import RealNode
+from tests.cluster.testbed import REPO_ROOT, ControlPlane
+
+pytestmark = [pytest.mark.real_node, pytest.mark.cluster, pytest.mark.slow]
+
+CHART = REPO_ROOT / "charts" / "interlace-operator"
+RELEASE = "interlace"
+OPERATOR_NS = "interlace-system"
+
+
+def _image_args(ref: str) -> tuple[str, str]:
+    repo, _, tag = ref.rpartition(":")
+    return repo, tag
+
+
+@pytest.fixture(scope="module")
+def operator_release(real_cluster: tuple[ControlPlane, RealNode]) -> Iterator[dict[str, str]]:
+    """The chart installed with the images built by hack/images/build.py; uninstalled afterwards."""
+    cp, node = real_cluster
+    op_repo, op_tag = _image_args(node.images["operator"])
+    rt_repo, rt_tag = _image_args(node.images["runtime"])
+    t0 = time.monotonic()
+    cp.helm(
+        "install", RELEASE, str(CHART), "-n", OPERATOR_NS, "--create-namespace",
+        "--set", f"image.repository={op_repo}", "--set", f"image.tag={op_tag}",
+        "--set", "image.pullPolicy=Never",
+        "--set", f"runtimeImage.repository={rt_repo}", "--set", f"runtimeImage.tag={rt_tag}",
+        "--wait", "--timeout", "5m",
+        timeout=330,
+    )
+    installed = time.monotonic() - t0
+    yield {"namespace": OPERATOR_NS, "installed_s": f"{installed:.1f}"}
+    if cp.running:
+        cp.helm("uninstall", RELEASE, "-n", OPERATOR_NS, "--wait", "--timeout", "2m", check=False, timeout=150)
+
+
+def _operator_pod(cp: ControlPlane) -> dict[str, Any]:
+    pods = cp.kubectl_json(
+        "get", "pods", "-n", OPERATOR_NS, "-l", "app.kubernetes.io/component=operator"
+    )["items"]
+    running = [p for p in pods if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")]
+    assert running, [p["status"] for p in pods]
+    return running[0]
+
+
+def test_helm_install_runs_the_operator_pod_with_probes_and_metrics(
+    real_cluster: tuple[ControlPlane, RealNode], operator_release: dict[str, str]
+) -> None:
+    cp, node = real_cluster
+    pod = _operator_pod(cp)
+    assert pod["spec"]["nodeName"] == node.name
+    assert pod["spec"]["containers"][0]["image"] == node.images["operator"]
+    ready = {c["type"]: c["status"] for c in pod["status"]["conditions"]}
+    assert ready["Ready"] == "True"  # the readiness probe (kopf's /healthz) passed
+    sc = pod["spec"]["containers"][0]["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    status = pod["status"]["containerStatuses"][0]
+    assert status["restartCount"] == 0 and status["ready"] is True
+    # The process really runs as 65532 on a read-only root: ask it.
+    out = cp.kubectl(
+        "exec", "-n", OPERATOR_NS, pod["metadata"]["name"], "--", "python", "-c",
+        "import os; open('/tmp/x', 'w').write('ok'); print(os.getuid());\n"
+        "try:\n open('/etc/x', 'w')\nexcept OSError as e:\n print('ro', e.errno)",
+    ).stdout.split()
+    assert out == ["65532", "ro", "30"], out  # 30 = EROFS
+    # Metrics through the chart's Service (the apiserver's service proxy: no port-forward needed).
+    svcs = cp.kubectl_json("get", "services", "-n", OPERATOR_NS)["items"]
+    metrics_svc = next(s for s in svcs if any(p.get("name") == "metrics" for p in s["spec"]["ports"]))
+    name = metrics_svc["metadata"]["name"]
+    text = cp.wait_for(
+        lambda: cp.kubectl("get", "--raw", f"/api/v1/namespaces/{OPERATOR_NS}/services/http:{name}:metrics/proxy/metrics",
+                           check=False).stdout,
+        timeout=60, what="the operator's metrics through its Service",
+    )
+    assert "interlace_" in text and "python_info" in text, text[:2000]
+
+
+def _pv(name: str, path: Path, size: str = "20Gi") -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name},
+        "spec": {
+            "capacity": {"storage": size}, "accessModes": ["ReadWriteMany"],
+            "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+            "hostPath": {"path": str(path), "type": "DirectoryOrCreate"},
+        },
+    }
+
+
+def _pvc(name: str, volume: str, size: str = "20Gi") -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name},
+        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": volume,
+                 "resources": {"requests": {"storage": size}}},
+    }
+
+
+def embedded_default_job(name: str, claim: str, *, steps: int = 4) -> dict[str, Any]:
+    """examples/prunejob-local.yaml, smaller, on 2 worker pods, published to the claim."""
+    doc = yaml.safe_load((REPO_ROOT / "examples" / "prunejob-local.yaml").read_text())
+    spec = doc["spec"]
+    spec["calibration"].update(numSamples=16, batchSize=8)
+    spec["calibration"]["data"]["maxSamples"] = 16
+    spec["finetune"].update(maxSteps=steps, checkpointEverySteps=1, perDeviceBatchSize=2,
+                            gradientAccumulationSteps=1)
+    spec["finetune"]["data"]["maxSamples"] = 256
+    spec["evaluation"].update(maxSamples=16)
+    spec["evaluation"]["data"]["maxSamples"] = 16
+    spec["output"] = {"uri": f"pvc://{claim}/{name}"}
+    # The node has 2 cores: requests must fit beside CoreDNS and the operator.
+    spec["resources"] = {
+        "workers": 2, "gpusPerWorker": 0, "cpu": "500m", "memory": "3Gi",
+        "headCpu": "600m", "headMemory": "5Gi", "pvcName": claim,
+    }
+    spec["ttlSecondsAfterFinished"] = 30
+    return {"apiVersion": doc["apiVersion"], "kind": "PruneJob", "metadata": {"name": name}, "spec": spec}
+
+
+def _status(cp: ControlPlane, ns: str, name: str) -> dict[str, Any]:
+    return cp.kubectl_json("get", "prunejob", name, "-n", ns).get("status", {})
+
+
+def test_prunejob_of_the_embedded_default_runs_on_a_head_and_two_worker_pods(
+    real_cluster: tuple[ControlPlane, RealNode], operator_release: dict[str, str], real_namespace: str,
+) -> None:
+    cp, node = real_cluster
+    ns = real_namespace
+    volume_dir = cp.workdir / "volumes" / ns
+    cp.apply([_pv(f"pv-{ns}", volume_dir)])
+    cp.create(_pvc("work", f"pv-{ns}"), namespace=ns)
+    job = embedded_default_job("smollm2", "work")
+    cp.create(job, namespace=ns)
+
+    # Watch the pods as the job runs: a Ray head and two workers, all on the real node.
+    seen: dict[str, dict[str, Any]] = {}
+
+    def succeeded() -> bool:
+        for p in cp.kubectl_json("get", "pods", "-n", ns, "-l", "ray.io/is-ray-node=yes")["items"]:
+            seen[p["metadata"]["name"]] = p
+        st = _status(cp, ns, "smollm2")
+        if st.get("phase") == "Failed":
+            raise AssertionError(f"PruneJob failed: {json.dumps(st, indent=1)[:4000]}")
+        return st.get("phase") == "Succeeded"
+
+    t0 = time.monotonic()
+    try:
+        cp.wait_for(succeeded, timeout=1500, interval=3.0, what="PruneJob smollm2 Succeeded")
+    except (TimeoutError, AssertionError) as e:
+        raise AssertionError(f"{e}\n{_diagnose(cp, ns)}") from None
+    wall = time.monotonic() - t0
+    # What a user runs: kubectl wait returns at once now.
+    cp.kubectl("wait", "--for=condition=Succeeded", "prunejob/smollm2", "-n", ns, "--timeout=10s")
+
+    roles = sorted(p["metadata"]["labels"].get("ray.io/node-type", "?") for p in seen.values())
+    assert roles.count("head") == 1 and roles.count("worker") == 2, roles
+    assert all(p["spec"].get("nodeName") == node.name for p in seen.values())
+
+    st = _status(cp, ns, "smollm2")
+    plan, results = st["plan"], st["results"]
+    assert plan["numLayers"] == 30 and len(plan["drop"]) == 6 and len(plan["finetune"]) >= 1
+    assert results["layersBefore"] == 30 and results["layersAfter"] == 24
+    assert st["progress"]["percent"] == 100 or st.get("stage") in ("Publishing", "Succeeded")
+    ppl = {b["name"]: b for b in results["benchmarks"]}
+    assert "perplexity" in ppl and ppl["perplexity"]["pruned"] > 0
+
+    # The artifacts are on the volume (the host path behind the PV): plan, scores, checkpoints, model.
+    out = volume_dir / "smollm2"
+    assert json.loads((out / "plan.json").read_text())["drop"] == plan["drop"]
+    assert (out / "model" / "config.json").is_file() and (out / "results.json").is_file()
+    ckpts = sorted((out / "checkpoints").rglob("state.json"))
+    assert ckpts, list((out / "checkpoints").rglob("*"))[:20]
+    # Both worker pods trained: the progress log names steps; Ray Train's run used 2 workers.
+    steps = [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()]
+    assert any((e.get("progress") or {}).get("step") == 4 for e in steps), steps[-5:]
+
+    # The published model loads with transformers in a fresh process and its perplexity matches.
+    code = f"""
+import json, sys
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from interlace.evaluation import heldout_samples, perplexity
+from interlace.spec import load_prunejob
+job = load_prunejob(sys.argv[1])
+model = AutoModelForCausalLM.from_pretrained({str(out / 'model')!r})
+tok = AutoTokenizer.from_pretrained({str(out / 'model')!r})
+assert model.config.num_hidden_layers == 24, model.config.num_hidden_layers
+samples = heldout_samples(job.spec.evaluation, finetune_data=job.spec.finetune.data)
+print(json.dumps({{"ppl": perplexity(model, tok, samples, batch_size=job.spec.evaluation.batch_size, max_length=job.spec.finetune.max_length)}}))
+"""
+    spec_file = cp.workdir / f"{ns}-job.yaml"
+    spec_file.write_text(yaml.safe_dump(job))
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-c", code, str(spec_file)], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    measured = json.loads(proc.stdout.strip().splitlines()[-1])["ppl"]
+    assert measured == pytest.approx(ppl["perplexity"]["pruned"], rel=1e-3)
+    print(f"real-pod PruneJob: {wall:.0f} s from apply to Succeeded; operator installed in "
+          f"{operator_release['installed_s']} s")
+
+
+def _diagnose(cp: ControlPlane, ns: str) -> str:
+    parts = []
+    for args in (("get", "prunejob,rayjob,raycluster,pods", "-n", ns, "-o", "wide"),
+                 ("get", "events", "-n", ns, "--sort-by=.lastTimestamp")):
+        parts.append(cp.kubectl(*args, check=False).stdout[-4000:])
+    for p in cp.kubectl_json("get", "pods", "-n", ns)["items"]:
+        name = p["metadata"]["name"]
+        parts.append(f"--- logs {name}\n" + cp.kubectl("logs", name, "-n", ns, "--tail=60", "--all-containers",
+                                                       check=False).stdout[-6000:])
+    for p in cp.kubectl_json("get", "pods", "-n", OPERATOR_NS)["items"]:
+        parts.append("--- operator\n" + cp.kubectl("logs", p["metadata"]["name"], "-n", OPERATOR_NS, "--tail=80",
+                                                  check=False).stdout[-6000:])
+    return "\n".join(parts)
