@@ -27,6 +27,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -50,6 +51,8 @@ CLUSTER_CIDR = "10.244.0.0/16"
 DNS_IP = "10.96.0.10"
 CNI_BIN = Path("/usr/lib/cni")
 NODE_LABEL = ("interlace.dev/node-pool", "real")
+# kubelet links every container's log here (a fixed path, unlike podLogsDir); removed on stop.
+CONTAINER_LOGS = Path("/var/log/containers")
 IMAGES = ("pause", "coredns", "operator", "runtime", "s3")
 # Host settings the node needs, restored on stop.
 SYSCTLS = {"net.ipv4.ip_forward": "1", "net.bridge.bridge-nf-call-iptables": "1"}
@@ -112,6 +115,7 @@ class RealNode:
         self.images: dict[str, str] = {}
         self.components: dict[str, Component] = {}
         self._saved_sysctls: dict[str, str] = {}
+        self._had_container_logs_dir = CONTAINER_LOGS.exists()
         self._lock_file: IO[str] | None = None
         self._started = self._stopped = False
         self.timings: dict[str, float] = {}
@@ -161,7 +165,8 @@ class RealNode:
             ) from None
 
     def _host_settings(self) -> None:
-        subprocess.run(["modprobe", "br_netfilter"], check=False, capture_output=True)
+        if not _sysctl_path("net.bridge.bridge-nf-call-iptables").exists() and shutil.which("modprobe"):
+            subprocess.run(["modprobe", "br_netfilter"], check=False, capture_output=True)
         for key, value in SYSCTLS.items():
             path = _sysctl_path(key)
             if not path.exists():
@@ -299,6 +304,8 @@ state = "{self.dir / 'containerd-state'}"
                     "evictionHard": {"memory.available": "200Mi", "nodefs.available": "2%",
                                      "imagefs.available": "2%"},
                     "maxPods": 60,
+                    # Not /var/log/pods on the host (kubelet's default).
+                    "podLogsDir": str(self.dir / "pod-logs"),
                     "volumePluginDir": str(self.dir / "volume-plugins"),
                     "resolvConf": str(self._write("resolv.conf", "nameserver 127.0.0.1\n")),
                     "registerWithTaints": [],
@@ -434,6 +441,12 @@ state = "{self.dir / 'containerd-state'}"
         if subprocess.run(["ip", "link", "show", "cni0"], capture_output=True).returncode == 0:
             subprocess.run(["ip", "link", "delete", "cni0"], capture_output=True)
         remove_iptables_chains(("KUBE-", "CNI-"))
+        if CONTAINER_LOGS.is_dir():
+            for link in CONTAINER_LOGS.iterdir():
+                if link.is_symlink() and os.readlink(link).startswith(str(self.dir)):
+                    link.unlink()
+            if not self._had_container_logs_dir and not any(CONTAINER_LOGS.iterdir()):
+                CONTAINER_LOGS.rmdir()
         for key, value in self._saved_sysctls.items():
             with contextlib.suppress(OSError):
                 _sysctl_path(key).write_text(value)
@@ -450,7 +463,7 @@ def remove_iptables_chains(prefixes: tuple[str, ...]) -> None:
             chains = [line.split()[1] for line in out.stdout.splitlines()
                       if line.startswith("-N ") and line.split()[1].startswith(prefixes)]
             for line in out.stdout.splitlines():
-                parts = line.split()
+                parts = shlex.split(line)  # comments are quoted: `--comment "name: ..."`
                 if parts[:1] == ["-A"] and "-j" in parts and parts[parts.index("-j") + 1].startswith(prefixes):
                     subprocess.run([ipt, "-t", table, "-D", *parts[1:]], capture_output=True)
             for c in chains:
@@ -471,6 +484,8 @@ def host_leftovers() -> list[str]:
     netns = Path("/var/run/netns")
     if netns.is_dir():
         left += [f"netns {n.name}" for n in netns.iterdir() if n.name.startswith("cni-")]
+    if CONTAINER_LOGS.is_dir():
+        left += [f"log link {p}" for p in CONTAINER_LOGS.iterdir() if "interlace-testbed-" in os.readlink(p)]
     left += [f"mount {line.split()[1]}" for line in Path("/proc/self/mounts").read_text().splitlines()
              if "/interlace-testbed-" in line.split()[1] or "/node/containerd/" in line.split()[1]]
     return left

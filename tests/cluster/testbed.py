@@ -611,6 +611,8 @@ class ControlPlane:
             "--enable-admission-plugins=NodeRestriction",
             f"--kubelet-client-certificate={self.kubelet_client_cert}",
             f"--kubelet-client-key={self.kubelet_client_key}",
+            # The node's name is not in DNS: logs/exec go to its InternalIP.
+            "--kubelet-preferred-address-types=InternalIP",
         ]
 
     def _start_apiserver(self, deadline: float) -> None:
