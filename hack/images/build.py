@@ -14,7 +14,7 @@ What goes in (the same as images/*/Dockerfile, with a Debian base instead of a r
 | pause | a static `pause` (hack/images/pause.c): the pod sandbox image of the testbed's real node |
 | coredns | the CoreDNS binary hack/testbed/build.sh built |
 | operator | Debian bookworm (mmdebstrap) + a venv with the `operator` extra + this project |
-| runtime | the same Debian base + a venv with the `ml` and `kube` extras + the builtin model + this project |
+| runtime | the same Debian base + a venv with the `ml`, `kube` and `ray-cluster` extras + the builtin model + this project |
 | s3 | the same Debian base + moto's S3-compatible server (the tests' object store, run as a pod) |
 
 Every layer is a plain tar, cached under ${INTERLACE_CACHE:-~/.cache/interlace}/images/layers/ and named
@@ -284,6 +284,27 @@ def app_layer() -> Path:
     return final
 
 
+def user_layer() -> Path:
+    """/etc/passwd and /etc/group of the base plus the operator's non-root user (uid/gid 65532), as
+    images/operator/Dockerfile adds it: tools that ask for the user name (getpass) need the entry."""
+    base = base_layer()
+    key = sha(BUILD_VERSION, NONROOT, file_sha(base))
+    with cached_layer("user", key) as (final, tmp):
+        if tmp is None:
+            return final
+        with tarfile.open(base) as t, tempfile.TemporaryDirectory() as d:
+            etc = Path(d) / "etc"
+            etc.mkdir()
+            for name, line in (("passwd", "interlace:x:65532:65532::/tmp:/usr/sbin/nologin"),
+                               ("group", "interlace:x:65532:")):
+                member = t.extractfile(f"./etc/{name}") or t.extractfile(f"etc/{name}")
+                assert member is not None
+                (etc / name).write_text(member.read().decode().rstrip("\n") + f"\n{line}\n")
+                (etc / name).chmod(0o644)
+            tar_tree(Path(d), tmp)
+    return final
+
+
 def model_layer() -> Path:
     """The builtin SmolLM2 converted to safetensors and the builtin:english shards, in the image's
     INTERLACE_CACHE, so a pod does not convert the GGUF file at every start (about a minute)."""
@@ -347,7 +368,7 @@ IMAGES = {
     "pause": {"layers": lambda: [pause_layer()], "config": {"Entrypoint": ["/pause"], "User": "65535:65535"}},
     "coredns": {"layers": lambda: [coredns_layer()], "config": {"Entrypoint": ["/coredns"], "User": "0:0"}},
     "operator": {
-        "layers": lambda: [base_layer(), deps_layer("operator", ["operator"]), app_layer()],
+        "layers": lambda: [base_layer(), user_layer(), deps_layer("operator", ["operator"]), app_layer()],
         "config": {
             "Entrypoint": ["interlace-operator"], "User": NONROOT,
             "Env": [PATH_ENV, "HOME=/tmp", "PYTHONUNBUFFERED=1", "PYTHONDONTWRITEBYTECODE=1"],
@@ -361,7 +382,7 @@ IMAGES = {
     },
     "runtime": {
         # The app layer last: a code change then leaves the other layers' snapshots in containerd valid.
-        "layers": lambda: [base_layer(), deps_layer("runtime", ["ml", "kube"], (SMOLLM2,)), model_layer(), app_layer()],
+        "layers": lambda: [base_layer(), deps_layer("runtime", ["ml", "kube", "ray-cluster"], (SMOLLM2,)), model_layer(), app_layer()],
         "config": {
             "Cmd": ["interlace", "--help"],
             "Env": [PATH_ENV, "PYTHONUNBUFFERED=1", f"INTERLACE_CACHE={MODEL_CACHE}"],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 
 import kopf
@@ -34,6 +35,9 @@ def main() -> int:
         clusterwide=config.clusterwide,
         namespaces=list(config.namespaces),
         liveness_endpoint=liveness,
+        # kopf's default identity asks the passwd database for the user name, which fails for a uid
+        # without an entry (OpenShift's random uids; any image without a passwd line for it).
+        identity=os.environ.get("POD_NAME") or socket.gethostname(),
     )
     return 0
 

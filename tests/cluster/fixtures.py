@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,6 +84,12 @@ def real_cluster(request: pytest.FixtureRequest) -> Iterator[tuple[ControlPlane,
         if reporter is not None and request.config.getoption("verbose") > 0:
             reporter.write_line(f"[real node] {msg}")
 
+    # A SIGTERM (a CI timeout, `kill`) must still run the teardown below: host changes are undone
+    # there (and the next start cleans what a SIGKILL left).
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         cp = ControlPlane(log=log, node_ip=host_ip())
         node = RealNode(cp, log=log)
@@ -103,6 +110,7 @@ def real_cluster(request: pytest.FixtureRequest) -> Iterator[tuple[ControlPlane,
         _STATE.pop("real_cluster", None)
         node.stop()
         cp.stop()
+        signal.signal(signal.SIGTERM, previous)
         failed = request.session.testsfailed > failures_before
         if failed or os.environ.get("INTERLACE_TESTBED_KEEP"):
             if reporter is not None:

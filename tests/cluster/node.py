@@ -223,7 +223,7 @@ state = "{self.dir / 'containerd-state'}"
                               text=True, check=check)
 
     def _start_containerd(self, deadline: float) -> None:
-        self._kill_stale_shims()
+        clean_host()  # what a killed earlier run left (its shims would hold our store's snapshots)
         pause = self._build_images(["pause"])["pause"]
         self._write(
             "cni/net.d/10-interlace.conflist",
@@ -404,53 +404,57 @@ state = "{self.dir / 'containerd-state'}"
                 self._ctr("containers", "rm", cid, check=False)
         if "containerd" in self.components:
             self.components["containerd"].stop()
-        self._kill_stale_shims()
         self._undo_host_changes()
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
 
-    def _kill_stale_shims(self) -> None:
-        """containerd-shim processes of a containerd that used our store (this run or a crashed one)."""
-        marker = str(node_cache() / "containerd")
-        for pid_dir in Path("/proc").iterdir():
-            if not pid_dir.name.isdigit():
-                continue
-            with contextlib.suppress(OSError):
-                cmd = (pid_dir / "cmdline").read_bytes().split(b"\0")
-                if cmd and cmd[0].endswith(b"containerd-shim-runc-v2"):
-                    # A shim's cwd is its bundle dir under the containerd state dir; its -address names
-                    # the containerd socket. Ours: the socket under a testbed work dir, or our store.
-                    joined = b" ".join(cmd).decode(errors="replace")
-                    cwd = os.readlink(pid_dir / "cwd")
-                    if "interlace-testbed-" in joined or marker in cwd or "interlace-testbed-" in cwd:
-                        os.kill(int(pid_dir.name), 9)
-
     def _undo_host_changes(self) -> None:
-        # Mounts under the work dir (kubelet volumes, containerd snapshots and sandboxes), deepest first.
-        mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
-        prefixes = (str(self.dir) + "/", str(node_cache() / "containerd") + "/")
-        for m in sorted((m for m in mounts if m.startswith(prefixes)), key=len, reverse=True):
-            if subprocess.run(["umount", m], capture_output=True).returncode != 0:
-                subprocess.run(["umount", "-l", m], capture_output=True)
-        netns = Path("/var/run/netns")
-        if netns.is_dir():
-            for ns in netns.iterdir():
-                if ns.name.startswith("cni-"):
-                    subprocess.run(["ip", "netns", "delete", ns.name], capture_output=True)
-        if subprocess.run(["ip", "link", "show", "cni0"], capture_output=True).returncode == 0:
-            subprocess.run(["ip", "link", "delete", "cni0"], capture_output=True)
-        remove_iptables_chains(("KUBE-", "CNI-"))
-        if CONTAINER_LOGS.is_dir():
-            for link in CONTAINER_LOGS.iterdir():
-                if link.is_symlink() and os.readlink(link).startswith(str(self.dir)):
-                    link.unlink()
-            if not self._had_container_logs_dir and not any(CONTAINER_LOGS.iterdir()):
-                CONTAINER_LOGS.rmdir()
+        clean_host(self.dir)
         for key, value in self._saved_sysctls.items():
             with contextlib.suppress(OSError):
                 _sysctl_path(key).write_text(value)
         self._saved_sysctls.clear()
+        if CONTAINER_LOGS.is_dir() and not self._had_container_logs_dir and not any(CONTAINER_LOGS.iterdir()):
+            CONTAINER_LOGS.rmdir()
+
+
+def _ours(path: str, workdir: Path | None) -> bool:
+    """A path of this run's node (workdir) or of any testbed node run (workdir None: a crashed one)."""
+    if workdir is not None and path.startswith(str(workdir) + "/"):
+        return True
+    return ("/interlace-testbed-" in path and "/node/" in path) or path.startswith(str(node_cache() / "containerd") + "/")
+
+
+def clean_host(workdir: Path | None = None) -> None:
+    """Undo what a real node does to the host: shims, mounts, pod network namespaces, the cni0 bridge,
+    KUBE-*/CNI-* iptables chains, kubelet's log links. With workdir None, what any earlier testbed
+    node left (a test run killed before its teardown): RealNode.start() calls it first."""
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            cmd = (pid_dir / "cmdline").read_bytes().split(b"\0")
+            if cmd and cmd[0].endswith(b"containerd-shim-runc-v2"):
+                address = cmd[cmd.index(b"-address") + 1].decode() if b"-address" in cmd else ""
+                if _ours(address, workdir):
+                    os.kill(int(pid_dir.name), 9)
+    mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    for m in sorted((m for m in mounts if _ours(m, workdir)), key=len, reverse=True):
+        if subprocess.run(["umount", m], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", m], capture_output=True)
+    netns = Path("/var/run/netns")
+    if netns.is_dir():
+        for ns in netns.iterdir():
+            if ns.name.startswith("cni-"):
+                subprocess.run(["ip", "netns", "delete", ns.name], capture_output=True)
+    if subprocess.run(["ip", "link", "show", "cni0"], capture_output=True).returncode == 0:
+        subprocess.run(["ip", "link", "delete", "cni0"], capture_output=True)
+    remove_iptables_chains(("KUBE-", "CNI-"))
+    if CONTAINER_LOGS.is_dir():
+        for link in CONTAINER_LOGS.iterdir():
+            if link.is_symlink() and _ours(os.readlink(link), workdir):
+                link.unlink()
 
 
 def remove_iptables_chains(prefixes: tuple[str, ...]) -> None:
@@ -486,6 +490,6 @@ def host_leftovers() -> list[str]:
         left += [f"netns {n.name}" for n in netns.iterdir() if n.name.startswith("cni-")]
     if CONTAINER_LOGS.is_dir():
         left += [f"log link {p}" for p in CONTAINER_LOGS.iterdir() if "interlace-testbed-" in os.readlink(p)]
-    left += [f"mount {line.split()[1]}" for line in Path("/proc/self/mounts").read_text().splitlines()
-             if "/interlace-testbed-" in line.split()[1] or "/node/containerd/" in line.split()[1]]
+    left += [f"mount {m}" for m in (line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines())
+             if _ours(m, None)]
     return left
