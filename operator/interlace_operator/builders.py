@@ -26,6 +26,7 @@ DATA_MOUNT_DIR = "/data"
 ENV_PRUNEJOB = "INTERLACE_PRUNEJOB"
 GPU_RESOURCE = "nvidia.com/gpu"
 WORKER_GROUP = "gpu-workers"
+SUBMITTER_RESOURCES = {"cpu": "50m", "memory": "128Mi"}
 
 
 @dataclass(frozen=True)
@@ -228,6 +229,22 @@ def rayjob(
 
     spec: dict[str, Any] = {
         "entrypoint": entrypoint(job),
+        # The submitter only runs `ray job submit` and follows the driver's log: KubeRay's default
+        # template asks for half a CPU (and it can keep a small cluster's last slot from the Ray pods).
+        # No command: KubeRay fills in its own.
+        "submitterPodTemplate": {
+            "metadata": {"labels": names.labels(owner.name, "submitter")},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [
+                    {
+                        "name": "ray-job-submitter",
+                        "image": image,
+                        "resources": {"requests": dict(SUBMITTER_RESOURCES), "limits": {"memory": "512Mi"}},
+                    }
+                ],
+            },
+        },
         "runtimeEnvYAML": yaml.safe_dump({"env_vars": {ENV_PRUNEJOB: f"{owner.namespace}/{owner.name}"}}),
         "shutdownAfterJobFinishes": True,
         "ttlSecondsAfterFinished": job.spec.ttl_seconds_after_finished,

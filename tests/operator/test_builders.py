@@ -104,6 +104,13 @@ def test_rayjob_defaults_image_cpu_workers_and_secrets() -> None:
     assert all(e["name"] != "INTERLACE_WORK_DIR" for e in head["env"])
 
 
+def test_the_job_submitter_is_small_and_runs_the_job_image() -> None:
+    rj = builders.rayjob(job(), OWNER, attempt=1, image="img:1")
+    (c,) = rj["spec"]["submitterPodTemplate"]["spec"]["containers"]
+    assert c["image"] == "img:1" and "command" not in c  # KubeRay supplies `ray job submit ...`
+    assert c["resources"]["requests"] == {"cpu": "50m", "memory": "128Mi"}
+
+
 def test_the_head_takes_no_ray_work() -> None:
     """The head runs the driver; Ray Train workers and tasks must land on the worker pods."""
     rj = builders.rayjob(job(), OWNER, attempt=1, image="img:1")
