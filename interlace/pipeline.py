@@ -125,19 +125,22 @@ def run_pipeline(
     *,
     output_dir: str | Path,
     reporter: Reporter,
-    use_gpu: bool | None = None,
 ) -> Results:
-    """Run the PruneJob end to end and return its Results (also written to results.json)."""
-    import torch
+    """Run the PruneJob end to end and return its Results (also written to results.json).
 
+    spec.resources decides the placement (interlace.placement), never this process's hardware:
+    Ray Train gets one worker per GPU the spec asks for, and a spec asking for GPUs that the Ray
+    cluster (or this machine) lacks fails here, before any work.
+    """
     from interlace.models import load_model
+    from interlace.placement import check_accelerators, driver_device, train_placement
 
     spec = job.spec
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if use_gpu is None:
-        use_gpu = torch.cuda.is_available() and spec.resources.gpus_per_worker > 0
-    device = "cuda" if use_gpu else "cpu"
+    check_accelerators(spec.resources)
+    placement = train_placement(spec.resources)
+    device = driver_device(spec.resources)  # analysis, surgery, evaluation: here, for now
     check_inputs(spec)
 
     # ---- 1. analysis: layer similarity scores on calibration samples
@@ -206,7 +209,9 @@ def run_pipeline(
             before_ft = _perplexities(spec, base.model, pruned, processor)
         del pruned, final_model
         gc.collect()
-        reporter.stage(Phase.FINETUNING, f"layers {plan.finetune} on {spec.resources.workers} worker(s)")
+        from interlace.placement import describe
+
+        reporter.stage(Phase.FINETUNING, f"layers {plan.finetune} on {describe(placement)}")
         from interlace.finetune import finetune
 
         ft = finetune(
@@ -216,7 +221,7 @@ def run_pipeline(
             output_dir=out,
             reporter=reporter,
             num_workers=spec.resources.workers,
-            use_gpu=use_gpu,
+            use_gpu=placement.use_gpu,
             gpus_per_worker=spec.resources.gpus_per_worker,
             freeze_lm_head=spec.pruning.freeze_lm_head,
             num_samples=_epoch_size(spec.finetune.data),

@@ -273,12 +273,28 @@ class ResourcesSpec(_Model):
     """The Ray cluster KubeRay creates (ignored in local mode except `workers`/`gpusPerWorker`)."""
 
     image: str | None = Field(default=None, description="Runtime image; default from the operator.")
-    workers: int = Field(default=1, ge=1, le=256, description="Ray Train workers (one per GPU group).")
-    gpus_per_worker: int = Field(default=1, ge=0, le=16)
+    workers: int = Field(
+        default=1, ge=1, le=256, description="Ray worker pods (each with gpusPerWorker GPUs)."
+    )
+    gpus_per_worker: int = Field(
+        default=1,
+        ge=0,
+        le=16,
+        description="GPUs per worker pod. > 0: the stages run on GPUs, with one Ray Train process per "
+        "GPU (workers x gpusPerWorker processes, NCCL); the job fails before any work if the Ray "
+        "cluster has fewer GPUs. 0: CPU workers (gloo, fp32).",
+    )
     cpu: str = Field(default="8", description="CPU request/limit per worker pod.")
     memory: str = Field(default="64Gi", description="Memory request/limit per worker pod.")
-    head_cpu: str = "2"
-    head_memory: str = "8Gi"
+    head_cpu: str = Field(default="2", description="CPU of the Ray head pod (runs the driver).")
+    head_memory: str = Field(default="8Gi", description="Memory of the Ray head pod.")
+    head_gpus: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description="GPUs of the Ray head pod, where the driver runs analysis, surgery and evaluation "
+        "(on its GPU when it has one, else its CPU). 0 (default): the GPUs belong to the worker pods.",
+    )
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
     priority_class_name: str | None = None

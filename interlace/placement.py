@@ -1,0 +1,125 @@
+"""Where a PruneJob's stages run: decided by spec.resources, never by the driver's own hardware.
+
+`spec.resources.gpusPerWorker > 0` means GPU stages: Ray Train starts one worker process per GPU
+(workers x gpusPerWorker processes, each holding GPU:1, NCCL between them); 0 means CPU workers with
+gloo. `check_accelerators` runs before any work and fails with a message naming spec.resources when
+the Ray cluster (or, without Ray, this machine) has fewer GPUs than the spec asks for, instead of
+silently training on CPU.
+
+The driver (the RayJob's entrypoint on the Ray head) still runs analysis, surgery and evaluation
+itself: on its GPU when the head has one (spec.resources.headGpus), else on its CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+from interlace.errors import InterlaceError
+from interlace.spec import ResourcesSpec
+
+# How long a driver joined to a Ray cluster (RAY_ADDRESS) waits for worker nodes to bring their GPUs.
+GPU_WAIT_ENV = "INTERLACE_GPU_WAIT_SECONDS"
+DEFAULT_GPU_WAIT_S = 120.0
+
+
+@dataclass(frozen=True)
+class TrainPlacement:
+    """The Ray Train worker group a spec asks for."""
+
+    use_gpu: bool
+    num_workers: int  # Ray Train worker processes (the data-parallel world size)
+    resources_per_worker: dict[str, float] = field(default_factory=dict)
+    backend: str = "gloo"
+
+    @property
+    def gpus(self) -> int:
+        return self.num_workers if self.use_gpu else 0
+
+
+def train_placement(resources: ResourcesSpec) -> TrainPlacement:
+    """One Ray Train worker per GPU (workers x gpusPerWorker, GPU:1 each, NCCL), else one per pod (gloo)."""
+    return placement_of(resources.workers, resources.gpus_per_worker)
+
+
+def placement_of(workers: int, gpus_per_worker: int) -> TrainPlacement:
+    if workers < 1:
+        raise InterlaceError(f"spec.resources.workers={workers}: need at least 1 Ray Train worker")
+    if gpus_per_worker > 0:
+        return TrainPlacement(
+            use_gpu=True,
+            num_workers=workers * gpus_per_worker,
+            resources_per_worker={"CPU": 1.0, "GPU": 1.0},
+            backend="nccl",
+        )
+    return TrainPlacement(use_gpu=False, num_workers=workers, resources_per_worker={"CPU": 1.0}, backend="gloo")
+
+
+def needed_gpus(resources: ResourcesSpec) -> int:
+    return train_placement(resources).gpus
+
+
+def _shortfall(resources: ResourcesSpec, have: float, where: str) -> str:
+    need = needed_gpus(resources)
+    return (
+        f"spec.resources asks for {need} GPU(s) ({resources.workers} worker(s) x gpusPerWorker "
+        f"{resources.gpus_per_worker}) but {where} has {have:g}; set spec.resources.gpusPerWorker: 0 "
+        "to run on CPU, or run where the GPUs are"
+    )
+
+
+def check_accelerators(resources: ResourcesSpec, *, wait_s: float | None = None) -> None:
+    """Fail (InterlaceError naming spec.resources) when the GPUs the spec asks for are not there.
+
+    With Ray connected (or RAY_ADDRESS set, then this connects): the cluster's GPU total, waiting up
+    to `wait_s` (default INTERLACE_GPU_WAIT_SECONDS or 120 s on a remote cluster, 0 locally) for
+    worker nodes to join. Without Ray: this machine's CUDA devices.
+    """
+    need = needed_gpus(resources)
+    if need == 0:
+        return
+    remote = bool(os.environ.get("RAY_ADDRESS"))
+    connected = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    if connected or remote:
+        import ray
+
+        if not connected:
+            from interlace.finetune import start_ray
+
+            start_ray()
+        if wait_s is None:
+            wait_s = float(os.environ.get(GPU_WAIT_ENV, DEFAULT_GPU_WAIT_S if remote else 0))
+        deadline = time.monotonic() + wait_s
+        while True:
+            have = float(ray.cluster_resources().get("GPU", 0.0))
+            if have >= need or time.monotonic() >= deadline:
+                break
+            time.sleep(2.0)
+        if have < need:
+            raise InterlaceError(_shortfall(resources, have, "the Ray cluster"))
+        return
+    have = float(_cuda_devices())
+    if have < need:
+        raise InterlaceError(_shortfall(resources, have, "this machine (no Ray cluster)"))
+
+
+def _cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def driver_device(resources: ResourcesSpec) -> str:
+    """Device of the stages the driver runs itself: its GPU when the spec puts GPUs to use and the
+    driver has one (a local run, or headGpus > 0), else its CPU."""
+    if needed_gpus(resources) == 0:
+        return "cpu"
+    return "cuda" if _cuda_devices() > 0 else "cpu"
+
+
+def describe(placement: TrainPlacement) -> str:
+    if placement.use_gpu:
+        return f"{placement.num_workers} GPU worker process(es), NCCL"
+    return f"{placement.num_workers} CPU worker process(es), gloo"
