@@ -130,9 +130,9 @@ GPU_SIZES = Sizes(4, 2048, 4, 4, 2048, 512, 64, 2, 4096, 5)
 TINY_SIZES = Sizes(2, 64, 2, 2, 64, 16, 6, 2, 64, 2)
 
 
-def build(name: str, spec: dict[str, Any], *, tiny: bool, device: Any, dtype: Any) -> Any:
-    import torch
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+def qwen3_vl_config(spec: dict[str, Any], *, tiny: bool = False) -> Any:
+    """The transformers Qwen3VLConfig of one entry of MODELS / TINY_MODELS."""
+    from transformers import Qwen3VLConfig
 
     vocab = spec["text"]["vocab_size"]
     tokens = QWEN3_VL_TOKENS if not tiny else {k: vocab - 4 + i for i, k in enumerate(QWEN3_VL_TOKENS)}
@@ -150,7 +150,14 @@ def build(name: str, spec: dict[str, Any], *, tiny: bool, device: Any, dtype: An
     vision = dict(spec["vision"])
     vision.update(patch_size=16, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
                   hidden_act="gelu_pytorch_tanh", num_position_embeddings=2304 if not tiny else 64)
-    config = Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=spec["tie"], **tokens)
+    return Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=spec["tie"], **tokens)
+
+
+def build(name: str, spec: dict[str, Any], *, tiny: bool, device: Any, dtype: Any) -> Any:
+    import torch
+    from transformers import Qwen3VLForConditionalGeneration
+
+    config = qwen3_vl_config(spec, tiny=tiny)
     torch.manual_seed(0)
     with torch.device(device):
         model = Qwen3VLForConditionalGeneration._from_config(config, dtype=dtype, attn_implementation="sdpa")

@@ -133,15 +133,17 @@ def run_pipeline(
     cluster (or this machine) lacks fails here, before any work.
     """
     from interlace.models import load_model
-    from interlace.placement import check_accelerators, driver_device, train_placement
+    from interlace.placement import check_accelerators, check_attention, driver_device, train_placement
 
     spec = job.spec
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     check_accelerators(spec.resources)
+    check_attention(spec)
     placement = train_placement(spec.resources)
     device = driver_device(spec.resources)  # analysis, surgery, evaluation: here, for now
     check_inputs(spec)
+    _check_gpu_memory(spec)  # the worst case for any plan, from the model config alone
 
     # ---- 1. analysis: layer similarity scores on calibration samples
     reporter.stage(Phase.ANALYZING, f"loading {spec.model.source}")
@@ -193,6 +195,7 @@ def run_pipeline(
         _write_json(out / "results.json", results.to_wire())
         reporter.results(results)
         return results
+    _check_gpu_memory(spec, config=base.model.config, plan=plan, total_params=params_before)
 
     # ---- 3. surgery on a copy: the base model stays for evaluation
     from interlace.surgery import prune_model, save_model
@@ -273,6 +276,28 @@ def run_pipeline(
     if not spec.output.save_checkpoints:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
     return results
+
+
+def _check_gpu_memory(
+    spec: PruneJobSpec, *, config: Any = None, plan: LayerPlan | None = None, total_params: int | None = None
+) -> None:
+    """GPU finetuning only: refuse a plan whose estimated memory per GPU exceeds spec.resources.gpuMemory."""
+    from interlace.placement import check_memory, needed_gpus
+
+    if needed_gpus(spec.resources) == 0 or not spec.finetune.enabled or spec.dry_run:
+        return
+    if config is None:
+        from interlace.models import load_config
+
+        config = load_config(
+            spec.model.source, revision=spec.model.revision, trust_remote_code=spec.model.trust_remote_code
+        )
+    positions = None
+    if plan is not None:
+        from interlace.freeze import finetune_positions
+
+        positions = finetune_positions(plan)
+    check_memory(spec, config, positions=positions, total_params=total_params)
 
 
 def _analyze(spec: PruneJobSpec, base: Any, reporter: Reporter) -> Any:

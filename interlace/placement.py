@@ -6,19 +6,27 @@ gloo. `check_accelerators` runs before any work and fails with a message naming 
 the Ray cluster (or, without Ray, this machine) has fewer GPUs than the spec asks for, instead of
 silently training on CPU.
 
+Before any GPU hour: `check_attention` accepts flash_attention_2 only with GPUs and flash-attn
+importable in this image (head and workers run the same image), and `check_memory` refuses a
+finetune whose estimated memory per GPU (interlace.costs, from the model config) exceeds
+spec.resources.gpuMemory, with the numbers.
+
 The driver (the RayJob's entrypoint on the Ray head) still runs analysis, surgery and evaluation
 itself: on its GPU when the head has one (spec.resources.headGpus), else on its CPU.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
+from interlace.costs import GIB, DecoderShape, MemoryEstimate, memory_estimate, parse_quantity
 from interlace.errors import InterlaceError
-from interlace.spec import ResourcesSpec
+from interlace.spec import PruneJobSpec, ResourcesSpec
 
 # How long a driver joined to a Ray cluster (RAY_ADDRESS) waits for worker nodes to bring their GPUs.
 GPU_WAIT_ENV = "INTERLACE_GPU_WAIT_SECONDS"
@@ -123,3 +131,86 @@ def describe(placement: TrainPlacement) -> str:
     if placement.use_gpu:
         return f"{placement.num_workers} GPU worker process(es), NCCL"
     return f"{placement.num_workers} CPU worker process(es), gloo"
+
+
+# ------------------------------------------------------------------------- attention and memory
+
+
+def check_attention(spec: PruneJobSpec) -> None:
+    """flash_attention_2 only where it can run: GPUs, and flash-attn importable in this image (the
+    RayJob's head and workers run the same image)."""
+    if spec.model.attn_implementation != "flash_attention_2":
+        return
+    if needed_gpus(spec.resources) == 0:
+        raise InterlaceError(
+            "spec.model.attnImplementation: flash_attention_2 runs on GPUs only, and "
+            "spec.resources.gpusPerWorker is 0; use sdpa"
+        )
+    if importlib.util.find_spec("flash_attn") is None:
+        raise InterlaceError(
+            "spec.model.attnImplementation: flash_attention_2 needs the flash-attn package, which is not "
+            "installed where this job runs; use sdpa (PyTorch's own flash kernel on GPUs)"
+        )
+
+
+def count_params(config: Any) -> int:
+    """Parameters of the model a config describes, counted on the meta device (no memory, no weights)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    from interlace.models import VLM_FAMILIES
+
+    cls = AutoModelForImageTextToText if config.model_type in VLM_FAMILIES else AutoModelForCausalLM
+    with torch.device("meta"):
+        model = cls.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def finetune_memory(
+    spec: PruneJobSpec, config: Any, *, positions: list[int] | None = None, total_params: int | None = None
+) -> MemoryEstimate:
+    """Estimated GPU bytes per Ray Train worker to finetune the pruned model (interlace.costs).
+
+    `positions`: the plan's finetune layers in the pruned stack; None before the plan is known, then
+    the worst case: as many trainable layers as dropped ones, the lowest at position 0.
+    """
+    shape = DecoderShape.from_config(config)
+    n_drop = spec.pruning.layers_to_drop(shape.num_layers)
+    kept = shape.num_layers - n_drop
+    total = (total_params if total_params is not None else count_params(config)) - n_drop * shape.layer_matmul_params
+    ft = spec.finetune
+    placement = train_placement(spec.resources)
+    return memory_estimate(
+        shape,
+        total_params=total,
+        num_layers=kept,
+        trainable=positions if positions is not None else range(min(n_drop, kept)),
+        tokens_per_micro_batch=ft.per_device_batch_size * ft.max_length,
+        checkpointing=ft.gradient_checkpointing,
+        weight_bytes=4 if str(ft.precision) == "fp32" else 2,
+        world_size=placement.num_workers,
+        sharded=ft.parallelism == "fsdp",
+    )
+
+
+def check_memory(
+    spec: PruneJobSpec, config: Any, *, positions: list[int] | None = None, total_params: int | None = None
+) -> MemoryEstimate | None:
+    """Refuse (InterlaceError with the numbers) a GPU finetune that cannot fit spec.resources.gpuMemory."""
+    if needed_gpus(spec.resources) == 0 or not spec.finetune.enabled or spec.dry_run:
+        return None
+    est = finetune_memory(spec, config, positions=positions, total_params=total_params)
+    cap = parse_quantity(spec.resources.gpu_memory)
+    if est.total > cap:
+        ft = spec.finetune
+        which = "for the plan's finetune layers" if positions is not None else (
+            "worst case before the plan: the lowest trainable layer at 0"
+        )
+        raise InterlaceError(
+            f"finetuning needs about {est.describe()} per GPU ({which}; micro-batch "
+            f"perDeviceBatchSize {ft.per_device_batch_size} x maxLength {ft.max_length} tokens) but "
+            f"spec.resources.gpuMemory is {spec.resources.gpu_memory} ({cap / GIB:.1f} GiB); lower "
+            "spec.finetune.perDeviceBatchSize (raise gradientAccumulationSteps to keep the effective "
+            "batch) or maxLength, keep gradientCheckpointing on, or shard with parallelism: fsdp"
+        )
+    return est

@@ -81,3 +81,16 @@ def test_cli_run_asking_for_a_gpu_on_a_gpu_less_ray_cluster_exits_2(
     err = capsys.readouterr().err
     assert "spec.resources asks for 1 GPU(s)" in err and "the Ray cluster has 0" in err
     assert not (out / "scores.json").exists() and not (out / "checkpoints").exists()
+
+
+def test_cli_flash_attention_2_on_cpu_workers_exits_2_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = _tiny_job(tmp_path, dryRun=True)
+    doc = yaml.safe_load(f.read_text())
+    doc["spec"]["model"]["attnImplementation"] = "flash_attention_2"
+    f.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "out"
+    assert main(["run", "-f", str(f), "--output", str(out)]) == 2
+    assert "spec.model.attnImplementation: flash_attention_2 runs on GPUs only" in capsys.readouterr().err
+    assert not (out / "scores.json").exists()
