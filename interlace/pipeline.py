@@ -160,7 +160,7 @@ def run_pipeline(
     n_drop = _layers_to_drop(spec, num_layers)
     plan = _reusable_plan(out, spec, num_layers, n_drop)
     if plan is None:
-        scores = _analyze(spec, base, reporter)
+        scores = _analyze(spec, base, reporter, placement)
         scores.save(out / "scores.json")
         # ---- 2. plan
         reporter.stage(Phase.PLANNING, f"{spec.pruning.strategy}: drop {n_drop} of {num_layers} layers")
@@ -300,12 +300,33 @@ def _check_gpu_memory(
     check_memory(spec, config, positions=positions, total_params=total_params)
 
 
-def _analyze(spec: PruneJobSpec, base: Any, reporter: Reporter) -> Any:
+def _analyze(spec: PruneJobSpec, base: Any, reporter: Reporter, placement: Any) -> Any:
+    """Layer scores: data-parallel on the Ray workers when Ray is up (interlace.ray_analysis: one
+    shard of the calibration batches per worker, the sums merged here), else in this process."""
+    import sys
+
+    cal = spec.calibration
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        from interlace.placement import describe
+        from interlace.ray_analysis import analyze_on_ray
+
+        _stage_progress(reporter, 0, cal.num_samples, f"calibration samples on {describe(placement)}")
+        scores = analyze_on_ray(
+            spec.model,
+            cal.data or spec.finetune.data,
+            num_samples=cal.num_samples,
+            batch_size=cal.batch_size,
+            max_length=cal.max_length,
+            placement=placement,
+        )
+        n = int(scores.meta["num_samples"])
+        _stage_progress(reporter, n, n, f"calibration sample {n}/{n}")
+        return scores
+
     from interlace.analysis import analyze
     from interlace.calibration import calibration_batches
     from interlace.data import load_samples
 
-    cal = spec.calibration
     samples = list(load_samples(cal.data or spec.finetune.data, limit=cal.num_samples))
     if not samples:
         raise InterlaceError("spec.calibration.data yields no samples; point it at readable data")

@@ -11,8 +11,9 @@ importable in this image (head and workers run the same image), and `check_memor
 finetune whose estimated memory per GPU (interlace.costs, from the model config) exceeds
 spec.resources.gpuMemory, with the numbers.
 
-The driver (the RayJob's entrypoint on the Ray head) still runs analysis, surgery and evaluation
-itself: on its GPU when the head has one (spec.resources.headGpus), else on its CPU.
+The analysis runs on the same placement as Ray tasks (interlace.ray_analysis). The driver (the
+RayJob's entrypoint on the Ray head) still runs surgery and evaluation itself: on its GPU when the
+head has one (spec.resources.headGpus), else on its CPU.
 """
 
 from __future__ import annotations

@@ -127,6 +127,8 @@ def test_run_tiny_job_end_to_end(ray_session, tmp_path: Path, capsys: pytest.Cap
     assert sorted(p.name for p in (out / "checkpoints").glob("finetune-*/step-*"))[-1] == "step-00000004"
     plan = LayerPlan.model_validate(json.loads((out / "plan.json").read_text()))
     assert len(plan.drop) == 2 and plan.num_layers == 8
+    # With Ray up, the analysis ran as Ray tasks (one shard per worker), merged in the driver.
+    assert json.loads((out / "scores.json").read_text())["meta"]["shards"] == 1
     results = Results.model_validate(json.loads((out / "results.json").read_text()))
     assert (results.layers_before, results.layers_after) == (8, 6)
     assert results.params_after < results.params_before
