@@ -11,9 +11,9 @@ importable in this image (head and workers run the same image), and `check_memor
 finetune whose estimated memory per GPU (interlace.costs, from the model config) exceeds
 spec.resources.gpuMemory, with the numbers.
 
-The analysis runs on the same placement as Ray tasks (interlace.ray_analysis). The driver (the
-RayJob's entrypoint on the Ray head) still runs surgery and evaluation itself: on its GPU when the
-head has one (spec.resources.headGpus), else on its CPU.
+Analysis (interlace.ray_analysis), surgery and evaluation (interlace.stages) run as Ray tasks on
+the same placement; the driver (the RayJob's entrypoint on the Ray head) holds no weights. Only
+without Ray (a local dry run) does the driver run the analysis itself, on its GPU if it has one.
 """
 
 from __future__ import annotations

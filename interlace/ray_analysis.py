@@ -31,6 +31,7 @@ def score_shard(
     num_shards: int,
     max_window: int,
     device: str,
+    progress: Any = None,
 ) -> AnalysisSums:
     """The sums of batches shard, shard + num_shards, ... of the first `num_samples` samples."""
     from interlace.analysis import analysis_sums
@@ -51,7 +52,7 @@ def score_shard(
         trust_remote_code=m.trust_remote_code,
     )
     batches = calibration_batches(mine, loaded.processor, batch_size=batch_size, max_length=max_length)
-    return analysis_sums(loaded.model, batches, max_window=max_window, show_progress=False)
+    return analysis_sums(loaded.model, batches, max_window=max_window, progress=progress, show_progress=False)
 
 
 def _batches_of(samples: Any, size: int) -> list[list[Any]]:

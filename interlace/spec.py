@@ -306,8 +306,8 @@ class ResourcesSpec(_Model):
         default=0,
         ge=0,
         le=16,
-        description="GPUs of the Ray head pod, where the driver runs surgery and evaluation (on its "
-        "GPU when it has one, else its CPU). 0 (default): the GPUs belong to the worker pods.",
+        description="GPUs of the Ray head pod, which runs the driver. 0 (default): the driver only "
+        "orchestrates (it holds no model weights); the GPUs belong to the worker pods.",
     )
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
