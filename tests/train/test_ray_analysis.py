@@ -43,3 +43,24 @@ def test_two_ray_workers_give_the_single_process_scores(ray_session, tmp_path: P
     for k in single.scores:
         torch.testing.assert_close(torch.tensor(spread.scores[k]), torch.tensor(single.scores[k]),
                                    rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.ray
+def test_bench_analysis_ray_speedup_runs(ray_session, capsys: pytest.CaptureFixture[str]) -> None:
+    """bench/analysis.py --ray-workers: the side-by-side 1 vs N worker timing (not its speed: CI is shared)."""
+    import argparse
+    import importlib.util
+    import sys
+
+    from tests.fixtures.tiny import tiny
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "analysis.py"
+    spec = importlib.util.spec_from_file_location("bench_analysis", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["bench_analysis"] = bench
+    spec.loader.exec_module(bench)
+    model, tok = tiny("llama")
+    bench.ray_speedup(model, tok, argparse.Namespace(samples=4, batch_size=2, reps=1, ray_workers=2))
+    out = capsys.readouterr().out
+    assert "1 worker" in out and "2 workers" in out and "speedup 2 workers / 1 = " in out
