@@ -1,8 +1,8 @@
 """The whole INTERLACE run as one function: analyze -> plan -> surgery -> finetune -> evaluate -> save.
 
 `run_pipeline` is what `interlace run` (locally, or as the RayJob entrypoint) calls. Each stage is a
-function of another module over plain data; this module only orders them, decides what is kept in
-memory, writes the artifacts and reports the stages:
+function of another module over plain data; this module only orders them, decides where they run,
+writes the artifacts and reports the stages:
 
     <output>/scores.json      layer similarity scores (interlace.analysis)
     <output>/plan.json        the chosen layers (interlace.selection)

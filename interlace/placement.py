@@ -109,12 +109,12 @@ def check_accelerators(resources: ResourcesSpec, *, wait_s: float | None = None)
         if have < need:
             raise InterlaceError(_shortfall(resources, have, "the Ray cluster"))
         return
-    have = float(_cuda_devices())
+    have = float(cuda_devices())
     if have < need:
         raise InterlaceError(_shortfall(resources, have, "this machine (no Ray cluster)"))
 
 
-def _cuda_devices() -> int:
+def cuda_devices() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -125,7 +125,7 @@ def driver_device(resources: ResourcesSpec) -> str:
     driver has one (a local run, or headGpus > 0), else its CPU."""
     if needed_gpus(resources) == 0:
         return "cpu"
-    return "cuda" if _cuda_devices() > 0 else "cpu"
+    return "cuda" if cuda_devices() > 0 else "cpu"
 
 
 def describe(placement: TrainPlacement) -> str:

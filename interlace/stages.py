@@ -38,9 +38,9 @@ def on_worker(fn: Callable[..., T], placement: TrainPlacement, /, **kwargs: Any)
 
         task = ray.remote(num_cpus=1, num_gpus=1 if placement.use_gpu else 0, max_retries=1)(fn)
         return ray.get(task.remote(**kwargs, device=worker_device(placement)))
-    from interlace.placement import _cuda_devices
+    from interlace.placement import cuda_devices
 
-    return fn(**kwargs, device="cuda" if placement.use_gpu and _cuda_devices() > 0 else "cpu")
+    return fn(**kwargs, device="cuda" if placement.use_gpu and cuda_devices() > 0 else "cpu")
 
 
 @dataclass(frozen=True)
