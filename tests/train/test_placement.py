@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,8 @@ def test_zero_workers_is_refused() -> None:
 @pytest.mark.skipif(_cuda(), reason="this machine has a GPU")
 def test_gpu_spec_without_ray_on_a_gpu_less_machine_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if "ray" in sys.modules:  # an earlier test's Ray session: this check is about a driver without Ray
+        monkeypatch.setattr(sys.modules["ray"], "is_initialized", lambda: False)
     with pytest.raises(InterlaceError, match=r"spec\.resources asks for 2 GPU\(s\).*this machine .* has 0"):
         check_accelerators(ResourcesSpec(workers=1, gpus_per_worker=2))
     check_accelerators(ResourcesSpec(workers=1, gpus_per_worker=0))  # CPU: nothing to check
