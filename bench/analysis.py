@@ -19,6 +19,13 @@ On the same calibration batches of one model (default: a Qwen3-VL-shaped model w
   instead (exact).
 
 Goal: analysis time / plain forward time <= 1.10. The ratios are printed last.
+
+`--ray-workers N` (N >= 2) also measures the data-parallel analysis the pipeline runs when Ray is up
+(interlace.ray_analysis.analyze_on_ray), side by side in the same run: 1 CPU Ray worker vs N on the
+same calibration rows (the model saved to a temporary directory, the samples' text written as a
+text dataset, so images are left out here), each timed end to end as the pipeline sees it (every
+task loads the model and reads its shard), after one warm-up call that starts the worker processes.
+Goal: N = 2 at least 1.6x faster than 1.
 """
 
 from __future__ import annotations
@@ -193,6 +200,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu")
+    ap.add_argument("--ray-workers", type=int, default=0, help="also time analyze_on_ray: 1 vs N workers")
     ap.add_argument("--child", choices=("plain", "base", "analysis"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -285,6 +293,42 @@ def main() -> None:
         )
     print(f"memory analysis / plain forward peak = {peaks['analysis'] / max(peaks['plain'], 1):.3f}")
     print(f"memory analysis / base forward peak  = {peaks['analysis'] / max(peaks['base'], 1):.3f}")
+    if args.ray_workers >= 2:
+        ray_speedup(model, proc, args)
+
+
+def ray_speedup(model: Any, proc: Any, args: argparse.Namespace) -> None:
+    """analyze_on_ray with 1 CPU worker vs args.ray_workers, same rows, interleaved repetitions."""
+    import tempfile
+
+    from interlace.finetune import start_ray
+    from interlace.placement import placement_of
+    from interlace.ray_analysis import analyze_on_ray
+    from interlace.spec import DataSpec, ModelSpec
+
+    with tempfile.TemporaryDirectory(prefix="bench-analysis-") as tmp:
+        model.save_pretrained(tmp + "/model")
+        proc.save_pretrained(tmp + "/model")
+        rows = Path(tmp) / "rows.jsonl"
+        texts = [" ".join(["the chart shows a red circle next to a blue square"] * (6 + 2 * (k % 4)))
+                 for k in range(args.samples)]
+        rows.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+        spec = ModelSpec(source=tmp + "/model", dtype="float32")
+        data = DataSpec(format="text", path=str(rows), fraction=1.0)
+        kw = {"num_samples": args.samples, "batch_size": args.batch_size, "max_length": 1024}
+        start_ray(local=True)
+        analyze_on_ray(spec, data, placement=placement_of(args.ray_workers, 0), **kw)  # warm-up
+        times: dict[int, list[float]] = {1: [], args.ray_workers: []}
+        for _ in range(args.reps):
+            for n in times:
+                t0 = time.perf_counter()
+                analyze_on_ray(spec, data, placement=placement_of(n, 0), **kw)
+                times[n].append(time.perf_counter() - t0)
+        one, many = min(times[1]), min(times[args.ray_workers])
+        print()
+        print(f"data-parallel analysis on Ray (text rows, {args.samples} samples, batch {args.batch_size}), "
+              f"min over {args.reps}: 1 worker {one:.2f}s, {args.ray_workers} workers {many:.2f}s")
+        print(f"speedup {args.ray_workers} workers / 1 = {one / many:.2f}x   (goal >= 1.6 for 2 workers)")
 
 
 def find_layers(model: Any) -> Any:

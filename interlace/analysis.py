@@ -27,13 +27,14 @@ torch.inference_mode, with use_cache=False.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from interlace.errors import InterlaceError
 from interlace.models import ModelParts, find_parts
 from interlace.selection import LayerScores
 
-__all__ = ["LayerScores", "analyze", "move_batch"]
+__all__ = ["AnalysisSums", "LayerScores", "analysis_sums", "analyze", "move_batch"]
 
 ProgressFn = Callable[[int, int | None], None]  # (samples done, total samples or None)
 
@@ -134,6 +135,59 @@ class _Accumulator:
         return hook
 
 
+@dataclass
+class AnalysisSums:
+    """The running sums of an analysis: what data-parallel workers return and the driver merges.
+
+    sums[k-1][i] is the sum over samples of the per-sample mean cosine of window (k, i); the scores are
+    sums / num_samples. Plain lists (float64 values), so they travel between Ray processes as they are.
+    """
+
+    num_layers: int
+    max_window: int
+    sums: list[list[float]]
+    num_samples: int
+    num_tokens: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def merge(cls, parts: Iterable[AnalysisSums]) -> AnalysisSums:
+        """Sum shards scored on disjoint samples (same model, same max_window)."""
+        parts = list(parts)
+        if not parts:
+            raise InterlaceError("no analysis shards to merge")
+        first = parts[0]
+        for p in parts[1:]:
+            if (p.num_layers, p.max_window) != (first.num_layers, first.max_window):
+                raise InterlaceError("analysis shards come from different models or window sizes")
+        sums = [
+            [sum(p.sums[k][i] for p in parts) for i in range(first.num_layers)] for k in range(first.max_window)
+        ]
+        return cls(
+            num_layers=first.num_layers,
+            max_window=first.max_window,
+            sums=sums,
+            num_samples=sum(p.num_samples for p in parts),
+            num_tokens=sum(p.num_tokens for p in parts),
+            meta={**first.meta, "shards": len(parts)},
+        )
+
+    def to_scores(self) -> LayerScores:
+        if self.num_samples == 0:
+            raise InterlaceError("no calibration samples with tokens were analysed (empty data?)")
+        L, n = self.num_layers, self.num_samples
+        scores = {k: [float(v / n) for v in self.sums[k - 1][: L - k]] for k in range(1, self.max_window + 1)}
+        for k, vals in scores.items():
+            bad = [i for i, v in enumerate(vals) if v != v]
+            if bad:
+                raise InterlaceError(
+                    f"pack-{k} scores are NaN at windows {bad}: the model produced NaN hidden states "
+                    "(try dtype float32)"
+                )
+        meta = {**self.meta, "num_samples": n, "num_tokens": self.num_tokens, "max_window": self.max_window}
+        return LayerScores(num_layers=L, scores=scores, meta=meta)
+
+
 def analyze(
     model: Any,
     batches: Iterable[dict[str, Any]],
@@ -149,6 +203,28 @@ def analyze(
     `progress(samples_done, total_samples)` is called after every batch (for status reporters);
     a tqdm bar is shown on a terminal (`show_progress=None`), always (True) or never (False).
     """
+    return analysis_sums(
+        model,
+        batches,
+        max_window=max_window,
+        progress=progress,
+        parts=parts,
+        total_samples=total_samples,
+        show_progress=show_progress,
+    ).to_scores()
+
+
+def analysis_sums(
+    model: Any,
+    batches: Iterable[dict[str, Any]],
+    *,
+    max_window: int = 3,
+    progress: ProgressFn | None = None,
+    parts: ModelParts | None = None,
+    total_samples: int | None = None,
+    show_progress: bool | None = None,
+) -> AnalysisSums:
+    """The running sums behind `analyze` (see AnalysisSums), for one shard of the calibration set."""
     import torch
     from tqdm.auto import tqdm
 
@@ -202,24 +278,17 @@ def analyze(
         bar.close()
         model.train(was_training)
 
-    if n_samples == 0:
-        raise InterlaceError("no calibration samples with tokens were analysed (empty data?)")
-    means = (acc.sums / n_samples).cpu().tolist()
-    scores = {k: [float(v) for v in means[k - 1][: L - k]] for k in range(1, max_window + 1)}
-    for k, vals in scores.items():
-        bad = [i for i, v in enumerate(vals) if v != v]
-        if bad:
-            raise InterlaceError(
-                f"pack-{k} scores are NaN at windows {bad}: the model produced NaN hidden states "
-                "(try dtype float32)"
-            )
     meta = {
         "family": parts.family,
-        "num_samples": n_samples,
-        "num_tokens": n_tokens,
-        "max_window": max_window,
         "definition": "scores[k][i] = mean over samples of the mean over non-padding tokens of "
         "cos(input of decoder layer i, output of decoder layer i+k-1)",
         "deepstack_layers": list(parts.deepstack_layers),
     }
-    return LayerScores(num_layers=L, scores=scores, meta=meta)
+    return AnalysisSums(
+        num_layers=L,
+        max_window=max_window,
+        sums=acc.sums.cpu().tolist(),
+        num_samples=n_samples,
+        num_tokens=n_tokens,
+        meta=meta,
+    )

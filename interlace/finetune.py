@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from interlace.errors import InterlaceError
+from interlace.placement import TrainPlacement, placement_of
 from interlace.progress import NullReporter, Reporter, now_rfc3339
 from interlace.sample import Sample
 from interlace.spec import FinetuneSpec, LayerPlan, Metric, Progress
@@ -128,9 +129,12 @@ def finetune(
     `num_samples` (samples in one epoch) sets the schedule length when max_steps is not given; by
     default it is counted by reading the data once. `max_steps` overrides spec.maxSteps.
     Rank 0 writes the whole finetuned model to `final_model_dir` (default <output>/finetuned).
+    `num_workers` and `gpus_per_worker` are spec.resources.workers/gpusPerWorker: with use_gpu,
+    Ray Train runs one process per GPU (num_workers x gpus_per_worker, NCCL), else num_workers CPU
+    processes (gloo); see interlace.placement.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchTrainer
 
     reporter = reporter or NullReporter()
     model_dir = Path(model_dir).resolve()
@@ -140,8 +144,8 @@ def finetune(
         raise InterlaceError(
             f"{model_dir}: no config.json; pass the directory interlace.surgery.save_model wrote"
         )
-    if num_workers < 1:
-        raise InterlaceError(f"spec.resources.workers={num_workers}: need at least 1 Ray Train worker")
+    placement = placement_of(num_workers, gpus_per_worker if use_gpu else 0)
+    num_workers = placement.num_workers  # one Ray Train process per GPU
     precision = _resolve_precision(str(spec.precision), use_gpu)
     if precision == "fp16" and spec.parallelism == "fsdp":
         raise InterlaceError("spec.finetune.precision fp16 needs a sharded grad scaler under FSDP; use bf16")
@@ -197,16 +201,12 @@ def finetune(
         "fault_step": int(os.environ[FAULT_STEP_ENV]) if os.environ.get(FAULT_STEP_ENV) else None,
         "fault_marker": os.environ.get(FAULT_MARKER_ENV),
     }
-    resources = {"CPU": 1.0}
-    if use_gpu:
-        resources["GPU"] = float(gpus_per_worker)
+    scaling, torch_config = ray_train_configs(placement)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ScalingConfig(
-            num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources
-        ),
+        torch_config=torch_config,
+        scaling_config=scaling,
         run_config=RunConfig(
             name=run_name,
             storage_path=str(storage),
@@ -251,6 +251,20 @@ def finetune(
         effective_batch_size=per_step,
         wrapping=state.get("wrapping", ""),
     )
+
+
+def ray_train_configs(placement: TrainPlacement) -> tuple[Any, Any]:
+    """(ScalingConfig, TorchConfig) of a placement: one process per GPU with GPU:1 and NCCL, else
+    CPU processes with gloo."""
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchConfig
+
+    scaling = ScalingConfig(
+        num_workers=placement.num_workers,
+        use_gpu=placement.use_gpu,
+        resources_per_worker=dict(placement.resources_per_worker),
+    )
+    return scaling, TorchConfig(backend=placement.backend)
 
 
 def start_ray(*, local: bool = False, attempts: int = 3) -> None:

@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from interlace.errors import InterlaceError
-from interlace.spec import LayerPlan
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from interlace.spec import LayerPlan  # only a type here: freezing works without pydantic
 
 
 @dataclass(frozen=True)

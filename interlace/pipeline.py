@@ -1,8 +1,8 @@
 """The whole INTERLACE run as one function: analyze -> plan -> surgery -> finetune -> evaluate -> save.
 
 `run_pipeline` is what `interlace run` (locally, or as the RayJob entrypoint) calls. Each stage is a
-function of another module over plain data; this module only orders them, decides what is kept in
-memory, writes the artifacts and reports the stages:
+function of another module over plain data; this module only orders them, decides where they run,
+writes the artifacts and reports the stages:
 
     <output>/scores.json      layer similarity scores (interlace.analysis)
     <output>/plan.json        the chosen layers (interlace.selection)
@@ -12,15 +12,21 @@ memory, writes the artifacts and reports the stages:
     <output>/results.json     layers, parameters, benchmarks (interlace.evaluation)
     <output>/progress.jsonl   every reporter event (written by the caller's JsonlReporter)
 
-Inputs that can be wrong (data sources, the pruning amount) are checked before the model loads.
+Placement follows spec.resources (interlace.placement). This process (the RayJob's driver on the
+small Ray head) holds no model weights: it reads the model's shape from its config, and the heavy
+stages run elsewhere whenever Ray is up: the analysis data-parallel as Ray tasks
+(interlace.ray_analysis), surgery, the perplexities before finetuning and the evaluation as one Ray
+task each on a worker with the requested accelerator (interlace.stages), finetuning on Ray Train.
+Without Ray (a dry run started locally) they run in this process.
+
+Inputs that can be wrong (data sources, the pruning amount, GPUs, attention kernel, GPU memory)
+are checked before the model loads.
 A restarted job with spec.finetune.resume (the default) reuses scores.json/plan.json when they fit
 the spec, so it finetunes the same layers its checkpoints were made for.
 """
 
 from __future__ import annotations
 
-import copy
-import gc
 import json
 import os
 import re
@@ -125,37 +131,33 @@ def run_pipeline(
     *,
     output_dir: str | Path,
     reporter: Reporter,
-    use_gpu: bool | None = None,
 ) -> Results:
-    """Run the PruneJob end to end and return its Results (also written to results.json)."""
-    import torch
+    """Run the PruneJob end to end and return its Results (also written to results.json).
 
-    from interlace.models import load_model
+    spec.resources decides the placement (interlace.placement), never this process's hardware:
+    Ray Train gets one worker per GPU the spec asks for, and a spec asking for GPUs that the Ray
+    cluster (or this machine) lacks fails here, before any work.
+    """
+    from interlace import stages
+    from interlace.placement import check_accelerators, check_attention, driver_device, train_placement
 
     spec = job.spec
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if use_gpu is None:
-        use_gpu = torch.cuda.is_available() and spec.resources.gpus_per_worker > 0
-    device = "cuda" if use_gpu else "cpu"
+    check_accelerators(spec.resources)
+    check_attention(spec)
+    placement = train_placement(spec.resources)
     check_inputs(spec)
+    _check_gpu_memory(spec)  # the worst case for any plan, from the model config alone
 
-    # ---- 1. analysis: layer similarity scores on calibration samples
-    reporter.stage(Phase.ANALYZING, f"loading {spec.model.source}")
-    base = load_model(
-        spec.model.source,
-        dtype=spec.model.dtype,
-        device=device,
-        attn_implementation=spec.model.attn_implementation,
-        revision=spec.model.revision,
-        trust_remote_code=spec.model.trust_remote_code,
-    )
-    processor = base.processor
-    num_layers = base.parts.num_layers
+    # ---- 1. analysis: layer similarity scores on calibration samples (on the workers when Ray is up)
+    reporter.stage(Phase.ANALYZING, f"reading the config of {spec.model.source}")
+    facts = stages.model_facts(spec.model)  # config on the meta device: this process holds no weights
+    num_layers = facts.num_layers
     n_drop = _layers_to_drop(spec, num_layers)
     plan = _reusable_plan(out, spec, num_layers, n_drop)
     if plan is None:
-        scores = _analyze(spec, base, reporter)
+        scores = _analyze(spec, reporter, placement, driver_device(spec.resources))
         scores.save(out / "scores.json")
         # ---- 2. plan
         reporter.stage(Phase.PLANNING, f"{spec.pruning.strategy}: drop {n_drop} of {num_layers} layers")
@@ -165,7 +167,7 @@ def run_pipeline(
             scores,
             n_drop=n_drop,
             strategy=str(spec.pruning.strategy),
-            protected=protected_layers(spec.pruning, base.parts, num_layers=num_layers),
+            protected=protected_layers(spec.pruning, facts, num_layers=num_layers),
             seed=spec.pruning.seed,
             ratio=spec.pruning.ratio,
         )
@@ -178,35 +180,47 @@ def run_pipeline(
     reporter.plan(plan)
     _heatmap(scores, plan, out / "heatmap.png")
 
-    params_before = sum(p.numel() for p in base.model.parameters())
-    dropped = sum(p.numel() for i in plan.drop for p in base.parts.layers[i].parameters())
+    dropped = sum(facts.layer_params[i] for i in plan.drop)
     results = Results(
         layers_before=num_layers,
         layers_after=num_layers - len(plan.drop),
-        params_before=params_before,
-        params_after=params_before - dropped,
+        params_before=facts.total_params,
+        params_after=facts.total_params - dropped,
     )
     if spec.dry_run:
         _write_json(out / "results.json", results.to_wire())
         reporter.results(results)
         return results
+    _check_gpu_memory(spec, plan=plan, total_params=facts.total_params)
 
-    # ---- 3. surgery on a copy: the base model stays for evaluation
-    from interlace.surgery import prune_model, save_model
-
-    pruned = prune_model(copy.deepcopy(base.model), plan, deepstack_policy=str(spec.pruning.deepstack_policy))
+    # ---- 3. surgery, on a worker: the pruned model goes to <output>/pruned
     pruned_dir = out / "pruned"
-    save_model(pruned, processor, pruned_dir, plan=plan, overwrite=True)
+    stages.on_worker(
+        stages.prune_to_dir,
+        placement,
+        model=spec.model,
+        plan=plan,
+        deepstack_policy=str(spec.pruning.deepstack_policy),
+        out_dir=str(pruned_dir),
+    )
 
     # ---- 4. interleaved finetuning on Ray Train
     before_ft: tuple[float, float] | None = None
-    final_model = pruned
+    final_dir = pruned_dir
     if spec.finetune.enabled:
         if _wants_perplexity(spec):
-            before_ft = _perplexities(spec, base.model, pruned, processor)
-        del pruned, final_model
-        gc.collect()
-        reporter.stage(Phase.FINETUNING, f"layers {plan.finetune} on {spec.resources.workers} worker(s)")
+            before_ft = stages.on_worker(
+                stages.perplexities,
+                placement,
+                model=spec.model,
+                pruned_dir=str(pruned_dir),
+                evaluation=spec.evaluation,
+                finetune_data=spec.finetune.data,
+                max_length=spec.finetune.max_length,
+            )
+        from interlace.placement import describe
+
+        reporter.stage(Phase.FINETUNING, f"layers {plan.finetune} on {describe(placement)}")
         from interlace.finetune import finetune
 
         ft = finetune(
@@ -216,7 +230,7 @@ def run_pipeline(
             output_dir=out,
             reporter=reporter,
             num_workers=spec.resources.workers,
-            use_gpu=use_gpu,
+            use_gpu=placement.use_gpu,
             gpus_per_worker=spec.resources.gpus_per_worker,
             freeze_lm_head=spec.pruning.freeze_lm_head,
             num_samples=_epoch_size(spec.finetune.data),
@@ -225,26 +239,18 @@ def run_pipeline(
             final_model_dir=out / "finetuned",
         )
         final_dir = ft.model_dir
-        final_model = load_model(
-            str(final_dir),
-            dtype=spec.model.dtype,
-            device=device,
-            attn_implementation=spec.model.attn_implementation,
-        ).model
-    else:
-        final_dir = pruned_dir
 
-    # ---- 5. evaluation: base vs pruned(+finetuned) on the same samples
+    # ---- 5. evaluation, on a worker: base vs pruned(+finetuned) on the same samples
     if spec.evaluation.enabled:
         reporter.stage(Phase.EVALUATING, ", ".join(spec.evaluation.benchmarks))
-        from interlace.evaluation import benchmark_result, evaluate
+        from interlace.evaluation import benchmark_result
 
-        results = evaluate(
-            spec.evaluation,
-            base=base.model,
-            pruned=final_model,
-            processor=processor,
-            reporter=reporter,
+        results = stages.on_worker(
+            stages.evaluate_models,
+            placement,
+            model=spec.model,
+            final_dir=str(final_dir),
+            evaluation=spec.evaluation,
             finetune_data=spec.finetune.data,
             max_length=spec.finetune.max_length,
         )
@@ -270,27 +276,71 @@ def run_pipeline(
     return results
 
 
-def _analyze(spec: PruneJobSpec, base: Any, reporter: Reporter) -> Any:
-    from interlace.analysis import analyze
-    from interlace.calibration import calibration_batches
-    from interlace.data import load_samples
+def _check_gpu_memory(
+    spec: PruneJobSpec, *, config: Any = None, plan: LayerPlan | None = None, total_params: int | None = None
+) -> None:
+    """GPU finetuning only: refuse a plan whose estimated memory per GPU exceeds spec.resources.gpuMemory."""
+    from interlace.placement import check_memory, needed_gpus
+
+    if needed_gpus(spec.resources) == 0 or not spec.finetune.enabled or spec.dry_run:
+        return
+    if config is None:
+        from interlace.models import load_config
+
+        config = load_config(
+            spec.model.source, revision=spec.model.revision, trust_remote_code=spec.model.trust_remote_code
+        )
+    positions = None
+    if plan is not None:
+        from interlace.freeze import finetune_positions
+
+        positions = finetune_positions(plan)
+    check_memory(spec, config, positions=positions, total_params=total_params)
+
+
+def _analyze(spec: PruneJobSpec, reporter: Reporter, placement: Any, device: str) -> Any:
+    """Layer scores: data-parallel on the Ray workers when Ray is up (interlace.ray_analysis: one
+    shard of the calibration batches per worker, the sums merged here), else in this process."""
+    from interlace.ray_analysis import analyze_on_ray, score_shard
+    from interlace.stages import ray_is_up
 
     cal = spec.calibration
-    samples = list(load_samples(cal.data or spec.finetune.data, limit=cal.num_samples))
-    if not samples:
-        raise InterlaceError("spec.calibration.data yields no samples; point it at readable data")
-    batches = calibration_batches(
-        samples, base.processor, batch_size=cal.batch_size, max_length=cal.max_length
-    )
+    data = cal.data or spec.finetune.data
+    if ray_is_up():
+        from interlace.placement import describe
+
+        _stage_progress(reporter, 0, cal.num_samples, f"calibration samples on {describe(placement)}")
+        scores = analyze_on_ray(
+            spec.model,
+            data,
+            num_samples=cal.num_samples,
+            batch_size=cal.batch_size,
+            max_length=cal.max_length,
+            placement=placement,
+        )
+        n = int(scores.meta["num_samples"])
+        _stage_progress(reporter, n, n, f"calibration sample {n}/{n}")
+        return scores
 
     def progress(done: int, total: int | None) -> None:
-        _stage_progress(
-            reporter, done, total or len(samples), f"calibration sample {done}/{total or len(samples)}"
-        )
+        total = total or cal.num_samples
+        _stage_progress(reporter, done, total, f"calibration sample {done}/{total}")
 
-    return analyze(
-        base.model, batches, max_window=3, progress=progress, total_samples=len(samples), show_progress=False
+    sums = score_shard(
+        spec.model.model_dump(mode="json"),
+        data.model_dump(mode="json"),
+        num_samples=cal.num_samples,
+        batch_size=cal.batch_size,
+        max_length=cal.max_length,
+        shard=0,
+        num_shards=1,
+        max_window=3,
+        device=device,
+        progress=progress,
     )
+    if sums.num_samples == 0:
+        raise InterlaceError("spec.calibration.data yields no samples; point it at readable data")
+    return sums.to_scores()
 
 
 def _heatmap(scores: Any, plan: LayerPlan, path: Path) -> None:
@@ -309,15 +359,6 @@ def _epoch_size(data: DataSpec) -> int:
 
 def _wants_perplexity(spec: PruneJobSpec) -> bool:
     return spec.evaluation.enabled and "perplexity" in spec.evaluation.benchmarks
-
-
-def _perplexities(spec: PruneJobSpec, base: Any, pruned: Any, processor: Any) -> tuple[float, float]:
-    """Held-out perplexity of base and pruned (before finetuning), on the evaluation samples."""
-    from interlace.evaluation import heldout_samples, perplexity
-
-    samples = heldout_samples(spec.evaluation, finetune_data=spec.finetune.data)  # as evaluate() picks them
-    kw = {"batch_size": spec.evaluation.batch_size, "max_length": spec.finetune.max_length}
-    return perplexity(base, processor, samples, **kw), perplexity(pruned, processor, samples, **kw)
 
 
 def _publish(job: PruneJob, model_dir: Path, out: Path, plan: LayerPlan, results: Results) -> str:

@@ -38,10 +38,14 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from interlace.errors import InterlaceError
-from interlace.spec import LayerPlan, Strategy
+
+# The spec models (pydantic) load only where a LayerPlan is made, so LayerScores, the analysis and
+# interlace_layers also work without pydantic (bench/gpu.py on a bare GPU host).
+if TYPE_CHECKING:
+    from interlace.spec import LayerPlan, Strategy
 
 # ----------------------------------------------------------------------------------------- scores
 
@@ -171,7 +175,7 @@ def load_plan(path: str | Path, *, num_layers: int | None = None) -> LayerPlan:
     """Read plan.json (snake_case or camelCase keys); InterlaceError naming the problem if invalid."""
     from pydantic import ValidationError
 
-    from interlace.spec import format_validation_error
+    from interlace.spec import LayerPlan, format_validation_error
 
     p = Path(path)
     if not p.is_file():
@@ -266,7 +270,7 @@ def _pick_drop(
     strategy: Strategy, a: int, b: int, s1: Sequence[float] | None, protected: set[int]
 ) -> int | None:
     """Which of a window's first two layers (a, b = a+1) to drop, or None if the window is unusable."""
-    if strategy == Strategy.OA:
+    if strategy == "oa":  # Strategy.OA (a StrEnum: equal to its value)
         return None if a in protected else a
     assert s1 is not None
     first, second = (a, b) if s1[a] >= s1[b] else (b, a)  # higher pack-1 is dropped; ties: a
@@ -280,7 +284,7 @@ def _pick_drop(
 def _windowed(scores: LayerScores, n_drop: int, strategy: Strategy, protected: set[int]) -> _Builder:
     """interlace / oa: triplets by pack-3, then pairs by pack-2."""
     L = scores.num_layers
-    scores.require(3, 2) if strategy == Strategy.OA else scores.require(1, 2, 3)
+    scores.require(3, 2) if strategy == "oa" else scores.require(1, 2, 3)
     s1 = scores.scores.get(1)
     b = _Builder(L, protected)
     for size in (3, 2):
@@ -375,6 +379,8 @@ def select_layers(
     `scores` may be None only for the random strategy, which then needs `num_layers`.
     Raises InterlaceError when n_drop cannot be met (too large, or blocked by protected layers).
     """
+    from interlace.spec import LayerPlan, Strategy
+
     try:
         strat = Strategy(strategy)
     except ValueError:
@@ -446,3 +452,16 @@ def select_layers(
         windows=b.windows,
         scores_summary=summary,
     )
+
+
+def interlace_layers(
+    scores: LayerScores, *, n_drop: int, protected: Iterable[int] = ()
+) -> tuple[list[int], list[int], list[int]]:
+    """(drop, finetune, anchor) of the interlace strategy as sorted plain lists.
+
+    The same windows select_layers(strategy="interlace") accepts, without its argument checks and
+    without building a LayerPlan, so it runs where the spec models' pydantic is not installed
+    (bench/gpu.py on a bare GPU host). Fewer than n_drop layers come back when the windows run out.
+    """
+    b = _windowed(scores, n_drop, "interlace", set(protected))  # type: ignore[arg-type]
+    return sorted(b.drop), sorted(b.finetune), sorted(b.anchor)

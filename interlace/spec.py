@@ -101,7 +101,10 @@ class ModelSpec(_Model):
         default="auto", description="Weights dtype for loading. auto = bfloat16 on GPU, float32 on CPU."
     )
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
-        default="sdpa", description="Attention kernel. flash_attention_2 needs a GPU and flash-attn."
+        default="sdpa",
+        description="Attention kernel. sdpa (default) uses PyTorch's own flash kernel on GPUs. "
+        "flash_attention_2 needs GPUs and the flash-attn package in the runtime image; the job "
+        "checks both before any work.",
     )
     trust_remote_code: bool = Field(default=False, description="Allow model code from the hub repo.")
     hf_token_secret: str | None = Field(
@@ -217,7 +220,11 @@ class FinetuneSpec(_Model):
     max_steps: int | None = Field(default=None, ge=1, description="Stop after this many optimizer steps.")
     max_length: int = Field(default=8192, ge=16)
     precision: Precision = Precision.AUTO
-    gradient_checkpointing: bool = True
+    gradient_checkpointing: bool = Field(
+        default=True,
+        description="Activation checkpointing on the decoder layers from the lowest trainable one up "
+        "(less activation memory for one more forward of those layers).",
+    )
     packing: bool = Field(default=True, description="Pack sequences up to maxLength.")
     parallelism: Literal["ddp", "fsdp"] = Field(default="ddp", description="DDP or FSDP2 across workers.")
     checkpoint_every_steps: int = Field(default=500, ge=1)
@@ -273,12 +280,35 @@ class ResourcesSpec(_Model):
     """The Ray cluster KubeRay creates (ignored in local mode except `workers`/`gpusPerWorker`)."""
 
     image: str | None = Field(default=None, description="Runtime image; default from the operator.")
-    workers: int = Field(default=1, ge=1, le=256, description="Ray Train workers (one per GPU group).")
-    gpus_per_worker: int = Field(default=1, ge=0, le=16)
+    workers: int = Field(
+        default=1, ge=1, le=256, description="Ray worker pods (each with gpusPerWorker GPUs)."
+    )
+    gpus_per_worker: int = Field(
+        default=1,
+        ge=0,
+        le=16,
+        description="GPUs per worker pod. > 0: the stages run on GPUs, with one Ray Train process per "
+        "GPU (workers x gpusPerWorker processes, NCCL); the job fails before any work if the Ray "
+        "cluster has fewer GPUs. 0: CPU workers (gloo, fp32).",
+    )
     cpu: str = Field(default="8", description="CPU request/limit per worker pod.")
     memory: str = Field(default="64Gi", description="Memory request/limit per worker pod.")
-    head_cpu: str = "2"
-    head_memory: str = "8Gi"
+    gpu_memory: str = Field(
+        default="80Gi",
+        pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|K|M|G|T|P)?$",
+        description="Memory of one worker GPU (e.g. 80Gi for an H100/A100-80GB, 141G for an H200). "
+        "Before launch the job estimates what finetuning needs per GPU from the model config and "
+        "refuses a plan that does not fit.",
+    )
+    head_cpu: str = Field(default="2", description="CPU of the Ray head pod (runs the driver).")
+    head_memory: str = Field(default="8Gi", description="Memory of the Ray head pod.")
+    head_gpus: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description="GPUs of the Ray head pod, which runs the driver. 0 (default): the driver only "
+        "orchestrates (it holds no model weights); the GPUs belong to the worker pods.",
+    )
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
     priority_class_name: str | None = None

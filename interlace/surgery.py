@@ -28,11 +28,16 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from interlace.errors import InterlaceError
 from interlace.models import find_parts
-from interlace.spec import DeepstackPolicy, LayerPlan
+
+if TYPE_CHECKING:  # types only: surgery works without pydantic (bench/gpu.py on a bare GPU host)
+    from interlace.spec import DeepstackPolicy, LayerPlan
+
+# The values of interlace.spec.DeepstackPolicy (tests/core/test_surgery.py checks they agree).
+DEEPSTACK_POLICIES: tuple[str, ...] = ("protect", "position")
 
 # Config lists with one entry per decoder layer, and lists of decoder layer indices.
 PER_LAYER_LISTS: tuple[str, ...] = ("layer_types", "no_rope_layers", "sliding_window_pattern_list")
@@ -90,7 +95,7 @@ def check_plan(plan: LayerPlan, num_layers: int, *, deepstack_layers: list[int],
         raise InterlaceError(
             f"the plan is for a {plan.num_layers}-layer model but this model has {num_layers} decoder layers"
         )
-    if policy == DeepstackPolicy.PROTECT.value:
+    if policy == "protect":
         hit = sorted(set(plan.drop) & set(deepstack_layers))
         if hit:
             raise InterlaceError(
@@ -104,12 +109,9 @@ def prune_model(model: Any, plan: LayerPlan, *, deepstack_policy: DeepstackPolic
     """Remove `plan.drop` from `model` in place (see the module docstring). Returns the model."""
     from torch import nn
 
-    try:
-        policy = DeepstackPolicy(deepstack_policy).value
-    except ValueError:
-        raise InterlaceError(
-            f"deepstack policy {deepstack_policy!r} is not one of {', '.join(p.value for p in DeepstackPolicy)}"
-        ) from None
+    policy = str(deepstack_policy)
+    if policy not in DEEPSTACK_POLICIES:
+        raise InterlaceError(f"deepstack policy {deepstack_policy!r} is not one of {', '.join(DEEPSTACK_POLICIES)}")
     parts = find_parts(model)
     old_n = len(parts.layers)
     # A model pruned before: the plan numbers its current layers; provenance maps back to the original.
@@ -130,8 +132,17 @@ def prune_model(model: Any, plan: LayerPlan, *, deepstack_policy: DeepstackPolic
     cfg.interlace_kept_layers = [before[i] for i in kept] if before is not None else kept
     cfg.interlace_num_layers_before = getattr(cfg, "interlace_num_layers_before", None) or old_n
     cfg.interlace_deepstack_policy = policy if parts.deepstack_layers else None
-    cfg.interlace_plan = plan.model_dump(mode="json")
+    cfg.interlace_plan = _plan_dict(plan)
     return model
+
+
+def _plan_dict(plan: Any) -> dict[str, Any]:
+    """A LayerPlan as JSON data; also a plain dataclass with the same fields (bench/gpu.py's)."""
+    if hasattr(plan, "model_dump"):
+        return plan.model_dump(mode="json")
+    import dataclasses
+
+    return dataclasses.asdict(plan)
 
 
 def _atomic_dir(out: Path, overwrite: bool) -> tuple[Path, Path]:

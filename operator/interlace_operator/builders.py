@@ -167,7 +167,11 @@ def rayjob(
     image: str,
     active_deadline_seconds: int | None = None,
 ) -> dict[str, Any]:
-    """The KubeRay RayJob of one attempt: a CPU head (runs the driver) and a GPU worker group.
+    """The KubeRay RayJob of one attempt: a small head (runs the driver) and the worker group.
+
+    * Placement follows spec.resources: each worker pod gets gpusPerWorker GPUs (and tells Ray so
+      with num-gpus), the head gets headGpus (default 0: 2 CPU, 8 Gi, no GPU; the driver only
+      orchestrates Ray Train, which starts one process per worker GPU).
 
     * shutdownAfterJobFinishes=true with the spec's TTL: the Ray cluster (and its GPUs) goes away after
       the job ends; Kueue also requires it.
@@ -213,7 +217,7 @@ def rayjob(
             spec["priorityClassName"] = res.priority_class_name
         return spec
 
-    head = container("ray-head", res.head_cpu, res.head_memory, 0)
+    head = container("ray-head", res.head_cpu, res.head_memory, res.head_gpus)
     head["ports"] = [
         {"containerPort": 6379, "name": "gcs-server"},
         {"containerPort": 8265, "name": "dashboard"},
@@ -252,11 +256,19 @@ def rayjob(
         "suspend": bool(job.spec.suspend),
         "rayClusterSpec": {
             "headGroupSpec": {
-                # No GPU and no CPU for Ray work on the head: it runs the driver (which only
-                # orchestrates) and Ray's control processes; Ray Train workers and the stages' tasks
-                # go to the worker pods, never to the head.
-                "rayStartParams": {"dashboard-host": "0.0.0.0", "num-gpus": "0", "num-cpus": "0"},
-                "template": {"metadata": {"labels": dict(pod_labels)}, "spec": pod_spec([head], gpu=False)},
+                # The head advertises exactly the GPUs the spec gives it (0 by default). Without GPUs
+                # it takes no Ray work at all (num-cpus 0): it runs the driver, which only
+                # orchestrates, and Ray's control processes; Ray Train workers and the stages' tasks
+                # go to the worker pods.
+                "rayStartParams": {
+                    "dashboard-host": "0.0.0.0",
+                    "num-gpus": str(res.head_gpus),
+                    **({} if res.head_gpus > 0 else {"num-cpus": "0"}),
+                },
+                "template": {
+                    "metadata": {"labels": dict(pod_labels)},
+                    "spec": pod_spec([head], gpu=res.head_gpus > 0),
+                },
             },
             "workerGroupSpecs": [
                 {
@@ -264,7 +276,7 @@ def rayjob(
                     "replicas": res.workers,
                     "minReplicas": res.workers,
                     "maxReplicas": res.workers,
-                    "rayStartParams": {},
+                    "rayStartParams": {"num-gpus": str(res.gpus_per_worker)},
                     "template": {
                         "metadata": {"labels": dict(pod_labels)},
                         "spec": pod_spec([worker], gpu=True),

@@ -156,3 +156,21 @@ def test_max_window_and_empty_input() -> None:
         analyze(model, [], max_window=8, show_progress=False)
     with pytest.raises(InterlaceError, match="no calibration samples"):
         analyze(model, [], show_progress=False)
+
+
+def test_sums_of_disjoint_shards_merge_to_the_whole() -> None:
+    """What data-parallel workers return (AnalysisSums), merged, equals one pass over all batches."""
+    from interlace.analysis import AnalysisSums, analysis_sums
+
+    model, processor = tiny("llama")
+    samples = tiny_samples(7, images=False)
+    batches = list(calibration_batches(samples, processor, batch_size=2, max_length=MAX_LEN))
+    whole = analyze(model, batches, show_progress=False)
+    shards = [analysis_sums(model, batches[w::2], show_progress=False) for w in range(2)]
+    merged = AnalysisSums.merge(shards).to_scores()
+    assert merged.meta["num_samples"] == whole.meta["num_samples"] == 7
+    for k in whole.scores:
+        torch.testing.assert_close(torch.tensor(merged.scores[k]), torch.tensor(whole.scores[k]),
+                                   rtol=1e-6, atol=1e-7)
+    with pytest.raises(InterlaceError, match="no analysis shards"):
+        AnalysisSums.merge([])

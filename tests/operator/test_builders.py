@@ -69,13 +69,53 @@ def test_rayjob_resources_scheduling_and_labels() -> None:
 
     head_pod = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
     (head,) = head_pod["containers"]
-    assert "nvidia.com/gpu" not in head["resources"]["limits"]
-    assert "nodeSelector" not in head_pod
     for container, pod_spec in ((head, head_pod), (worker, pod)):
         assert {"name": builders.ENV_PRUNEJOB, "value": "ml/qwen-20"} in container["env"]
         assert {"name": "prunejob-spec", "mountPath": "/etc/interlace", "readOnly": True} in container["volumeMounts"]
         assert {"name": "prunejob-spec", "configMap": {"name": "qwen-20-spec"}} in pod_spec["volumes"]
     assert yaml.safe_load(spec["runtimeEnvYAML"]) == {"env_vars": {"INTERLACE_PRUNEJOB": "ml/qwen-20"}}
+
+
+def _groups(rj: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    cluster = rj["spec"]["rayClusterSpec"]
+    (group,) = cluster["workerGroupSpecs"]
+    return cluster["headGroupSpec"], group
+
+
+def test_rayjob_requests_the_gpus_the_spec_asks_for() -> None:
+    """workers x gpusPerWorker GPUs on the worker pods, advertised to Ray; the head small, GPU-less."""
+    head_group, group = _groups(builders.rayjob(job(), OWNER, attempt=1, image="img:1"))
+    (worker,) = group["template"]["spec"]["containers"]
+    assert group["replicas"] == 2 and worker["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert worker["resources"]["requests"]["nvidia.com/gpu"] == "4"
+    assert group["rayStartParams"]["num-gpus"] == "4"  # Ray schedules 8 one-GPU Train workers here
+    # Default head: documented small resources, no GPU, not pinned to the GPU pool.
+    (head,) = head_group["template"]["spec"]["containers"]
+    assert head["resources"]["limits"] == {"cpu": "2", "memory": "8Gi"}
+    assert head_group["rayStartParams"]["num-gpus"] == "0"
+    assert "nodeSelector" not in head_group["template"]["spec"]
+
+
+def test_rayjob_head_gpu_is_possible_through_the_spec() -> None:
+    res = {"workers": 1, "gpusPerWorker": 2, "headGpus": 1, "headCpu": "4", "headMemory": "32Gi",
+           "nodeSelector": {"pool": "gpu"}}
+    head_group, group = _groups(builders.rayjob(job(resources=res), OWNER, attempt=1, image="img:1"))
+    (head,) = head_group["template"]["spec"]["containers"]
+    assert head["resources"]["limits"] == {"cpu": "4", "memory": "32Gi", "nvidia.com/gpu": "1"}
+    assert head_group["rayStartParams"]["num-gpus"] == "1"
+    assert head_group["template"]["spec"]["nodeSelector"] == {"pool": "gpu"}  # lands on a GPU node
+    assert group["rayStartParams"]["num-gpus"] == "2"
+
+
+def test_rayjob_cpu_only_spec_requests_no_gpu_anywhere() -> None:
+    head_group, group = _groups(
+        builders.rayjob(job(resources={"workers": 3, "gpusPerWorker": 0}), OWNER, attempt=1, image="i")
+    )
+    for g in (head_group, group):
+        (c,) = g["template"]["spec"]["containers"]
+        assert "nvidia.com/gpu" not in c["resources"]["limits"]
+        assert g["rayStartParams"]["num-gpus"] == "0"
+    assert group["replicas"] == 3
 
 
 def test_rayjob_defaults_image_cpu_workers_and_secrets() -> None:

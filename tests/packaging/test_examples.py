@@ -64,6 +64,25 @@ def test_paper_settings(name: str, model: str, ratio: float, n_drop: int) -> Non
     assert ft.max_length == 8192 and ft.precision == "bf16" and ft.gradient_checkpointing and ft.packing
     assert spec.pruning.freeze_lm_head
     assert spec.resources.gpus_per_worker >= 1 and not spec.dry_run
+    assert spec.model.attn_implementation == "sdpa"  # flash-attn is in no image we build
+
+
+@pytest.mark.parametrize(("name", "model"), [("qwen3-vl-4b-20.yaml", "Qwen3-VL-4B"), ("qwen3-vl-8b-25.yaml", "Qwen3-VL-8B")])
+def test_paper_examples_fit_their_gpu_memory(name: str, model: str) -> None:
+    """The pre-launch memory check (worst case, before any plan) accepts the examples; the paper's
+    micro-batch of 16 x 8192 tokens it refuses, naming gpuMemory."""
+    from interlace.errors import InterlaceError
+    from interlace.placement import check_memory, count_params
+    from tests.core.test_placement_checks import qwen3_vl_config
+
+    spec = parse_prunejob(load(name)).spec
+    config = qwen3_vl_config(model)
+    n = count_params(config)
+    est = check_memory(spec, config, total_params=n)
+    assert est is not None and est.total < 80 * 2**30
+    spec.finetune.per_device_batch_size, spec.finetune.gradient_accumulation_steps = 16, 2
+    with pytest.raises(InterlaceError, match=r"spec\.resources\.gpuMemory is 80Gi"):
+        check_memory(spec, config, total_params=n)
 
 
 def test_dry_run_example_is_a_dry_run() -> None:

@@ -114,9 +114,20 @@ def test_dry_run_stops_after_the_plan(tmp_path: Path) -> None:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_run_tiny_job_end_to_end(ray_session, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_tiny_job_end_to_end(
+    ray_session, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     f = _tiny_job(tmp_path)
     out = tmp_path / "out"
+    # No stage loads model weights in the driver: analysis, surgery, evaluation run as Ray tasks and
+    # finetuning on Ray Train, all in other processes, where these patches do not reach.
+    import transformers
+
+    def no_weights_here(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the driver loaded model weights")
+
+    monkeypatch.setattr("interlace.models.load_model", no_weights_here)
+    monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", no_weights_here)
 
     assert main(["run", "-f", str(f), "--output", str(out)]) == 0
 
@@ -127,6 +138,8 @@ def test_run_tiny_job_end_to_end(ray_session, tmp_path: Path, capsys: pytest.Cap
     assert sorted(p.name for p in (out / "checkpoints").glob("finetune-*/step-*"))[-1] == "step-00000004"
     plan = LayerPlan.model_validate(json.loads((out / "plan.json").read_text()))
     assert len(plan.drop) == 2 and plan.num_layers == 8
+    # With Ray up, the analysis ran as Ray tasks (one shard per worker), merged in the driver.
+    assert json.loads((out / "scores.json").read_text())["meta"]["shards"] == 1
     results = Results.model_validate(json.loads((out / "results.json").read_text()))
     assert (results.layers_before, results.layers_after) == (8, 6)
     assert results.params_after < results.params_before

@@ -1,0 +1,198 @@
+"""What a finetuning plan costs, counted from the model config: FLOPs per step and GPU memory.
+
+Plain Python over a config (a transformers config object or its dict): no torch, no pydantic, so
+bench/gpu.py can use it on a bare GPU host and the pipeline can check a plan before any GPU hour.
+
+FLOPs (per token, decoder-only view; embeddings, norms and the loss are left out):
+
+* a decoder layer's forward: 2 x its matmul parameters + causal attention 2 x heads x head_dim x T;
+* recomputation (activation checkpointing): the forward again, for checkpointed layers;
+* activation gradients: the matmuls' input gradients (2 x matmul parameters) + attention backward
+  (2 x its forward), for every layer from the lowest trainable one up;
+* weight gradients: 2 x matmul parameters, only for trainable layers;
+* lm_head (frozen): forward + its input gradient, 2 x 2 x hidden x vocab.
+
+`structural_ratio` is interleaved / full finetune of the same pruned model under this count: the
+step-time ratio a perfectly compute-bound implementation would reach. It is a limit, not a
+prediction: memory-bound kernels, the optimizer step and launch overheads do not shrink with it.
+
+Memory (`memory_estimate`, bytes per GPU, the worst case: every micro-batch full at maxLength):
+frozen weights in the load dtype; trainable parameters as fp32 master weights + fp32 gradients + AdamW
+exp_avg/exp_avg_sq (16 bytes each), plus a gradient bucket copy under DDP with more than one worker;
+activations of one micro-batch (the checkpointed layers' inputs, one layer's full activations while
+it is recomputed, or every trainable-range layer's without checkpointing) and its bf16 logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+GIB = 2**30
+
+
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+    if isinstance(cfg, Mapping):
+        return cfg.get(key, default)
+    return getattr(cfg, key, default)
+
+
+@dataclass(frozen=True)
+class DecoderShape:
+    """The decoder's sizes, read from a config (a VLM's text_config when it has one)."""
+
+    num_layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+
+    @classmethod
+    def from_config(cls, config: Any) -> DecoderShape:
+        text = _get(config, "text_config") or config
+        hidden = int(_get(text, "hidden_size"))
+        heads = int(_get(text, "num_attention_heads"))
+        return cls(
+            num_layers=int(_get(text, "num_hidden_layers")),
+            hidden=hidden,
+            intermediate=int(_get(text, "intermediate_size")),
+            heads=heads,
+            kv_heads=int(_get(text, "num_key_value_heads") or heads),
+            head_dim=int(_get(text, "head_dim") or hidden // heads),
+            vocab=int(_get(text, "vocab_size") or _get(config, "vocab_size")),
+        )
+
+    @property
+    def layer_matmul_params(self) -> int:
+        """q, k, v, o projections and the gated MLP (gate, up, down) of one decoder layer."""
+        q = self.heads * self.head_dim
+        kv = self.kv_heads * self.head_dim
+        return self.hidden * (2 * q + 2 * kv) + 3 * self.hidden * self.intermediate
+
+    def layer_forward_flops(self, seq_len: int) -> tuple[float, float]:
+        """(matmul, attention) forward FLOPs per token of one decoder layer at sequence length T."""
+        return 2.0 * self.layer_matmul_params, 2.0 * self.heads * self.head_dim * seq_len
+
+    @property
+    def head_flops(self) -> float:
+        return 2.0 * self.hidden * self.vocab
+
+
+def step_flops_per_token(
+    shape: DecoderShape,
+    *,
+    num_layers: int,
+    trainable: Iterable[int],
+    seq_len: int,
+    checkpointing: bool,
+) -> float:
+    """Forward + recomputation + backward FLOPs per token of one training step of a `num_layers`
+    decoder in which the layers at positions `trainable` train (see the module docstring)."""
+    train = set(trainable)
+    if not train:
+        raise ValueError("no trainable layer")
+    lowest = min(train)
+    lin, att = shape.layer_forward_flops(seq_len)
+    total = 2.0 * shape.head_flops  # frozen lm_head: forward + input gradient
+    for pos in range(num_layers):
+        total += lin + att
+        if pos >= lowest:
+            if checkpointing:
+                total += lin + att
+            total += lin + 2.0 * att
+            if pos in train:
+                total += lin
+    return total
+
+
+def structural_ratio(
+    shape: DecoderShape, *, num_layers: int, trainable: Iterable[int], seq_len: int, checkpointing: bool
+) -> float:
+    """Interleaved / full-finetune step FLOPs for the same pruned model (full: every decoder layer
+    trains, checkpointing, when on, on every layer)."""
+    inter = step_flops_per_token(
+        shape, num_layers=num_layers, trainable=trainable, seq_len=seq_len, checkpointing=checkpointing
+    )
+    full = step_flops_per_token(
+        shape, num_layers=num_layers, trainable=range(num_layers), seq_len=seq_len, checkpointing=checkpointing
+    )
+    return inter / full
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    frozen_weights: float
+    trainable_state: float
+    activations: float
+    logits: float
+
+    @property
+    def total(self) -> float:
+        return self.frozen_weights + self.trainable_state + self.activations + self.logits
+
+    def describe(self) -> str:
+        parts = (
+            ("frozen weights", self.frozen_weights),
+            ("trainable weights + grads + AdamW", self.trainable_state),
+            ("activations", self.activations),
+            ("logits", self.logits),
+        )
+        return f"{self.total / GIB:.1f} GiB (" + ", ".join(f"{n} {v / GIB:.1f}" for n, v in parts) + ")"
+
+
+def memory_estimate(
+    shape: DecoderShape,
+    *,
+    total_params: int,
+    num_layers: int,
+    trainable: Iterable[int],
+    tokens_per_micro_batch: int,
+    checkpointing: bool,
+    weight_bytes: int = 2,
+    world_size: int = 1,
+    sharded: bool = False,
+) -> MemoryEstimate:
+    """GPU bytes one worker needs to finetune a `num_layers` decoder (positions `trainable` train) of a
+    model with `total_params` parameters, micro-batches of `tokens_per_micro_batch` tokens.
+
+    `sharded` (FSDP) divides weights and optimizer state by `world_size`; DDP with more than one
+    worker keeps a gradient bucket copy of the trainable parameters.
+    """
+    train = sorted(set(trainable))
+    if not train:
+        raise ValueError("no trainable layer")
+    per_layer = shape.layer_matmul_params
+    n_train = per_layer * len(train)
+    frozen = max(total_params - n_train, 0) * weight_bytes
+    state = n_train * 16.0  # fp32 master weights, fp32 grads, AdamW exp_avg + exp_avg_sq
+    if world_size > 1 and not sharded:
+        state += n_train * 4.0  # DDP gradient buckets
+    if sharded and world_size > 1:
+        frozen /= world_size
+        state /= world_size
+    q = shape.heads * shape.head_dim
+    kv = shape.kv_heads * shape.head_dim
+    # Saved tensors of one decoder layer per token (bf16): norms' inputs, q/k/v, attention output,
+    # the o-projection input, the MLP's gate/up/activation/down input.
+    layer_act = 2.0 * (6 * shape.hidden + 2 * q + 2 * kv + 4 * shape.intermediate)
+    span = num_layers - train[0]  # layers the backward pass goes through
+    t = float(tokens_per_micro_batch)
+    acts = t * (span * 2.0 * shape.hidden + layer_act) if checkpointing else t * span * layer_act
+    logits = t * shape.vocab * 2.0 * 2  # bf16 logits and their gradient
+    return MemoryEstimate(frozen_weights=frozen, trainable_state=state, activations=acts, logits=logits)
+
+
+def parse_quantity(value: str) -> float:
+    """A Kubernetes quantity ("80Gi", "141G", "1.5Ti", "81920Mi") in bytes."""
+    units = {
+        "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50,
+        "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15,
+    }
+    s = str(value).strip()
+    for suffix in sorted(units, key=len, reverse=True):
+        if s.endswith(suffix):
+            return float(s[: -len(suffix)]) * units[suffix]
+    return float(s)

@@ -1,0 +1,77 @@
+"""interlace.costs: the FLOP count behind the structural limit, and the GPU memory estimate."""
+
+from __future__ import annotations
+
+import pytest
+
+from interlace.costs import (
+    DecoderShape,
+    memory_estimate,
+    parse_quantity,
+    step_flops_per_token,
+    structural_ratio,
+)
+
+# hidden 8, intermediate 16, 2 heads of 4 (q = kv = 8), vocab 10:
+#   matmul params per layer = 8 * (2*8 + 2*8) + 3 * 8 * 16 = 640  -> forward 1280 FLOPs per token
+#   attention forward at T = 4: 2 * 2 * 4 * 4 = 64;  lm_head forward 2 * 8 * 10 = 160
+SHAPE = DecoderShape(num_layers=4, hidden=8, intermediate=16, heads=2, kv_heads=2, head_dim=4, vocab=10)
+
+
+def test_flops_counted_per_layer_by_hand() -> None:
+    assert SHAPE.layer_matmul_params == 640
+    assert SHAPE.layer_forward_flops(4) == (1280.0, 64.0)
+    # Interleaved, layer 2 trains, no checkpointing: lm_head fwd + input grad (320), forward of all 4
+    # layers (4 x 1344), activation gradients for layers 2 and 3 (2 x (1280 + 128)), weight
+    # gradients for layer 2 only (1280).
+    inter = step_flops_per_token(SHAPE, num_layers=4, trainable=[2], seq_len=4, checkpointing=False)
+    assert inter == 320 + 4 * 1344 + 2 * 1408 + 1280 == 9792
+    full = step_flops_per_token(SHAPE, num_layers=4, trainable=range(4), seq_len=4, checkpointing=False)
+    assert full == 320 + 4 * 1344 + 4 * 1408 + 4 * 1280 == 16448
+    assert structural_ratio(SHAPE, num_layers=4, trainable=[2], seq_len=4, checkpointing=False) == inter / full
+    # Checkpointing recomputes the forward of every layer the backward pass goes through.
+    inter_ck = step_flops_per_token(SHAPE, num_layers=4, trainable=[2], seq_len=4, checkpointing=True)
+    assert inter_ck == inter + 2 * 1344
+    full_ck = step_flops_per_token(SHAPE, num_layers=4, trainable=range(4), seq_len=4, checkpointing=True)
+    assert full_ck == full + 4 * 1344
+
+
+def test_ratio_depends_on_the_lowest_trainable_layer() -> None:
+    shape = DecoderShape(num_layers=27, hidden=4096, intermediate=12288, heads=32, kv_heads=8, head_dim=128,
+                         vocab=151936)
+    low = structural_ratio(shape, num_layers=27, trainable=[1, 13, 20], seq_len=4096, checkpointing=True)
+    high = structural_ratio(shape, num_layers=27, trainable=[14, 20, 25], seq_len=4096, checkpointing=True)
+    assert 0.3 < high < low < 1.0
+    assert structural_ratio(shape, num_layers=27, trainable=range(27), seq_len=4096, checkpointing=True) == 1.0
+
+
+def test_shape_from_a_vlm_config_dict() -> None:
+    cfg = {"text_config": {"hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 36,
+                           "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+                           "vocab_size": 151936}}
+    s = DecoderShape.from_config(cfg)
+    assert (s.num_layers, s.hidden, s.head_dim, s.kv_heads, s.vocab) == (36, 2560, 128, 8, 151936)
+
+
+def test_memory_estimate_parts() -> None:
+    n = SHAPE.layer_matmul_params
+    kw = {"total_params": 10_000, "num_layers": 4, "trainable": [2], "tokens_per_micro_batch": 100}
+    est = memory_estimate(SHAPE, checkpointing=True, **kw)
+    assert est.trainable_state == 16 * n  # fp32 weights + grads + AdamW's two moments
+    assert est.frozen_weights == (10_000 - n) * 2
+    assert est.logits == 100 * 10 * 4
+    assert est.total == est.frozen_weights + est.trainable_state + est.activations + est.logits
+    no_ckpt = memory_estimate(SHAPE, checkpointing=False, **kw)
+    assert no_ckpt.activations > 0 and est.activations > 0
+    ddp = memory_estimate(SHAPE, checkpointing=True, world_size=2, **kw)
+    assert ddp.trainable_state == 20 * n  # + the DDP gradient buckets
+    fsdp = memory_estimate(SHAPE, checkpointing=True, world_size=2, sharded=True, **kw)
+    assert fsdp.trainable_state == 8 * n and fsdp.frozen_weights == est.frozen_weights / 2
+    # A lower trainable layer means a longer backward: more activations kept.
+    low = memory_estimate(SHAPE, checkpointing=True, **{**kw, "trainable": [0]})
+    assert low.activations > est.activations
+
+
+@pytest.mark.parametrize(("q", "b"), [("80Gi", 80 * 2**30), ("141G", 141e9), ("81920Mi", 80 * 2**30), ("1024", 1024)])
+def test_parse_quantity(q: str, b: float) -> None:
+    assert parse_quantity(q) == b
