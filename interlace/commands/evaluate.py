@@ -15,8 +15,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from interlace.errors import InterlaceError
-
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -42,48 +40,23 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _spec(args: argparse.Namespace) -> Any:
-    from pydantic import ValidationError
-
-    from interlace.spec import DataSpec, EvaluationSpec, format_validation_error
-
-    try:
-        data = None
-        if args.data:
-            fmt = args.data_format or ("text" if args.data.startswith("builtin:english") else "finevision")
-            data = DataSpec(format=fmt, path=args.data, fraction=1.0, max_samples=args.max_samples)
-        return EvaluationSpec(
-            benchmarks=args.benchmarks,
-            data=data,
-            max_samples=args.max_samples,
-            batch_size=args.batch_size,
-            max_new_tokens=args.max_new_tokens,
-            speed=not args.no_speed,
-        )
-    except ValidationError as err:
-        raise InterlaceError(format_validation_error(err, prefix="--")) from None
-
-
 def run(args: argparse.Namespace) -> int:
-    from interlace.evaluation import check_benchmarks
+    from interlace.api import evaluate
 
-    spec = _spec(args)
-    check_benchmarks(spec)  # bad benchmarks fail before any model loads
-    if args.output.exists() and args.output.is_dir():
-        raise InterlaceError(f"--output {args.output} is a directory; give a file name like results.json")
-
-    from interlace.evaluation import evaluate
-    from interlace.models import load_model
-
-    base = load_model(args.base, device=args.device)
-    pruned = load_model(args.pruned, device=args.device)
     results = evaluate(
-        spec, base=base.model, pruned=pruned.model, processor=base.processor, max_length=args.max_length
+        args.base,
+        args.pruned,
+        benchmarks=args.benchmarks,
+        data=args.data,
+        data_format=args.data_format,
+        max_samples=args.max_samples,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        max_length=args.max_length,
+        speed=not args.no_speed,
+        device=args.device,
+        output=args.output,
+        _cli=True,
     )
-    text = json.dumps(results.to_wire(), indent=2) + "\n"
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_name(args.output.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(args.output)
-    sys.stdout.write(text)
+    sys.stdout.write(json.dumps(results.to_wire(), indent=2) + "\n")
     return 0

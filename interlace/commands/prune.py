@@ -13,8 +13,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from interlace.errors import InterlaceError
-
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -38,27 +36,19 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from interlace.selection import load_plan
+    from interlace.api import prune
 
-    out: Path = args.output
-    if out.exists() and not out.is_dir():
-        raise InterlaceError(f"--output {out} exists and is not a directory")
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise InterlaceError(
-            f"--output {out} exists and is not empty; choose a new directory or pass --overwrite"
-        )
-    plan = load_plan(args.plan)  # validated before the model is loaded
-
-    from interlace.models import load_model
-    from interlace.surgery import prune_model, save_model
-
-    loaded = load_model(args.model, dtype=args.dtype, device="cpu")
-    n = loaded.parts.num_layers
-    if plan.num_layers != n:
-        raise InterlaceError(
-            f"--plan {args.plan} is for a {plan.num_layers}-layer model but {args.model} has {n} decoder layers"
-        )
-    prune_model(loaded.model, plan, deepstack_policy=args.deepstack_policy)
-    save_model(loaded.model, loaded.processor, out, plan=plan, overwrite=args.overwrite)
-    print(f"pruned {len(plan.drop)} of {n} layers ({plan.drop}) -> {out}", file=sys.stderr)
+    result = prune(
+        args.model,
+        plan=args.plan,
+        output=args.output,
+        deepstack_policy=args.deepstack_policy,
+        dtype=args.dtype,
+        overwrite=args.overwrite,
+        _cli=True,
+    )
+    plan = result.plan
+    for note in result.notes:
+        print(f"interlace prune: note: {note}", file=sys.stderr)
+    print(f"pruned {len(plan.drop)} of {plan.num_layers} layers ({plan.drop}) -> {args.output}", file=sys.stderr)
     return 0
