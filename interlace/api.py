@@ -27,7 +27,6 @@ Importing this module is cheap: torch, transformers and ray are imported inside 
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -666,12 +665,6 @@ def result_of_run(output_dir: Path, results: Results) -> PruneResult:
         results=results,
         output_dir=output_dir,
     )
-
-
-def print_json(doc: Any) -> None:
-    """Machine-readable output of the CLI's --json: one JSON document on stdout."""
-    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-    sys.stdout.flush()
 
 
 __all__ = [

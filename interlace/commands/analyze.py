@@ -39,26 +39,40 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--heatmap", type=Path, help="also write a heatmap PNG here")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"))
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary (JSON) on stdout")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     from interlace.api import analyze
+    from interlace.jsonout import print_json, stdout_to_stderr
 
-    scores = analyze(
-        args.model,
-        args.data,
-        samples=args.samples,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        max_window=args.max_window,
-        data_format=args.format,
-        output=args.output,
-        heatmap=args.heatmap,
-        device=args.device,
-        dtype=args.dtype,
-        _cli=True,
-    )
+    with stdout_to_stderr(args.json):
+        scores = analyze(
+            args.model,
+            args.data,
+            samples=args.samples,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            max_window=args.max_window,
+            data_format=args.format,
+            output=args.output,
+            heatmap=args.heatmap,
+            device=args.device,
+            dtype=args.dtype,
+            _cli=True,
+        )
+    if args.json:
+        print_json(
+            {
+                "output": str(args.output),
+                "heatmap": str(args.heatmap) if args.heatmap else None,
+                "numLayers": scores.num_layers,
+                "numSamples": scores.meta.get("num_samples"),
+                "numTokens": scores.meta.get("num_tokens"),
+                "scores": {str(k): v for k, v in sorted(scores.scores.items())},
+            }
+        )
     print(
         f"analyzed {scores.meta['num_samples']} samples ({scores.meta['num_tokens']} tokens) of "
         f"{scores.num_layers} layers -> {args.output}",

@@ -10,8 +10,6 @@ Writes the Results (camelCase, as in PruneJob status.results) to --output atomic
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,26 +35,29 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-speed", action="store_true", help="skip the prefill/decode speed report")
     p.add_argument("--device", default="cpu")
     p.add_argument("--output", required=True, type=Path, help="results JSON to write")
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary (JSON) on stdout")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     from interlace.api import evaluate
+    from interlace.jsonout import print_json, stdout_to_stderr
 
-    results = evaluate(
-        args.base,
-        args.pruned,
-        benchmarks=args.benchmarks,
-        data=args.data,
-        data_format=args.data_format,
-        max_samples=args.max_samples,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        max_length=args.max_length,
-        speed=not args.no_speed,
-        device=args.device,
-        output=args.output,
-        _cli=True,
-    )
-    sys.stdout.write(json.dumps(results.to_wire(), indent=2) + "\n")
+    with stdout_to_stderr(args.json):
+        results = evaluate(
+            args.base,
+            args.pruned,
+            benchmarks=args.benchmarks,
+            data=args.data,
+            data_format=args.data_format,
+            max_samples=args.max_samples,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            max_length=args.max_length,
+            speed=not args.no_speed,
+            device=args.device,
+            output=args.output,
+            _cli=True,
+        )
+    print_json(results.to_wire())  # stdout is the results JSON, with or without --json
     return 0

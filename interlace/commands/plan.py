@@ -41,6 +41,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random strategy (default 0)")
     p.add_argument("--output", required=True, type=Path, help="plan JSON to write")
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary (JSON) on stdout")
     return p
 
 
@@ -81,4 +82,8 @@ def run(args: argparse.Namespace) -> int:
         f"({len(plan.drop)}/{plan.num_layers} layers) -> {args.output}",
         file=sys.stderr,
     )
+    if args.json:
+        from interlace.jsonout import print_json
+
+        print_json({"output": str(args.output), "plan": plan.to_wire()})
     return 0

@@ -32,23 +32,28 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="weights dtype of the output (default: as stored in the input checkpoint)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary (JSON) on stdout")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     from interlace.api import prune
+    from interlace.jsonout import print_json, stdout_to_stderr
 
-    result = prune(
-        args.model,
-        plan=args.plan,
-        output=args.output,
-        deepstack_policy=args.deepstack_policy,
-        dtype=args.dtype,
-        overwrite=args.overwrite,
-        _cli=True,
-    )
+    with stdout_to_stderr(args.json):
+        result = prune(
+            args.model,
+            plan=args.plan,
+            output=args.output,
+            deepstack_policy=args.deepstack_policy,
+            dtype=args.dtype,
+            overwrite=args.overwrite,
+            _cli=True,
+        )
     plan = result.plan
     for note in result.notes:
         print(f"interlace prune: note: {note}", file=sys.stderr)
     print(f"pruned {len(plan.drop)} of {plan.num_layers} layers ({plan.drop}) -> {args.output}", file=sys.stderr)
+    if args.json:
+        print_json(result.to_dict())
     return 0
