@@ -42,6 +42,20 @@ if TYPE_CHECKING:  # pragma: no cover
     from interlace.spec import LayerPlan, PruneJob, Results
     from interlace.validation import ValidationReport
 
+# Files a processor or tokenizer is saved as (any of them means the checkpoint has one).
+PROCESSOR_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "processor_config.json",
+    "preprocessor_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "video_preprocessor_config.json",
+)
+
 # API keyword -> the option of the same meaning on the command line (where the name differs).
 _CLI_NAMES = {"num_layers": "num-drop", "data_format": "format"}
 
@@ -457,9 +471,16 @@ def _surgery(
         plan=p, model_dir=out, model_uri=str(out), processor_saved=loaded.processor is not None
     )
     if loaded.processor is None:
+        src = loaded.path
+        found = sorted(f for f in PROCESSOR_FILES if src is not None and (src / f).is_file())
+        why = (
+            f"could not be loaded ({loaded.processor_error})"
+            if found
+            else "not found (no " + ", ".join(PROCESSOR_FILES[:4]) + ", ...)"
+        )
         result.notes.append(
-            f"processor/tokenizer not found in {model} ({loaded.processor_error}); the pruned model was saved "
-            "without them (not copied): copy them from the base model before using it for inference"
+            f"processor/tokenizer of {model} {why}; not copied: the pruned model was saved without them "
+            "(copy them from the base model before using it for inference)"
         )
     return result
 
