@@ -392,6 +392,17 @@ def _check_output(job: PruneJob, report: ValidationReport) -> None:
     for field_name, repo in repos:
         if not _HUB_ID.match(repo) or "--" in repo or ".." in repo:
             report.error(field_name, f"{repo!r} is not a Hub repo id; use <user-or-org>/<name>")
+    if repos and not report.cluster:
+        import os
+
+        from huggingface_hub import get_token
+
+        if not (os.environ.get("INTERLACE_HUB_TOKEN") or get_token()):
+            report.warn(
+                "spec.output.hub" if out.hub is not None else where,
+                "no Hugging Face token here (HF_TOKEN, HF_TOKEN_PATH or `hf auth login`): publishing "
+                "would fail after training when run on this machine",
+            )
 
 
 def _check_cluster(job: PruneJob, report: ValidationReport) -> None:

@@ -242,3 +242,20 @@ def test_version() -> None:
         timeout=60,
     )
     assert r.returncode == 0 and r.stdout.strip() == f"interlace {__version__}"
+
+
+def test_hub_output_without_a_token_is_a_warning_locally(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.constants
+
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "INTERLACE_HUB_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "none"))
+    doc = copy.deepcopy(BASE)
+    doc["spec"]["output"] = {"uri": "hf://my-org/smollm2-pruned"}
+    report = validate(doc)
+    assert report.ok and [w.field for w in report.warnings] == ["spec.output.uri"]
+    monkeypatch.setenv("HF_TOKEN", "hf_someToken123")
+    assert validate(doc).warnings == []
+    assert validate(doc, cluster=True).ok  # the operator mounts the token Secret
