@@ -18,7 +18,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_API = ("analyze", "plan", "prune", "finetune", "evaluate", "run", "validate", "load_job", "PruneResult")
+_API = ("analyze", "plan", "prune", "finetune", "evaluate", "run", "sweep", "validate", "load_job", "PruneResult")
 _SPEC = ("PruneJob", "PruneJobSpec", "LayerPlan", "Results", "SpecError")
 
 

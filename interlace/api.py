@@ -645,19 +645,7 @@ def run(
     output_dir = resolve_output_dir(pj.spec.output.uri, job=pj)
     check_inputs(pj.spec)  # bad data/benchmarks fail before Ray or a model starts
 
-    from interlace.progress import JsonlReporter, MultiReporter
-    from interlace.progress import Reporter as _Reporter
-
-    sinks: list[_Reporter] = []
-    if not quiet:
-        from interlace.console import ConsoleReporter
-
-        sinks.append(ConsoleReporter())
-    if reporter is not None:
-        sinks.append(reporter)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    sinks.append(JsonlReporter(output_dir / "progress.jsonl"))
-    multi = MultiReporter(*sinks)
+    multi = _reporters(output_dir, reporter, quiet)
 
     if pj.spec.finetune.enabled and not pj.spec.dry_run:  # only finetuning needs Ray
         from interlace.finetune import start_ray
@@ -671,6 +659,65 @@ def run(
     finally:
         multi.close()
     return result_of_run(output_dir, results)
+
+
+def sweep(
+    job: PruneJob | dict[str, Any] | str | Path,
+    ratios: Sequence[float],
+    *,
+    output: str | Path | None = None,
+    workers: int | None = None,
+    max_steps: int | None = None,
+    local: bool = True,
+    reporter: Reporter | None = None,
+    quiet: bool = False,
+) -> Any:
+    """A ratio sweep of a PruneJob: one analysis, one variant per ratio (interlace.ratio_sweep); the job's
+    own ratio/numLayers is replaced by each ratio. Returns a SweepResult (`.variants`, `.table()`)."""
+    from interlace.ratio_sweep import check_ratios, run_sweep
+
+    pj = load_job(job)
+    check_ratios(ratios)
+    if workers is not None and workers < 1:
+        raise InterlaceError(f"workers={workers}: need at least 1")
+    if max_steps is not None and max_steps < 1:
+        raise InterlaceError(f"max_steps={max_steps}: need at least 1")
+    if output is not None:
+        pj.spec.output.uri = str(output)
+    if workers is not None:
+        pj.spec.resources.workers = workers
+    if max_steps is not None:
+        pj.spec.finetune.max_steps = max_steps
+
+    from interlace.pipeline import check_inputs, resolve_output_dir
+
+    output_dir = resolve_output_dir(pj.spec.output.uri, job=pj)
+    check_inputs(pj.spec)
+    multi = _reporters(output_dir, reporter, quiet)
+    if pj.spec.finetune.enabled and not pj.spec.dry_run:
+        from interlace.finetune import start_ray
+
+        start_ray(local=local)
+    try:
+        return run_sweep(pj, ratios, output_dir=output_dir, reporter=multi)
+    finally:
+        multi.close()
+
+
+def _reporters(output_dir: Path, reporter: Reporter | None, quiet: bool) -> Any:
+    from interlace.progress import JsonlReporter, MultiReporter
+    from interlace.progress import Reporter as _Reporter
+
+    sinks: list[_Reporter] = []
+    if not quiet:
+        from interlace.console import ConsoleReporter
+
+        sinks.append(ConsoleReporter())
+    if reporter is not None:
+        sinks.append(reporter)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    sinks.append(JsonlReporter(output_dir / "progress.jsonl"))
+    return MultiReporter(*sinks)
 
 
 def result_of_run(output_dir: Path, results: Results) -> PruneResult:
@@ -697,5 +744,6 @@ __all__ = [
     "plan",
     "prune",
     "run",
+    "sweep",
     "validate",
 ]
