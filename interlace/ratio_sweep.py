@@ -2,8 +2,9 @@
 
     interlace sweep -f prunejob.yaml --ratios 0.1,0.15,0.2,0.25      (or interlace.sweep(job, ratios))
 
-The layer scores do not depend on the ratio, so they are computed once (``<output>/scores.json``)
-and every ratio gets its plan from them. Each variant then runs the rest of the pipeline
+The layer scores do not depend on the ratio, so they are computed once, by a dry run of the
+pipeline in ``<output>/analysis/`` (``scores.json``, the first ratio's plan, heatmap), and every
+ratio gets its plan from them. Each variant then runs the rest of the pipeline
 (surgery -> finetune -> evaluate -> publish) in its own directory ``<output>/ratio-<r>/``, published
 under its own output (``<uri>/ratio-<r>``; for the Hub ``<repo>-ratio-<r>``). A variant directory
 holds its plan.json, a link to the shared scores.json (so the pipeline reuses the plan instead of
@@ -13,12 +14,12 @@ analysing again), and the usual artifacts. ``<output>/sweep.json`` holds the tab
 What this piece does not do yet (see issue 14): the PruneJob field spec.pruning.ratios (so the
 operator and the CRD know sweeps), finetuning the variants concurrently on one Ray cluster (they
 run one after another here), and a status table of variants. Each variant reloads the base model
-for its surgery and evaluation (the base scores are recomputed per variant).
+for its surgery and evaluation (the base scores are recomputed per variant). Only public pieces of
+interlace.pipeline are used: run_pipeline (its dry run and its plan reuse) and check_inputs.
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import math
 from collections.abc import Sequence
@@ -96,7 +97,7 @@ class SweepResult:
 
     @property
     def scores_path(self) -> Path:
-        return self.output_dir / "scores.json"
+        return self.output_dir / "analysis" / "scores.json"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -132,90 +133,103 @@ class SweepResult:
         return t
 
 
+def _variant_job(job: PruneJob, ratio: float, uri: str, *, dry_run: bool = False) -> PruneJob:
+    vjob = job.model_copy(deep=True)
+    vjob.spec.pruning = vjob.spec.pruning.model_copy(update={"ratio": ratio, "num_layers": None})
+    vjob.spec.finetune.resume = True  # what makes run_pipeline take plan.json instead of analysing
+    vjob.spec.dry_run = dry_run
+    vjob.spec.output.uri = uri
+    return vjob
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
 def run_sweep(
     job: PruneJob,
     ratios: Sequence[float],
     *,
     output_dir: str | Path,
     reporter: Reporter,
-    use_gpu: bool | None = None,
 ) -> SweepResult:
-    """One analysis, then every ratio's variant through interlace.pipeline.run_pipeline."""
-    import torch
+    """One analysis, then every ratio's variant, all through interlace.pipeline.run_pipeline.
 
-    from interlace.models import load_model
-    from interlace.pipeline import _analyze, _write_json, check_inputs, run_pipeline
-    from interlace.selection import n_drop_for_ratio, protected_layers, select_layers
+    The analysis is a dry run of the pipeline (analysis + the first ratio's plan) in
+    ``<output>/analysis/``; every variant directory gets its plan, chosen from those scores the way
+    the pipeline chooses (same strategy, seed, protected and DeepStack layers), and a link to the
+    scores, so run_pipeline reuses the plan (its resume path) instead of analysing again.
+    """
+    from interlace.pipeline import check_inputs, run_pipeline
+    from interlace.selection import LayerScores, n_drop_for_ratio, select_layers
+    from interlace.spec import LayerPlan
 
     ratios = check_ratios(ratios)
     spec = job.spec
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if use_gpu is None:
-        use_gpu = torch.cuda.is_available() and spec.resources.gpus_per_worker > 0
-    check_inputs(spec)
+    check_inputs(spec)  # every input of every stage, before the analysis
 
-    # ---- the one analysis
-    reporter.stage(Phase.ANALYZING, f"loading {spec.model.source} (one analysis for {len(ratios)} ratios)")
-    base = load_model(
-        spec.model.source,
-        dtype=spec.model.dtype,
-        device="cuda" if use_gpu else "cpu",
-        attn_implementation=spec.model.attn_implementation,
-        revision=spec.model.revision,
-        trust_remote_code=spec.model.trust_remote_code,
-    )
-    num_layers = base.parts.num_layers
-    n_drops = []
+    # ---- the one analysis (a dry run: scores and the first ratio's plan)
+    analysis_dir = out / "analysis"
+    dry = _variant_job(job, ratios[0], str(analysis_dir), dry_run=True)
+    try:
+        base = run_pipeline(dry, output_dir=analysis_dir, reporter=reporter)
+    except InterlaceError as err:
+        if "spec.pruning" in str(err) or "ratio" in str(err):
+            raise InterlaceError(f"ratios[0]: {err}") from None
+        raise
+    scores = LayerScores.load(analysis_dir / "scores.json")
+    num_layers = scores.num_layers
+    protected = set(spec.pruning.protected_layers)
+    if str(spec.pruning.deepstack_policy) == "protect":
+        protected |= set(scores.meta.get("deepstack_layers") or [])
+
+    # ---- one plan per ratio, from the same scores (the first one is the dry run's own)
+    plans: list[LayerPlan] = []
     for i, r in enumerate(ratios):
         try:
-            n_drops.append(n_drop_for_ratio(num_layers, r))
+            n = n_drop_for_ratio(num_layers, r)
+            if i == 0:
+                plan = LayerPlan.model_validate(json.loads((analysis_dir / "plan.json").read_text()))
+            else:
+                plan = select_layers(
+                    scores,
+                    n_drop=n,
+                    strategy=str(spec.pruning.strategy),
+                    protected=sorted(protected),
+                    seed=spec.pruning.seed,
+                    ratio=r,
+                )
         except InterlaceError as err:
             raise InterlaceError(f"ratios[{i}]: {err}") from None
-    protected = protected_layers(spec.pruning, base.parts, num_layers=num_layers)
-    params_before = sum(p.numel() for p in base.model.parameters())
-    scores = _analyze(spec, base, reporter)
-    scores.save(out / "scores.json")
-    del base
-    gc.collect()
-
-    # ---- one plan per ratio, from the same scores
-    reporter.stage(
-        Phase.PLANNING, ", ".join(f"{r:g}: drop {n}" for r, n in zip(ratios, n_drops, strict=True))
-    )
-    plans = []
-    for r, n in zip(ratios, n_drops, strict=True):
         vdir = out / variant_name(r)
         vdir.mkdir(parents=True, exist_ok=True)
-        plan = select_layers(
-            scores,
-            n_drop=n,
-            strategy=str(spec.pruning.strategy),
-            protected=protected,
-            seed=spec.pruning.seed,
-            ratio=r,
-        )
         _write_json(vdir / "plan.json", plan.to_wire())
         link = vdir / "scores.json"
         if link.is_symlink() or link.exists():
             link.unlink()
-        link.symlink_to(Path("..") / "scores.json")  # the shared analysis: run_pipeline reuses the plan
+        link.symlink_to(Path("..") / "analysis" / "scores.json")
         plans.append(plan)
+    reporter.stage(
+        Phase.PLANNING, "; ".join(f"ratio {r:g}: drop {p.drop}" for r, p in zip(ratios, plans, strict=True))
+    )
 
     # ---- the variants, one after another
-    result = SweepResult(output_dir=out, num_layers=num_layers, params_before=params_before)
+    result = SweepResult(output_dir=out, num_layers=num_layers, params_before=base.params_before)
     for r, plan in zip(ratios, plans, strict=True):
-        vjob = job.model_copy(deep=True)
-        vjob.spec.pruning = vjob.spec.pruning.model_copy(update={"ratio": r, "num_layers": None})
-        vjob.spec.finetune.resume = True  # what makes run_pipeline take plan.json instead of analysing
-        vjob.spec.output.uri = variant_uri(spec.output.uri, r)
+        vjob = _variant_job(job, r, variant_uri(spec.output.uri, r))
         if vjob.spec.output.hub is not None:
             vjob.spec.output.hub.repo = f"{vjob.spec.output.hub.repo}-{variant_name(r)}"
         vdir = out / variant_name(r)
-        res = run_pipeline(vjob, output_dir=vdir, reporter=reporter, use_gpu=use_gpu)
+        res = run_pipeline(vjob, output_dir=vdir, reporter=reporter)
         used = json.loads((vdir / "plan.json").read_text())
-        if used["drop"] != plan.drop:  # pragma: no cover - run_pipeline must have reused the plan
-            raise RuntimeError(f"variant {r:g} did not reuse the sweep's plan")
+        if used["drop"] != plan.drop:
+            raise RuntimeError(
+                f"variant {r:g} did not keep the sweep's plan {plan.drop} (got {used['drop']})"
+            )
         result.variants.append(
             Variant(
                 ratio=r,
