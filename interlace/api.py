@@ -346,7 +346,7 @@ def prune(
             raise InterlaceError("output: the directory for the pruned checkpoint is required")
         return _surgery(
             model,
-            _plan_source=plan,
+            plan_source=plan,
             output=Path(output),
             deepstack_policy=deepstack_policy,
             dtype=dtype,
@@ -436,7 +436,7 @@ def _job_doc(
 def _surgery(
     model: Any,
     *,
-    _plan_source: Any,
+    plan_source: Any,
     output: Path,
     deepstack_policy: str,
     dtype: str,
@@ -453,7 +453,7 @@ def _surgery(
         )
     if deepstack_policy not in ("protect", "position"):
         raise InterlaceError(f"{_arg('deepstack_policy', deepstack_policy, cli)}: use protect or position")
-    p = _load_plan(_plan_source)  # validated before the model is loaded
+    p = _load_plan(plan_source)  # validated before the model is loaded
 
     from interlace.models import load_model
     from interlace.surgery import prune_model, save_model
@@ -461,7 +461,7 @@ def _surgery(
     loaded = load_model(str(model), dtype=dtype, device="cpu", processor_optional=True)
     n = loaded.parts.num_layers
     if p.num_layers != n:
-        where = f"--plan {_plan_source}" if cli else "plan"
+        where = f"--plan {plan_source}" if cli else "plan"
         raise InterlaceError(
             f"{where} is for a {p.num_layers}-layer model but {model} has {n} decoder layers"
         )
