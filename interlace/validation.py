@@ -128,7 +128,11 @@ def schema_findings(err: ValidationError) -> list[Finding]:
     for e in err.errors():
         msg = str(e["msg"])
         msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
-        out.append(Finding(_loc(tuple(e["loc"])), msg))
+        loc = _loc(tuple(e["loc"]))
+        m = _FIELD.match(msg)  # a cross-field rule's message names a more precise field itself
+        if m and m.group(1).startswith(loc) and m.group(1) != loc:
+            loc, msg = m.group(1), msg[len(m.group(1)) :].lstrip(": ").strip()
+        out.append(Finding(loc, msg))
     return out
 
 
@@ -407,9 +411,17 @@ def _check_output(job: PruneJob, report: ValidationReport) -> None:
 
 def _check_cluster(job: PruneJob, report: ValidationReport) -> None:
     """What the operator requires of a job on a cluster beyond the schema."""
+    from interlace import spec as spec_module
+
     out = job.spec.output
     scheme = urlparse(out.uri.strip()).scheme
-    if scheme in ("", "file"):
+    # The operator's own cluster rules, where interlace.spec states them (cluster_spec_errors: one
+    # "field: message" line each); otherwise the durable-output rule below.
+    operator_rules = getattr(spec_module, "cluster_spec_errors", None)
+    if operator_rules is not None:
+        for line in operator_rules(job.spec):
+            report.add_error("spec", InterlaceError(line))
+    elif scheme in ("", "file"):
         report.error(
             "spec.output.uri",
             f"{out.uri!r} is a path inside the Ray pods, lost when the Ray cluster is deleted; use a durable "

@@ -63,7 +63,7 @@ INVALID: list[tuple[str, Callable[..., None], str]] = [
     ("ratio-drops-nothing", _set("spec.pruning.ratio", 0.01), "spec.pruning.ratio"),
     ("drops-every-layer", lambda d: d["spec"].update(pruning={"numLayers": 30}), "spec.pruning.numLayers"),
     ("protected-outside", _set("spec.pruning.protectedLayers", [40]), "spec.pruning.protectedLayers"),
-    ("protected-duplicates", _set("spec.pruning.protectedLayers", [1, 1]), "spec.pruning"),
+    ("protected-duplicates", _set("spec.pruning.protectedLayers", [1, 1]), "spec.pruning.protectedLayers"),
     ("workers-zero", _set("spec.resources.workers", 0), "spec.resources.workers"),
     ("no-model", lambda d: d["spec"].pop("model"), "spec.model"),
     ("wrong-kind", lambda d: d.update(kind="Job"), "document"),
@@ -93,7 +93,11 @@ INVALID: list[tuple[str, Callable[..., None], str]] = [
         "spec.evaluation.benchmarks[0]",
     ),
     ("output-scheme", _set("spec.output.uri", "ftp://host/x"), "spec.output.uri"),
-    ("output-pvc-unmounted", _set("spec.output.uri", "pvc://models/run"), "spec.resources.pvcName"),
+    (
+        "output-pvc-unmounted",
+        _set("spec.output.uri", "pvc://models/run"),
+        "spec.resources.pvcName|spec.output.uri",
+    ),
     (
         "output-pvc-other-claim",
         lambda d: (d["spec"]["output"].update(uri="pvc://a/x"), d["spec"]["resources"].update(pvcName="b")),
@@ -157,11 +161,12 @@ def test_rejects_invalid_with_the_field_named(
     path = _write_invalid(name, mutate, tmp_path)
     report = validate(path)
     assert not report.ok
-    assert field in [e.field for e in report.errors], [str(e) for e in report.errors]
+    fields = field.split("|")  # alternatives: the spec models may name the other side of a rule
+    assert set(fields) & {e.field for e in report.errors}, [str(e) for e in report.errors]
     # the CLI, in its own process: exit 2, the field on stderr, well within 10 s
     r, seconds = _run("-f", str(path))
     assert r.returncode == 2, (r.stdout, r.stderr)
-    assert f"error: {field}:" in r.stderr, r.stderr
+    assert any(f"error: {f}:" in r.stderr for f in fields), r.stderr
     assert seconds < 10, seconds
 
 
@@ -171,14 +176,14 @@ def test_every_error_is_reported_not_only_the_first(
     doc = copy.deepcopy(BASE)
     doc["spec"]["pruning"]["ratio"] = 0.01  # drops nothing of 30 layers
     doc["spec"]["finetune"]["data"]["path"] = "/no/such/shards"
-    doc["spec"]["output"]["uri"] = "ftp://x/y"
+    doc["spec"]["evaluation"]["benchmarks"] = ["/no/such/vqa.jsonl"]
     path = tmp_path / "three.yaml"
     path.write_text(yaml.safe_dump(doc))
     assert main(["validate", "-f", str(path), "--json"]) == 2
     out = json.loads(capsys.readouterr().out)
     assert out["valid"] is False and out["file"] == str(path)
     fields = {e["field"] for e in out["errors"]}
-    assert {"spec.pruning.ratio", "spec.finetune.data.path", "spec.output.uri"} <= fields, out
+    assert {"spec.pruning.ratio", "spec.finetune.data.path", "spec.evaluation.benchmarks[0]"} <= fields, out
     # schema errors are all collected as well
     doc = copy.deepcopy(BASE)
     doc["spec"]["resources"]["workers"] = 0
@@ -259,3 +264,17 @@ def test_hub_output_without_a_token_is_a_warning_locally(
     monkeypatch.setenv("HF_TOKEN", "hf_someToken123")
     assert validate(doc).warnings == []
     assert validate(doc, cluster=True).ok  # the operator mounts the token Secret
+
+
+def test_the_invalid_prunejob_corpus_when_present() -> None:
+    """The spec-validation corpus (tests/fixtures/invalid_prunejobs.py, one bad field per case) where
+    this checkout has it: every case rejected with its field named, cluster-only cases by --cluster,
+    each well within 10 s."""
+    corpus = pytest.importorskip("tests.fixtures.invalid_prunejobs")
+    for case in corpus.CASES:
+        t0 = time.monotonic()
+        report = validate(case.doc(), cluster=case.cluster_only)
+        assert time.monotonic() - t0 < 10, case.id
+        assert not report.ok, case.id
+        text = " ".join(f"{e.field} {e.message}" for e in report.errors)
+        assert case.field in text, (case.id, case.field, text)
