@@ -320,6 +320,7 @@ def prune(
     evaluate: bool = True,
     eval_data: str | Path | dict[str, Any] | None = None,
     workers: int = 1,
+    gpus_per_worker: int | None = None,
     spec: dict[str, Any] | None = None,
     deepstack_policy: str = "protect",
     dtype: str = "checkpoint",
@@ -331,8 +332,10 @@ def prune(
 
     * With ``ratio`` or ``num_layers``: the whole INTERLACE pipeline (analyze -> plan -> surgery ->
       finetune -> evaluate -> save) on ``data`` (calibration and finetuning; `eval_data` held out for
-      perplexity), artifacts and model under ``output``. ``spec`` is a dict deep-merged into the
-      PruneJob spec (camelCase, as in YAML) for everything else. This is `run` of the PruneJob it builds.
+      perplexity), artifacts and model under ``output``, on ``workers`` Ray Train workers with
+      ``gpus_per_worker`` GPUs each (default: 1 where this machine has CUDA, else 0). ``spec`` is a
+      dict deep-merged into the PruneJob spec (camelCase, as in YAML) for everything else. This is
+      `run` of the PruneJob it builds.
     * With ``plan`` (a LayerPlan, plan.json or its dict): surgery only, the pruned checkpoint saved to
       ``output`` (atomically; an existing non-empty directory needs ``overwrite``). A checkpoint
       without processor/tokenizer files is pruned and saved without them (``processor_saved`` False).
@@ -355,8 +358,13 @@ def prune(
         )
     if ratio is None and num_layers is None:
         raise InterlaceError("give ratio or num_layers (the pipeline), or plan (surgery only)")
+    if gpus_per_worker is None:
+        import torch
+
+        gpus_per_worker = 1 if torch.cuda.is_available() else 0
     doc = _job_doc(
         model,
+        gpus_per_worker=gpus_per_worker,
         ratio=ratio,
         num_layers=num_layers,
         data=data,
@@ -399,6 +407,7 @@ def _job_doc(
     evaluate: bool,
     eval_data: Any,
     workers: int,
+    gpus_per_worker: int,
     output: str | Path | None,
     spec: dict[str, Any] | None,
 ) -> dict[str, Any]:
@@ -412,7 +421,7 @@ def _job_doc(
         "pruning": pruning,
         "finetune": {"enabled": bool(finetune)},
         "evaluation": {"enabled": bool(evaluate)},
-        "resources": {"workers": workers},
+        "resources": {"workers": workers, "gpusPerWorker": gpus_per_worker},
     }
     if data is not None:
         s["calibration"] = {"data": _data_doc(data)}

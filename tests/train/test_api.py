@@ -128,6 +128,7 @@ def test_run_takes_an_object_a_dict_or_a_path(tiny_setup: dict[str, Path], tmp_p
         "metadata": {"name": "api"},
         "spec": {
             "dryRun": True,
+            "resources": {"gpusPerWorker": 0},
             "model": {"source": str(tiny_setup["model"])},
             "pruning": {"numLayers": 2},
             "calibration": {

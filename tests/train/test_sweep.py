@@ -40,27 +40,15 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "calibration": {"data": text, "numSamples": 8, "batchSize": 4, "maxLength": 64},
             "finetune": {"enabled": False, "data": text},
             "evaluation": {"data": text, "maxSamples": 4, "speed": False},
+            "resources": {"gpusPerWorker": 0},
         },
     }
     return {"job": job, "root": root}
 
 
-def test_one_analysis_one_variant_per_ratio(
-    tiny: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import interlace.analysis
-
-    calls = []
-    real = interlace.analysis.analyze
-
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(interlace.analysis, "analyze", counting)
+def test_one_analysis_one_variant_per_ratio(tiny: dict[str, Any], tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = interlace.sweep(tiny["job"], [0.125, 0.25], output=out, quiet=True)
-    assert len(calls) == 1  # one analysis for both ratios
     real_scores = [p for p in out.rglob("scores.json") if not p.is_symlink()]
     assert real_scores == [out / "analysis" / "scores.json"]
     assert [(v.ratio, v.layers_dropped, v.layers_after) for v in result.variants] == [
@@ -79,7 +67,16 @@ def test_one_analysis_one_variant_per_ratio(
     assert result.variants[1].params_after < result.variants[0].params_after < result.params_before
     table = json.loads((out / "sweep.json").read_text())
     assert [row["ratio"] for row in table["variants"]] == [0.125, 0.25] and table["layersBefore"] == 8
+    # One analysis: the pipeline planned from scores once (the dry run) and reused the sweep's plan
+    # (no analysis) for every variant, as its own stage messages say.
     events = [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()]
+    planning = [
+        e["data"].get("message", "")
+        for e in events
+        if e["event"] == "stage" and e["data"]["stage"] == "Planning"
+    ]
+    assert sum(1 for m in planning if m.startswith("reusing plan.json")) == 2
+    assert sum(1 for m in planning if m.startswith("interlace: drop")) == 1
     assert sum(1 for e in events if e["event"] == "plan") == 3  # the analysis dry run, then each variant
 
 
