@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from interlace.errors import InterlaceError
 
 # Subcommand name -> module in interlace.commands. A module listed here but not yet present is skipped.
-COMMANDS: tuple[str, ...] = ("analyze", "plan", "prune", "run", "evaluate", "publish")
+COMMANDS: tuple[str, ...] = ("analyze", "plan", "prune", "run", "evaluate", "publish", "validate", "sweep")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="interlace",
         description="INTERLACE layer pruning for vision-language models (arXiv 2511.19676).",
     )
+    from interlace import __version__
+
+    parser.add_argument("--version", action="version", version=f"interlace {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         try:

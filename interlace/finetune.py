@@ -49,9 +49,11 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
+import types
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -823,3 +825,17 @@ def _save_final_model(model: nn.Module, processor: Any, out_dir: Path, rank: int
     processor.save_pretrained(tmp)
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
+
+
+class _StageModule(types.ModuleType):
+    """`interlace.finetune` names both this module and the API stage (`from interlace import
+    finetune`): once this module is imported, Python binds the attribute `interlace.finetune` to it,
+    so calling the module runs the stage, `interlace.api.finetune`."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from interlace.api import finetune as stage
+
+        return stage(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _StageModule

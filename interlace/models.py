@@ -68,6 +68,7 @@ class LoadedModel:
     parts: ModelParts
     source: str = ""
     path: Path | None = None  # the local directory the weights came from, when known
+    processor_error: str | None = None  # why processor is None (load_model(processor_optional=True))
 
 
 def _model_type(model: Any) -> str | None:
@@ -282,11 +283,15 @@ def load_model(
     attn_implementation: str | None = "sdpa",
     revision: str | None = None,
     trust_remote_code: bool = False,
+    processor_optional: bool = False,
 ) -> LoadedModel:
     """Load model + processor (VLM) or tokenizer (text) from a directory, a hub id or builtin:<name>.
 
     VLMs load through AutoModelForImageTextToText and AutoProcessor, text models through
     AutoModelForCausalLM and AutoTokenizer. The model is in eval mode on `device`.
+    With `processor_optional` (surgery needs only the weights), a checkpoint without processor or
+    tokenizer files (e.g. a training checkpoint) loads with `processor=None` and the reason in
+    `processor_error`.
     """
     target, local = resolve_source(source)  # bad sources fail here, before the heavy imports
     from transformers import (
@@ -308,16 +313,18 @@ def load_model(
     }
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    processor_error: str | None = None
     try:
         model = model_cls.from_pretrained(target, config=cfg, **kwargs)
-        if is_vlm:
-            processor = AutoProcessor.from_pretrained(
-                target, revision=revision, trust_remote_code=trust_remote_code
-            )
-        else:
-            processor = AutoTokenizer.from_pretrained(
-                target, revision=revision, trust_remote_code=trust_remote_code
-            )
+        proc_cls = AutoProcessor if is_vlm else AutoTokenizer
+        try:
+            processor = proc_cls.from_pretrained(target, revision=revision, trust_remote_code=trust_remote_code)
+        except Exception as err:
+            if not processor_optional:
+                raise
+            processor = None
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            processor_error = f"{type(err).__name__}: {first}"
     except OSError as err:
         if local:
             first = str(err).strip().splitlines()[0]
@@ -327,7 +334,12 @@ def load_model(
     model.eval()
     parts = find_parts(model)
     return LoadedModel(
-        model=model, processor=processor, parts=parts, source=source, path=Path(target) if local else None
+        model=model,
+        processor=processor,
+        parts=parts,
+        source=source,
+        path=Path(target) if local else None,
+        processor_error=processor_error,
     )
 
 

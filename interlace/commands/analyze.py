@@ -13,8 +13,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from interlace.errors import InterlaceError
-
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -41,53 +39,40 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--heatmap", type=Path, help="also write a heatmap PNG here")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"))
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary (JSON) on stdout")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.samples < 1:
-        raise InterlaceError(f"--samples {args.samples}: need at least 1")
-    if args.batch_size < 1:
-        raise InterlaceError(f"--batch-size {args.batch_size}: need at least 1")
-    if args.max_length < 16:
-        raise InterlaceError(f"--max-length {args.max_length}: need at least 16")
-    if args.max_window < 1:
-        raise InterlaceError(f"--max-window {args.max_window}: need at least 1")
-    for opt, path in (("--output", args.output), ("--heatmap", args.heatmap)):
-        if path is not None and path.is_dir():
-            raise InterlaceError(f"{opt} {path} is a directory; give a file path")
+    from interlace.api import analyze
+    from interlace.jsonout import print_json, stdout_to_stderr
 
-    from interlace.data import check_source, load_samples
-    from interlace.spec import DataSpec
-
-    # All rows are eligible; the first --samples usable ones (after the loader's filters) are analysed.
-    spec = DataSpec(format=args.format, path=args.data, fraction=1.0)
-    check_source(spec, where="--data")
-
-    from interlace.analysis import analyze
-    from interlace.calibration import CalibrationStats, calibration_batches
-    from interlace.models import load_model
-
-    loaded = load_model(args.model, dtype=args.dtype, device=args.device)
-    if args.max_window > loaded.parts.num_layers - 1:
-        raise InterlaceError(
-            f"--max-window {args.max_window}: the model has {loaded.parts.num_layers} layers, use at most "
-            f"{loaded.parts.num_layers - 1}"
+    with stdout_to_stderr(args.json):
+        scores = analyze(
+            args.model,
+            args.data,
+            samples=args.samples,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            max_window=args.max_window,
+            data_format=args.format,
+            output=args.output,
+            heatmap=args.heatmap,
+            device=args.device,
+            dtype=args.dtype,
+            _cli=True,
         )
-    samples = list(load_samples(spec, limit=args.samples))
-    if not samples:
-        raise InterlaceError(f"--data {args.data}: no usable samples")
-    stats = CalibrationStats()
-    batches = calibration_batches(
-        samples, loaded.processor, batch_size=args.batch_size, max_length=args.max_length, stats=stats
-    )
-    scores = analyze(loaded.model, batches, max_window=args.max_window, total_samples=len(samples))
-    scores.meta.update({"model": args.model, "data": args.data, "skipped_too_long": stats.skipped_too_long})
-    scores.save(args.output)
-    if args.heatmap is not None:
-        from interlace.plots import heatmap
-
-        heatmap(scores, args.heatmap, title=f"{args.model}: layer similarity")
+    if args.json:
+        print_json(
+            {
+                "output": str(args.output),
+                "heatmap": str(args.heatmap) if args.heatmap else None,
+                "numLayers": scores.num_layers,
+                "numSamples": scores.meta.get("num_samples"),
+                "numTokens": scores.meta.get("num_tokens"),
+                "scores": {str(k): v for k, v in sorted(scores.scores.items())},
+            }
+        )
     print(
         f"analyzed {scores.meta['num_samples']} samples ({scores.meta['num_tokens']} tokens) of "
         f"{scores.num_layers} layers -> {args.output}",

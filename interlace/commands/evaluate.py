@@ -10,12 +10,8 @@ Writes the Results (camelCase, as in PruneJob status.results) to --output atomic
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 from typing import Any
-
-from interlace.errors import InterlaceError
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -39,51 +35,29 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-speed", action="store_true", help="skip the prefill/decode speed report")
     p.add_argument("--device", default="cpu")
     p.add_argument("--output", required=True, type=Path, help="results JSON to write")
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary (JSON) on stdout")
     return p
 
 
-def _spec(args: argparse.Namespace) -> Any:
-    from pydantic import ValidationError
+def run(args: argparse.Namespace) -> int:
+    from interlace.api import evaluate
+    from interlace.jsonout import print_json, stdout_to_stderr
 
-    from interlace.spec import DataSpec, EvaluationSpec, format_validation_error
-
-    try:
-        data = None
-        if args.data:
-            fmt = args.data_format or ("text" if args.data.startswith("builtin:english") else "finevision")
-            data = DataSpec(format=fmt, path=args.data, fraction=1.0, max_samples=args.max_samples)
-        return EvaluationSpec(
+    with stdout_to_stderr(args.json):
+        results = evaluate(
+            args.base,
+            args.pruned,
             benchmarks=args.benchmarks,
-            data=data,
+            data=args.data,
+            data_format=args.data_format,
             max_samples=args.max_samples,
             batch_size=args.batch_size,
             max_new_tokens=args.max_new_tokens,
+            max_length=args.max_length,
             speed=not args.no_speed,
+            device=args.device,
+            output=args.output,
+            _cli=True,
         )
-    except ValidationError as err:
-        raise InterlaceError(format_validation_error(err, prefix="--")) from None
-
-
-def run(args: argparse.Namespace) -> int:
-    from interlace.evaluation import check_benchmarks
-
-    spec = _spec(args)
-    check_benchmarks(spec)  # bad benchmarks fail before any model loads
-    if args.output.exists() and args.output.is_dir():
-        raise InterlaceError(f"--output {args.output} is a directory; give a file name like results.json")
-
-    from interlace.evaluation import evaluate
-    from interlace.models import load_model
-
-    base = load_model(args.base, device=args.device)
-    pruned = load_model(args.pruned, device=args.device)
-    results = evaluate(
-        spec, base=base.model, pruned=pruned.model, processor=base.processor, max_length=args.max_length
-    )
-    text = json.dumps(results.to_wire(), indent=2) + "\n"
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_name(args.output.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(args.output)
-    sys.stdout.write(text)
+    print_json(results.to_wire())  # stdout is the results JSON, with or without --json
     return 0

@@ -41,6 +41,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random strategy (default 0)")
     p.add_argument("--output", required=True, type=Path, help="plan JSON to write")
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary (JSON) on stdout")
     return p
 
 
@@ -61,33 +62,28 @@ def parse_layers(text: str, *, opt: str = "--protect") -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from interlace.selection import LayerScores, n_drop_for_ratio, save_plan, select_layers
+    from interlace.api import plan as make_plan
 
     if args.output.is_dir():
         raise InterlaceError(f"--output {args.output} is a directory; give a file path")
-    if args.seed < 0:
-        raise InterlaceError(f"--seed {args.seed}: must be >= 0")
-    protect = parse_layers(args.protect)
-    scores = LayerScores.load(args.scores)
-    L = scores.num_layers
-    bad = [i for i in protect if i >= L]
-    if bad:
-        raise InterlaceError(f"--protect: layer(s) {bad} outside 0..{L - 1}")
-    if args.deepstack_policy == "protect":
-        protect = sorted(set(protect) | set(scores.meta.get("deepstack_layers") or []))
-    if args.ratio is not None:
-        n_drop = n_drop_for_ratio(L, args.ratio)
-    else:
-        if args.num_drop < 1 or args.num_drop > L - 2:
-            raise InterlaceError(f"--num-drop {args.num_drop}: must be in 1..{L - 2} for {L} layers")
-        n_drop = args.num_drop
-    plan = select_layers(
-        scores, n_drop=n_drop, strategy=args.strategy, protected=protect, seed=args.seed, ratio=args.ratio
+    plan = make_plan(
+        args.scores,
+        ratio=args.ratio,
+        num_layers=args.num_drop,
+        strategy=args.strategy,
+        protect=parse_layers(args.protect),
+        deepstack_policy=args.deepstack_policy,
+        seed=args.seed,
+        output=args.output,
+        _cli=True,
     )
-    save_plan(plan, args.output)
     print(
         f"{plan.strategy}: drop {plan.drop}, finetune {plan.finetune}, anchor {plan.anchor} "
-        f"({len(plan.drop)}/{L} layers) -> {args.output}",
+        f"({len(plan.drop)}/{plan.num_layers} layers) -> {args.output}",
         file=sys.stderr,
     )
+    if args.json:
+        from interlace.jsonout import print_json
+
+        print_json({"output": str(args.output), "plan": plan.to_wire()})
     return 0

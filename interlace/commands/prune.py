@@ -13,8 +13,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from interlace.errors import InterlaceError
-
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -34,31 +32,28 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="weights dtype of the output (default: as stored in the input checkpoint)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary (JSON) on stdout")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from interlace.selection import load_plan
+    from interlace.api import prune
+    from interlace.jsonout import print_json, stdout_to_stderr
 
-    out: Path = args.output
-    if out.exists() and not out.is_dir():
-        raise InterlaceError(f"--output {out} exists and is not a directory")
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise InterlaceError(
-            f"--output {out} exists and is not empty; choose a new directory or pass --overwrite"
+    with stdout_to_stderr(args.json):
+        result = prune(
+            args.model,
+            plan=args.plan,
+            output=args.output,
+            deepstack_policy=args.deepstack_policy,
+            dtype=args.dtype,
+            overwrite=args.overwrite,
+            _cli=True,
         )
-    plan = load_plan(args.plan)  # validated before the model is loaded
-
-    from interlace.models import load_model
-    from interlace.surgery import prune_model, save_model
-
-    loaded = load_model(args.model, dtype=args.dtype, device="cpu")
-    n = loaded.parts.num_layers
-    if plan.num_layers != n:
-        raise InterlaceError(
-            f"--plan {args.plan} is for a {plan.num_layers}-layer model but {args.model} has {n} decoder layers"
-        )
-    prune_model(loaded.model, plan, deepstack_policy=args.deepstack_policy)
-    save_model(loaded.model, loaded.processor, out, plan=plan, overwrite=args.overwrite)
-    print(f"pruned {len(plan.drop)} of {n} layers ({plan.drop}) -> {out}", file=sys.stderr)
+    plan = result.plan
+    for note in result.notes:
+        print(f"interlace prune: note: {note}", file=sys.stderr)
+    print(f"pruned {len(plan.drop)} of {plan.num_layers} layers ({plan.drop}) -> {args.output}", file=sys.stderr)
+    if args.json:
+        print_json(result.to_dict())
     return 0

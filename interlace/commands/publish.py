@@ -4,8 +4,9 @@
         [--job prunejob.yaml] [--plan plan.json] [--results results.json] [--artifacts DIR]
 
 URI: a path, file://, pvc://<claim>/<path> (mounted), s3://<bucket>/<prefix> (credentials from
-AWS_* env), or hf://<org>/<name>. --hub-repo uploads to the Hub as well (token from env HF_TOKEN;
-private unless --public). Prints the model's URI.
+AWS_* env), or hf://<org>/<name>. --hub-repo uploads to the Hub as well (token: INTERLACE_HUB_TOKEN,
+else huggingface_hub's lookup: HF_TOKEN, HF_TOKEN_PATH, the `hf auth login` cache; private unless
+--public). Prints the model's URI.
 """
 
 from __future__ import annotations

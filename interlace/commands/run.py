@@ -32,6 +32,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--output", help="output directory or URI (overrides spec.output.uri)")
     p.add_argument("--workers", type=int, help="Ray Train workers (overrides spec.resources.workers)")
     p.add_argument("--max-steps", type=int, help="stop finetuning after N optimizer steps")
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary (JSON) on stdout")
     return p
 
 
@@ -67,18 +68,26 @@ def run(args: argparse.Namespace) -> int:
     sinks.append(JsonlReporter(output_dir / "progress.jsonl"))
     reporter = MultiReporter(*sinks)
 
-    if job.spec.finetune.enabled and not job.spec.dry_run:  # only finetuning needs Ray
-        from interlace.finetune import start_ray
+    from interlace.jsonout import print_json, stdout_to_stderr
 
-        start_ray(local=args.local)
+    with stdout_to_stderr(args.json):  # --json: stdout carries only the summary document
+        if job.spec.finetune.enabled and not job.spec.dry_run:  # only finetuning needs Ray
+            from interlace.finetune import start_ray
 
-    from interlace.pipeline import run_pipeline
+            start_ray(local=args.local)
 
-    try:
-        results = run_pipeline(job, output_dir=output_dir, reporter=reporter)
-    finally:
-        reporter.close()
-    console.console.print(summary_table(results, output_dir=output_dir))
+        from interlace.pipeline import run_pipeline
+
+        try:
+            results = run_pipeline(job, output_dir=output_dir, reporter=reporter)
+        finally:
+            reporter.close()
+    if args.json:
+        from interlace.api import result_of_run
+
+        print_json(result_of_run(output_dir, results).to_dict())
+    else:
+        console.console.print(summary_table(results, output_dir=output_dir))
     return 0
 
 

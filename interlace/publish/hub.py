@@ -2,10 +2,16 @@
 
 The plan (repo id, private flag, files with sizes, commit message) is computed without any network,
 so it can be shown, logged and tested. Execution creates the repo if needed (private unless
-spec.output.hub.private is false) and uploads the folder in ONE commit with `upload_folder`, which is
-atomic on the Hub and skips LFS blobs the Hub already has (a retried or repeated publish does not
-re-send the weights). The token comes from env HF_TOKEN (the operator mounts it from
-spec.output.hub.tokenSecret) and is passed to the client, never logged.
+spec.output.hub.private is false) and uploads the folder with `upload_folder`, which skips blobs the
+Hub already has (a retried or repeated publish does not re-send the weights). A model of
+LARGE_FOLDER_BYTES or more goes through `upload_large_folder` where the installed huggingface_hub has
+it (1.x: resumable, multi-threaded, several commits); huggingface_hub 2.x removed it because
+`upload_folder` itself became resumable and commits large folders in batches (with hf_xet).
+
+The token: env INTERLACE_HUB_TOKEN (the operator mounts it from the Hub output's Secret when the
+job also has a separate read token for the model), else huggingface_hub's own lookup: env HF_TOKEN,
+the file HF_TOKEN_PATH names (a mounted Secret) or the login cache `hf auth login` writes. It is
+passed to the client and registered for redaction, never logged.
 """
 
 from __future__ import annotations
@@ -57,14 +63,30 @@ def plan_hub_upload(model_dir: Path, hub: HubOutput, *, commit_message: str | No
     return plan
 
 
+HUB_TOKEN_ENV = "INTERLACE_HUB_TOKEN"
+LARGE_FOLDER_BYTES = 5 * 1024**3  # from this size on, upload_large_folder (when available)
+
+
 def hub_token() -> str:
-    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    """The token to publish with (see the module docstring); InterlaceError naming the ways to give one."""
+    from huggingface_hub import get_token
+
+    from interlace.publish.redact import register
+
+    token = os.environ.get(HUB_TOKEN_ENV, "").strip() or get_token()
     if not token:
         raise InterlaceError(
-            "spec.output.hub: env HF_TOKEN is not set; put the token under key HF_TOKEN in the Secret "
-            "named by spec.output.hub.tokenSecret (the operator mounts it)"
+            "spec.output.hub: no Hugging Face token found (env HF_TOKEN, the file HF_TOKEN_PATH names, or the "
+            "login cache of `hf auth login`); on a cluster put it under key HF_TOKEN in the Secret named by "
+            "spec.output.hub.tokenSecret (the operator mounts it)"
         )
+    register(token)
     return token
+
+
+def uses_large_folder(plan: HubUploadPlan, api: object) -> bool:
+    """upload_large_folder for large models, where the installed huggingface_hub has it."""
+    return plan.total_bytes >= LARGE_FOLDER_BYTES and hasattr(api, "upload_large_folder")
 
 
 def push_to_hub(plan: HubUploadPlan, model_dir: Path, *, policy: RetryPolicy) -> str:
@@ -90,17 +112,31 @@ def push_to_hub(plan: HubUploadPlan, model_dir: Path, *, policy: RetryPolicy) ->
             lambda: api.create_repo(plan.repo_id, private=plan.private, repo_type=plan.repo_type, exist_ok=True),
             policy,
         )
-        call_with_retry(
-            f"upload to {plan.repo_id}",
-            lambda: api.upload_folder(
-                repo_id=plan.repo_id,
-                folder_path=str(model_dir),
-                repo_type=plan.repo_type,
-                commit_message=plan.commit_message,
-                allow_patterns=allow,
-            ),
-            policy,
-        )
+        if uses_large_folder(plan, api):
+            log.info("large model (%d bytes): resumable upload_large_folder", plan.total_bytes)
+            call_with_retry(
+                f"upload to {plan.repo_id}",
+                lambda: api.upload_large_folder(  # type: ignore[attr-defined]
+                    repo_id=plan.repo_id,
+                    folder_path=str(model_dir),
+                    repo_type=plan.repo_type,
+                    private=plan.private,
+                    allow_patterns=allow,
+                ),
+                policy,
+            )
+        else:
+            call_with_retry(
+                f"upload to {plan.repo_id}",
+                lambda: api.upload_folder(
+                    repo_id=plan.repo_id,
+                    folder_path=str(model_dir),
+                    repo_type=plan.repo_type,
+                    commit_message=plan.commit_message,
+                    allow_patterns=allow,
+                ),
+                policy,
+            )
     except OfflineModeIsEnabled:
         raise InterlaceError(
             "spec.output.hub: HF_HUB_OFFLINE is set, so nothing can be uploaded to the Hub; unset it "

@@ -24,14 +24,26 @@ SECRET_ENV = (
     "HF_TOKEN",
     "HUGGING_FACE_HUB_TOKEN",
     "HUGGINGFACE_TOKEN",
+    "INTERLACE_HUB_TOKEN",
 )
 MASK = "***"
 MIN_SECRET_LEN = 4  # shorter values would mask ordinary words
 
 
+# Credential values that did not come from the environment (a Hub token read from the login cache or
+# a mounted file by huggingface_hub's own lookup): registered when read.
+_registered: set[str] = set()
+
+
+def register(value: str) -> None:
+    """Redact this credential value from now on, like those in SECRET_ENV."""
+    if value and len(value) >= MIN_SECRET_LEN:
+        _registered.add(value)
+
+
 def secret_values() -> list[str]:
-    """Current credential values from the environment, longest first (so overlaps mask fully)."""
-    vals = {os.environ.get(k, "") for k in SECRET_ENV}
+    """Current credential values (environment and registered), longest first (so overlaps mask fully)."""
+    vals = {os.environ.get(k, "") for k in SECRET_ENV} | _registered
     return sorted((v for v in vals if len(v) >= MIN_SECRET_LEN), key=len, reverse=True)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from interlace.spec import API_GROUP, API_VERSION, KIND, PruneJob
+from interlace.spec import API_GROUP, API_VERSION, KIND, HubOutput, PruneJob
 from interlace_operator import names
 from interlace_operator.rbac import job_role_rules
 
@@ -24,6 +24,8 @@ SPEC_MOUNT_DIR = "/etc/interlace"
 SPEC_FILE = "prunejob.yaml"
 DATA_MOUNT_DIR = "/data"
 ENV_PRUNEJOB = "INTERLACE_PRUNEJOB"
+# The token publishing to the Hub uses (interlace.publish.hub.hub_token reads it before HF_TOKEN).
+HUB_TOKEN_ENV = "INTERLACE_HUB_TOKEN"
 GPU_RESOURCE = "nvidia.com/gpu"
 WORKER_GROUP = "gpu-workers"
 SUBMITTER_RESOURCES = {"cpu": "50m", "memory": "128Mi"}
@@ -127,17 +129,36 @@ def entrypoint(job: PruneJob) -> str:
     )
 
 
+def hub_token_secret(job: PruneJob) -> str | None:
+    """The Secret with the token publishing to the Hub uses: spec.output.hub.tokenSecret, or its default
+    when spec.output.uri is hf:// without spec.output.hub (publishing then goes to that repo)."""
+    out = job.spec.output
+    if out.hub is not None:
+        return out.hub.token_secret
+    if out.uri.strip().startswith("hf://"):
+        return HubOutput.model_fields["token_secret"].default  # type: ignore[no-any-return]
+    return None
+
+
+def _secret_env(name: str, secret: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": "HF_TOKEN", "optional": False}}}
+
+
 def _env(job: PruneJob, owner: Owner) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Environment of the Ray containers: the PruneJob's identity and secrets as references."""
+    """Environment of the Ray containers: the PruneJob's identity and secrets as references.
+
+    Every output scheme gets what it needs: HF_TOKEN (model download: spec.model.hfTokenSecret, else
+    the publishing token, which can read too) and HUB_TOKEN_ENV (publishing: the Hub output's Secret,
+    also for a bare hf:// uri), so a job with a read token for a gated model and a write token for
+    its output has both; s3:// gets spec.output.s3Secret's keys as env; pvc:// gets the claim mounted
+    (_volumes)."""
     env: list[dict[str, Any]] = [{"name": ENV_PRUNEJOB, "value": f"{owner.namespace}/{owner.name}"}]
-    token_secret = job.spec.model.hf_token_secret or (job.spec.output.hub.token_secret if job.spec.output.hub else None)
-    if token_secret:
-        env.append(
-            {
-                "name": "HF_TOKEN",
-                "valueFrom": {"secretKeyRef": {"name": token_secret, "key": "HF_TOKEN", "optional": False}},
-            }
-        )
+    publish_secret = hub_token_secret(job)
+    read_secret = job.spec.model.hf_token_secret or publish_secret
+    if read_secret:
+        env.append(_secret_env("HF_TOKEN", read_secret))
+    if publish_secret:
+        env.append(_secret_env(HUB_TOKEN_ENV, publish_secret))
     if job.spec.resources.pvc_name:
         # Work files of remote (s3://, hf://) outputs go to the claim every Ray pod mounts, not into
         # the head's container (interlace.commands.run checks that a cluster run has shared storage).

@@ -365,3 +365,25 @@ def test_analyze_bad_input(
         line = _err_line(capsys)
         assert line.startswith("interlace analyze: error:") and match in line, line
         assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen3_vl"])
+def test_prune_checkpoint_without_processor_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    """A training checkpoint (weights and config only) is pruned and saved; the command says the
+    processor/tokenizer was not found and not copied, without a raw transformers/hub message."""
+    model = save_tiny(kind, tmp_path / kind)
+    for f in model.iterdir():
+        if f.name not in ("config.json", "model.safetensors", "generation_config.json"):
+            f.unlink()
+    plan = _write(tmp_path / "plan.json", _plan_doc(drop=[5], finetune=[6], frozen=[0, 1, 2, 3, 4, 7]))
+    out = tmp_path / "out"
+    assert main(["prune", "--model", str(model), "--plan", str(plan), "--output", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "not found" in err and "not copied" in err, err
+    assert "huggingface.co" not in err and "Traceback" not in err
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg.get("num_hidden_layers", cfg.get("text_config", {}).get("num_hidden_layers")) == 7
+    assert (out / "model.safetensors").is_file() and (out / "interlace_plan.json").is_file()
+    assert not [f.name for f in out.iterdir() if f.name.startswith(("tokenizer", "processor", "preprocessor"))]

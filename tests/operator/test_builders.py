@@ -227,3 +227,62 @@ def test_operator_never_imports_ml_stack() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _token_env(rj: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """{env name: secretKeyRef} of the token variables, checked identical on head and workers."""
+    spec = rj["spec"]["rayClusterSpec"]
+    head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
+    worker = spec["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    found = []
+    for c in (head, worker):
+        found.append({e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"] if "valueFrom" in e})
+    assert found[0] == found[1]
+    return found[0]
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"name": name, "key": "HF_TOKEN", "optional": False}
+
+
+@pytest.mark.parametrize(
+    ("model", "output", "expected"),
+    [
+        # hf:// without spec.output.hub: the default token Secret, for download and for publishing
+        ({}, {"uri": "hf://my-org/pruned"}, {"HF_TOKEN": "hf-token", "INTERLACE_HUB_TOKEN": "hf-token"}),
+        # a read token for a gated model and a write token for the output: both are mounted
+        (
+            {"hfTokenSecret": "hf-read"},
+            {"uri": "s3://b/p", "hub": {"repo": "my-org/pruned", "tokenSecret": "hf-write"}},
+            {"HF_TOKEN": "hf-read", "INTERLACE_HUB_TOKEN": "hf-write"},
+        ),
+        ({"hfTokenSecret": "hf-read"}, {"uri": "s3://b/p"}, {"HF_TOKEN": "hf-read"}),
+        ({}, {"uri": "s3://b/p", "hub": {"repo": "o/r"}}, {"HF_TOKEN": "hf-token", "INTERLACE_HUB_TOKEN": "hf-token"}),
+        ({}, {"uri": "s3://b/p"}, {}),
+    ],
+)
+def test_every_output_scheme_gets_its_credentials(model: dict, output: dict, expected: dict) -> None:
+    j = job(model={"source": "org/gated", **model}, output=output)
+    rj = builders.rayjob(j, OWNER, attempt=1, image="img:1")
+    assert _token_env(rj) == {k: _ref(v) for k, v in expected.items()}
+
+
+def test_s3_and_pvc_outputs_get_keys_and_the_claim() -> None:
+    rj = builders.rayjob(job(output={"uri": "s3://b/p", "s3Secret": "s3-creds"}), OWNER, attempt=1, image="i")
+    for c in _containers(rj):
+        assert c["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+    rj = builders.rayjob(
+        job(output={"uri": "pvc://models/runs/a"}, resources={"pvcName": "models"}), OWNER, attempt=1, image="i"
+    )
+    for c in _containers(rj):
+        assert {"name": "data", "mountPath": "/data"} in c["volumeMounts"] and "envFrom" not in c
+    volumes = rj["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["volumes"]
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": "models"}} in volumes
+
+
+def _containers(rj: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = rj["spec"]["rayClusterSpec"]
+    return [
+        spec["headGroupSpec"]["template"]["spec"]["containers"][0],
+        spec["workerGroupSpecs"][0]["template"]["spec"]["containers"][0],
+    ]

@@ -119,8 +119,12 @@ def test_hub_upload_plan_and_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert not (model_dir / "README.md").exists() and not (tmp_path / "o").exists()
 
     # No token: named, before any write.
+    import huggingface_hub.constants
+
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.delenv("INTERLACE_HUB_TOKEN", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-login-cache"))
     with pytest.raises(InterlaceError, match="tokenSecret"):
         publish(model_dir, OutputSpec(uri="hf://my-org/x"), plan=PLAN, job=job())
     assert not (model_dir / "README.md").exists()

@@ -1,0 +1,248 @@
+"""A ratio sweep: ONE analysis of the base model, then one pruned variant per ratio.
+
+    interlace sweep -f prunejob.yaml --ratios 0.1,0.15,0.2,0.25      (or interlace.sweep(job, ratios))
+
+The layer scores do not depend on the ratio, so they are computed once, by a dry run of the
+pipeline in ``<output>/analysis/`` (``scores.json``, the first ratio's plan, heatmap), and every
+ratio gets its plan from them. Each variant then runs the rest of the pipeline
+(surgery -> finetune -> evaluate -> publish) in its own directory ``<output>/ratio-<r>/``, published
+under its own output (``<uri>/ratio-<r>``; for the Hub ``<repo>-ratio-<r>``). A variant directory
+holds its plan.json, a link to the shared scores.json (so the pipeline reuses the plan instead of
+analysing again), and the usual artifacts. ``<output>/sweep.json`` holds the table of variants
+(ratio, layers, parameters, retention, speedups, output).
+
+What this piece does not do yet (see issue 14): the PruneJob field spec.pruning.ratios (so the
+operator and the CRD know sweeps), finetuning the variants concurrently on one Ray cluster (they
+run one after another here), and a status table of variants. Each variant reloads the base model
+for its surgery and evaluation (the base scores are recomputed per variant). Only public pieces of
+interlace.pipeline are used: run_pipeline (its dry run and its plan reuse) and check_inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from interlace.errors import InterlaceError
+from interlace.progress import Reporter
+from interlace.spec import Phase, PruneJob, Results
+
+
+def variant_name(ratio: float) -> str:
+    """`ratio-0.15`: the directory / prefix suffix of one variant."""
+    return f"ratio-{ratio:g}"
+
+
+def variant_uri(uri: str, ratio: float) -> str:
+    """Where a variant is published: a sub-path of the output, or a sibling Hub repo."""
+    name = variant_name(ratio)
+    parsed = urlparse(uri)
+    if parsed.scheme == "hf":
+        return f"{uri.rstrip('/')}-{name}"
+    return f"{uri.rstrip('/')}/{name}"
+
+
+def check_ratios(ratios: Sequence[float], *, where: str = "ratios") -> list[float]:
+    out = [float(r) for r in ratios]
+    if not out:
+        raise InterlaceError(f"{where}: give at least one ratio")
+    for i, r in enumerate(out):
+        if not math.isfinite(r) or not 0 < r < 1:
+            raise InterlaceError(f"{where}[{i}]: {r} is not in (0, 1)")
+    if len(set(out)) != len(out):
+        raise InterlaceError(f"{where}: {out} lists a ratio twice; list each once")
+    return out
+
+
+@dataclass
+class Variant:
+    """One row of the sweep table."""
+
+    ratio: float
+    layers_dropped: int
+    layers_after: int
+    params_after: int | None
+    retention: float | None  # relative performance, percent
+    prefill_speedup: float | None
+    decode_speedup: float | None
+    output: str | None
+    output_dir: Path
+    results: Results
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ratio": self.ratio,
+            "layersDropped": self.layers_dropped,
+            "layersAfter": self.layers_after,
+            "paramsAfter": self.params_after,
+            "retention": self.retention,
+            "prefillSpeedup": self.prefill_speedup,
+            "decodeSpeedup": self.decode_speedup,
+            "output": self.output,
+            "outputDir": str(self.output_dir),
+        }
+
+
+@dataclass
+class SweepResult:
+    output_dir: Path
+    num_layers: int
+    params_before: int | None
+    variants: list[Variant] = field(default_factory=list)
+
+    @property
+    def scores_path(self) -> Path:
+        return self.output_dir / "analysis" / "scores.json"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "outputDir": str(self.output_dir),
+            "scores": str(self.scores_path),
+            "layersBefore": self.num_layers,
+            "paramsBefore": self.params_before,
+            "variants": [v.to_dict() for v in self.variants],
+        }
+
+    def table(self) -> Any:
+        """A rich Table of the variants (what `interlace sweep` prints)."""
+        from rich.table import Table
+
+        t = Table(title=f"interlace sweep: {len(self.variants)} variants of {self.num_layers} layers")
+        for col in ("ratio", "layers", "parameters", "retention", "prefill", "decode", "output"):
+            t.add_column(col, overflow="fold")
+
+        def fmt(v: float | None, unit: str) -> str:
+            return "n/a" if v is None else f"{v:.2f}{unit}" if unit == "x" else f"{v:.1f}{unit}"
+
+        for v in self.variants:
+            params = f"{v.params_after:,}" if v.params_after is not None else "n/a"
+            t.add_row(
+                f"{v.ratio:g}",
+                f"{self.num_layers} -> {v.layers_after} (-{v.layers_dropped})",
+                params,
+                fmt(v.retention, "%"),
+                fmt(v.prefill_speedup, "x"),
+                fmt(v.decode_speedup, "x"),
+                str(v.output),
+            )
+        return t
+
+
+def _variant_job(job: PruneJob, ratio: float, uri: str, *, dry_run: bool = False) -> PruneJob:
+    vjob = job.model_copy(deep=True)
+    vjob.spec.pruning = vjob.spec.pruning.model_copy(update={"ratio": ratio, "num_layers": None})
+    vjob.spec.finetune.resume = True  # what makes run_pipeline take plan.json instead of analysing
+    vjob.spec.dry_run = dry_run
+    vjob.spec.output.uri = uri
+    return vjob
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def run_sweep(
+    job: PruneJob,
+    ratios: Sequence[float],
+    *,
+    output_dir: str | Path,
+    reporter: Reporter,
+) -> SweepResult:
+    """One analysis, then every ratio's variant, all through interlace.pipeline.run_pipeline.
+
+    The analysis is a dry run of the pipeline (analysis + the first ratio's plan) in
+    ``<output>/analysis/``; every variant directory gets its plan, chosen from those scores the way
+    the pipeline chooses (same strategy, seed, protected and DeepStack layers), and a link to the
+    scores, so run_pipeline reuses the plan (its resume path) instead of analysing again.
+    """
+    from interlace.pipeline import check_inputs, run_pipeline
+    from interlace.selection import LayerScores, n_drop_for_ratio, select_layers
+    from interlace.spec import LayerPlan
+
+    ratios = check_ratios(ratios)
+    spec = job.spec
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    check_inputs(spec)  # every input of every stage, before the analysis
+
+    # ---- the one analysis (a dry run: scores and the first ratio's plan)
+    analysis_dir = out / "analysis"
+    dry = _variant_job(job, ratios[0], str(analysis_dir), dry_run=True)
+    try:
+        base = run_pipeline(dry, output_dir=analysis_dir, reporter=reporter)
+    except InterlaceError as err:
+        if "spec.pruning" in str(err) or "ratio" in str(err):
+            raise InterlaceError(f"ratios[0]: {err}") from None
+        raise
+    scores = LayerScores.load(analysis_dir / "scores.json")
+    num_layers = scores.num_layers
+    protected = set(spec.pruning.protected_layers)
+    if str(spec.pruning.deepstack_policy) == "protect":
+        protected |= set(scores.meta.get("deepstack_layers") or [])
+
+    # ---- one plan per ratio, from the same scores (the first one is the dry run's own)
+    plans: list[LayerPlan] = []
+    for i, r in enumerate(ratios):
+        try:
+            n = n_drop_for_ratio(num_layers, r)
+            if i == 0:
+                plan = LayerPlan.model_validate(json.loads((analysis_dir / "plan.json").read_text()))
+            else:
+                plan = select_layers(
+                    scores,
+                    n_drop=n,
+                    strategy=str(spec.pruning.strategy),
+                    protected=sorted(protected),
+                    seed=spec.pruning.seed,
+                    ratio=r,
+                )
+        except InterlaceError as err:
+            raise InterlaceError(f"ratios[{i}]: {err}") from None
+        vdir = out / variant_name(r)
+        vdir.mkdir(parents=True, exist_ok=True)
+        _write_json(vdir / "plan.json", plan.to_wire())
+        link = vdir / "scores.json"
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(Path("..") / "analysis" / "scores.json")
+        plans.append(plan)
+    reporter.stage(
+        Phase.PLANNING, "; ".join(f"ratio {r:g}: drop {p.drop}" for r, p in zip(ratios, plans, strict=True))
+    )
+
+    # ---- the variants, one after another
+    result = SweepResult(output_dir=out, num_layers=num_layers, params_before=base.params_before)
+    for r, plan in zip(ratios, plans, strict=True):
+        vjob = _variant_job(job, r, variant_uri(spec.output.uri, r))
+        if vjob.spec.output.hub is not None:
+            vjob.spec.output.hub.repo = f"{vjob.spec.output.hub.repo}-{variant_name(r)}"
+        vdir = out / variant_name(r)
+        res = run_pipeline(vjob, output_dir=vdir, reporter=reporter)
+        used = json.loads((vdir / "plan.json").read_text())
+        if used["drop"] != plan.drop:
+            raise RuntimeError(
+                f"variant {r:g} did not keep the sweep's plan {plan.drop} (got {used['drop']})"
+            )
+        result.variants.append(
+            Variant(
+                ratio=r,
+                layers_dropped=len(plan.drop),
+                layers_after=num_layers - len(plan.drop),
+                params_after=res.params_after,
+                retention=res.relative_performance,
+                prefill_speedup=res.prefill_speedup,
+                decode_speedup=res.decode_speedup,
+                output=res.output_uri,
+                output_dir=vdir,
+                results=res,
+            )
+        )
+        _write_json(out / "sweep.json", result.to_dict())  # the table so far, after every variant
+    return result

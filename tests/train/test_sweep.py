@@ -1,0 +1,155 @@
+"""The ratio sweep: one analysis, one variant per ratio, a table of variants (interlace.ratio_sweep)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import interlace
+from interlace.cli import main
+from interlace.errors import InterlaceError
+from interlace.ratio_sweep import variant_uri
+from tests.train.conftest import pattern_samples
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from tests.fixtures.tiny import save_tiny
+
+    root = tmp_path_factory.mktemp("sweep")
+    texts = [f"{s.turns[0].text} {s.turns[1].text}" for s in pattern_samples(32)]
+    data = root / "data" / "train.jsonl"
+    data.parent.mkdir()
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    text = {"format": "text", "path": str(data), "fraction": 1.0}
+    job = {
+        "apiVersion": "interlace.dev/v1alpha1",
+        "kind": "PruneJob",
+        "metadata": {"name": "sweep"},
+        "spec": {
+            "model": {"source": str(save_tiny("llama", root / "llama"))},
+            "pruning": {"ratio": 0.25},
+            "calibration": {"data": text, "numSamples": 8, "batchSize": 4, "maxLength": 64},
+            "finetune": {"enabled": False, "data": text},
+            "evaluation": {"data": text, "maxSamples": 4, "speed": False},
+            "resources": {"gpusPerWorker": 0},
+        },
+    }
+    return {"job": job, "root": root}
+
+
+def test_one_analysis_one_variant_per_ratio(tiny: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = interlace.sweep(tiny["job"], [0.125, 0.25], output=out, quiet=True)
+    real_scores = [p for p in out.rglob("scores.json") if not p.is_symlink()]
+    assert real_scores == [out / "analysis" / "scores.json"]
+    assert [(v.ratio, v.layers_dropped, v.layers_after) for v in result.variants] == [
+        (0.125, 1, 7),
+        (0.25, 2, 6),
+    ]
+    for v in result.variants:
+        vdir = out / f"ratio-{v.ratio:g}"
+        assert v.output_dir == vdir and v.output == str(vdir / "model")
+        plan = json.loads((vdir / "plan.json").read_text())
+        assert len(plan["drop"]) == v.layers_dropped and plan["ratio"] == v.ratio
+        cfg = json.loads((vdir / "model" / "config.json").read_text())
+        assert cfg["num_hidden_layers"] == v.layers_after
+        assert v.retention is not None and v.retention > 0 and v.params_after is not None
+        assert json.loads((vdir / "results.json").read_text())["relativePerformance"] == v.retention
+    assert result.variants[1].params_after < result.variants[0].params_after < result.params_before
+    table = json.loads((out / "sweep.json").read_text())
+    assert [row["ratio"] for row in table["variants"]] == [0.125, 0.25] and table["layersBefore"] == 8
+    # One analysis: the pipeline planned from scores once (the dry run) and reused the sweep's plan
+    # (no analysis) for every variant, as its own stage messages say.
+    events = [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()]
+    planning = [
+        e["data"].get("message", "")
+        for e in events
+        if e["event"] == "stage" and e["data"]["stage"] == "Planning"
+    ]
+    assert sum(1 for m in planning if m.startswith("reusing plan.json")) == 2
+    assert sum(1 for m in planning if m.startswith("interlace: drop")) == 1
+    assert sum(1 for e in events if e["event"] == "plan") == 3  # the analysis dry run, then each variant
+
+
+def test_sweep_cli_prints_the_variants_json(tiny: dict[str, Any], tmp_path: Path) -> None:
+    import yaml
+
+    f = tmp_path / "job.yaml"
+    f.write_text(yaml.safe_dump(tiny["job"]))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "interlace.cli",
+            "sweep",
+            "-f",
+            str(f),
+            "--ratios",
+            "0.125,0.25",
+            "--output",
+            str(tmp_path / "o"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads(r.stdout)
+    assert [(v["ratio"], v["layersAfter"]) for v in doc["variants"]] == [(0.125, 7), (0.25, 6)]
+
+
+def test_bad_ratios(tiny: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(InterlaceError, match=r"ratios\[1\]: 1.5 is not in \(0, 1\)"):
+        interlace.sweep(tiny["job"], [0.2, 1.5], output=tmp_path / "x")
+    with pytest.raises(InterlaceError, match="twice"):
+        interlace.sweep(tiny["job"], [0.2, 0.2], output=tmp_path / "x")
+    with pytest.raises(InterlaceError, match=r"ratios\[0\]: .*0\.05 drops no layer"):
+        interlace.sweep(tiny["job"], [0.05], output=tmp_path / "x", quiet=True)
+    assert main(["sweep", "-f", "nope.yaml", "--ratios", "0.1,x"]) == 2
+    assert "--ratios" in capsys.readouterr().err
+
+
+def test_variant_outputs() -> None:
+    assert variant_uri("s3://b/runs/a", 0.15) == "s3://b/runs/a/ratio-0.15"
+    assert variant_uri("pvc://models/runs/", 0.2) == "pvc://models/runs/ratio-0.2"
+    assert variant_uri("hf://my-org/smollm2-pruned", 0.1) == "hf://my-org/smollm2-pruned-ratio-0.1"
+    assert variant_uri("./out", 0.25) == "./out/ratio-0.25"
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_sweep_finetunes_each_variant(ray_session: Any, tiny: dict[str, Any], tmp_path: Path) -> None:
+    import copy
+
+    job = copy.deepcopy(tiny["job"])
+    job["spec"]["finetune"].update(
+        enabled=True,
+        perDeviceBatchSize=2,
+        gradientAccumulationSteps=1,
+        maxSteps=2,
+        maxLength=64,
+        checkpointEverySteps=2,
+        learningRate=1e-3,
+    )
+    job["spec"]["resources"] = {"workers": 1, "gpusPerWorker": 0}
+    out = tmp_path / "out"
+    result = interlace.sweep(job, [0.125, 0.25], output=out, quiet=True)
+    for v in result.variants:
+        vdir = out / f"ratio-{v.ratio:g}"
+        assert sorted(p.name for p in (vdir / "checkpoints").glob("finetune-*/step-*"))[-1] == "step-00000002"
+        names = [b.name for b in v.results.benchmarks]
+        assert names == ["perplexity", "perplexity before finetuning"]
+        assert json.loads((vdir / "model" / "config.json").read_text())["num_hidden_layers"] == v.layers_after
