@@ -122,6 +122,7 @@ async def prunejob_event(event: dict[str, Any], body: kopf.Body, namespace: str,
         return
     phase = (body.get("status") or {}).get("phase")
     rt.metrics.set_phase(namespace, name, phase)
+    rt.metrics.set_info(namespace, name, dict(body))
     if rt.reconciler.is_own_write("PruneJob", namespace, name, body.metadata.get("resourceVersion")):
         return  # the echo of our own status patch: that reconcile already decided what comes next
     if phase in TERMINAL_PHASES and (body.get("status") or {}).get("observedGeneration") == body.metadata.get(
