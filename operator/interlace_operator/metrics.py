@@ -10,7 +10,9 @@
 * interlace_prunejob_duration_seconds{outcome}: startTime -> completionTime of finished jobs;
 * interlace_reconcile_errors_total{error}: reconciles that raised, by exception type;
 * interlace_reconcile_duration_seconds: time per reconcile;
-* interlace_rayjobs_created_total, interlace_prunejob_retries_total.
+* interlace_rayjobs_created_total, interlace_prunejob_retries_total;
+* interlace_leader: 1 on the replica that reconciles, 0 on a standby (leader election). A standby
+  exports no per-job series, so summing over the operator's pods never counts a job twice.
 
 The default registry also carries process_resident_memory_bytes (the RSS the bench reports).
 """
@@ -22,7 +24,7 @@ from collections import Counter as _Tally
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -36,12 +38,16 @@ class _PhaseCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         with self._lock:
-            tally = _Tally((ns, phase) for (ns, _), phase in self._phases.items())
+            tally = _Tally((ns, phase) for (ns, _), phase in self._phases.items()) if _leading.is_set() else _Tally()
         family = GaugeMetricFamily("interlace_prunejobs", "PruneJobs by phase", labels=["namespace", "phase"])
         for (ns, phase), n in sorted(tally.items()):
             family.add_metric([ns, phase], n)
         yield family
 
+
+# False on a standby replica (leader election, leader.py): per-job series come from the leader only.
+_leading = threading.Event()
+_leading.set()
 
 INFO_LABELS = ("namespace", "prunejob", "phase", "model", "strategy", "dry_run", "queue", "rayjob")
 
@@ -76,6 +82,8 @@ class _InfoCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         with self._lock:
             rows = [(key, phase, dict(self._info.get(key, {}))) for key, phase in sorted(self._phases.items())]
+        if not _leading.is_set():
+            rows = []  # a standby replica: the leader reports the jobs (no double counting across pods)
         family = GaugeMetricFamily(
             "interlace_prunejob_info", "One series per PruneJob with its phase, model and current RayJob",
             labels=list(INFO_LABELS),
@@ -109,6 +117,8 @@ class Metrics:
         self.reconcile_seconds = Histogram("interlace_reconcile_duration_seconds", "Time per reconcile")
         self.rayjobs_created = Counter("interlace_rayjobs_created", "RayJobs created (one per attempt)")
         self.retries = Counter("interlace_prunejob_retries", "Attempts started after a failed attempt")
+        self.leader = Gauge("interlace_leader", "1 on the replica that reconciles (holds the Lease), 0 on a standby")
+        self.leader.set(1)
 
     @classmethod
     def get(cls) -> Metrics:
@@ -119,6 +129,13 @@ class Metrics:
     def set_phase(self, namespace: str, name: str, phase: str | None) -> None:
         with self._lock:
             self._phases[(namespace, name)] = phase or "Unknown"
+
+    def set_leader(self, leading: bool) -> None:
+        if leading:
+            _leading.set()
+        else:
+            _leading.clear()
+        self.leader.set(1 if leading else 0)
 
     def set_info(self, namespace: str, name: str, body: dict[str, Any]) -> None:
         """Labels of interlace_prunejob_info from the PruneJob as last seen (a watch event)."""
