@@ -3,8 +3,9 @@
 #
 # hack/in-venv.sh has already installed the Debian packages and the virtualenv. Then:
 # 1. the real control plane's binaries, compiled from Go modules and cached outside the clone,
-# 2. static checks: ruff, import-linter contracts (the operator never reaches torch),
-# 3. pytest (CRD drift is a test). Exit code 5 (no tests collected) is a failure, not a pass.
+# 2. the chart archive: `helm package` (the pinned helm) into dist/, the artifact to publish,
+# 3. static checks: ruff, import-linter contracts (the operator never reaches torch),
+# 4. pytest (CRD drift is a test; tests/packaging installs a packaged archive into the control plane). Exit code 5 (no tests collected) is a failure, not a pass.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -13,6 +14,13 @@ step() { printf '\n=== [%4ss] %s\n' "$(( $(date +%s) - start ))" "$*"; }
 
 step "control-plane binaries (cached in ${INTERLACE_TESTBED_DIR:-${INTERLACE_CACHE:-$HOME/.cache/interlace}/testbed})"
 bash hack/testbed/build.sh
+
+step "chart archive (helm package into dist/)"
+helm_dir=$(bash hack/testbed/build.sh --print-dir | awk '$1 == "helm" {print $2}')
+mkdir -p dist
+"$helm_dir/helm" lint --strict charts/interlace-operator
+"$helm_dir/helm" package charts/interlace-operator --destination dist
+sha256sum dist/interlace-operator-*.tgz
 
 step "ruff"
 ruff check .
