@@ -87,7 +87,7 @@ def test_leader_killed_mid_burst_hands_over_without_duplicates(
         wait_for(lambda: lease_holder(cluster).startswith(standby.extra_env["POD_NAME"] + "_"), timeout=20,
                  interval=0.1, what="the standby to take the Lease over")
         took_over = time.monotonic() - killed_at
-        assert took_over <= 4 + 3, took_over  # lease duration + a few retry periods
+        assert took_over <= 4 + 6, took_over  # lease duration + retry periods (slack for a loaded machine)
         wait_for(lambda: leader_metric(standby) == 1.0, timeout=10, what="interlace_leader 1 on the new leader")
 
         def settled() -> bool:
