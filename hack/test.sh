@@ -5,9 +5,10 @@
 # 1. the real control plane's and the real node's binaries, compiled from Go modules and cached outside
 #    the clone; the real node's Debian packages (containerd, runc, CNI plugins, iptables, mmdebstrap),
 # 2. the container images (hack/images/build.py: Debian root filesystem + PyPI wheels, cached by content),
-# 3. static checks: ruff, import-linter contracts (the operator never reaches torch),
-# 4. pytest (CRD drift is a test; `real_node` tests run the images as real pods). Exit code 5 (no
-#    tests collected) is a failure, not a pass.
+# 3. the chart archive: `helm package` (the pinned helm) into dist/, the artifact to publish,
+# 4. static checks: ruff, import-linter contracts (the operator never reaches torch),
+# 5. pytest (CRD drift is a test; tests/packaging installs a packaged archive into the control plane;
+#    `real_node` tests run the images as real pods). Exit code 5 (no tests collected) is a failure.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -22,6 +23,13 @@ bash hack/system-deps.sh --node
 
 step "images (cached in ${INTERLACE_CACHE:-$HOME/.cache/interlace}/images)"
 python hack/images/build.py
+
+step "chart archive (helm package into dist/)"
+helm_dir=$(bash hack/testbed/build.sh --print-dir | awk '$1 == "helm" {print $2}')
+mkdir -p dist
+"$helm_dir/helm" lint --strict charts/interlace-operator
+"$helm_dir/helm" package charts/interlace-operator --destination dist
+sha256sum dist/interlace-operator-*.tgz
 
 step "ruff"
 ruff check .

@@ -61,6 +61,7 @@ SET_LISTS = {
     ("PruningSpec", "protectedLayers"),
     ("DataSpec", "subsets"),
     ("EvaluationSpec", "benchmarks"),
+    ("PodTemplateOverride", "targetGroups"),
 }
 
 # Keys of OpenAPI v3 schemas that structural CRD schemas accept and that we carry over.

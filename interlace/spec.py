@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic.functional_validators import AfterValidator
 
 from interlace.errors import InterlaceError
 
@@ -276,6 +277,177 @@ class Toleration(_Model):
     toleration_seconds: int | None = None
 
 
+# ------------------------------------------------------------- pod overrides (head / workers)
+# KubeRay users write whole pod templates, Kubeflow Trainer users `podTemplateOverrides`; a PruneJob
+# takes a list like Trainer's, each entry aimed at the Ray head, the GPU workers or both, merged into
+# the RayJob's pod templates by interlace_operator.builders. What the operator must control is not in
+# these models, so it cannot be overridden: container names, image (spec.resources.image is the
+# way), command and args, the spec ConfigMap mount, the ServiceAccount (spec.resources.
+# serviceAccountName), the resources (spec.resources). Kubernetes objects (affinity, volumes,
+# securityContext, ...) are passed through as written; the API server checks them against the
+# RayJob's pod template schema when the operator creates the RayJob.
+
+POD_TARGETS = ("head", "workers")
+# The names the operator gives the Ray containers, volumes and mounts: overrides may not reuse them.
+RAY_CONTAINERS = {"head": "ray-head", "workers": "ray-worker"}
+RESERVED_VOLUMES = frozenset({"prunejob-spec", "data", "dshm"})
+RESERVED_MOUNT_PATHS = frozenset({"/etc/interlace", "/data", "/dev/shm"})
+RESERVED_ENV = frozenset({"INTERLACE_PRUNEJOB"})
+RESERVED_LABEL_PREFIXES = ("interlace.dev/", "ray.io/", "app.kubernetes.io/", "kueue.x-k8s.io/")
+# Kubernetes' resource.Quantity syntax (the pattern of int-or-string quantities in its OpenAPI).
+_QUANTITY = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)"
+             r"|(\.[0-9]+))))?$")
+_K8S_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+KubeObject = dict[str, Any]
+
+
+class PodMetadataOverride(_Model):
+    """Labels and annotations added to the pods (not the operator's own label keys)."""
+
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("labels")
+    @classmethod
+    def _not_reserved(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = sorted(k for k in v if k.startswith(RESERVED_LABEL_PREFIXES))
+        if bad:
+            raise ValueError(f"labels {bad} are set by the operator or KubeRay (reserved prefixes "
+                             f"{', '.join(RESERVED_LABEL_PREFIXES)})")
+        return v
+
+
+class LocalObjectReference(_Model):
+    name: str = Field(min_length=1, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+class ContainerOverride(_Model):
+    """Additions to the Ray container of a group, selected by its name: `ray-head` or `ray-worker`."""
+
+    name: Literal["ray-head", "ray-worker"] = Field(description="ray-head (head group) or ray-worker (workers).")
+    env: list[KubeObject] = Field(default_factory=list, description="EnvVar objects, added after the operator's.")
+    env_from: list[KubeObject] = Field(default_factory=list, description="EnvFromSource objects.")
+    volume_mounts: list[KubeObject] = Field(
+        default_factory=list, description="VolumeMount objects (of volumes in spec.volumes)."
+    )
+    security_context: KubeObject | None = Field(default=None, description="The container's SecurityContext.")
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: list[KubeObject]) -> list[KubeObject]:
+        for e in v:
+            if not isinstance(e.get("name"), str) or not e["name"]:
+                raise ValueError("every env entry needs a name")
+            if e["name"] in RESERVED_ENV:
+                raise ValueError(f"env {e['name']} is set by the operator")
+        return v
+
+    @field_validator("volume_mounts")
+    @classmethod
+    def _mounts(cls, v: list[KubeObject]) -> list[KubeObject]:
+        for m in v:
+            if not isinstance(m.get("name"), str) or not isinstance(m.get("mountPath"), str):
+                raise ValueError("every volumeMount needs a name and a mountPath")
+            if m["name"] in RESERVED_VOLUMES or m["mountPath"].rstrip("/") in RESERVED_MOUNT_PATHS:
+                raise ValueError(f"volumeMount {m['name']} at {m['mountPath']}: the volumes "
+                                 f"{sorted(RESERVED_VOLUMES)} and paths {sorted(RESERVED_MOUNT_PATHS)} are the "
+                                 "operator's (use shmSize for /dev/shm)")
+        return v
+
+
+class PodSpecOverride(_Model):
+    """Pod spec fields merged into the Ray pods: maps merge (the override's keys win), lists append."""
+
+    affinity: KubeObject | None = Field(default=None, description="Affinity (node, pod, anti-affinity).")
+    topology_spread_constraints: list[KubeObject] = Field(default_factory=list)
+    volumes: list[KubeObject] = Field(default_factory=list, description="Volume objects, added to the operator's.")
+    image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list)
+    security_context: KubeObject | None = Field(default=None, description="The pod's PodSecurityContext.")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Merged over spec.resources.nodeSelector (which applies to workers)."
+    )
+    tolerations: list[Toleration] = Field(default_factory=list, description="Added to spec.resources.tolerations.")
+    priority_class_name: str | None = Field(default=None, description="Wins over spec.resources.priorityClassName.")
+    scheduler_name: str | None = None
+    runtime_class_name: str | None = None
+    termination_grace_period_seconds: int | None = Field(default=None, ge=0)
+    init_containers: list[KubeObject] = Field(
+        default_factory=list, description="Container objects run before the Ray container (name and image required)."
+    )
+    containers: list[ContainerOverride] = Field(
+        default_factory=list, description="Overrides of the Ray container, by name (no new containers)."
+    )
+
+    @field_validator("volumes")
+    @classmethod
+    def _volumes(cls, v: list[KubeObject]) -> list[KubeObject]:
+        names = [vol.get("name") for vol in v]
+        if not all(isinstance(n, str) and n for n in names):
+            raise ValueError("every volume needs a name")
+        reserved = sorted(set(names) & RESERVED_VOLUMES)
+        if reserved:
+            raise ValueError(f"volume names {reserved} are the operator's")
+        if len(set(names)) != len(names):
+            raise ValueError("duplicate volume names")
+        return v
+
+    @field_validator("init_containers")
+    @classmethod
+    def _init_containers(cls, v: list[KubeObject]) -> list[KubeObject]:
+        for c in v:
+            if not isinstance(c.get("name"), str) or not isinstance(c.get("image"), str):
+                raise ValueError("every init container needs a name and an image")
+            if c["name"] in RAY_CONTAINERS.values():
+                raise ValueError(f"init container name {c['name']} is a Ray container's")
+        return v
+
+
+class PodTemplateOverride(_Model):
+    """One override, like Kubeflow Trainer's podTemplateOverrides: for the head, the workers, or both."""
+
+    target_groups: list[Literal["head", "workers"]] = Field(
+        min_length=1, description="Which pods: head (Ray head, runs the driver), workers (GPU workers), or both."
+    )
+    metadata: PodMetadataOverride | None = None
+    spec: PodSpecOverride | None = None
+    shm_size: str | None = Field(
+        default=None,
+        pattern=_QUANTITY,
+        description="Size of /dev/shm (a memory-backed emptyDir, e.g. 16Gi) in the Ray container; default: "
+        "KubeRay's, the container's memory limit.",
+    )
+
+    @model_validator(mode="after")
+    def _containers_in_targets(self) -> PodTemplateOverride:
+        if len(set(self.target_groups)) != len(self.target_groups):
+            raise ValueError("targetGroups has duplicates")
+        wanted = {RAY_CONTAINERS[t] for t in self.target_groups}
+        for c in self.spec.containers if self.spec else []:
+            if c.name not in wanted:
+                raise ValueError(f"container {c.name} is not in targetGroups {self.target_groups}")
+        return self
+
+
+def check_pod_overrides(overrides: list[PodTemplateOverride]) -> list[PodTemplateOverride]:
+    """Across all overrides of a group: every volumeMount names a volume given to that group, and no
+    volume name is given twice (the API server would reject the pod only when KubeRay creates it)."""
+    for group in POD_TARGETS:
+        mine = [o for o in overrides if group in o.target_groups]
+        volumes = [v["name"] for o in mine if o.spec for v in o.spec.volumes]
+        if len(set(volumes)) != len(volumes):
+            raise ValueError(f"the {group} pods get the same volume name twice: {sorted(volumes)}")
+        for o in mine:
+            for c in o.spec.containers if o.spec else []:
+                if c.name != RAY_CONTAINERS[group]:
+                    continue
+                missing = sorted({m["name"] for m in c.volume_mounts} - set(volumes))
+                if missing:
+                    raise ValueError(f"container {c.name} mounts {missing}, which no override's spec.volumes "
+                                     f"gives the {group} pods")
+    return overrides
+
+
 class ResourcesSpec(_Model):
     """The Ray cluster KubeRay creates (ignored in local mode except `workers`/`gpusPerWorker`)."""
 
@@ -320,6 +492,11 @@ class ResourcesSpec(_Model):
     )
     service_account_name: str | None = Field(
         default=None, description="Use this ServiceAccount instead of the one the operator creates."
+    )
+    pod_template_overrides: Annotated[list[PodTemplateOverride], AfterValidator(check_pod_overrides)] = Field(
+        default_factory=list,
+        description="Pod overrides for the Ray head and/or workers (affinity, topology spread, volumes, env, "
+        "labels, annotations, securityContext, imagePullSecrets, /dev/shm size), applied in order.",
     )
 
 

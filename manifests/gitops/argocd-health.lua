@@ -2,8 +2,9 @@
 --
 -- Argo CD runs this in gopher-lua (Lua 5.1) with the live object in `obj`; it must return a table
 -- {status = Healthy|Progressing|Degraded|Suspended|Unknown, message = "..."}.
--- Conditions are the source of truth (Failed > Suspended > Succeeded > Ready); status.phase is the
--- fallback for objects the operator has not given conditions yet. A spec change the operator has not
+-- Conditions are the source of truth (Failed > Suspended > Succeeded); status.phase is the fallback
+-- for objects the operator has not given conditions yet. While in progress, the Ready condition's
+-- reason and message (False until success, with the current reason) describe what it waits for. A spec change the operator has not
 -- observed yet (status.observedGeneration < metadata.generation) is always Progressing, so a sync
 -- never reports the previous run's result for a new spec.
 

@@ -1,7 +1,9 @@
 """`interlace-operator` / `python -m interlace_operator`: run the kopf operator.
 
-Standalone kopf (no peering objects needed): run exactly one replica (the Deployment uses the
-Recreate strategy). Configuration is by environment, see `interlace_operator.config`.
+kopf runs standalone (no kopf peering objects). One replica, or several with
+INTERLACE_LEADER_ELECTION=true: every replica watches, only the holder of a coordination.k8s.io Lease
+reconciles (`interlace_operator.leader`); a replica that loses the Lease exits with status 1 so its
+pod restarts as a standby. Configuration is by environment, see `interlace_operator.config`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def main() -> int:
     # kopf logs every handler call at INFO ("Handler 'prunejob_event' succeeded"): noise at scale.
     if logging.getLogger().level > logging.DEBUG:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    from interlace_operator import handlers  # noqa: F401  (registers the handlers)
+    from interlace_operator import handlers  # registers the handlers
 
     liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None
     kopf.run(
@@ -39,6 +41,9 @@ def main() -> int:
         # without an entry (OpenShift's random uids; any image without a passwd line for it).
         identity=os.environ.get("POD_NAME") or socket.gethostname(),
     )
+    if handlers.LOST_LEADERSHIP.is_set():
+        logging.getLogger("interlace_operator").error("exiting: this replica lost the leader Lease")
+        return 1
     return 0
 
 

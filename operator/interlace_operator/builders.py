@@ -16,7 +16,15 @@ from typing import Any
 
 import yaml
 
-from interlace.spec import API_GROUP, API_VERSION, KIND, HubOutput, PruneJob
+from interlace.spec import (
+    API_GROUP,
+    API_VERSION,
+    KIND,
+    RAY_CONTAINERS,
+    HubOutput,
+    PodTemplateOverride,
+    PruneJob,
+)
 from interlace_operator import names
 from interlace_operator.rbac import job_role_rules
 
@@ -29,6 +37,8 @@ HUB_TOKEN_ENV = "INTERLACE_HUB_TOKEN"
 GPU_RESOURCE = "nvidia.com/gpu"
 WORKER_GROUP = "gpu-workers"
 SUBMITTER_RESOURCES = {"cpu": "50m", "memory": "128Mi"}
+SHM_VOLUME = "dshm"
+SHM_MOUNT_PATH = "/dev/shm"
 
 
 @dataclass(frozen=True)
@@ -180,6 +190,62 @@ def _volumes(job: PruneJob, owner: Owner) -> tuple[list[dict[str, Any]], list[di
     return volumes, mounts
 
 
+def apply_pod_overrides(template: dict[str, Any], group: str, overrides: list[PodTemplateOverride]) -> None:
+    """Merge spec.resources.podTemplateOverrides aimed at `group` (head or workers) into a pod template,
+    in order. Maps merge (the override's keys win), lists append, single objects (affinity, the
+    security contexts) and scalars are replaced by a later override. What the operator set for
+    itself stays: its labels, the Ray container's name, image, command, resources, the spec mount and
+    the ServiceAccount are not in the override models at all, and env names the operator sets
+    (INTERLACE_PRUNEJOB, HF_TOKEN) keep the operator's value."""
+    meta = template.setdefault("metadata", {})
+    pod = template["spec"]
+    ray_name = RAY_CONTAINERS[group]
+    (ray,) = [c for c in pod["containers"] if c["name"] == ray_name]
+    own_labels = dict(meta.get("labels") or {})
+    own_env = {e["name"] for e in ray.get("env", [])}
+    for o in overrides:
+        if group not in o.target_groups:
+            continue
+        if o.metadata:
+            if o.metadata.labels:
+                meta["labels"] = {**(meta.get("labels") or {}), **o.metadata.labels, **own_labels}
+            if o.metadata.annotations:
+                meta["annotations"] = {**(meta.get("annotations") or {}), **o.metadata.annotations}
+        if o.spec:
+            ps = o.spec
+            for key, value in (("affinity", ps.affinity), ("securityContext", ps.security_context),
+                               ("priorityClassName", ps.priority_class_name),
+                               ("schedulerName", ps.scheduler_name), ("runtimeClassName", ps.runtime_class_name),
+                               ("terminationGracePeriodSeconds", ps.termination_grace_period_seconds)):
+                if value is not None:
+                    pod[key] = value
+            for key, items in (("topologySpreadConstraints", ps.topology_spread_constraints),
+                               ("volumes", ps.volumes),
+                               ("imagePullSecrets", [r.to_wire() for r in ps.image_pull_secrets]),
+                               ("tolerations", [t.to_wire() for t in ps.tolerations]),
+                               ("initContainers", ps.init_containers)):
+                if items:
+                    pod[key] = [*pod.get(key, []), *(dict(i) for i in items)]
+            if ps.node_selector:
+                pod["nodeSelector"] = {**pod.get("nodeSelector", {}), **ps.node_selector}
+            for c in ps.containers:
+                if c.name != ray_name:
+                    continue
+                env = [dict(e) for e in c.env if e["name"] not in own_env]
+                for key, items in (("env", env), ("envFrom", c.env_from), ("volumeMounts", c.volume_mounts)):
+                    if items:
+                        ray[key] = [*ray.get(key, []), *(dict(i) for i in items)]
+                if c.security_context is not None:
+                    ray["securityContext"] = c.security_context
+        if o.shm_size:
+            # A memory-backed /dev/shm of this size; KubeRay adds its own (sized to the memory limit)
+            # only when the Ray container has no /dev/shm mount.
+            pod["volumes"] = [v for v in pod.get("volumes", []) if v["name"] != SHM_VOLUME]
+            pod["volumes"].append({"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": o.shm_size}})
+            if not any(m["name"] == SHM_VOLUME for m in ray.get("volumeMounts", [])):
+                ray.setdefault("volumeMounts", []).append({"name": SHM_VOLUME, "mountPath": SHM_MOUNT_PATH})
+
+
 def rayjob(
     job: PruneJob,
     owner: Owner,
@@ -306,6 +372,11 @@ def rayjob(
             ],
         },
     }
+    overrides = res.pod_template_overrides
+    if overrides:
+        cluster = spec["rayClusterSpec"]
+        apply_pod_overrides(cluster["headGroupSpec"]["template"], "head", overrides)
+        apply_pod_overrides(cluster["workerGroupSpecs"][0]["template"], "workers", overrides)
     if active_deadline_seconds is not None:
         spec["activeDeadlineSeconds"] = max(1, int(active_deadline_seconds))
     return {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": meta, "spec": spec}

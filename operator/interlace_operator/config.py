@@ -19,6 +19,15 @@ def _float(env: Mapping[str, str], key: str, default: float) -> float:
         raise ValueError(f"{key}={raw!r} is not a number") from None
 
 
+def _bool(env: Mapping[str, str], key: str) -> bool:
+    raw = env.get(key, "").strip().lower()
+    if raw in {"", "0", "false", "no", "off"}:
+        return False
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    raise ValueError(f"{key}={raw!r} is not a boolean (true/false)")
+
+
 @dataclass(frozen=True)
 class OperatorConfig:
     """Everything the operator reads from its environment.
@@ -33,6 +42,11 @@ class OperatorConfig:
       attempt is retried after base * 2**(attempt-1) seconds, capped.
     * INTERLACE_WATCH_TIMEOUT_SECONDS (300): server-side watch timeout; the client gives up 30 s
       later, so a silently dead connection cannot hang the operator.
+    * INTERLACE_LEADER_ELECTION (false): run as one of several replicas; only the holder of the
+      Lease INTERLACE_LEADER_ELECTION_NAME (interlace-operator) in INTERLACE_LEADER_ELECTION_NAMESPACE
+      (default POD_NAMESPACE) reconciles (see leader.py). INTERLACE_LEASE_DURATION_SECONDS (15),
+      INTERLACE_LEASE_RENEW_DEADLINE_SECONDS (10), INTERLACE_LEASE_RETRY_PERIOD_SECONDS (2) as in
+      client-go.
     """
 
     runtime_image: str = DEFAULT_RUNTIME_IMAGE
@@ -45,6 +59,12 @@ class OperatorConfig:
     watch_timeout_seconds: float = 300.0
     component: str = "interlace-operator"
     extra_labels: dict[str, str] = field(default_factory=dict)
+    leader_election: bool = False
+    lease_namespace: str = ""
+    lease_name: str = "interlace-operator"
+    lease_duration_seconds: float = 15.0
+    lease_renew_deadline_seconds: float = 10.0
+    lease_retry_period_seconds: float = 2.0
 
     @property
     def clusterwide(self) -> bool:
@@ -63,6 +83,13 @@ class OperatorConfig:
             retry_backoff_seconds=_float(env, "INTERLACE_RETRY_BACKOFF_SECONDS", 10.0),
             retry_backoff_max_seconds=_float(env, "INTERLACE_RETRY_BACKOFF_MAX_SECONDS", 600.0),
             watch_timeout_seconds=_float(env, "INTERLACE_WATCH_TIMEOUT_SECONDS", 300.0),
+            leader_election=_bool(env, "INTERLACE_LEADER_ELECTION"),
+            lease_namespace=(env.get("INTERLACE_LEADER_ELECTION_NAMESPACE", "").strip()
+                             or env.get("POD_NAMESPACE", "").strip()),
+            lease_name=env.get("INTERLACE_LEADER_ELECTION_NAME", "").strip() or "interlace-operator",
+            lease_duration_seconds=_float(env, "INTERLACE_LEASE_DURATION_SECONDS", 15.0),
+            lease_renew_deadline_seconds=_float(env, "INTERLACE_LEASE_RENEW_DEADLINE_SECONDS", 10.0),
+            lease_retry_period_seconds=_float(env, "INTERLACE_LEASE_RETRY_PERIOD_SECONDS", 2.0),
         )
 
     def backoff(self, failed_attempt: int) -> float:

@@ -18,6 +18,8 @@ kopf is configured to leave no trace on the objects:
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 from collections.abc import Hashable
 from typing import Any
@@ -28,6 +30,7 @@ from interlace.spec import API_GROUP, API_VERSION, PLURAL
 from interlace_operator import names
 from interlace_operator.config import OperatorConfig
 from interlace_operator.kube import ConflictError, Kube, controller_of, make_api_client
+from interlace_operator.leader import LeaderElector, LeaseConfig
 from interlace_operator.metrics import Metrics, serve
 from interlace_operator.reconcile import Reconciler, Requeue
 from interlace_operator.status import TERMINAL_PHASES
@@ -36,17 +39,63 @@ from interlace_operator.workqueue import WorkQueue
 log = logging.getLogger("interlace_operator")
 
 
+# Set when this replica lost the leader Lease; __main__ then exits with status 1.
+LOST_LEADERSHIP = threading.Event()
+
+
 class Runtime:
-    """Everything the handlers share: config, API client, reconciler, queue, metrics."""
+    """Everything the handlers share: config, API client, reconciler, queue, metrics, leader elector."""
 
     def __init__(self, config: OperatorConfig) -> None:
         self.config = config
         self.metrics = Metrics.get()
-        self.kube = Kube(make_api_client(pool_size=max(8, 2 * config.workers)), component=config.component)
+        self.api_client = make_api_client(pool_size=max(8, 2 * config.workers))
+        self.kube = Kube(self.api_client, component=config.component)
         self.reconciler = Reconciler(self.kube, config, self.metrics)
         self._failures: dict[Hashable, int] = {}
         self._lock = threading.Lock()
         self.queue = WorkQueue(self._reconcile, workers=config.workers, on_error=self._on_error)
+        self.elector: LeaderElector | None = None
+
+    def start(self) -> None:
+        """Without leader election: reconcile now. With it: keep queueing keys from the watches, and
+        start the reconcile workers only once this replica holds the Lease (leader.py)."""
+        cfg = self.config
+        if not cfg.leader_election:
+            self.queue.start()
+            return
+        if not cfg.lease_namespace:
+            raise RuntimeError("INTERLACE_LEADER_ELECTION is on but no Lease namespace is known: set "
+                               "INTERLACE_LEADER_ELECTION_NAMESPACE or POD_NAMESPACE")
+        self.metrics.set_leader(False)
+
+        def started() -> None:
+            self.metrics.set_leader(True)
+            self.queue.start()
+
+        def stopped() -> None:
+            self.metrics.set_leader(False)
+            self.queue.stop()
+            LOST_LEADERSHIP.set()
+            # Stop kopf the way a kubelet does (kopf handles SIGTERM: cleanup handlers, then exit);
+            # __main__ exits non-zero and the pod restarts as a standby. (A threading.Event as kopf's
+            # stop_flag would park a thread in asyncio's default executor and hang the exit.)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        self.elector = LeaderElector(
+            self.api_client,
+            LeaseConfig(namespace=cfg.lease_namespace, name=cfg.lease_name,
+                        lease_duration=cfg.lease_duration_seconds, renew_deadline=cfg.lease_renew_deadline_seconds,
+                        retry_period=cfg.lease_retry_period_seconds),
+            on_started_leading=started,
+            on_stopped_leading=stopped,
+        )
+        self.elector.start()
+
+    def stop(self) -> None:
+        self.queue.stop()
+        if self.elector is not None:
+            self.elector.release()
 
     def _reconcile(self, key: Hashable) -> float | None:
         namespace, name = key  # type: ignore[misc]
@@ -97,10 +146,12 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     if _runtime is None:
         _runtime = Runtime(config)
         serve(config.metrics_port)
-        _runtime.queue.start()
+        _runtime.start()
     log.info(
-        "interlace-operator started: namespaces=%s runtime image=%s workers=%d",
+        "interlace-operator started: namespaces=%s runtime image=%s workers=%d%s",
         ",".join(config.namespaces) or "(all)", config.runtime_image, config.workers,
+        f"; leader election on Lease {config.lease_namespace}/{config.lease_name} as "
+        f"{_runtime.elector.identity}" if _runtime.elector else "",
     )
 
 
@@ -108,7 +159,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 def shutdown(**_: Any) -> None:
     global _runtime
     if _runtime is not None:
-        _runtime.queue.stop()
+        _runtime.stop()
         _runtime = None
 
 
@@ -122,6 +173,7 @@ async def prunejob_event(event: dict[str, Any], body: kopf.Body, namespace: str,
         return
     phase = (body.get("status") or {}).get("phase")
     rt.metrics.set_phase(namespace, name, phase)
+    rt.metrics.set_info(namespace, name, dict(body))
     if rt.reconciler.is_own_write("PruneJob", namespace, name, body.metadata.get("resourceVersion")):
         return  # the echo of our own status patch: that reconcile already decided what comes next
     if phase in TERMINAL_PHASES and (body.get("status") or {}).get("observedGeneration") == body.metadata.get(

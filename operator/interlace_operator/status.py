@@ -11,10 +11,18 @@ outcome from both, always in the direction that releases resources and tells the
   the attempt (it is retried like any other failure);
 * while the Ray job runs, the stage the job reports itself (`status.stage`) becomes the phase.
 
-Conditions follow the Kubernetes API conventions: Ready, Succeeded, Failed, Suspended, each always
-present, CamelCase reasons, `lastTransitionTime` that changes only when `status` changes, and
-`observedGeneration`. Ready=True means "the Ray job is running"; `kubectl wait
---for=condition=Succeeded` and Argo CD read Succeeded/Failed.
+Conditions follow the Kubernetes API conventions: Ready, Running, Succeeded, Failed, Suspended and
+Stalled, each always present, CamelCase reasons, `lastTransitionTime` that changes only when `status`
+changes, and `observedGeneration`. They are chosen so that generic tools read a PruneJob right
+without a custom health check (docs/gitops.md):
+
+* Ready=True once the PruneJob finished successfully (reason Succeeded or DryRunCompleted), False
+  otherwise with the current reason: kstatus (Flux's default health check) reads Ready=True as
+  Current and Ready=False as InProgress, like a finished Job;
+* Stalled=True once the PruneJob failed for good: kstatus reads it as Failed, so a Flux sync stops
+  waiting at once instead of timing out;
+* Running=True while the Ray job runs (what `kubectl wait --for=condition=Running` waits for);
+* Succeeded/Failed/Suspended as their names say (`kubectl wait --for=condition=Succeeded`).
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from interlace.spec import STAGES, Phase
 
 TERMINAL_PHASES = frozenset({Phase.SUCCEEDED.value, Phase.FAILED.value})
 STAGE_VALUES = frozenset(p.value for p in STAGES)
-CONDITION_TYPES = ("Ready", "Succeeded", "Failed", "Suspended")
+CONDITION_TYPES = ("Ready", "Running", "Succeeded", "Failed", "Suspended", "Stalled")
 
 # KubeRay values.
 JDS_FAILED = frozenset({"Failed", "ValidationFailed"})
@@ -202,18 +210,23 @@ def rayjob_mirror(
 
 
 def desired_conditions(phase: str, reason: str, message: str, *, ready: bool) -> dict[str, tuple[str, str, str]]:
-    """type -> (status, reason, message) for the four condition types."""
+    """type -> (status, reason, message) for every type of CONDITION_TYPES (see the module docstring).
+
+    `ready` is Outcome.ready: the Ray job is running (the Running condition). Ready always carries the
+    current reason and message, True or False, so it says what the PruneJob is waiting for."""
 
     def flag(active: bool) -> tuple[str, str, str]:
         return ("True", reason, message) if active else ("False", phase, "")
 
+    succeeded = phase == Phase.SUCCEEDED.value
+    failed = phase == Phase.FAILED.value
     return {
-        "Ready": ("True", reason, message) if ready else ("False", reason, message),
-        "Succeeded": flag(phase == Phase.SUCCEEDED.value)
-        if phase != Phase.FAILED.value
-        else ("False", reason, message),
-        "Failed": flag(phase == Phase.FAILED.value),
+        "Ready": ("True", reason, message) if succeeded else ("False", reason, message),
+        "Running": ("True", reason, message) if ready else ("False", reason, message),
+        "Succeeded": flag(succeeded) if not failed else ("False", reason, message),
+        "Failed": flag(failed),
         "Suspended": flag(phase == Phase.SUSPENDED.value),
+        "Stalled": flag(failed),
     }
 
 

@@ -58,13 +58,14 @@ def test_apply_to_succeeded(cluster: Cluster, run_operator, control_plane) -> No
     # The Ray job runs; the job reports its stage; the operator folds it into phase.
     cluster.patch_rayjob_status("life-1", jobDeploymentStatus="Running", jobStatus="RUNNING",
                                 startTime="2026-01-01T00:00:00Z")
-    wait_for(lambda: cluster.condition("life", "Ready").get("status") == "True", what="Ready=True")
+    wait_for(lambda: cluster.condition("life", "Running").get("status") == "True", what="Running=True")
+    assert cluster.condition("life", "Ready")["status"] == "False"  # Ready: finished successfully
     cluster.kubectl("patch", "prunejob", "life", "--subresource=status", "--type=merge",
                     "-p", json.dumps({"status": {"stage": "Finetuning", "progress": {"percent": 42.5}}}))
     st = cluster.wait_phase("life", "Finetuning")
     assert st["rayJob"]["jobStatus"] == "RUNNING" and st["rayJob"]["jobDeploymentStatus"] == "Running"
 
-    ready_since = cluster.condition("life", "Ready")["lastTransitionTime"]
+    running_since = cluster.condition("life", "Running")["lastTransitionTime"]
     cluster.patch_rayjob_status("life-1", jobDeploymentStatus="Complete", jobStatus="SUCCEEDED",
                                 endTime="2026-01-01T01:00:00Z")
     cluster.kubectl("patch", "prunejob", "life", "--subresource=status", "--type=merge",
@@ -75,7 +76,11 @@ def test_apply_to_succeeded(cluster: Cluster, run_operator, control_plane) -> No
     assert st["phase"] == "Succeeded" and st["completionTime"] and st["attempts"] == 1
     conds = {c["type"]: c for c in st["conditions"]}
     assert conds["Succeeded"]["reason"] == "Succeeded" and conds["Failed"]["status"] == "False"
-    assert conds["Ready"]["status"] == "False" and conds["Ready"]["lastTransitionTime"] >= ready_since
+    assert conds["Running"]["status"] == "False" and conds["Running"]["lastTransitionTime"] >= running_since
+    # what Flux's default (kstatus) health check reads: Ready=True, nothing Stalled
+    assert conds["Ready"]["status"] == "True" and conds["Ready"]["reason"] == "Succeeded"
+    assert conds["Stalled"]["status"] == "False"
+    assert cluster.kubectl("wait", "--for=condition=Ready", "prunejob/life", "--timeout=5s").returncode == 0
     assert all(c["observedGeneration"] == 1 for c in st["conditions"])
 
     table = cluster.kubectl("get", "pj", "life").stdout
@@ -89,6 +94,13 @@ def test_apply_to_succeeded(cluster: Cluster, run_operator, control_plane) -> No
     metrics = op.metrics()
     assert f'interlace_prunejobs{{namespace="{cluster.ns}",phase="Succeeded"}} 1.0' in metrics
     assert "interlace_rayjobs_created_total 1.0" in metrics
+    from prometheus_client.parser import text_string_to_metric_families
+
+    (info,) = [s for f in text_string_to_metric_families(metrics) for s in f.samples
+               if s.name == "interlace_prunejob_info" and s.labels["namespace"] == cluster.ns]
+    assert info.value == 1.0 and info.labels == {
+        "namespace": cluster.ns, "prunejob": "life", "phase": "Succeeded", "model": "Qwen/Qwen3-VL-4B-Instruct",
+        "strategy": "interlace", "dry_run": "false", "queue": "team-a", "rayjob": "life-1"}
     assert rayjobs_of(cluster, "life") == ["life-1"]
 
 
@@ -111,6 +123,9 @@ def test_status_conflict_fails_and_retries_with_backoff_until_the_limit(cluster:
     st = cluster.wait_phase("flaky", "Failed")
     failed = cluster.condition("flaky", "Failed")
     assert failed["status"] == "True" and "gave up after 2 attempts" in failed["message"]
+    stalled = cluster.condition("flaky", "Stalled")  # kstatus (Flux) reads it as Failed
+    assert stalled["status"] == "True" and stalled["reason"] == failed["reason"]
+    assert cluster.condition("flaky", "Ready")["status"] == "False"
     time.sleep(2)  # longer than the backoff: no third attempt may appear
     assert rayjobs_of(cluster, "flaky") == ["flaky-1", "flaky-2"]
     assert cluster.kubectl("wait", "--for=condition=Failed", "prunejob/flaky", "--timeout=5s").returncode == 0
@@ -139,7 +154,7 @@ def test_operator_killed_and_restarted_mid_job(cluster: Cluster, run_operator) -
     cluster.patch_rayjob_status("crashy-2", jobDeploymentStatus="Running", jobStatus="RUNNING")
     op.kill()
     op.start()
-    wait_for(lambda: cluster.condition("crashy", "Ready").get("status") == "True", what="Ready after restart")
+    wait_for(lambda: cluster.condition("crashy", "Running").get("status") == "True", what="Running after restart")
     op.kill()
     cluster.patch_rayjob_status("crashy-2", jobDeploymentStatus="Complete", jobStatus="SUCCEEDED")
     op.start()

@@ -82,14 +82,15 @@ def test_initializing_message_explains_what_is_missing() -> None:
 def test_conditions_transition_times_only_move_on_status_change() -> None:
     c1 = merge_conditions(None, desired_conditions("Pending", "ClusterInitializing", "waiting", ready=False),
                           generation=1, now=T0)
-    assert [c["type"] for c in c1] == ["Ready", "Succeeded", "Failed", "Suspended"]
+    assert [c["type"] for c in c1] == ["Ready", "Running", "Succeeded", "Failed", "Suspended", "Stalled"]
     assert all(c["lastTransitionTime"] == "2026-01-01T00:00:00Z" and c["observedGeneration"] == 1 for c in c1)
 
     t1 = T0 + timedelta(minutes=5)
     c2 = merge_conditions(c1, desired_conditions("Finetuning", "JobRunning", "stage", ready=True),
                           generation=1, now=t1)
     by = {c["type"]: c for c in c2}
-    assert by["Ready"]["status"] == "True" and by["Ready"]["lastTransitionTime"] == "2026-01-01T00:05:00Z"
+    assert by["Running"]["status"] == "True" and by["Running"]["lastTransitionTime"] == "2026-01-01T00:05:00Z"
+    assert by["Ready"]["status"] == "False" and by["Ready"]["reason"] == "JobRunning"  # Ready = finished well
     assert by["Succeeded"]["status"] == "False" and by["Succeeded"]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
     assert by["Succeeded"]["reason"] == "Finetuning"  # reason moves, transition time does not
 
@@ -99,6 +100,26 @@ def test_conditions_transition_times_only_move_on_status_change() -> None:
     assert by["Failed"]["status"] == "True" and by["Failed"]["reason"] == "DeadlineExceeded"
     assert by["Succeeded"]["status"] == "False" and by["Succeeded"]["reason"] == "DeadlineExceeded"
     assert by["Failed"]["observedGeneration"] == 2
+    assert by["Stalled"]["status"] == "True" and by["Stalled"]["reason"] == "DeadlineExceeded"  # kstatus: Failed
+    assert by["Ready"]["status"] == "False" and by["Running"]["status"] == "False"
+
+
+def test_ready_is_true_only_after_success() -> None:
+    """Flux's kstatus reads Ready=True as Current: a PruneJob is Current once it succeeded, not while
+    it runs (like a Job) and not after a failure (Stalled=True: kstatus Failed)."""
+    done = {c["type"]: c for c in merge_conditions(
+        None, desired_conditions("Succeeded", "DryRunCompleted", "plan in status.plan", ready=False),
+        generation=3, now=T0)}
+    assert done["Ready"] | {"status": "True", "reason": "DryRunCompleted"} == done["Ready"]
+    assert done["Ready"]["message"] == "plan in status.plan" and done["Ready"]["observedGeneration"] == 3
+    assert done["Succeeded"]["status"] == "True"
+    assert {t: c["status"] for t, c in done.items() if t not in {"Ready", "Succeeded"}} == dict.fromkeys(
+        ["Running", "Failed", "Suspended", "Stalled"], "False")
+    for phase, reason in [("Pending", "ClusterInitializing"), ("Finetuning", "JobRunning"),
+                          ("Suspended", "Suspended"), ("Failed", "JobFailed")]:
+        conds = desired_conditions(phase, reason, "m", ready=phase == "Finetuning")
+        assert conds["Ready"] == ("False", reason, "m"), phase
+        assert conds["Stalled"][0] == ("True" if phase == "Failed" else "False"), phase
 
 
 def test_mirror_keeps_both_fields_and_records_end_time() -> None:

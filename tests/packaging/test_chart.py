@@ -21,6 +21,7 @@ from tests.packaging.tools import (
     helm,
     normalize,
     one,
+    operator_objs,
     operator_rules,
     render,
     rules_yaml,
@@ -71,7 +72,9 @@ def test_chart_metadata() -> None:
 def test_default_objects(default_objs: list[dict[str, Any]]) -> None:
     kinds = sorted(o["kind"] for o in default_objs)
     assert kinds == sorted(
-        ["CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service"]
+        ["CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service",
+         "ClusterRole", "ClusterRole",  # the users' editor/viewer roles (test_user_roles.py)
+         "Role", "RoleBinding"]  # leader election: leases in the release namespace (test_ha_packaging.py)
     )
     for o in default_objs:
         labels = o["metadata"].get("labels", {})
@@ -100,7 +103,11 @@ def test_crds_install_false_skips_the_crd() -> None:
 def test_deployment_is_hardened(default_objs: list[dict[str, Any]]) -> None:
     dep = one(default_objs, "Deployment")
     spec = dep["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
+    assert spec["replicas"] == 1
+    # leader election (the default): a new pod starts as a standby before the old one stops
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    single = one(template({"leaderElection": {"enabled": False}}), "Deployment")["spec"]
+    assert single["strategy"] == {"type": "Recreate"}
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] != 0
@@ -168,7 +175,7 @@ def test_values_reach_the_pod() -> None:
 
 
 def test_cluster_wide_rbac_is_exactly_the_operators_rules(default_objs: list[dict[str, Any]]) -> None:
-    role = one(default_objs, "ClusterRole")
+    role = one(operator_objs(default_objs), "ClusterRole")
     want = normalize(operator_rules())
     assert normalize(role["rules"]) == want, "paste into templates/_rbac.tpl:\n" + rules_yaml(operator_rules())
     binding = one(default_objs, "ClusterRoleBinding")
@@ -178,23 +185,23 @@ def test_cluster_wide_rbac_is_exactly_the_operators_rules(default_objs: list[dic
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
                                     "namespace": "interlace-system"}]
     assert env(default_objs)["INTERLACE_WATCH_NAMESPACES"] == ""
-    assert not by_kind(default_objs, "Role")
+    assert not by_kind(operator_objs(default_objs), "Role")
 
 
 def test_namespaced_rbac_grants_only_in_watched_namespaces() -> None:
     objs = template(NAMESPACED)
     namespaced, cluster = split_rules()
-    roles = by_kind(objs, "Role")
+    roles = by_kind(operator_objs(objs), "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     for r in roles:
         assert normalize(r["rules"]) == normalize(namespaced), rules_yaml(namespaced)
-    bindings = by_kind(objs, "RoleBinding")
+    bindings = by_kind(operator_objs(objs), "RoleBinding")
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     for b in bindings:
         assert b["roleRef"]["kind"] == "Role"
         assert b["subjects"][0]["namespace"] == "interlace-system"
     # cluster-wide: only the read-only cluster-scoped rules, nothing on PruneJobs or RayJobs
-    (cr,) = by_kind(objs, "ClusterRole")
+    (cr,) = by_kind(operator_objs(objs), "ClusterRole")
     assert normalize(cr["rules"]) == normalize(cluster), rules_yaml(cluster)
     assert all(set(r["verbs"]) <= {"get", "list", "watch"} for r in cr["rules"])
     assert env(objs)["INTERLACE_WATCH_NAMESPACES"] == "team-a,team-b"
@@ -202,7 +209,7 @@ def test_namespaced_rbac_grants_only_in_watched_namespaces() -> None:
 
 def test_rbac_create_false_renders_no_rbac() -> None:
     objs = template({"rbac": {"create": False}})
-    assert not {o["kind"] for o in objs} & {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+    assert not {o["kind"] for o in operator_objs(objs)} & {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
 
 
 def test_existing_service_account() -> None:
@@ -233,8 +240,42 @@ def test_service_monitor_forced_on_and_off() -> None:
     off = template({"metrics": {"serviceMonitor": {"enabled": False}}}, "--api-versions",
                    "monitoring.coreos.com/v1/ServiceMonitor")
     assert not by_kind(off, "ServiceMonitor")
-    no_metrics = template({"metrics": {"enabled": False, "serviceMonitor": {"enabled": True}}})
-    assert not by_kind(no_metrics, "ServiceMonitor")
+    # auto without metrics: nothing to scrape, nothing rendered (true is rejected by the schema, below)
+    no_metrics = template({"metrics": {"enabled": False}}, "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor")
+    assert not by_kind(no_metrics, "ServiceMonitor") and not by_kind(no_metrics, "Service")
+
+
+def test_service_monitor_honors_the_jobs_namespace_label() -> None:
+    """interlace_prunejobs/interlace_prunejob_info carry the PruneJob's namespace: honorLabels keeps it."""
+    sm = one(template({"metrics": {"serviceMonitor": {"enabled": True}}}), "ServiceMonitor")
+    (endpoint,) = sm["spec"]["endpoints"]
+    assert endpoint["honorLabels"] is True
+
+
+# ---------------------------------------------------------------------------------------- names
+
+
+def test_name_override_renames_objects_and_the_name_label() -> None:
+    objs = template({"nameOverride": "pruner", "metrics": {"serviceMonitor": {"enabled": True}}})
+    dep = one(objs, "Deployment")
+    assert dep["metadata"]["name"] == "interlace-pruner"
+    selector = dep["spec"]["selector"]["matchLabels"]
+    assert selector["app.kubernetes.io/name"] == "pruner"
+    assert selector.items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    svc = one(objs, "Service")
+    assert svc["metadata"]["name"] == "interlace-pruner-metrics"
+    assert svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    sm = one(objs, "ServiceMonitor")
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    for kind in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding"):
+        assert one(operator_objs(objs), kind)["metadata"]["name"] == "interlace-pruner", kind
+    assert one(objs, "ClusterRoleBinding")["subjects"][0]["name"] == "interlace-pruner"
+    # a release whose name already contains the name is not doubled; fullnameOverride wins over both
+    assert one(template({"nameOverride": "pruner"}, release="pruner-prod"), "Deployment")["metadata"]["name"] == \
+        "pruner-prod"
+    both = template({"nameOverride": "pruner", "fullnameOverride": "ops"})
+    assert one(both, "Deployment")["metadata"]["name"] == "ops"
+    assert one(both, "Deployment")["metadata"]["labels"]["app.kubernetes.io/name"] == "pruner"
 
 
 # ----------------------------------------------------------------------------------- values schema
@@ -243,7 +284,9 @@ def test_service_monitor_forced_on_and_off() -> None:
 BAD_VALUES = [
     # (values, the schema path helm names, a fragment of the schema's message)
     ({"replicaCount": -1}, "/replicaCount", "minimum"),
-    ({"replicaCount": 2}, "/replicaCount", "maximum"),
+    ({"replicaCount": 11}, "/replicaCount", "maximum"),
+    ({"replicaCount": 2, "leaderElection": {"enabled": False}}, "/replicaCount", "maximum"),
+    ({"leaderElection": {"enabled": True, "leaseSeconds": 15}}, "/leaderElection", "leaseSeconds"),
     ({"replicaCount": "one"}, "/replicaCount", "integer"),
     ({"replicas": 1}, "", "replicas"),
     ({"image": {"tags": "1.0"}}, "/image", "tags"),
@@ -254,6 +297,10 @@ BAD_VALUES = [
     ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy", "IfNotPresent"),
     ({"resources": {"requests": {"cpu": "lots"}}}, "/resources/requests/cpu", ""),
     ({"crds": {"install": "true"}}, "/crds/install", "boolean"),
+    ({"nameOverride": "Interlace_Op"}, "/nameOverride", "pattern"),
+    ({"fullnameOverride": "x" * 60}, "/fullnameOverride", "maxLength"),
+    # a ServiceMonitor forced on without the metrics Service it would scrape
+    ({"metrics": {"enabled": False, "serviceMonitor": {"enabled": True}}}, "/metrics/serviceMonitor/enabled", "auto"),
 ]
 
 

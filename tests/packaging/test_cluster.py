@@ -8,7 +8,9 @@
   interlace_operator.rbac.RULES is allowed where it should be, and a table of verbs the operator must
   not have is denied; the operator's ServiceAccount (its real token) can create the per-PruneJob Role
   (RBAC's escalation check passes) but not a Role granting more than it holds;
-* `kubectl apply --server-side -k manifests/overlays/...` works and the operator pod runs.
+* `kubectl apply --server-side -k manifests/overlays/...` works and the operator pod runs;
+* the archive `helm package` makes (what CI publishes) installs, upgrades and uninstalls like the
+  chart directory.
 """
 
 from __future__ import annotations
@@ -28,7 +30,15 @@ from typing import Any
 import pytest
 
 from tests.cluster.testbed import free_port
-from tests.packaging.tools import CHART, MANIFESTS, normalize, operator_rules, split_rules, template
+from tests.packaging.tools import (
+    APP_VERSION,
+    CHART,
+    MANIFESTS,
+    normalize,
+    operator_rules,
+    split_rules,
+    template,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -108,12 +118,15 @@ def check_table(cp: Any, sa: str, rows: list[tuple[str, str, str, str | None, bo
 
 
 def adopt_crd(cp: Any, release: str, namespace: str) -> None:
-    """Let this release own an existing CRD (another test may have applied it), as Helm documents."""
-    if not cp.kubectl("get", "crd", CRD_NAME, "--ignore-not-found", "-o", "name").stdout.strip():
-        return
-    cp.kubectl("label", "crd", CRD_NAME, "--overwrite", "app.kubernetes.io/managed-by=Helm")
-    cp.kubectl("annotate", "crd", CRD_NAME, "--overwrite", f"meta.helm.sh/release-name={release}",
-               f"meta.helm.sh/release-namespace={namespace}")
+    """Let this release own the existing cluster-wide singletons (the CRD, the users' ClusterRoles:
+    another test may have applied them), as Helm documents."""
+    for kind, name in [("crd", CRD_NAME), ("clusterrole", "interlace-prunejob-editor"),
+                       ("clusterrole", "interlace-prunejob-viewer")]:
+        if not cp.kubectl("get", kind, name, "--ignore-not-found", "-o", "name").stdout.strip():
+            continue
+        cp.kubectl("label", kind, name, "--overwrite", "app.kubernetes.io/managed-by=Helm")
+        cp.kubectl("annotate", kind, name, "--overwrite", f"meta.helm.sh/release-name={release}",
+                   f"meta.helm.sh/release-namespace={namespace}")
 
 
 @pytest.fixture
@@ -326,6 +339,8 @@ def test_kubectl_apply_k_overlay(control_plane: Any, overlay: str, ns: str) -> N
     finally:
         cp.kubectl("delete", "clusterrolebinding,clusterrole", "interlace-operator", "--ignore-not-found",
                    "--wait=false", check=False)
+        cp.kubectl("delete", "clusterrole", "interlace-prunejob-editor", "interlace-prunejob-viewer",
+                   "--ignore-not-found", "--wait=false", check=False)
         cp.delete_namespace(ns)
 
 
@@ -349,3 +364,38 @@ def test_notes_render(control_plane: Any, namespace: str) -> None:
     assert "not managed by this release" in notes
     proc = control_plane.helm(*base, "--set", f"watchNamespaces={{{namespace}}}")
     assert f"PruneJobs in {namespace} only" in proc.stdout.split("NOTES:", 1)[1]
+
+
+def test_helm_install_from_the_packaged_archive(control_plane: Any, namespace: str, tmp_path: Path) -> None:
+    """What a user of the published chart does: `helm package` (CI's artifact), then `helm install` and
+    `helm upgrade` from the .tgz alone (no clone), with nameOverride; the operator pod runs."""
+    cp = control_plane
+    cp.helm("package", str(CHART), "--destination", str(tmp_path))
+    archive = tmp_path / f"interlace-operator-{APP_VERSION}.tgz"
+    assert archive.is_file()
+    shown = cp.helm("show", "chart", str(archive)).stdout
+    assert f"version: {APP_VERSION}" in shown and "name: interlace-operator" in shown
+    release = f"tgz-{secrets.token_hex(3)}"
+    adopt_crd(cp, release, namespace)
+    cp.helm("install", release, str(archive), "--namespace", namespace, "--set", "nameOverride=pruner",
+            "--wait", "--timeout", "120s", timeout=180)
+    try:
+        fullname = f"{release}-pruner"
+        deployment = cp.kubectl_json("get", "deployment", fullname, "-n", namespace)
+        assert deployment["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == "pruner"
+        pods = cp.wait_for_pods(namespace, "app.kubernetes.io/name=pruner", count=1, timeout=120)
+        assert pods[0]["status"]["phase"] == "Running"
+        assert cp.kubectl("get", "clusterrole", fullname, "-o", "name").stdout.strip()
+        listed = json.loads(cp.helm("list", "--namespace", namespace, "-o", "json").stdout)
+        assert [(r["name"], r["chart"], r["status"]) for r in listed] == [
+            (release, f"interlace-operator-{APP_VERSION}", "deployed")]
+        cp.helm("upgrade", release, str(archive), "--namespace", namespace, "--reuse-values",
+                "--set", "metrics.service.port=9191", "--wait", "--timeout", "120s", timeout=180)
+        svc = cp.kubectl_json("get", "service", f"{fullname}-metrics", "-n", namespace)
+        assert svc["spec"]["ports"][0]["port"] == 9191
+        # the schema travels in the archive: the contradiction is refused by the API-side install too
+        proc = cp.helm("upgrade", release, str(archive), "--namespace", namespace, "--reuse-values", "--set",
+                       "metrics.enabled=false", "--set", "metrics.serviceMonitor.enabled=true", check=False)
+        assert proc.returncode != 0 and "/metrics/serviceMonitor/enabled" in proc.stderr, proc.stderr
+    finally:
+        cp.helm("uninstall", release, "--namespace", namespace, check=False, timeout=90)

@@ -76,9 +76,11 @@ def running(phase: str, **progress: Any) -> dict[str, Any]:
         "observedGeneration": 1,
         "conditions": [
             cond("Ready", "False", "Running" if phase != "Pending" else "Pending", f"{phase} in progress"),
+            cond("Running", "True" if phase != "Pending" else "False", "Running"),
             cond("Succeeded", "False", "Running"),
             cond("Failed", "False", "Running"),
             cond("Suspended", "False", "NotSuspended"),
+            cond("Stalled", "False", "Running"),
         ],
     }
     if phase in {p.value for p in (Phase.ANALYZING, Phase.PLANNING, Phase.FINETUNING)}:
@@ -219,6 +221,7 @@ def test_gitops_doc_embeds_the_script() -> None:
     assert HEALTH_KEY in doc
     assert "manifests/gitops/argocd-health.lua" in doc
     assert "healthCheckExprs" in doc  # Flux readiness
+    assert "Stalled" in doc and "kstatus" in doc  # Flux's default check, without healthCheckExprs
 
 
 # ---------------------------------------------- statuses written by the operator's own status logic
@@ -294,3 +297,59 @@ def test_health_of_operator_reasons(phase: str, reason: str, health: str) -> Non
     out = run_health(prunejob(_operator_status(phase, reason, f"{reason} happened")))
     assert out["status"] == health
     assert reason in out["message"]
+
+
+# ------------------------------------------------- Flux's default health check (kstatus), no CEL needed
+
+
+def kstatus(obj: dict[str, Any]) -> str:
+    """What Flux's kustomize-controller makes of a custom resource without healthCheckExprs: kstatus's
+    generic rules (sigs.k8s.io/cli-utils pkg/kstatus/status/generic.go: an unobserved generation is
+    InProgress, Reconciling=True is InProgress, Stalled=True is Failed), then the Ready condition
+    Flux requires of custom resources (True: Current, False or missing: InProgress). A transcription
+    of the rules the docs and the code describe, to check the conditions the operator writes."""
+    st = obj.get("status") or {}
+    gen, observed = obj["metadata"].get("generation"), st.get("observedGeneration")
+    if gen is not None and observed is not None and observed != gen:
+        return "InProgress"
+    conds = {c["type"]: c["status"] for c in st.get("conditions") or []}
+    if conds.get("Reconciling") == "True":
+        return "InProgress"
+    if conds.get("Stalled") == "True":
+        return "Failed"
+    return "Current" if conds.get("Ready") == "True" else "InProgress"
+
+
+KSTATUS_CASES = [
+    (_rayjob(), None, False, "InProgress"),
+    (_rayjob(js="RUNNING", jds="Running"), "Finetuning", False, "InProgress"),  # running is not done
+    (_rayjob(jds="Retrying"), None, False, "InProgress"),
+    (_rayjob(js="SUCCEEDED", jds="Complete"), None, False, "Current"),
+    (_rayjob(js="SUCCEEDED", jds="Complete"), None, True, "Current"),  # dry-run plan
+    (_rayjob(js="FAILED", jds="Complete"), None, False, "Failed"),
+    (_rayjob(jds="ValidationFailed", reason="ValidationFailed", message="bad spec"), None, False, "Failed"),
+    (_rayjob(jds="Suspended"), None, False, "InProgress"),  # suspended: Flux keeps waiting
+]
+
+
+@pytest.mark.parametrize(("rayjob", "stage", "dry_run", "expected"), KSTATUS_CASES)
+def test_flux_default_health_of_operator_outcomes(rayjob: dict[str, Any], stage: str | None, dry_run: bool,
+                                                  expected: str) -> None:
+    """Ready=True after success (Current), Stalled=True after a final failure (Failed): a Flux
+    Kustomization with `wait: true` and no healthCheckExprs waits for the outcome of a PruneJob."""
+    from interlace_operator.status import observe_rayjob
+
+    outcome = observe_rayjob(rayjob, stage=stage, dry_run=dry_run)
+    status = _operator_status(outcome.phase, outcome.reason, outcome.message, ready=outcome.ready)
+    assert kstatus(prunejob(status)) == expected, (outcome, status["conditions"])
+    assert kstatus(prunejob(status, generation=2)) == "InProgress"  # a new spec not yet observed
+
+
+def test_running_condition_while_the_ray_job_runs() -> None:
+    from interlace_operator.status import observe_rayjob
+
+    outcome = observe_rayjob(_rayjob(js="RUNNING", jds="Running"), stage="Analyzing")
+    conds = {c["type"]: c for c in _operator_status(outcome.phase, outcome.reason, outcome.message,
+                                                    ready=outcome.ready)["conditions"]}
+    assert conds["Running"]["status"] == "True" and conds["Ready"]["status"] == "False"
+    assert conds["Ready"]["reason"] == "JobRunning"

@@ -17,6 +17,7 @@ from tests.packaging.tools import (
     kustomize,
     normalize,
     one,
+    operator_objs,
     operator_rules,
     rules_yaml,
     split_rules,
@@ -65,19 +66,19 @@ def test_base_crd_is_the_generated_file(built: dict[str, list[dict[str, Any]]]) 
 
 def test_cluster_wide_rbac(built: dict[str, list[dict[str, Any]]]) -> None:
     objs = built["cluster-wide"]
-    assert normalize(one(objs, "ClusterRole")["rules"]) == normalize(operator_rules()), (
+    assert normalize(one(operator_objs(objs), "ClusterRole")["rules"]) == normalize(operator_rules()), (
         "paste into manifests/base/rbac.yaml:\n" + rules_yaml(operator_rules())
     )
-    assert not by_kind(objs, "Role")
+    assert not by_kind(operator_objs(objs), "Role")
     assert env(objs)["INTERLACE_WATCH_NAMESPACES"] == ""
 
 
 def test_namespaced_rbac(built: dict[str, list[dict[str, Any]]]) -> None:
     objs = built["namespaced"]
     namespaced, cluster = split_rules()
-    assert normalize(one(objs, "Role")["rules"]) == normalize(namespaced), rules_yaml(namespaced)
-    assert normalize(one(objs, "ClusterRole")["rules"]) == normalize(cluster), rules_yaml(cluster)
-    assert one(objs, "RoleBinding")["roleRef"]["kind"] == "Role"
+    assert normalize(one(operator_objs(objs), "Role")["rules"]) == normalize(namespaced), rules_yaml(namespaced)
+    assert normalize(one(operator_objs(objs), "ClusterRole")["rules"]) == normalize(cluster), rules_yaml(cluster)
+    assert one(operator_objs(objs), "RoleBinding")["roleRef"]["kind"] == "Role"
     assert env(objs)["INTERLACE_WATCH_NAMESPACES"] == "interlace"
 
 

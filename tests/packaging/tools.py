@@ -126,6 +126,17 @@ def kustomize(overlay: str) -> list[dict[str, Any]]:
     return load_all(proc.stdout)
 
 
+def operator_objs(objs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Everything but the users' ClusterRoles (interlace_operator.user_roles, test_user_roles.py) and the
+    leader-election Role and RoleBinding (interlace_operator.leader, test_ha_packaging.py): the
+    operator's own RBAC as interlace_operator.rbac.RULES describes it."""
+    return [o for o in objs
+            if (o["metadata"].get("labels") or {}).get("app.kubernetes.io/component") not in EXTRA_RBAC]
+
+
+EXTRA_RBAC = {"user-roles", "leader-election"}
+
+
 def by_kind(objs: Iterable[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [o for o in objs if o.get("kind") == kind]
 
