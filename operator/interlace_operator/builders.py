@@ -179,8 +179,8 @@ def rayjob(
     pod_labels = names.labels(owner.name, "ray")
     pod_labels[names.LABEL_ATTEMPT] = str(attempt)
 
-    def container(name: str, cpu: str, memory: str, gpus: int) -> dict[str, Any]:
-        limits: dict[str, Any] = {"cpu": cpu, "memory": memory}
+    def container(name: str, cpu: int | str, memory: int | str, gpus: int) -> dict[str, Any]:
+        limits: dict[str, Any] = {"cpu": str(cpu), "memory": str(memory)}
         if gpus:
             limits[GPU_RESOURCE] = str(gpus)
         c: dict[str, Any] = {

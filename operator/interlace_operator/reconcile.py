@@ -150,7 +150,8 @@ class Reconciler:
                     "kind": KIND,
                     "metadata": {"name": name, "namespace": namespace},
                     "spec": body.get("spec"),
-                }
+                },
+                cluster=True,
             )
         except SpecError as err:
             ctx = Ctx(body, None, builders.Owner.from_body(body), status, now)  # type: ignore[arg-type]
