@@ -29,6 +29,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainValidator,
     ValidationError,
     WithJsonSchema,
     field_validator,
@@ -105,7 +106,9 @@ def _cel(rule: str, message: str, field_path: str | None = None) -> dict[str, An
     return out
 
 
-def _check_quantity(value: int | str) -> int | str:
+def _check_quantity(value: Any) -> int | str:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"{value!r} is neither an integer nor a Kubernetes quantity string (e.g. 8, 500m, 16Gi)")
     if isinstance(value, int):
         if value < 0:
             raise ValueError("must not be negative")
@@ -118,7 +121,7 @@ def _check_quantity(value: int | str) -> int | str:
 # cpu/memory: an int or a Kubernetes quantity string (`cpu: 8`, `500m`, `16Gi`; not `eight`, `64GB`).
 Quantity = Annotated[
     int | str,
-    AfterValidator(_check_quantity),
+    PlainValidator(_check_quantity),
     WithJsonSchema(
         {
             "x-kubernetes-int-or-string": True,
@@ -724,7 +727,12 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> str:
     """One line per problem: `spec.pruning.ratio: Input should be less than 1`."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+        loc = ""
+        for p in e["loc"]:
+            if str(p).startswith("function-after"):
+                continue
+            # list indices as Kubernetes writes them: spec.resources.tolerations[0].key
+            loc += f"[{p}]" if isinstance(p, int) else (f".{p}" if loc else str(p))
         loc = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "document"
         lines.append(f"{loc}: {e['msg']}")
     return "\n".join(lines)
