@@ -770,14 +770,23 @@ def parse_prunejob(doc: dict[str, Any], *, cluster: bool = False) -> PruneJob:
 
 
 def load_prunejob(path: str | Path, *, cluster: bool = False) -> PruneJob:
-    """Read and validate a PruneJob YAML file (the first document of kind PruneJob)."""
+    """Read and validate a PruneJob YAML file (the first document of kind PruneJob). `env:NAME` reads
+    the document from environment variable NAME (how the operator's RayJob hands over the spec)."""
+    import os
+
     import yaml
 
     p = Path(path)
-    if not p.is_file():
+    if str(path).startswith("env:"):
+        text = os.environ.get(str(path)[len("env:"):])
+        if text is None:
+            raise SpecError(f"{path}: the environment variable is not set")
+    elif not p.is_file():
         raise SpecError(f"{p}: no such file (pass the PruneJob YAML with -f)")
+    else:
+        text = p.read_text()
     try:
-        docs = [d for d in yaml.safe_load_all(p.read_text()) if d is not None]
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as err:
         raise SpecError(f"{p}: not valid YAML: {err}") from None
     jobs = [d for d in docs if isinstance(d, dict) and d.get("kind", "PruneJob") == "PruneJob"]

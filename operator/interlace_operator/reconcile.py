@@ -12,9 +12,11 @@ n's RayJob is `<prunejob>-<n>`; before acting, the reconciler looks for attempt 
 a previous run created it but died before recording it. So there is never a second RayJob for an
 attempt, and the retry budget (`attempts` vs `spec.backoffLimit`) survives restarts.
 
-Order of a first reconcile: validate -> write startTime with a resourceVersion precondition (from then
-on the CRD's CEL rule freezes the spec) -> ConfigMap, ServiceAccount, Role, RoleBinding (created or
-adopted) -> RayJob attempt 1 -> status. Events are posted on transitions only, derived from the status
+Order of a first reconcile: validate -> allow-lists and a server-side dry run of every child (what the
+API server would refuse becomes a Failed condition, before anything is frozen) -> write startTime with
+a resourceVersion precondition (from then on the CRD's CEL rule freezes the spec) -> ServiceAccount,
+Role, RoleBinding (created, or adopted when this PruneJob's UID controls them) -> RayJob attempt 1,
+which carries the spec -> status. Events are posted on transitions only, derived from the status
 diff, so a restart does not repeat them.
 """
 
@@ -53,6 +55,16 @@ from interlace_operator.status import (
 log = logging.getLogger(__name__)
 
 OPERATOR_FIELDS = ("phase", "conditions", "observedGeneration", "rayJob", "attempts", "startTime", "completionTime")
+
+
+class KubeRayMissing(Exception):
+    """The RayJob CRD (ray.io/v1) is not installed."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the RayJob CRD (rayjobs.ray.io, ray.io/v1) is not installed in this cluster: install the KubeRay "
+            "operator (>= 1.3); this PruneJob starts once it is there"
+        )
 
 
 class Requeue(Exception):
@@ -158,8 +170,25 @@ class Reconciler:
             self._finish(ctx, Outcome(Phase.FAILED.value, "InvalidSpec", str(err), finished=True, failed=True), None)
             return None
         ctx = Ctx(body, job, builders.Owner.from_body(body), status, now)
+        try:
+            return self._run(ctx)
+        except (ConflictError, KubeRayMissing) as err:
+            # ChildConflict: something else holds one of our deterministic names (reported, never
+            # adopted). KubeRayMissing: no RayJob CRD. Both wait, with one event per episode.
+            reason = "ChildConflict" if isinstance(err, ConflictError) else "KubeRayMissing"
+            before = _reason(ctx.status, "Ready")
+            self._write(ctx, Outcome(Phase.PENDING.value, reason, str(err)), None)
+            if before != reason:
+                self._event(ctx, "Warning", reason, str(err))
+            raise Requeue(30.0, str(err)) from None
 
+    def _run(self, ctx: Ctx) -> float | None:
+        namespace, name, job, status, now = ctx.owner.namespace, ctx.owner.name, ctx.job, ctx.status, ctx.now
         if not status.get("startTime"):
+            refused = self._preflight(ctx)
+            if refused is not None:
+                self._finish(ctx, refused, None)
+                return None
             self._accept(ctx)
             # RayJobs are only ever created after startTime is recorded: nothing to adopt yet.
             self._probed.add((namespace, name))
@@ -200,6 +229,42 @@ class Reconciler:
         return self._settle(ctx, attempts, current, outcome, mirror)
 
     # ================================================================== steps
+
+    def _preflight(self, ctx: Ctx) -> Outcome | None:
+        """Before the spec is frozen: the allow-lists, then every child created with server-side dry
+        run (dryRun=All), so whatever the API server (schemas, admission, KubeRay's webhooks) would
+        refuse becomes a Failed condition with the API's own message instead of a frozen spec whose
+        RayJob never appears. Raises KubeRayMissing when the RayJob CRD is not installed."""
+        from kubernetes.client.exceptions import ApiException
+
+        problems = self.config.not_allowed(ctx.job.spec.resources)
+        if problems:
+            return Outcome(Phase.FAILED.value, "NotAllowed", "; ".join(problems), finished=True, failed=True)
+        owner, job = ctx.owner, ctx.job
+        deadline = job.spec.active_deadline_seconds
+        children = [builders.role(owner)]
+        if not job.spec.resources.service_account_name:
+            children.append(builders.service_account(owner))
+        # (no RoleBinding: its escalation check needs the Role to exist; its content is the operator's)
+        children.append(
+            builders.rayjob(job, owner, attempt=1, image=self.config.runtime_image, active_deadline_seconds=deadline)
+        )
+        for child in children:
+            try:
+                self.kube.dry_run_create(child)
+            except ApiException as err:
+                if err.status == 409:
+                    continue  # the name is taken: create-or-adopt decides (ours, or a conflict)
+                if err.status == 404 and child["kind"] == "RayJob":
+                    raise KubeRayMissing() from None
+                if err.status in (400, 403, 422):
+                    return Outcome(
+                        Phase.FAILED.value, "ChildRejected",
+                        f"the API server refuses the {child['kind']} this spec makes: {_api_message(err)}",
+                        finished=True, failed=True,
+                    )
+                raise
+        return None
 
     def _accept(self, ctx: Ctx) -> None:
         """Record startTime (freezing the spec via the CRD's CEL rule) before creating anything.
@@ -255,11 +320,10 @@ class Reconciler:
         return start + timedelta(seconds=seconds)
 
     def _ensure_children(self, ctx: Ctx) -> None:
-        """ConfigMap with the spec, and the job's identity: ServiceAccount + Role + RoleBinding."""
+        """The job's identity: ServiceAccount + Role + RoleBinding (the spec travels in the RayJob)."""
         owner, job = ctx.owner, ctx.job
         sa = builders.job_service_account_name(job, owner)
         wanted: list[tuple[dict[str, Any], tuple[str, ...]]] = [
-            (builders.configmap(job, owner), ("data",)),
             (builders.role(owner), ("rules",)),
         ]
         if not job.spec.resources.service_account_name:
@@ -277,12 +341,7 @@ class Reconciler:
         from kubernetes.client.exceptions import ApiException
 
         owner, job = ctx.owner, ctx.job
-        try:
-            self._ensure_children(ctx)
-        except ConflictError as err:
-            self._write(ctx, Outcome(Phase.PENDING.value, "ChildConflict", str(err)), None, attempts=attempt - 1)
-            self._event(ctx, "Warning", "ChildConflict", str(err))
-            raise Requeue(30.0, str(err)) from None
+        self._ensure_children(ctx)  # ConflictError: reported by _reconcile
         remaining = None
         deadline = self._deadline(ctx)
         if deadline is not None:
@@ -296,6 +355,8 @@ class Reconciler:
             rayjob = self.kube.create_rayjob(body)
             self._record_rayjob(rayjob)
         except ApiException as err:
+            if err.status == 404:
+                raise KubeRayMissing() from None
             if err.status != 409:
                 raise
             rayjob = self.kube.get_rayjob(owner.namespace, rj_name)
@@ -518,12 +579,27 @@ class Reconciler:
         return f"{job.spec.model.source}, {p.strategy}, {amount}{', dry run' if job.spec.dry_run else ''}"
 
 
+# Failures decided before the spec was frozen: the user may edit the spec and the job is looked at again.
+PRE_START_FAILURES = ("InvalidSpec", "ChildRejected", "NotAllowed")
+
+
+def _api_message(err: Exception) -> str:
+    """The `message` of a Kubernetes Status answer (what kubectl would print)."""
+    import json
+
+    try:
+        return str(json.loads(getattr(err, "body", "") or "{}").get("message") or err)
+    except ValueError:
+        return str(err)
+
+
 def _fixed_invalid_spec(body: dict[str, Any], status: dict[str, Any]) -> bool:
-    """A job that failed with InvalidSpec gets another look once its spec was edited (the spec is
-    not frozen then: startTime is only written after validation succeeds)."""
+    """A job that failed before its start (invalid spec, a child the API server refuses, a request
+    beyond the allow-lists) gets another look once its spec was edited (the spec is not frozen then:
+    startTime is only written after all of that passed)."""
     return (
         status.get("phase") == Phase.FAILED.value
-        and _reason(status, "Failed") == "InvalidSpec"
+        and _reason(status, "Failed") in PRE_START_FAILURES
         and status.get("observedGeneration") != body["metadata"].get("generation")
         and not status.get("startTime")
     )
