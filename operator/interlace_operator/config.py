@@ -41,6 +41,7 @@ class OperatorConfig:
       attempt is retried after base * 2**(attempt-1) seconds, capped.
     * INTERLACE_WATCH_TIMEOUT_SECONDS (300): server-side watch timeout; the client gives up 30 s
       later, so a silently dead connection cannot hang the operator.
+    * INTERLACE_KUBERAY_RETRY_SECONDS (30): how often a PruneJob waiting for the RayJob CRD looks again.
     * What a PruneJob may ask for on its pods (the operator creates them with its own rights, so a
       user who may create PruneJobs but not pods gets no more than this; empty = nothing):
       INTERLACE_ALLOWED_SERVICE_ACCOUNTS (spec.resources.serviceAccountName; default none: the
@@ -58,6 +59,7 @@ class OperatorConfig:
     retry_backoff_seconds: float = 10.0
     retry_backoff_max_seconds: float = 600.0
     watch_timeout_seconds: float = 300.0
+    kuberay_retry_seconds: float = 30.0
     allowed_service_accounts: tuple[str, ...] = ()
     allowed_priority_classes: tuple[str, ...] = ()
     allowed_toleration_keys: tuple[str, ...] = (DEFAULT_TOLERATION_KEY,)
@@ -81,6 +83,7 @@ class OperatorConfig:
             retry_backoff_seconds=_float(env, "INTERLACE_RETRY_BACKOFF_SECONDS", 10.0),
             retry_backoff_max_seconds=_float(env, "INTERLACE_RETRY_BACKOFF_MAX_SECONDS", 600.0),
             watch_timeout_seconds=_float(env, "INTERLACE_WATCH_TIMEOUT_SECONDS", 300.0),
+            kuberay_retry_seconds=_float(env, "INTERLACE_KUBERAY_RETRY_SECONDS", 30.0),
             allowed_service_accounts=_list(env, "INTERLACE_ALLOWED_SERVICE_ACCOUNTS"),
             allowed_priority_classes=_list(env, "INTERLACE_ALLOWED_PRIORITY_CLASSES"),
             allowed_toleration_keys=_list(env, "INTERLACE_ALLOWED_TOLERATION_KEYS", (DEFAULT_TOLERATION_KEY,)),

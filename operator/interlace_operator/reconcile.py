@@ -180,7 +180,8 @@ class Reconciler:
             self._write(ctx, Outcome(Phase.PENDING.value, reason, str(err)), None)
             if before != reason:
                 self._event(ctx, "Warning", reason, str(err))
-            raise Requeue(30.0, str(err)) from None
+            delay = 30.0 if isinstance(err, ConflictError) else self.config.kuberay_retry_seconds
+            raise Requeue(delay, str(err)) from None
 
     def _run(self, ctx: Ctx) -> float | None:
         namespace, name, job, status, now = ctx.owner.namespace, ctx.owner.name, ctx.job, ctx.status, ctx.now
