@@ -213,18 +213,25 @@ class Kube:
 
     # ------------------------------------------------------------------ events
 
-    def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    def post_event(
+        self, involved: dict[str, Any], type_: str, reason: str, message: str, *, name: str | None = None
+    ) -> None:
         """A core/v1 Event on the PruneJob (shown by `kubectl describe` and `kubectl get events`).
-        Best effort, asynchronous: a lost event must never fail or slow a reconcile."""
-        self._events.submit(self._post_event, involved, type_, reason, message)
+        Best effort, asynchronous: a lost event must never fail or slow a reconcile. With `name`
+        (deterministic), posting the same event twice leaves one: the second gets AlreadyExists."""
+        self._events.submit(self._post_event, involved, type_, reason, message, name)
 
-    def _post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    def _post_event(
+        self, involved: dict[str, Any], type_: str, reason: str, message: str, name: str | None = None
+    ) -> None:
+        from kubernetes.client.exceptions import ApiException
+
         meta = involved["metadata"]
         now = rfc3339(utcnow())
         body = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},
+            "metadata": {"name": name or f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},
             "involvedObject": {
                 "apiVersion": involved.get("apiVersion", f"{API_GROUP}/{API_VERSION}"),
                 "kind": involved.get("kind", "PruneJob"),
@@ -247,6 +254,9 @@ class Kube:
             self.core.create_namespaced_event(
                 meta["namespace"], body, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
             )
+        except ApiException as err:
+            if err.status != 409:  # 409: this very event was posted before (a replay)
+                log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], err)
         except Exception as err:  # events are best effort
             log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], err)
 

@@ -23,6 +23,7 @@ diff, so a restart does not repeat them.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -84,6 +85,7 @@ class Ctx:
     owner: builders.Owner
     status: dict[str, Any]
     now: datetime
+    first: bool = False  # the first reconcile of this PruneJob in this process
 
     @property
     def generation(self) -> int | None:
@@ -108,6 +110,8 @@ class Reconciler:
         # PruneJobs whose "did a previous run create an attempt it never recorded?" probe is done:
         # within one process every RayJob created is recorded before the next reconcile of the job.
         self._probed: set[tuple[str, str]] = set()
+        # PruneJobs whose recorded state's events were replayed in this process (see _replay_events).
+        self._replayed: set[tuple[str, str]] = set()
         self._children_pool = ThreadPoolExecutor(max_workers=max(4, config.workers), thread_name_prefix="children")
 
     def is_own_write(self, kind: str, namespace: str, name: str, resource_version: str | None) -> bool:
@@ -128,6 +132,7 @@ class Reconciler:
 
     def forget(self, namespace: str, name: str) -> None:
         self._probed.discard((namespace, name))
+        self._replayed.discard((namespace, name))
         self.own_versions.pop(("PruneJob", namespace, name), None)
 
     # ================================================================== entry point
@@ -151,7 +156,11 @@ class Reconciler:
         status = dict(body.get("status") or {})
         if self.metrics:
             self.metrics.set_phase(namespace, name, status.get("phase"))
+        first = (namespace, name) not in self._replayed
+        self._replayed.add((namespace, name))
         if status.get("phase") in TERMINAL_PHASES and not _fixed_invalid_spec(body, status):
+            if first:
+                self._replay_terminal(body, status)
             return None
 
         now = self.clock()
@@ -169,17 +178,15 @@ class Reconciler:
             ctx = Ctx(body, None, builders.Owner.from_body(body), status, now)  # type: ignore[arg-type]
             self._finish(ctx, Outcome(Phase.FAILED.value, "InvalidSpec", str(err), finished=True, failed=True), None)
             return None
-        ctx = Ctx(body, job, builders.Owner.from_body(body), status, now)
+        ctx = Ctx(body, job, builders.Owner.from_body(body), status, now, first=first)
         try:
             return self._run(ctx)
         except (ConflictError, KubeRayMissing) as err:
             # ChildConflict: something else holds one of our deterministic names (reported, never
             # adopted). KubeRayMissing: no RayJob CRD. Both wait, with one event per episode.
             reason = "ChildConflict" if isinstance(err, ConflictError) else "KubeRayMissing"
-            before = _reason(ctx.status, "Ready")
             self._write(ctx, Outcome(Phase.PENDING.value, reason, str(err)), None)
-            if before != reason:
-                self._event(ctx, "Warning", reason, str(err))
+            self._event(ctx, "Warning", reason, str(err))  # one per attempt and generation (its name)
             delay = 30.0 if isinstance(err, ConflictError) else self.config.kuberay_retry_seconds
             raise Requeue(delay, str(err)) from None
 
@@ -199,6 +206,8 @@ class Reconciler:
         current = self.kube.get_rayjob(namespace, rj_name) if rj_name else None
         if current is not None:
             self.kube.check_owner(current, ctx.owner.uid, deleting_ok=True)
+        if ctx.first:
+            self._replay_events(ctx, attempts, current)
 
         deadline = self._deadline(ctx)
         if deadline is not None and now >= deadline:
@@ -367,18 +376,10 @@ class Reconciler:
             created = False
         log.info("%s/%s: %s RayJob %s (attempt %d)", owner.namespace, owner.name,
                  "created" if created else "adopted", rj_name, attempt)
-        if created:
-            res = job.spec.resources
-            gpus = f"{res.workers} worker(s) x {res.gpus_per_worker} GPU"
-            self._event(
-                ctx, "Normal", "RayJobCreated",
-                f"created RayJob {rj_name} (attempt {attempt} of {job.spec.backoff_limit + 1}, {gpus}; "
-                f"{self._summary(job)})",
-            )
-            if self.metrics:
-                self.metrics.rayjobs_created.inc()
-                if retry:
-                    self.metrics.retries.inc()
+        if created and self.metrics:
+            self.metrics.rayjobs_created.inc()
+            if retry:
+                self.metrics.retries.inc()
         if job.spec.suspend:
             outcome = Outcome(Phase.SUSPENDED.value, "Suspended", f"RayJob {rj_name} created suspended")
         else:
@@ -386,7 +387,22 @@ class Reconciler:
             if outcome.finished:  # an adopted attempt that already ended: settle on the next pass
                 outcome = Outcome(Phase.PENDING.value, "ClusterInitializing", f"RayJob {rj_name} adopted")
         self._write(ctx, outcome, self._mirror(ctx, rayjob, finished=False), attempts=attempt)
+        # After the attempt is recorded, also when adopted: a run killed between creating the RayJob
+        # and this line never posted it, and the deterministic event name keeps it to one.
+        self._rayjob_created_event(ctx, attempt)
         return self._next_check(ctx)
+
+    def _rayjob_created_event(self, ctx: Ctx, attempt: int) -> None:
+        job = ctx.job
+        res = job.spec.resources
+        gpus = f"{res.workers} worker(s) x {res.gpus_per_worker} GPU"
+        rj_name = names.rayjob_name(ctx.owner.name, attempt)
+        self._event(
+            ctx, "Normal", "RayJobCreated",
+            f"created RayJob {rj_name} (attempt {attempt} of {job.spec.backoff_limit + 1}, {gpus}; "
+            f"{self._summary(job)})",
+            key=f"attempt-{attempt}",
+        )
 
     def _sync_suspend(self, ctx: Ctx, rayjob: dict[str, Any]) -> dict[str, Any]:
         """spec.suspend -> RayJob spec.suspend (KubeRay deletes / recreates the Ray cluster)."""
@@ -468,20 +484,22 @@ class Reconciler:
             release()
             return None
         if ctx.now >= due:
+            release()
+            result = self._start_attempt(ctx, attempts + 1, retry=True)
+            # posted once the new attempt is recorded; a rerun after a crash posts the same name
             self._event(
                 ctx, "Normal", "Retrying",
-                f"starting attempt {attempts + 1} of {ctx.job.spec.backoff_limit + 1} after: {outcome.message}",
+                f"started attempt {attempts + 1} of {ctx.job.spec.backoff_limit + 1} after: {outcome.message}",
+                key=f"attempt-{attempts + 1}",
             )
-            release()
-            return self._start_attempt(ctx, attempts + 1, retry=True)
+            return result
         waiting = Outcome(
             Phase.PENDING.value, "BackoffRetry",
             f"attempt {attempts} failed ({outcome.reason}: {outcome.message}); attempt {attempts + 1} of "
             f"{ctx.job.spec.backoff_limit + 1} starts at {rfc3339(due)}",
         )
-        if _reason(ctx.status, "Ready") != "BackoffRetry":
-            self._event(ctx, "Warning", "AttemptFailed", waiting.message)
         self._write(ctx, waiting, mirror, attempts=attempts)
+        self._event(ctx, "Warning", "AttemptFailed", waiting.message)  # one per attempt (its name)
         release()
         return max(0.05, (due - ctx.now).total_seconds())
 
@@ -570,8 +588,38 @@ class Reconciler:
             bits.append(f"retention {results['relativePerformance']:.1f}%")
         return "; ".join(bits)
 
-    def _event(self, ctx: Ctx, type_: str, reason: str, message: str) -> None:
-        self.kube.post_event(ctx.body, type_, reason, message)
+    def _event(self, ctx: Ctx, type_: str, reason: str, message: str, *, key: str | None = None) -> None:
+        """Post an Event with a deterministic name: (PruneJob uid, reason, key), key defaulting to the
+        recorded attempt and the generation. Posting it again (a rerun after a crash, the replay on
+        the first reconcile of a process) hits AlreadyExists instead of making a duplicate."""
+        if key is None:
+            key = f"attempt-{ctx.status.get('attempts') or 0}/generation-{ctx.generation}"
+        digest = hashlib.sha256(f"{ctx.owner.uid}|{reason}|{key}".encode()).hexdigest()[:16]
+        self.kube.post_event(ctx.body, type_, reason, message, name=f"{ctx.owner.name}.{digest}")
+
+    def _replay_terminal(self, body: dict[str, Any], status: dict[str, Any]) -> None:
+        """_replay_events for a PruneJob that already finished."""
+        try:
+            job = parse_prunejob({"metadata": {"name": body["metadata"]["name"]}, "spec": body.get("spec")})
+        except SpecError:
+            return
+        ctx = Ctx(body, job, builders.Owner.from_body(body), status, self.clock(), first=True)
+        self._replay_events(ctx, int(status.get("attempts") or 0), None)
+
+    def _replay_events(self, ctx: Ctx, attempts: int, current: dict[str, Any] | None) -> None:
+        """First reconcile of a PruneJob in this process: post again the events of the state recorded
+        in status (its name makes each a no-op if the previous process posted it), so an operator
+        killed between a status write and its event loses nothing."""
+        status = ctx.status
+        phase = status.get("phase")
+        if not phase:
+            return
+        if attempts and (current is not None or phase in TERMINAL_PHASES):
+            self._rayjob_created_event(ctx, attempts)
+        ctype = {Phase.SUCCEEDED.value: "Succeeded", Phase.FAILED.value: "Failed"}.get(phase, "Ready")
+        cond = next((c for c in status.get("conditions") or [] if c.get("type") == ctype), None)
+        if cond and cond.get("reason"):
+            self._transition_event(ctx, None, Outcome(phase, cond["reason"], cond.get("message") or ""))
 
     @staticmethod
     def _summary(job: PruneJob) -> str:

@@ -235,3 +235,49 @@ def test_without_kuberay_a_condition_says_to_install_it_and_children_pass_owner_
             assert cluster.get(kind, "waiting-job") is not None, kind
     finally:
         op.stop()
+
+
+def test_restart_storm_loses_and_duplicates_no_event(cluster: Cluster, run_operator) -> None:
+    """The operator is SIGKILLed 10 times while a burst of PruneJobs is created, and 3 more times while
+    their RayJobs start running: every PruneJob ends with exactly one RayJobCreated and one JobRunning
+    Event (deterministic event names, posted after the state is recorded, replayed on restart)."""
+    import random
+
+    rng = random.Random(12)
+    n = 20
+    op = run_operator()
+    cluster.cp.apply([{**prunejob(f"storm-{i}"), "metadata": {"name": f"storm-{i}", "namespace": cluster.ns}}
+                      for i in range(n)])
+    for _ in range(10):
+        time.sleep(rng.uniform(0.1, 0.8))
+        op.kill()
+        op.start()
+
+    def started() -> bool:
+        return all(cluster.status(f"storm-{i}").get("attempts") == 1 for i in range(n))
+
+    wait_for(started, timeout=120, what="every PruneJob to record attempt 1")
+    for i in range(n):
+        assert rayjobs_of(cluster, f"storm-{i}") == [f"storm-{i}-1"]
+
+    for i in range(n):
+        cluster.patch_rayjob_status(f"storm-{i}-1", jobDeploymentStatus="Running", jobStatus="RUNNING")
+        if i in (3, 9, 15):
+            op.kill()
+            op.start()
+    wait_for(lambda: all(cluster.condition(f"storm-{i}", "Ready").get("reason") == "JobRunning" for i in range(n)),
+             timeout=120, what="every PruneJob Ready/JobRunning")
+    time.sleep(3)  # events are posted asynchronously
+
+    events = cluster.list("events")
+    problems = []
+    for i in range(n):
+        mine = [e for e in events if e["involvedObject"].get("name") == f"storm-{i}"
+                and e["involvedObject"].get("kind") == "PruneJob"]
+        reasons = sorted(e["reason"] for e in mine)
+        if reasons.count("RayJobCreated") != 1 or reasons.count("JobRunning") != 1:
+            problems.append(f"storm-{i}: {reasons}")
+        if any(e.get("count", 1) != 1 for e in mine) or len(reasons) != len(set(reasons)):
+            problems.append(f"storm-{i} duplicates: {reasons}")
+    assert op.starts == 14
+    assert problems == [], "\n".join(problems)
