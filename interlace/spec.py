@@ -106,6 +106,11 @@ def _cel(rule: str, message: str, field_path: str | None = None) -> dict[str, An
     return out
 
 
+def _cel_regex(regex: str) -> str:
+    """A regex inside a single-quoted CEL string literal (CEL has no `\\.` escape: double the backslashes)."""
+    return regex.replace("\\", "\\\\")
+
+
 def _check_quantity(value: Any) -> int | str:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError(f"{value!r} is neither an integer nor a Kubernetes quantity string (e.g. 8, 500m, 16Gi)")
@@ -194,7 +199,7 @@ class ModelSpec(_Spec):
         max_length=1024,
         pattern=NO_SPACE,
         json_schema_extra={
-            "x-kubernetes-validations": [_cel(f"!self.matches('{DOTDOT}')", "must not contain a '..' path segment")]
+            "x-kubernetes-validations": [_cel(f"!self.matches('{_cel_regex(DOTDOT)}')", "must not contain a '..' path segment")]
         },
     )
     revision: str | None = Field(
@@ -228,7 +233,7 @@ class DataSpec(_Spec):
         max_length=1024,
         pattern=NO_SPACE,
         json_schema_extra={
-            "x-kubernetes-validations": [_cel(f"!self.matches('{DOTDOT}')", "must not contain a '..' path segment")]
+            "x-kubernetes-validations": [_cel(f"!self.matches('{_cel_regex(DOTDOT)}')", "must not contain a '..' path segment")]
         },
         description="Hub dataset id (streamed), a local directory / glob of parquet or jsonl shards, "
         "or `builtin:english` (real English text shipped with Debian packages).",
@@ -390,7 +395,7 @@ class OutputSpec(_Spec):
         pattern=OUTPUT_URI,
         json_schema_extra={
             "x-kubernetes-validations": [
-                _cel(f"!self.matches('{DOTDOT}')", "must not contain a '..' path segment"),
+                _cel(f"!self.matches('{_cel_regex(DOTDOT)}')", "must not contain a '..' path segment"),
                 _cel(
                     "!self.contains('://') || self.matches('^(file|pvc|s3|hf)://')",
                     "the scheme must be file://, pvc://, s3:// or hf://",
@@ -455,7 +460,7 @@ class Toleration(_Spec):
 
 
 _NODE_SELECTOR_RULE = _cel(
-    f"self.all(k, k.size() <= 316 && k.matches('{LABEL_KEY}'))",
+    f"self.all(k, k.size() <= 316 && k.matches('{_cel_regex(LABEL_KEY)}'))",
     "keys must be label keys ([prefix/]name)",
 )
 
