@@ -29,7 +29,7 @@ def _failed(cluster: Cluster, name: str, reason: str) -> dict[str, Any]:
 def test_a_prunejob_cannot_pick_an_identity_priority_or_tolerations_beyond_the_allow_list(
     cluster: Cluster, run_operator
 ) -> None:
-    run_operator()
+    op = run_operator()
     res = prunejob("x")["spec"]["resources"]
     cluster.apply(prunejob("escalate", resources={
         **res,
@@ -49,6 +49,7 @@ def test_a_prunejob_cannot_pick_an_identity_priority_or_tolerations_beyond_the_a
 
     # What the operator's configuration allows goes through.
     cluster.kubectl("create", "serviceaccount", "team-sa")
+    op.stop()
     run_operator(INTERLACE_ALLOWED_SERVICE_ACCOUNTS="team-sa")
     cluster.apply(prunejob("allowed", resources={**res, "serviceAccountName": "team-sa"}))
     rj = wait_for(lambda: cluster.get("rayjob", "allowed-1"), timeout=30, what="RayJob allowed-1")
