@@ -254,6 +254,14 @@ def _spec_schema() -> dict[str, Any]:
     return schema
 
 
+def _metadata_name_schema() -> dict[str, Any]:
+    """metadata.name as the models restrict it (a DNS-1035 label: the RayJob and Service names derive
+    from it); the API server allows no default there."""
+    schema = dict(model_schema(S.ObjectMeta)["properties"]["name"])
+    schema.pop("default", None)
+    return schema
+
+
 def _status_schema() -> dict[str, Any]:
     schema = model_schema(S.PruneJobStatus)
     cond = schema["properties"]["conditions"]
@@ -336,7 +344,7 @@ def build_crd() -> dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
-            "metadata": {"type": "object", "properties": {"name": model_schema(S.ObjectMeta)["properties"]["name"]}},
+            "metadata": {"type": "object", "properties": {"name": _metadata_name_schema()}},
             "spec": spec,
             "status": status,
         },
