@@ -181,6 +181,11 @@ def strict_plane(tmp_path_factory: pytest.TempPathFactory) -> Any:
         cp.stop()
 
 
+def _established(cp: Any, crd: str) -> bool:
+    conds = (cp.kubectl_json("get", "crd", crd).get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Established" and c["status"] == "True" for c in conds)
+
+
 def _operator_account(cp: Any, ns: str, name: str, rules: list[dict[str, Any]]) -> Path:
     role = cluster_role(name)
     role["rules"] = rules
@@ -198,7 +203,7 @@ def test_without_kuberay_a_condition_says_to_install_it_and_children_pass_owner_
 ) -> None:
     cp = strict_plane
     cp.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
-    cp.kubectl("wait", "--for=condition=Established", "crd/prunejobs.interlace.dev", "--timeout=60s")
+    wait_for(lambda: _established(cp, "prunejobs.interlace.dev"), timeout=60, what="the PruneJob CRD")
     system = cp.create_namespace(prefix="interlace-system")
     ns = cp.create_namespace(prefix="jobs")
     cluster = Cluster(cp, ns)
@@ -228,7 +233,7 @@ def test_without_kuberay_a_condition_says_to_install_it_and_children_pass_owner_
         crds = sorted(cp.binaries.kuberay_crd_dir.glob("*rayjobs*.yaml"))
         assert crds, cp.binaries.kuberay_crd_dir
         cp.kubectl("apply", "--server-side", "-f", str(crds[0]))
-        cp.kubectl("wait", "--for=condition=Established", "crd/rayjobs.ray.io", "--timeout=60s")
+        wait_for(lambda: _established(cp, "rayjobs.ray.io"), timeout=60, what="the RayJob CRD")
         # created under OwnerReferencesPermissionEnforcement, with blockOwnerDeletion owner references
         rj = wait_for(lambda: cluster.get("rayjob", "waiting-1"), timeout=60, what="RayJob waiting-1")
         assert rj["metadata"]["ownerReferences"][0]["blockOwnerDeletion"] is True
