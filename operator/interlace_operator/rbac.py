@@ -82,7 +82,7 @@ def cluster_role(name: str = "interlace-operator") -> dict[str, Any]:
 OPERATOR_STATUS_FIELDS = (
     "phase", "conditions", "observedGeneration", "rayJob", "attempts", "startTime", "completionTime"
 )
-STATUS_POLICY_NAME = "interlace-prunejob-status-writers"
+STATUS_POLICY_NAME = "interlace-operator-status-writers"  # <chart fullname>-status-writers
 DEFAULT_OPERATOR_USER = "system:serviceaccount:interlace-system:interlace-operator"
 
 
@@ -92,19 +92,23 @@ def _unchanged(field: str) -> str:
 
 
 def status_policy(
-    operator_user: str = DEFAULT_OPERATOR_USER, namespace_selector: dict[str, Any] | None = None
+    operator_user: str = DEFAULT_OPERATOR_USER,
+    namespace_selector: dict[str, Any] | None = None,
+    name: str = STATUS_POLICY_NAME,
 ) -> list[dict[str, Any]]:
     """One writer per status field, enforced by the API server: a ValidatingAdmissionPolicy (and its
     binding) that refuses any change to an operator-owned status field by anyone but the operator's
     ServiceAccount. The job's token (any code in the Ray job holds it) can then write only stage,
     progress, plan and results, and its Role limits it to its own PruneJob; a forged
     `phase: Succeeded`, `attempts: 0` or `startTime` is refused. Rendered by manifests/base and the
-    Helm chart (a test compares them)."""
+    Helm chart (tests compare them). The binding covers the namespaces the operator watches
+    (`namespace_selector`; None: every namespace), so operators watching different namespaces each
+    keep their own policy."""
     expression = " && ".join(_unchanged(f) for f in OPERATOR_STATUS_FIELDS)
     policy = {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": STATUS_POLICY_NAME, "labels": {"app.kubernetes.io/name": "interlace-operator"}},
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "interlace-operator"}},
         "spec": {
             "failurePolicy": "Fail",
             "matchConstraints": {
@@ -133,8 +137,8 @@ def status_policy(
     binding: dict[str, Any] = {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingAdmissionPolicyBinding",
-        "metadata": {"name": STATUS_POLICY_NAME, "labels": {"app.kubernetes.io/name": "interlace-operator"}},
-        "spec": {"policyName": STATUS_POLICY_NAME, "validationActions": ["Deny"]},
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "interlace-operator"}},
+        "spec": {"policyName": name, "validationActions": ["Deny"]},
     }
     if namespace_selector is not None:
         binding["spec"]["matchResources"] = {"namespaceSelector": namespace_selector}

@@ -71,7 +71,8 @@ def test_chart_metadata() -> None:
 def test_default_objects(default_objs: list[dict[str, Any]]) -> None:
     kinds = sorted(o["kind"] for o in default_objs)
     assert kinds == sorted(
-        ["CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service"]
+        ["CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service",
+         "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
     )
     for o in default_objs:
         labels = o["metadata"].get("labels", {})
