@@ -326,6 +326,9 @@ def test_kubectl_apply_k_overlay(control_plane: Any, overlay: str, ns: str) -> N
     finally:
         cp.kubectl("delete", "clusterrolebinding,clusterrole", "interlace-operator", "--ignore-not-found",
                    "--wait=false", check=False)
+        # cluster-scoped too: left behind, it would refuse other operators' status writes
+        cp.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy",
+                   "interlace-operator-status-writers", "--ignore-not-found", "--wait=false", check=False)
         cp.delete_namespace(ns)
 
 
