@@ -88,8 +88,9 @@ QUANTITY = (
     r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
 # Output URIs: a path or file:// (local mode only), pvc://<claim>/<path>, s3://<bucket>/<prefix>,
-# hf://<org>/<name>. No whitespace anywhere.
-OUTPUT_URI = r"^[^\x00-\x1f]+$"  # printable; the scheme is a CEL rule (RE2 has no lookahead)
+# hf://<org>/<name>; printable characters (spaces are fine in S3 keys and paths).
+PRINTABLE = r"^[^\x00-\x1f]+$"  # local paths may have spaces, not control characters
+OUTPUT_URI = PRINTABLE  # the scheme is a CEL rule (RE2 has no lookahead)
 DURABLE_SCHEMES = ("s3", "pvc", "hf")
 # A `..` path segment (escapes the claim mount, the bucket prefix or the output directory).
 DOTDOT = r"(^|/)\.\.(/|$)"
@@ -138,8 +139,6 @@ Quantity = Annotated[
 ]
 # Names of objects in the PruneJob's namespace the pods refer to.
 ObjectName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN)]
-# Free text of bounded size (ids, paths, splits): bounded so the CRD's CEL cost stays in budget.
-Text = Annotated[str, Field(min_length=1, max_length=1024, pattern=NO_SPACE)]
 
 
 def _no_dotdot(value: str | None) -> str | None:
@@ -197,7 +196,7 @@ class ModelSpec(_Spec):
         "or `builtin:smollm2-135m` (the embedded default, no hub needed).",
         min_length=1,
         max_length=1024,
-        pattern=NO_SPACE,
+        pattern=PRINTABLE,
         json_schema_extra={
             "x-kubernetes-validations": [_cel(f"!self.matches('{_cel_regex(DOTDOT)}')", "must not contain a '..' path segment")]
         },
@@ -231,7 +230,7 @@ class DataSpec(_Spec):
         default="HuggingFaceM4/FineVision",
         min_length=1,
         max_length=1024,
-        pattern=NO_SPACE,
+        pattern=PRINTABLE,
         json_schema_extra={
             "x-kubernetes-validations": [_cel(f"!self.matches('{_cel_regex(DOTDOT)}')", "must not contain a '..' path segment")]
         },
