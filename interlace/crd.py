@@ -24,7 +24,7 @@ How the pydantic JSON schema becomes a Kubernetes *structural* OpenAPI v3 schema
   the spec is immutable once the operator set ``status.startTime`` (except ``spec.suspend``).
 
 Why ``status.startTime`` is the lock: the operator writes it, with an optimistic-concurrency
-precondition, *before* it writes the ConfigMap that the Ray job reads; from then on the API server
+precondition, *before* it creates the RayJob that carries the spec to the job; from then on the API server
 refuses any spec change other than ``suspend``, so the running job and the object never disagree. The
 rule compares every spec field but ``suspend`` one by one because CEL cannot drop a key from a map.
 """

@@ -3,7 +3,8 @@
 These pydantic models are used by every part of the project:
 
 * the CLI (`interlace run -f prunejob.yaml`) validates the same YAML the operator gets;
-* the Ray job reads the spec from a ConfigMap and writes `status.stage/progress/plan/results`;
+* the Ray job reads the spec from its RayJob (env INTERLACE_PRUNEJOB_SPEC) and writes
+  `status.stage/progress/plan/results`;
 * the operator validates and writes `status.phase/conditions/rayJob/...`;
 * the CRD schema in manifests/ and charts/ is generated from them (``interlace.crd``), and a test
   fails when the committed YAML drifts from what these models generate.
