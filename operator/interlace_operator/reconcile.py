@@ -609,10 +609,12 @@ class Reconciler:
     def _replay_events(self, ctx: Ctx, attempts: int, current: dict[str, Any] | None) -> None:
         """First reconcile of a PruneJob in this process: post again the events of the state recorded
         in status (its name makes each a no-op if the previous process posted it), so an operator
-        killed between a status write and its event loses nothing."""
+        killed between a status write and its event loses nothing. Only for PruneJobs whose status
+        changed within REPLAY_WINDOW (a restart after a crash comes sooner; older PruneJobs would only
+        cost AlreadyExists answers)."""
         status = ctx.status
         phase = status.get("phase")
-        if not phase:
+        if not phase or not _status_written_since(ctx.body, ctx.now - REPLAY_WINDOW):
             return
         if attempts and (current is not None or phase in TERMINAL_PHASES):
             self._rayjob_created_event(ctx, attempts)
@@ -626,6 +628,19 @@ class Reconciler:
         p = job.spec.pruning
         amount = f"ratio {p.ratio}" if p.ratio is not None else f"{p.num_layers} layers"
         return f"{job.spec.model.source}, {p.strategy}, {amount}{', dry run' if job.spec.dry_run else ''}"
+
+
+# How far back a restarted operator re-posts the events of the recorded state (see _replay_events).
+REPLAY_WINDOW = timedelta(hours=1)
+
+
+def _status_written_since(body: dict[str, Any], since: datetime) -> bool:
+    """Whether the status subresource was written after `since` (managedFields times; no record: True)."""
+    times = [
+        t for m in body.get("metadata", {}).get("managedFields") or []
+        if m.get("subresource") == "status" and (t := parse_time(m.get("time"))) is not None
+    ]
+    return not times or max(times) >= since
 
 
 # Failures decided before the spec was frozen: the user may edit the spec and the job is looked at again.

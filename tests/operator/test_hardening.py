@@ -102,3 +102,16 @@ def test_status_policy_covers_every_operator_field_and_is_what_ships() -> None:
     assert "status-policy.yaml" in (REPO / "manifests/base/kustomization.yaml").read_text()
     chart = (REPO / "charts/interlace-operator/templates/status-policy.yaml").read_text()
     assert expression.split(" && ")[0] in chart.replace("\n      ", " ")
+
+
+def test_event_replay_only_for_recently_written_status() -> None:
+    from interlace_operator.reconcile import _status_written_since
+    from interlace_operator.status import parse_time
+
+    body = {"metadata": {"managedFields": [
+        {"manager": "interlace-operator", "subresource": "status", "time": "2026-12-01T21:00:00Z"},
+        {"manager": "kubectl", "time": "2099-01-01T00:00:00Z"},  # a spec/metadata write does not count
+    ]}}
+    assert _status_written_since(body, parse_time("2026-12-01T20:30:00Z"))
+    assert not _status_written_since(body, parse_time("2026-12-01T21:30:00Z"))
+    assert _status_written_since({"metadata": {}}, parse_time("2026-12-01T21:30:00Z"))  # unknown: replay
