@@ -24,7 +24,7 @@ How the pydantic JSON schema becomes a Kubernetes *structural* OpenAPI v3 schema
   the spec is immutable once the operator set ``status.startTime`` (except ``spec.suspend``).
 
 Why ``status.startTime`` is the lock: the operator writes it, with an optimistic-concurrency
-precondition, *before* it writes the ConfigMap that the Ray job reads; from then on the API server
+precondition, *before* it creates the RayJob that carries the spec to the job; from then on the API server
 refuses any spec change other than ``suspend``, so the running job and the object never disagree. The
 rule compares every spec field but ``suspend`` one by one because CEL cannot drop a key from a map.
 """
@@ -81,6 +81,7 @@ _KEEP = {
     "minProperties",
     "maxProperties",
     "required",
+    "x-kubernetes-validations",
 }
 
 # Spec fields that may change after the job started.
@@ -106,24 +107,37 @@ def _model_name_from_ref(ref: str) -> str:
 def _structural(node: dict[str, Any], defs: dict[str, Any], owner: str | None = None) -> dict[str, Any]:
     """Convert one pydantic JSON-schema node into a structural OpenAPI v3 schema node."""
     node = dict(node)
-    # Property-level keys that survive inlining a referenced model (description, default).
+    # Property-level keys that survive inlining a referenced model (description, default, rules).
     outer = {k: node.pop(k) for k in ("description", "default") if k in node}
+    if "$ref" in node or "allOf" in node:
+        rules = node.pop("x-kubernetes-validations", None)
+        if rules:
+            outer["x-kubernetes-validations"] = rules
 
+    def merged(inner: dict[str, Any]) -> dict[str, Any]:
+        rules = [*inner.get("x-kubernetes-validations", []), *outer.get("x-kubernetes-validations", [])]
+        inner.update(outer)
+        if rules:
+            inner["x-kubernetes-validations"] = rules
+        return _ordered(inner)
+
+    if node.get("x-kubernetes-int-or-string"):
+        # A quantity (spec.resources.cpu): int or string, the pattern applies to strings.
+        out = {k: node[k] for k in ("anyOf", "pattern", "x-kubernetes-int-or-string", "x-kubernetes-validations") if k in node}
+        out.update(outer)
+        if out.get("description"):
+            out["description"] = _unwrap(out["description"])
+        return _ordered(out)
     if "$ref" in node:
         name = _model_name_from_ref(node.pop("$ref"))
-        inner = _structural(defs[name], defs, owner=name)
-        inner.update(outer)
-        return _ordered(inner)
+        return merged(_structural(defs[name], defs, owner=name))
     if "allOf" in node and len(node["allOf"]) == 1:
-        inner = _structural(node.pop("allOf")[0], defs, owner)
-        inner.update(outer)
-        return _ordered(inner)
+        return merged(_structural(node.pop("allOf")[0], defs, owner))
     if "anyOf" in node:
         branches = [b for b in node.pop("anyOf") if b.get("type") != "null"]
         if len(branches) != 1:
             raise ValueError(f"not structural: anyOf with {len(branches)} non-null branches in {owner}")
-        inner = _structural(branches[0], defs, owner)
-        inner.update(outer)
+        inner = merged(_structural(branches[0], defs, owner))
         if inner.get("default", 0) is None:
             inner.pop("default")
         return _ordered(inner)
@@ -149,6 +163,9 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], owner: str | None = 
                 key: _with_list_type(_structural(value, defs, owner), owner, key) for key, value in props.items()
             }
         extra = node.get("additionalProperties")
+        if not isinstance(extra, dict) and len(node.get("patternProperties") or {}) == 1:
+            # dict[LabelKey, LabelValue]: the value schema; the key pattern is a CEL rule in the model.
+            extra = next(iter(node["patternProperties"].values()))
         if isinstance(extra, dict):
             out["additionalProperties"] = _structural(extra, defs, owner)
         elif not props:
@@ -188,6 +205,7 @@ _ORDER = (
     "minProperties",
     "maxProperties",
     "required",
+    "anyOf",
     "properties",
     "additionalProperties",
     "items",
@@ -215,6 +233,17 @@ def model_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 def _spec_schema() -> dict[str, Any]:
     schema = model_schema(S.PruneJobSpec)
+    # A cluster PruneJob needs a durable output (interlace.spec.cluster_spec_errors); the local
+    # default (a directory) is the CLI's only: no default here, and the scheme is checked.
+    output = schema["properties"]["output"]
+    output.pop("default", None)
+    schema["required"] = sorted({*schema.get("required", ()), "output"})
+    output["required"] = ["uri"]
+    uri = output["properties"]["uri"]
+    uri.pop("default", None)
+    uri.setdefault("x-kubernetes-validations", []).append(
+        {"rule": "self.matches('^(" + "|".join(S.DURABLE_SCHEMES) + ")://')", "message": S.DURABLE_OUTPUT_MESSAGE}
+    )
     pruning = schema["properties"]["pruning"]
     pruning["x-kubernetes-validations"] = [
         {
@@ -223,6 +252,14 @@ def _spec_schema() -> dict[str, Any]:
             "reason": "FieldValueInvalid",
         }
     ]
+    return schema
+
+
+def _metadata_name_schema() -> dict[str, Any]:
+    """metadata.name as the models restrict it (a DNS-1035 label: the RayJob and Service names derive
+    from it); the API server allows no default there."""
+    schema = dict(model_schema(S.ObjectMeta)["properties"]["name"])
+    schema.pop("default", None)
     return schema
 
 
@@ -308,7 +345,7 @@ def build_crd() -> dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
-            "metadata": {"type": "object"},
+            "metadata": {"type": "object", "properties": {"name": _metadata_name_schema()}},
             "spec": spec,
             "status": status,
         },

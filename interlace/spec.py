@@ -3,7 +3,8 @@
 These pydantic models are used by every part of the project:
 
 * the CLI (`interlace run -f prunejob.yaml`) validates the same YAML the operator gets;
-* the Ray job reads the spec from a ConfigMap and writes `status.stage/progress/plan/results`;
+* the Ray job reads the spec from its RayJob (env INTERLACE_PRUNEJOB_SPEC) and writes
+  `status.stage/progress/plan/results`;
 * the operator validates and writes `status.phase/conditions/rayJob/...`;
 * the CRD schema in manifests/ and charts/ is generated from them (``interlace.crd``), and a test
   fails when the committed YAML drifts from what these models generate.
@@ -19,13 +20,23 @@ checks it), so the operator image stays free of torch, transformers and ray.
 from __future__ import annotations
 
 import math
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
-from pydantic.functional_validators import AfterValidator
 
 from interlace.errors import InterlaceError
 
@@ -54,7 +65,96 @@ class _Model(BaseModel):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+# ------------------------------------------------------------------------------- bounds of the spec
+# Every bound a child object (RayJob, pods, Secrets, labels) or the job imposes, stated once here: the
+# CRD schema is generated from these fields (patterns, maxLength, maximum, CEL rules in
+# `x-kubernetes-validations`), so the API server, the CLI and the operator reject the same documents
+# with the same field path. Types are strict (no "yes" for a bool, no "8" for an int) and numbers are
+# finite, as in JSON.
+
+INT32_MAX = 2**31 - 1
+SEED_MAX = 2**32 - 1  # numpy's seed range
+# DNS-1123 subdomain: Secrets, PVCs, ServiceAccounts, PriorityClasses (at most 253 characters).
+DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# DNS-1035 label: the PruneJob's own name, from which the RayJob, RayCluster and Service names derive.
+DNS1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+# A label value (at most 63 characters), and a label key / toleration key (optional DNS prefix + name).
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+LABEL_KEY = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+# A Kubernetes resource quantity without a sign (what controller-gen emits for resource.Quantity).
+QUANTITY = (
+    r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+# Output URIs: a path or file:// (local mode only), pvc://<claim>/<path>, s3://<bucket>/<prefix>,
+# hf://<org>/<name>; printable characters (spaces are fine in S3 keys and paths).
+PRINTABLE = r"^[^\x00-\x1f]+$"  # local paths may have spaces, not control characters
+OUTPUT_URI = PRINTABLE  # the scheme is a CEL rule (RE2 has no lookahead)
+DURABLE_SCHEMES = ("s3", "pvc", "hf")
+# A `..` path segment (escapes the claim mount, the bucket prefix or the output directory).
+DOTDOT = r"(^|/)\.\.(/|$)"
+NO_SPACE = r"^\S+$"
+# A Hub repo id: <org>/<name> (the Hub's own rules: word characters, '-', '.').
+HUB_REPO = r"^[A-Za-z0-9][-A-Za-z0-9_.]*/[A-Za-z0-9][-A-Za-z0-9_.]*$"
+
+
+def _cel(rule: str, message: str, field_path: str | None = None) -> dict[str, Any]:
+    """One CRD validation rule (a `x-kubernetes-validations` entry)."""
+    out = {"rule": rule, "message": message}
+    if field_path:
+        out["fieldPath"] = field_path
+    return out
+
+
+def _cel_regex(regex: str) -> str:
+    """A regex inside a single-quoted CEL string literal (CEL has no `\\.` escape: double the backslashes)."""
+    return regex.replace("\\", "\\\\")
+
+
+def _check_quantity(value: Any) -> int | str:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"{value!r} is neither an integer nor a Kubernetes quantity string (e.g. 8, 500m, 16Gi)")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+    if not re.fullmatch(QUANTITY[1:-1], value):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 8, 500m, 16Gi)")
+    return value
+
+
+# cpu/memory: an int or a Kubernetes quantity string (`cpu: 8`, `500m`, `16Gi`; not `eight`, `64GB`).
+Quantity = Annotated[
+    int | str,
+    PlainValidator(_check_quantity),
+    WithJsonSchema(
+        {
+            "x-kubernetes-int-or-string": True,
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": QUANTITY,
+            "x-kubernetes-validations": [_cel("type(self) == string || self >= 0", "must not be negative")],
+        }
+    ),
+]
+# Names of objects in the PruneJob's namespace the pods refer to.
+ObjectName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN)]
+
+
+def _no_dotdot(value: str | None) -> str | None:
+    if value is not None and re.search(DOTDOT, value):
+        raise ValueError(f"{value!r} has a '..' path segment")
+    return value
+
+
 # --------------------------------------------------------------------------------------------- spec
+
+
+class _Spec(_Model):
+    """Base of the spec models: strict types (no coercion) and finite numbers."""
+
+    model_config = ConfigDict(strict=True, allow_inf_nan=False)
 
 
 class Strategy(StrEnum):
@@ -89,15 +189,23 @@ class Precision(StrEnum):
     FP32 = "fp32"
 
 
-class ModelSpec(_Model):
+class ModelSpec(_Spec):
     """Where the unpruned model comes from."""
 
-    source: str = Field(
+    source: Annotated[str, AfterValidator(_no_dotdot)] = Field(
         description="Hugging Face Hub id (e.g. Qwen/Qwen3-VL-4B-Instruct), a local directory, "
         "or `builtin:smollm2-135m` (the embedded default, no hub needed).",
         min_length=1,
+        max_length=1024,
+        pattern=PRINTABLE,
+        json_schema_extra={
+            "x-kubernetes-validations": [_cel(f"!self.matches('{_cel_regex(DOTDOT)}')", "must not contain a '..' path segment")]
+        },
     )
-    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
+    revision: str | None = Field(
+        default=None, description="Hub revision (branch, tag or commit).", min_length=1, max_length=256,
+        pattern=NO_SPACE,
+    )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         default="auto", description="Weights dtype for loading. auto = bfloat16 on GPU, float32 on CPU."
     )
@@ -108,13 +216,13 @@ class ModelSpec(_Model):
         "checks both before any work.",
     )
     trust_remote_code: bool = Field(default=False, description="Allow model code from the hub repo.")
-    hf_token_secret: str | None = Field(
+    hf_token_secret: ObjectName | None = Field(
         default=None,
         description="Name of a Secret with key HF_TOKEN for gated models (mounted as env, never logged).",
     )
 
 
-class DataSpec(_Model):
+class DataSpec(_Spec):
     """A conversation dataset: FineVision on the hub, local shards in its schema, or plain text."""
 
     format: Literal["finevision", "text"] = Field(
@@ -122,44 +230,50 @@ class DataSpec(_Model):
         description="finevision: rows with `images` and `texts` [{user, assistant}] turns; text: rows "
         "with `text` (plain text turned into a conversation), for text-only models.",
     )
-    path: str = Field(
+    path: Annotated[str, AfterValidator(_no_dotdot)] = Field(
         default="HuggingFaceM4/FineVision",
+        min_length=1,
+        max_length=1024,
+        pattern=PRINTABLE,
+        json_schema_extra={
+            "x-kubernetes-validations": [_cel(f"!self.matches('{_cel_regex(DOTDOT)}')", "must not contain a '..' path segment")]
+        },
         description="Hub dataset id (streamed), a local directory / glob of parquet or jsonl shards, "
         "or `builtin:english` (real English text shipped with Debian packages).",
     )
-    subsets: list[str] = Field(
-        default_factory=list, description="Subset (config) names; empty = all subsets."
+    subsets: list[Annotated[str, Field(min_length=1, max_length=256, pattern=NO_SPACE)]] = Field(
+        default_factory=list, description="Subset (config) names; empty = all subsets.", max_length=512
     )
-    split: str = Field(default="train")
+    split: str = Field(default="train", min_length=1, max_length=256, pattern=NO_SPACE)
     fraction: float = Field(
         default=0.01, gt=0, le=1, description="Fraction of each subset to take (paper: 1%)."
     )
     max_samples: int | None = Field(
-        default=None, ge=1, description="Hard cap on samples after the per-subset fraction."
+        default=None, ge=1, le=INT32_MAX, description="Hard cap on samples after the per-subset fraction."
     )
     sampling: Literal["first", "random"] = Field(
         default="first", description="first: the first rows of each subset (the paper); random: seeded."
     )
-    seed: int = Field(default=0, ge=0)
-    max_images: int = Field(default=3, ge=0, description="Skip samples with more images than this.")
-    max_turns: int = Field(default=5, ge=1, description="Truncate conversations to this many turns.")
+    seed: int = Field(default=0, ge=0, le=SEED_MAX)
+    max_images: int = Field(default=3, ge=0, le=1024, description="Skip samples with more images than this.")
+    max_turns: int = Field(default=5, ge=1, le=1024, description="Truncate conversations to this many turns.")
     max_pixels: int = Field(
-        default=50176, ge=784, description="Cap on pixels per image (paper: 50,176, about 224x224)."
+        default=50176, ge=784, le=INT32_MAX, description="Cap on pixels per image (paper: 50,176, about 224x224)."
     )
 
 
-class CalibrationSpec(_Model):
+class CalibrationSpec(_Spec):
     """Samples for the layer-similarity analysis (the paper: first user turn, chat template)."""
 
     data: DataSpec | None = Field(
         default=None, description="Calibration data; default: the finetuning data."
     )
-    num_samples: int = Field(default=256, ge=1, description="Calibration samples (paper: ~24K).")
-    batch_size: int = Field(default=4, ge=1)
-    max_length: int = Field(default=2048, ge=16)
+    num_samples: int = Field(default=256, ge=1, le=INT32_MAX, description="Calibration samples (paper: ~24K).")
+    batch_size: int = Field(default=4, ge=1, le=4096)
+    max_length: int = Field(default=2048, ge=16, le=1048576)
 
 
-class PruningSpec(_Model):
+class PruningSpec(_Spec):
     """How many layers to drop and how to pick them."""
 
     ratio: float | None = Field(
@@ -170,14 +284,15 @@ class PruningSpec(_Model):
         "and numLayers.",
     )
     num_layers: int | None = Field(
-        default=None, ge=1, description="Number of decoder layers to drop. Exactly one of ratio and numLayers."
+        default=None, ge=1, le=1023,
+        description="Number of decoder layers to drop. Exactly one of ratio and numLayers.",
     )
-    strategy: Strategy = Field(default=Strategy.INTERLACE)
-    protected_layers: list[Annotated[int, Field(ge=0)]] = Field(
-        default_factory=list, description="0-based decoder layers that are never dropped."
+    strategy: Strategy = Field(default=Strategy.INTERLACE, strict=False)
+    protected_layers: list[Annotated[int, Field(ge=0, le=1023)]] = Field(
+        default_factory=list, description="0-based decoder layers that are never dropped.", max_length=1024
     )
-    seed: int = Field(default=0, ge=0, description="Seed for the random strategy.")
-    deepstack_policy: DeepstackPolicy = Field(default=DeepstackPolicy.PROTECT)
+    seed: int = Field(default=0, ge=0, le=SEED_MAX, description="Seed for the random strategy.")
+    deepstack_policy: DeepstackPolicy = Field(default=DeepstackPolicy.PROTECT, strict=False)
     freeze_lm_head: bool = Field(
         default=True,
         description="Keep lm_head frozen (the reference meant to, but left it trainable for untied "
@@ -205,22 +320,24 @@ class PruningSpec(_Model):
         return n
 
 
-class FinetuneSpec(_Model):
+class FinetuneSpec(_Spec):
     """Interleaved finetuning: only the plan's finetune layers train. Paper defaults."""
 
     enabled: bool = True
     data: DataSpec = Field(default_factory=DataSpec)
-    learning_rate: float = Field(default=1e-5, gt=0)
+    learning_rate: float = Field(default=1e-5, gt=0, le=1)
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
-    weight_decay: float = Field(default=0.0, ge=0)
-    max_grad_norm: float = Field(default=1.0, gt=0)
-    per_device_batch_size: int = Field(default=16, ge=1)
-    gradient_accumulation_steps: int = Field(default=2, ge=1)
-    epochs: float = Field(default=1.0, gt=0)
-    max_steps: int | None = Field(default=None, ge=1, description="Stop after this many optimizer steps.")
-    max_length: int = Field(default=8192, ge=16)
-    precision: Precision = Precision.AUTO
+    weight_decay: float = Field(default=0.0, ge=0, le=10)
+    max_grad_norm: float = Field(default=1.0, gt=0, le=1e6)
+    per_device_batch_size: int = Field(default=16, ge=1, le=4096)
+    gradient_accumulation_steps: int = Field(default=2, ge=1, le=4096)
+    epochs: float = Field(default=1.0, gt=0, le=1000)
+    max_steps: int | None = Field(
+        default=None, ge=1, le=INT32_MAX, description="Stop after this many optimizer steps."
+    )
+    max_length: int = Field(default=8192, ge=16, le=1048576)
+    precision: Precision = Field(default=Precision.AUTO, strict=False)
     gradient_checkpointing: bool = Field(
         default=True,
         description="Activation checkpointing on the decoder layers from the lowest trainable one up "
@@ -228,53 +345,125 @@ class FinetuneSpec(_Model):
     )
     packing: bool = Field(default=True, description="Pack sequences up to maxLength.")
     parallelism: Literal["ddp", "fsdp"] = Field(default="ddp", description="DDP or FSDP2 across workers.")
-    checkpoint_every_steps: int = Field(default=500, ge=1)
+    checkpoint_every_steps: int = Field(default=500, ge=1, le=INT32_MAX)
     resume: bool = Field(default=True, description="Resume from the newest checkpoint in the output.")
-    max_failures: int = Field(default=2, ge=0, description="Worker failures Ray Train recovers from.")
+    max_failures: int = Field(default=2, ge=0, le=100, description="Worker failures Ray Train recovers from.")
 
 
-class EvaluationSpec(_Model):
+class EvaluationSpec(_Spec):
     """Evaluation of pruned vs unpruned model on the same samples."""
 
     enabled: bool = True
-    benchmarks: list[str] = Field(
+    benchmarks: list[Annotated[str, Field(min_length=1, max_length=1024, pattern=NO_SPACE)]] = Field(
         default_factory=lambda: ["perplexity"],
+        max_length=64,
         description="Built-in: perplexity (held-out text), or a path/URI to a local VQA set "
         "(parquet/jsonl: image, question, choices, answer). Harness tasks: lmms-eval:<task>.",
     )
     data: DataSpec | None = Field(default=None, description="Held-out data for perplexity.")
-    max_samples: int = Field(default=128, ge=1)
-    batch_size: int = Field(default=4, ge=1)
-    max_new_tokens: int = Field(default=16, ge=1)
+    max_samples: int = Field(default=128, ge=1, le=INT32_MAX)
+    batch_size: int = Field(default=4, ge=1, le=4096)
+    max_new_tokens: int = Field(default=16, ge=1, le=65536)
     speed: bool = Field(default=True, description="Measure prefill (TTFT) and decode speedup.")
 
 
-class HubOutput(_Model):
-    repo: str = Field(min_length=3, description="Hub repo id, e.g. my-org/qwen3-vl-4b-interlace-20.")
+class HubOutput(_Spec):
+    repo: str = Field(
+        min_length=3, max_length=200,
+        description="Hub repo id, e.g. my-org/qwen3-vl-4b-interlace-20.",
+        json_schema_extra={
+            "pattern": HUB_REPO,
+            "x-kubernetes-validations": [
+                _cel("!self.contains('..') && !self.contains('--')", "must not contain '..' or '--'")
+            ],
+        },
+    )
     private: bool = True
-    token_secret: str = Field(default="hf-token", description="Secret with key HF_TOKEN.")
+    token_secret: ObjectName = Field(default="hf-token", description="Secret with key HF_TOKEN.")
+
+    @field_validator("repo")
+    @classmethod
+    def _repo_id(cls, v: str) -> str:
+        if not re.fullmatch(HUB_REPO[1:-1], v) or ".." in v or "--" in v:
+            raise ValueError(f"{v!r} is not a Hub repo id; use <user-or-org>/<name>")
+        return v
 
 
-class OutputSpec(_Model):
+class OutputSpec(_Spec):
     """Where the artifacts of the run go (scores.json, plan.json, heatmap.png, model/, results.json)."""
 
     uri: str = Field(
         default="file://./interlace-output",
-        description="file:///path, a path, pvc://<claim>/<path> (mounted), or s3://bucket/prefix.",
+        description="s3://<bucket>/<prefix>, pvc://<claim>/<path> (the claim must be "
+        "spec.resources.pvcName), hf://<org>/<name>; `interlace run` also takes a path or file:// "
+        "(a PruneJob in a cluster needs one of the durable schemes: a pod's filesystem is lost with it).",
+        min_length=1,
+        max_length=1024,
+        pattern=OUTPUT_URI,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(f"!self.matches('{_cel_regex(DOTDOT)}')", "must not contain a '..' path segment"),
+                _cel(
+                    "!self.contains('://') || self.matches('^(file|pvc|s3|hf)://')",
+                    "the scheme must be file://, pvc://, s3:// or hf://",
+                ),
+                _cel("!self.startsWith('s3://') || self.matches('^s3://[^/]+')", "s3:// needs a bucket: s3://<bucket>/<prefix>"),
+                _cel("!self.startsWith('pvc://') || self.matches('^pvc://[^/]+')", "pvc:// needs a claim: pvc://<claim>/<path>"),
+                _cel("!self.startsWith('hf://') || self.matches('^hf://[^/]+/[^/]+$')", "hf:// needs <org>/<name>"),
+            ]
+        },
     )
-    s3_secret: str | None = Field(
+    s3_secret: ObjectName | None = Field(
         default=None, description="Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_ENDPOINT_URL."
     )
     hub: HubOutput | None = None
     save_checkpoints: bool = True
 
+    @field_validator("uri")
+    @classmethod
+    def _uri_shape(cls, v: str) -> str:
+        _no_dotdot(v)
+        scheme, sep, rest = v.partition("://")
+        if sep and scheme not in ("file", "pvc", "s3", "hf"):
+            raise ValueError(f"the scheme must be file://, pvc://, s3:// or hf:// (got {scheme}://)")
+        if sep and scheme == "s3" and not rest.split("/")[0]:
+            raise ValueError("s3:// needs a bucket: s3://<bucket>/<prefix>")
+        if sep and scheme == "pvc" and not rest.split("/")[0]:
+            raise ValueError("pvc:// needs a claim: pvc://<claim>/<path>")
+        if sep and scheme == "hf" and not re.fullmatch(r"[^/]+/[^/]+", rest):
+            raise ValueError("hf:// needs <org>/<name>")
+        return v
 
-class Toleration(_Model):
-    key: str | None = None
+
+_TOLERATION_RULES = [
+    _cel("!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+         "value must be empty when operator is Exists", ".value"),
+    _cel("has(self.key) || (has(self.operator) && self.operator == 'Exists')",
+         "a toleration without a key must have operator Exists", ".operator"),
+    _cel("!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+         "tolerationSeconds needs effect NoExecute", ".tolerationSeconds"),
+]
+
+
+class Toleration(_Spec):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _TOLERATION_RULES})
+
+    key: str | None = Field(default=None, max_length=316, pattern=LABEL_KEY)
     operator: Literal["Exists", "Equal"] | None = None
-    value: str | None = None
+    value: str | None = Field(default=None, max_length=63, pattern=LABEL_VALUE)
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = None
+    toleration_seconds: int | None = Field(default=None, ge=0, le=INT32_MAX)
+
+    @model_validator(mode="after")
+    def _pod_rules(self) -> Toleration:
+        # The pod validation KubeRay's pods would fail (after the RayJob exists, invisible to the user).
+        if self.operator == "Exists" and self.value:
+            raise ValueError("value must be empty when operator is Exists")
+        if self.key is None and self.operator != "Exists":
+            raise ValueError("a toleration without a key must have operator Exists")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError("tolerationSeconds needs effect NoExecute")
+        return self
 
 
 # ------------------------------------------------------------- pod overrides (head / workers)
@@ -448,10 +637,19 @@ def check_pod_overrides(overrides: list[PodTemplateOverride]) -> list[PodTemplat
     return overrides
 
 
-class ResourcesSpec(_Model):
+_NODE_SELECTOR_RULE = _cel(
+    f"self.all(k, k.size() <= 316 && k.matches('{_cel_regex(LABEL_KEY)}'))",
+    "keys must be label keys ([prefix/]name)",
+)
+
+
+class ResourcesSpec(_Spec):
     """The Ray cluster KubeRay creates (ignored in local mode except `workers`/`gpusPerWorker`)."""
 
-    image: str | None = Field(default=None, description="Runtime image; default from the operator.")
+    image: str | None = Field(
+        default=None, description="Runtime image; default from the operator.", min_length=1, max_length=512,
+        pattern=NO_SPACE,
+    )
     workers: int = Field(
         default=1, ge=1, le=256, description="Ray worker pods (each with gpusPerWorker GPUs)."
     )
@@ -463,17 +661,16 @@ class ResourcesSpec(_Model):
         "GPU (workers x gpusPerWorker processes, NCCL); the job fails before any work if the Ray "
         "cluster has fewer GPUs. 0: CPU workers (gloo, fp32).",
     )
-    cpu: str = Field(default="8", description="CPU request/limit per worker pod.")
-    memory: str = Field(default="64Gi", description="Memory request/limit per worker pod.")
-    gpu_memory: str = Field(
+    cpu: Quantity = Field(default="8", description="CPU request/limit per worker pod (a quantity: 8, 500m).")
+    memory: Quantity = Field(default="64Gi", description="Memory request/limit per worker pod (a quantity: 64Gi).")
+    gpu_memory: Quantity = Field(
         default="80Gi",
-        pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|K|M|G|T|P)?$",
         description="Memory of one worker GPU (e.g. 80Gi for an H100/A100-80GB, 141G for an H200). "
         "Before launch the job estimates what finetuning needs per GPU from the model config and "
         "refuses a plan that does not fit.",
     )
-    head_cpu: str = Field(default="2", description="CPU of the Ray head pod (runs the driver).")
-    head_memory: str = Field(default="8Gi", description="Memory of the Ray head pod.")
+    head_cpu: Quantity = Field(default="2", description="CPU of the Ray head pod (runs the driver; a quantity).")
+    head_memory: Quantity = Field(default="8Gi", description="Memory of the Ray head pod (a quantity).")
     head_gpus: int = Field(
         default=0,
         ge=0,
@@ -481,17 +678,27 @@ class ResourcesSpec(_Model):
         description="GPUs of the Ray head pod, which runs the driver. 0 (default): the driver only "
         "orchestrates (it holds no model weights); the GPUs belong to the worker pods.",
     )
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[Toleration] = Field(default_factory=list)
-    priority_class_name: str | None = None
-    queue_name: str | None = Field(
-        default=None, description="Kueue LocalQueue (sets kueue.x-k8s.io/queue-name on the RayJob)."
+    node_selector: dict[
+        Annotated[str, Field(max_length=316, pattern=LABEL_KEY)],
+        Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)],
+    ] = Field(
+        default_factory=dict, max_length=64, json_schema_extra={"x-kubernetes-validations": [_NODE_SELECTOR_RULE]}
     )
-    pvc_name: str | None = Field(
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=64)
+    priority_class_name: ObjectName | None = Field(
+        default=None, description="PriorityClass of the Ray pods; must be in the operator's allow-list."
+    )
+    queue_name: str | None = Field(
+        default=None, description="Kueue LocalQueue (sets kueue.x-k8s.io/queue-name on the RayJob).",
+        min_length=1, max_length=63, pattern=DNS1123_SUBDOMAIN,
+    )
+    pvc_name: ObjectName | None = Field(
         default=None, description="PersistentVolumeClaim mounted at /data (model cache, pvc:// output)."
     )
-    service_account_name: str | None = Field(
-        default=None, description="Use this ServiceAccount instead of the one the operator creates."
+    service_account_name: ObjectName | None = Field(
+        default=None,
+        description="Use this ServiceAccount instead of the one the operator creates; must be in the "
+        "operator's allow-list.",
     )
     pod_template_overrides: Annotated[list[PodTemplateOverride], AfterValidator(check_pod_overrides)] = Field(
         default_factory=list,
@@ -500,8 +707,20 @@ class ResourcesSpec(_Model):
     )
 
 
-class PruneJobSpec(_Model):
+_SPEC_RULES = [
+    _cel(
+        "!self.output.uri.startsWith('pvc://') || (has(self.resources.pvcName) && "
+        "self.output.uri.split('/')[2] == self.resources.pvcName)",
+        "spec.output.uri: a pvc:// output needs spec.resources.pvcName set to the same claim",
+        ".output.uri",
+    ),
+]
+
+
+class PruneJobSpec(_Spec):
     """spec of a PruneJob."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _SPEC_RULES})
 
     model: ModelSpec
     pruning: PruningSpec
@@ -513,10 +732,19 @@ class PruneJobSpec(_Model):
     dry_run: bool = Field(default=False, description="Stop after the plan; show it in status.")
     suspend: bool = Field(default=False, description="Suspend (deletes the Ray cluster); false resumes.")
     backoff_limit: int = Field(default=2, ge=0, le=20, description="Retries of a failed run.")
-    active_deadline_seconds: int | None = Field(default=None, ge=60)
-    ttl_seconds_after_finished: int = Field(
-        default=600, ge=0, description="Delete the Ray cluster this long after the job finishes."
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=60, le=INT32_MAX, description="Fail the PruneJob this long after it started."
     )
+    ttl_seconds_after_finished: int = Field(
+        default=600, ge=0, le=INT32_MAX, description="Delete the Ray cluster this long after the job finishes."
+    )
+
+    @model_validator(mode="after")
+    def _pvc_output(self) -> PruneJobSpec:
+        uri = self.output.uri
+        if uri.startswith("pvc://") and uri[len("pvc://"):].split("/")[0] != self.resources.pvc_name:
+            raise ValueError("spec.output.uri: a pvc:// output needs spec.resources.pvcName set to the same claim")
+        return self
 
     @field_validator("pruning")
     @classmethod
@@ -679,9 +907,11 @@ class PruneJobStatus(_Model):
 
 
 class ObjectMeta(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    name: str = "local"
-    namespace: str | None = None
+    model_config = ConfigDict(extra="allow", strict=True)
+    # A DNS-1035 label: the RayJob, RayCluster and Service names derive from it (KubeRay refuses
+    # others), and the operator's child names fit every limit for any name of at most 63 characters.
+    name: str = Field(default="local", min_length=1, max_length=63, pattern=DNS1035_LABEL)
+    namespace: str | None = Field(default=None, max_length=63)
 
 
 class PruneJob(BaseModel):
@@ -707,34 +937,69 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> str:
     """One line per problem: `spec.pruning.ratio: Input should be less than 1`."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+        loc = ""
+        for p in e["loc"]:
+            if str(p).startswith("function-after"):
+                continue
+            # list indices as Kubernetes writes them: spec.resources.tolerations[0].key
+            loc += f"[{p}]" if isinstance(p, int) else (f".{p}" if loc else str(p))
         loc = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "document"
         lines.append(f"{loc}: {e['msg']}")
     return "\n".join(lines)
 
 
-def parse_prunejob(doc: dict[str, Any]) -> PruneJob:
-    """Validate a PruneJob document (a dict from YAML). Raises SpecError naming the fields."""
+DURABLE_OUTPUT_MESSAGE = (
+    "a PruneJob in a cluster needs a durable output: s3://<bucket>/<prefix>, pvc://<claim>/<path> or "
+    "hf://<org>/<name> (a path or file:// would be lost with the Ray head pod)"
+)
+
+
+def cluster_spec_errors(spec: PruneJobSpec) -> list[str]:
+    """What a PruneJob run by the operator needs beyond a local `interlace run` (the CRD states the
+    same rules; the operator and `interlace run` inside the RayJob check them again)."""
+    errors = []
+    if spec.output.uri.partition("://")[0] not in DURABLE_SCHEMES or "://" not in spec.output.uri:
+        errors.append(f"spec.output.uri: {DURABLE_OUTPUT_MESSAGE}")
+    return errors
+
+
+def parse_prunejob(doc: dict[str, Any], *, cluster: bool = False) -> PruneJob:
+    """Validate a PruneJob document (a dict from YAML). Raises SpecError naming the fields.
+    `cluster`: also apply the rules of a PruneJob the operator runs (`cluster_spec_errors`)."""
     if not isinstance(doc, dict):
         raise SpecError("document: expected a PruneJob mapping (apiVersion, kind, metadata, spec)")
     try:
-        return PruneJob.model_validate(doc)
+        job = PruneJob.model_validate(doc)
     except ValidationError as err:
         raise SpecError(format_validation_error(err)) from None
+    if cluster:
+        errors = cluster_spec_errors(job.spec)
+        if errors:
+            raise SpecError("\n".join(errors))
+    return job
 
 
-def load_prunejob(path: str | Path) -> PruneJob:
-    """Read and validate a PruneJob YAML file (the first document of kind PruneJob)."""
+def load_prunejob(path: str | Path, *, cluster: bool = False) -> PruneJob:
+    """Read and validate a PruneJob YAML file (the first document of kind PruneJob). `env:NAME` reads
+    the document from environment variable NAME (how the operator's RayJob hands over the spec)."""
+    import os
+
     import yaml
 
     p = Path(path)
-    if not p.is_file():
+    if str(path).startswith("env:"):
+        text = os.environ.get(str(path)[len("env:"):])
+        if text is None:
+            raise SpecError(f"{path}: the environment variable is not set")
+    elif not p.is_file():
         raise SpecError(f"{p}: no such file (pass the PruneJob YAML with -f)")
+    else:
+        text = p.read_text()
     try:
-        docs = [d for d in yaml.safe_load_all(p.read_text()) if d is not None]
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as err:
         raise SpecError(f"{p}: not valid YAML: {err}") from None
     jobs = [d for d in docs if isinstance(d, dict) and d.get("kind", "PruneJob") == "PruneJob"]
     if not jobs:
         raise SpecError(f"{p}: no document of kind PruneJob")
-    return parse_prunejob(jobs[0])
+    return parse_prunejob(jobs[0], cluster=cluster)

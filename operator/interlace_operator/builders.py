@@ -1,4 +1,4 @@
-"""Pure builders of a PruneJob's children: ConfigMap, ServiceAccount, Role, RoleBinding, RayJob.
+"""Pure builders of a PruneJob's children: ServiceAccount, Role, RoleBinding, RayJob.
 
 Each returns a plain dict (what `kubectl apply` would send), computed only from the validated spec and
 the PruneJob's identity, so the same PruneJob always yields the same children; unit tests check them
@@ -6,6 +6,10 @@ without a cluster, and the cluster tests check that KubeRay accepts them.
 
 Every child carries an owner reference with controller=true (garbage collection deletes it with the
 PruneJob; no finalizer is needed because nothing outside Kubernetes has to be cleaned up).
+
+The validated spec travels inside the RayJob (env INTERLACE_PRUNEJOB_SPEC of the Ray containers), an
+object only the operator writes: no side channel (such as a ConfigMap anyone with configmap rights in
+the namespace could edit or delete) between the frozen spec and the job that runs it.
 """
 
 from __future__ import annotations
@@ -28,12 +32,11 @@ from interlace.spec import (
 from interlace_operator import names
 from interlace_operator.rbac import job_role_rules
 
-SPEC_MOUNT_DIR = "/etc/interlace"
-SPEC_FILE = "prunejob.yaml"
 DATA_MOUNT_DIR = "/data"
 ENV_PRUNEJOB = "INTERLACE_PRUNEJOB"
 # The token publishing to the Hub uses (interlace.publish.hub.hub_token reads it before HF_TOKEN).
 HUB_TOKEN_ENV = "INTERLACE_HUB_TOKEN"
+ENV_SPEC = "INTERLACE_PRUNEJOB_SPEC"  # the validated PruneJob document (YAML) the job runs
 GPU_RESOURCE = "nvidia.com/gpu"
 WORKER_GROUP = "gpu-workers"
 SUBMITTER_RESOURCES = {"cpu": "50m", "memory": "128Mi"}
@@ -87,15 +90,6 @@ def prunejob_document(job: PruneJob, owner: Owner) -> str:
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def configmap(job: PruneJob, owner: Owner) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": _meta(owner, names.configmap_name(owner.name), "spec"),
-        "data": {SPEC_FILE: prunejob_document(job, owner)},
-    }
-
-
 def service_account(owner: Owner) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -133,10 +127,8 @@ def job_service_account_name(job: PruneJob, owner: Owner) -> str:
 
 
 def entrypoint(job: PruneJob) -> str:
-    """The same command as local mode, reading the spec from the mounted ConfigMap."""
-    return shlex.join(
-        ["interlace", "run", "-f", f"{SPEC_MOUNT_DIR}/{SPEC_FILE}", "--output", job.spec.output.uri]
-    )
+    """The same command as local mode, reading the spec from the RayJob's own env (`-f env:NAME`)."""
+    return shlex.join(["interlace", "run", "-f", f"env:{ENV_SPEC}", "--output", job.spec.output.uri])
 
 
 def hub_token_secret(job: PruneJob) -> str | None:
@@ -155,14 +147,18 @@ def _secret_env(name: str, secret: str) -> dict[str, Any]:
 
 
 def _env(job: PruneJob, owner: Owner) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Environment of the Ray containers: the PruneJob's identity and secrets as references.
+    """Environment of the Ray containers: the PruneJob's identity, its validated spec, and secrets as
+    references.
 
     Every output scheme gets what it needs: HF_TOKEN (model download: spec.model.hfTokenSecret, else
     the publishing token, which can read too) and HUB_TOKEN_ENV (publishing: the Hub output's Secret,
     also for a bare hf:// uri), so a job with a read token for a gated model and a write token for
     its output has both; s3:// gets spec.output.s3Secret's keys as env; pvc:// gets the claim mounted
     (_volumes)."""
-    env: list[dict[str, Any]] = [{"name": ENV_PRUNEJOB, "value": f"{owner.namespace}/{owner.name}"}]
+    env: list[dict[str, Any]] = [
+        {"name": ENV_PRUNEJOB, "value": f"{owner.namespace}/{owner.name}"},
+        {"name": ENV_SPEC, "value": prunejob_document(job, owner)},
+    ]
     publish_secret = hub_token_secret(job)
     read_secret = job.spec.model.hf_token_secret or publish_secret
     if read_secret:
@@ -180,10 +176,8 @@ def _env(job: PruneJob, owner: Owner) -> tuple[list[dict[str, Any]], list[dict[s
 
 
 def _volumes(job: PruneJob, owner: Owner) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    volumes: list[dict[str, Any]] = [
-        {"name": "prunejob-spec", "configMap": {"name": names.configmap_name(owner.name)}}
-    ]
-    mounts: list[dict[str, Any]] = [{"name": "prunejob-spec", "mountPath": SPEC_MOUNT_DIR, "readOnly": True}]
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
     if job.spec.resources.pvc_name:
         volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": job.spec.resources.pvc_name}})
         mounts.append({"name": "data", "mountPath": DATA_MOUNT_DIR})
@@ -264,7 +258,7 @@ def rayjob(
       the job ends; Kueue also requires it.
     * KubeRay's own backoffLimit stays 0: the operator retries with a NEW RayJob per attempt, so each
       attempt keeps its own status and the retry budget lives in the PruneJob's status.
-    * The driver runs on the head, so the head gets the ConfigMap, the env and the ServiceAccount; the
+    * The driver runs on the head, so the head gets the spec, the env and the ServiceAccount; the
       workers get them too (same image, same identity), which keeps the pod templates symmetrical.
     """
     res = job.spec.resources
@@ -275,8 +269,8 @@ def rayjob(
     pod_labels = names.labels(owner.name, "ray")
     pod_labels[names.LABEL_ATTEMPT] = str(attempt)
 
-    def container(name: str, cpu: str, memory: str, gpus: int) -> dict[str, Any]:
-        limits: dict[str, Any] = {"cpu": cpu, "memory": memory}
+    def container(name: str, cpu: int | str, memory: int | str, gpus: int) -> dict[str, Any]:
+        limits: dict[str, Any] = {"cpu": str(cpu), "memory": str(memory)}
         if gpus:
             limits[GPU_RESOURCE] = str(gpus)
         c: dict[str, Any] = {
@@ -284,8 +278,9 @@ def rayjob(
             "image": image,
             "env": [dict(e) for e in env],
             "resources": {"requests": dict(limits), "limits": dict(limits)},
-            "volumeMounts": [dict(m) for m in mounts],
         }
+        if mounts:
+            c["volumeMounts"] = [dict(m) for m in mounts]
         if env_from:
             c["envFrom"] = [dict(e) for e in env_from]
         return c
@@ -294,8 +289,9 @@ def rayjob(
         spec: dict[str, Any] = {
             "serviceAccountName": sa,
             "containers": containers,
-            "volumes": [dict(v) for v in volumes],
         }
+        if volumes:
+            spec["volumes"] = [dict(v) for v in volumes]
         if res.tolerations:
             spec["tolerations"] = [t.to_wire() for t in res.tolerations]
         if gpu and res.node_selector:

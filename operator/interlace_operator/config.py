@@ -5,8 +5,16 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 DEFAULT_RUNTIME_IMAGE = "ghcr.io/interlace-dev/interlace-runtime:0.1.0"
+DEFAULT_TOLERATION_KEY = "nvidia.com/gpu"
+
+
+def _list(env: Mapping[str, str], key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+    if key not in env:
+        return default
+    return tuple(v.strip() for v in env[key].split(",") if v.strip())
 
 
 def _float(env: Mapping[str, str], key: str, default: float) -> float:
@@ -47,6 +55,14 @@ class OperatorConfig:
       (default POD_NAMESPACE) reconciles (see leader.py). INTERLACE_LEASE_DURATION_SECONDS (15),
       INTERLACE_LEASE_RENEW_DEADLINE_SECONDS (10), INTERLACE_LEASE_RETRY_PERIOD_SECONDS (2) as in
       client-go.
+    * INTERLACE_KUBERAY_RETRY_SECONDS (30): how often a PruneJob waiting for the RayJob CRD looks again.
+    * What a PruneJob may ask for on its pods (the operator creates them with its own rights, so a
+      user who may create PruneJobs but not pods gets no more than this; empty = nothing):
+      INTERLACE_ALLOWED_SERVICE_ACCOUNTS (spec.resources.serviceAccountName; default none: the
+      per-job ServiceAccount the operator creates), INTERLACE_ALLOWED_PRIORITY_CLASSES
+      (spec.resources.priorityClassName; default none), INTERLACE_ALLOWED_TOLERATION_KEYS
+      (spec.resources.tolerations[].key; default nvidia.com/gpu; `*` allows any key, including the
+      key-less tolerate-everything). Comma-separated.
     """
 
     runtime_image: str = DEFAULT_RUNTIME_IMAGE
@@ -57,6 +73,10 @@ class OperatorConfig:
     retry_backoff_seconds: float = 10.0
     retry_backoff_max_seconds: float = 600.0
     watch_timeout_seconds: float = 300.0
+    kuberay_retry_seconds: float = 30.0
+    allowed_service_accounts: tuple[str, ...] = ()
+    allowed_priority_classes: tuple[str, ...] = ()
+    allowed_toleration_keys: tuple[str, ...] = (DEFAULT_TOLERATION_KEY,)
     component: str = "interlace-operator"
     extra_labels: dict[str, str] = field(default_factory=dict)
     leader_election: bool = False
@@ -90,7 +110,36 @@ class OperatorConfig:
             lease_duration_seconds=_float(env, "INTERLACE_LEASE_DURATION_SECONDS", 15.0),
             lease_renew_deadline_seconds=_float(env, "INTERLACE_LEASE_RENEW_DEADLINE_SECONDS", 10.0),
             lease_retry_period_seconds=_float(env, "INTERLACE_LEASE_RETRY_PERIOD_SECONDS", 2.0),
+            kuberay_retry_seconds=_float(env, "INTERLACE_KUBERAY_RETRY_SECONDS", 30.0),
+            allowed_service_accounts=_list(env, "INTERLACE_ALLOWED_SERVICE_ACCOUNTS"),
+            allowed_priority_classes=_list(env, "INTERLACE_ALLOWED_PRIORITY_CLASSES"),
+            allowed_toleration_keys=_list(env, "INTERLACE_ALLOWED_TOLERATION_KEYS", (DEFAULT_TOLERATION_KEY,)),
         )
+
+    def not_allowed(self, resources: Any) -> list[str]:
+        """What spec.resources asks for beyond the allow-lists (one message per field)."""
+        problems = []
+        sa = resources.service_account_name
+        if sa is not None and sa not in self.allowed_service_accounts:
+            problems.append(
+                f"spec.resources.serviceAccountName: {sa!r} is not allowed by the operator "
+                f"(allowed: {', '.join(self.allowed_service_accounts) or 'none; the per-job ServiceAccount is used'})"
+            )
+        pc = resources.priority_class_name
+        if pc is not None and pc not in self.allowed_priority_classes:
+            problems.append(
+                f"spec.resources.priorityClassName: {pc!r} is not allowed by the operator "
+                f"(allowed: {', '.join(self.allowed_priority_classes) or 'none'})"
+            )
+        if "*" not in self.allowed_toleration_keys:
+            for i, t in enumerate(resources.tolerations):
+                if t.key is None or t.key not in self.allowed_toleration_keys:
+                    what = "a toleration without a key (tolerates every taint)" if t.key is None else repr(t.key)
+                    problems.append(
+                        f"spec.resources.tolerations[{i}].key: {what} is not allowed by the operator "
+                        f"(allowed keys: {', '.join(self.allowed_toleration_keys) or 'none'})"
+                    )
+        return problems
 
     def backoff(self, failed_attempt: int) -> float:
         """Seconds to wait after attempt number `failed_attempt` (1-based) failed."""

@@ -17,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from interlace.spec import API_GROUP, API_VERSION, PLURAL
-from interlace_operator import names
 from interlace_operator.status import rfc3339, utcnow
 
 log = logging.getLogger(__name__)
@@ -135,11 +134,6 @@ class Kube:
 
     def _crud(self, kind: str) -> tuple[Any, Any, Any]:
         return {
-            "ConfigMap": (
-                self.core.create_namespaced_config_map,
-                self.core.read_namespaced_config_map,
-                self.core.replace_namespaced_config_map,
-            ),
             "ServiceAccount": (
                 self.core.create_namespaced_service_account,
                 self.core.read_namespaced_service_account,
@@ -153,10 +147,23 @@ class Kube:
             ),
         }[kind]
 
+    def dry_run_create(self, body: dict[str, Any]) -> None:
+        """Create `body` with server-side dry run (dryRun=All): admission, schema validation and
+        webhooks run, nothing is stored. Raises the API's ApiException (409 means the name is taken,
+        which create-or-adopt deals with later)."""
+        ns = body["metadata"]["namespace"]
+        if body["kind"] == "RayJob":
+            self.custom.create_namespaced_custom_object(
+                "ray.io", "v1", ns, "rayjobs", body, dry_run="All", _request_timeout=REQUEST_TIMEOUT
+            )
+            return
+        create, _, _ = self._crud(body["kind"])
+        create(ns, body, dry_run="All", _preload_content=False, _request_timeout=REQUEST_TIMEOUT).data  # noqa: B018
+
     def ensure(self, body: dict[str, Any], owner_uid: str, content_keys: tuple[str, ...] = ()) -> str:
-        """Create `body`, or adopt the existing object of that name if this PruneJob controls it (or it is
-        an orphan with our labels). Keys in `content_keys` (e.g. "data", "rules") are brought up to
-        date. Returns "created", "adopted" or "updated"; raises ConflictError for a foreign object."""
+        """Create `body`, or adopt the existing object of that name if this PruneJob (its UID) is its
+        controller. Keys in `content_keys` (e.g. "data", "rules") are brought up to date. Returns
+        "created", "adopted" or "updated"; raises ConflictError for anything else under the name."""
         from kubernetes.client.exceptions import ApiException
 
         create, read, replace = self._crud(body["kind"])
@@ -172,7 +179,7 @@ class Kube:
         self.check_owner(existing, owner_uid)
         changed = [k for k in content_keys if existing.get(k) != body.get(k)]
         meta = existing["metadata"]
-        if not _controller_uid(existing) or changed:
+        if changed:
             merged = dict(existing)
             for k in content_keys:
                 merged[k] = body.get(k)
@@ -183,8 +190,12 @@ class Kube:
 
     @staticmethod
     def check_owner(obj: dict[str, Any], owner_uid: str, *, deleting_ok: bool = False) -> None:
-        """Raise ConflictError unless `obj` is controlled by `owner_uid` or is our own orphan.
-        An object being deleted is a conflict for create-or-adopt, unless `deleting_ok`."""
+        """Raise ConflictError unless `obj`'s controller ownerReference is `owner_uid`.
+
+        Labels prove nothing: after `kubectl delete pj X --cascade=orphan` and a new PruneJob X, the
+        old children carry our labels and names but belong to no one; adopting them would make the
+        new PruneJob report the old run's results. An object being deleted is a conflict for
+        create-or-adopt, unless `deleting_ok`."""
         meta = obj.get("metadata", {})
         kind, name = obj.get("kind", "object"), meta.get("name")
         uid = _controller_uid(obj)
@@ -192,26 +203,35 @@ class Kube:
             raise ConflictError(f"{kind} {name} is being deleted; waiting for it to go away")
         if uid == owner_uid:
             return
-        if uid is None and (meta.get("labels") or {}).get(names.LABEL_MANAGED_BY) == names.MANAGED_BY:
-            return  # an orphan of ours (e.g. its owner reference was removed): adopt it
+        whose = "no controller (an orphan, e.g. of `kubectl delete --cascade=orphan`)" if uid is None else (
+            f"controller uid {uid}"
+        )
         raise ConflictError(
-            f"{kind} {name} already exists and is not controlled by this PruneJob; delete or rename it"
+            f"{kind} {name} already exists and is not controlled by this PruneJob ({whose}); it is not "
+            "adopted: delete it, or re-create this PruneJob under another name"
         )
 
     # ------------------------------------------------------------------ events
 
-    def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    def post_event(
+        self, involved: dict[str, Any], type_: str, reason: str, message: str, *, name: str | None = None
+    ) -> None:
         """A core/v1 Event on the PruneJob (shown by `kubectl describe` and `kubectl get events`).
-        Best effort, asynchronous: a lost event must never fail or slow a reconcile."""
-        self._events.submit(self._post_event, involved, type_, reason, message)
+        Best effort, asynchronous: a lost event must never fail or slow a reconcile. With `name`
+        (deterministic), posting the same event twice leaves one: the second gets AlreadyExists."""
+        self._events.submit(self._post_event, involved, type_, reason, message, name)
 
-    def _post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    def _post_event(
+        self, involved: dict[str, Any], type_: str, reason: str, message: str, name: str | None = None
+    ) -> None:
+        from kubernetes.client.exceptions import ApiException
+
         meta = involved["metadata"]
         now = rfc3339(utcnow())
         body = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},
+            "metadata": {"name": name or f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},
             "involvedObject": {
                 "apiVersion": involved.get("apiVersion", f"{API_GROUP}/{API_VERSION}"),
                 "kind": involved.get("kind", "PruneJob"),
@@ -234,6 +254,9 @@ class Kube:
             self.core.create_namespaced_event(
                 meta["namespace"], body, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
             )
+        except ApiException as err:
+            if err.status != 409:  # 409: this very event was posted before (a replay)
+                log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], err)
         except Exception as err:  # events are best effort
             log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], err)
 

@@ -45,10 +45,6 @@ def rayjob_name(prunejob: str, attempt: int) -> str:
     return fit(prunejob, f"-{attempt}", RAYJOB_NAME_MAX)
 
 
-def configmap_name(prunejob: str) -> str:
-    return fit(prunejob, "-spec", DNS_SUBDOMAIN_MAX)
-
-
 def job_account_name(prunejob: str) -> str:
     """Name of the ServiceAccount, Role and RoleBinding of the job."""
     return fit(prunejob, "-job", DNS_SUBDOMAIN_MAX)

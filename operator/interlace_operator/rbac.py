@@ -10,9 +10,13 @@ Why each rule exists:
 * prunejobs/status get/patch: the operator writes phase, conditions, rayJob, attempts, times.
 * rayjobs get/list/watch/create/patch/delete: the KubeRay RayJob of each attempt (patch = suspend,
   delete = release a failed or overdue attempt's GPUs).
-* configmaps, serviceaccounts, roles, rolebindings get/create/update: the per-job children, created or
-  adopted. The job's Role grants get/patch on one PruneJob's status; Kubernetes only lets the operator
-  create it because the operator holds those permissions itself (RBAC escalation check).
+* prunejobs/finalizers update: the children's ownerReferences set blockOwnerDeletion, which the
+  OwnerReferencesPermissionEnforcement admission plugin (OpenShift's default) only allows to a user
+  who may update the owner's finalizers; the operator adds no finalizer.
+* serviceaccounts, roles, rolebindings get/create/update: the per-job identity, created or adopted.
+  The job's Role grants get/patch on one PruneJob's status; Kubernetes only lets the operator create
+  it because the operator holds those permissions itself (RBAC escalation check). No ConfigMaps: the
+  spec travels inside the RayJob.
 * events create/patch (core and events.k8s.io): what users see in `kubectl describe pj`.
 * customresourcedefinitions and namespaces list/watch: kopf's cluster observation (it notices a KubeRay
   CRD installed after the operator, and namespaces that appear); read-only.
@@ -27,12 +31,13 @@ from interlace.spec import API_GROUP, PLURAL
 RULES: list[dict[str, list[str]]] = [
     {"apiGroups": [API_GROUP], "resources": [PLURAL], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [API_GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch"]},
+    {"apiGroups": [API_GROUP], "resources": [f"{PLURAL}/finalizers"], "verbs": ["update"]},
     {
         "apiGroups": ["ray.io"],
         "resources": ["rayjobs"],
         "verbs": ["get", "list", "watch", "create", "patch", "delete"],
     },
-    {"apiGroups": [""], "resources": ["configmaps", "serviceaccounts"], "verbs": ["get", "create", "update"]},
+    {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "create", "update"]},
     {
         "apiGroups": ["rbac.authorization.k8s.io"],
         "resources": ["roles", "rolebindings"],
@@ -71,3 +76,70 @@ def cluster_role(name: str = "interlace-operator") -> dict[str, Any]:
         "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "interlace-operator"}},
         "rules": [dict(r) for r in RULES],
     }
+
+
+# Status fields only the operator writes (interlace.spec.PruneJobStatus); the job writes the others.
+OPERATOR_STATUS_FIELDS = (
+    "phase", "conditions", "observedGeneration", "rayJob", "attempts", "startTime", "completionTime"
+)
+STATUS_POLICY_NAME = "interlace-operator-status-writers"  # <chart fullname>-status-writers
+DEFAULT_OPERATOR_USER = "system:serviceaccount:interlace-system:interlace-operator"
+
+
+def _unchanged(field: str) -> str:
+    new, old = f"has(object.status) && has(object.status.{field})", f"has(oldObject.status) && has(oldObject.status.{field})"
+    return f"(({new}) == ({old}) && (!({new}) || object.status.{field} == oldObject.status.{field}))"
+
+
+def status_policy(
+    operator_user: str = DEFAULT_OPERATOR_USER,
+    namespace_selector: dict[str, Any] | None = None,
+    name: str = STATUS_POLICY_NAME,
+) -> list[dict[str, Any]]:
+    """One writer per status field, enforced by the API server: a ValidatingAdmissionPolicy (and its
+    binding) that refuses any change to an operator-owned status field by anyone but the operator's
+    ServiceAccount. The job's token (any code in the Ray job holds it) can then write only stage,
+    progress, plan and results, and its Role limits it to its own PruneJob; a forged
+    `phase: Succeeded`, `attempts: 0` or `startTime` is refused. Rendered by manifests/base and the
+    Helm chart (tests compare them). The binding covers the namespaces the operator watches
+    (`namespace_selector`; None: every namespace), so operators watching different namespaces each
+    keep their own policy."""
+    expression = " && ".join(_unchanged(f) for f in OPERATOR_STATUS_FIELDS)
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "interlace-operator"}},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": [API_GROUP],
+                        "apiVersions": ["*"],
+                        "operations": ["UPDATE"],
+                        "resources": [f"{PLURAL}/status"],
+                    }
+                ]
+            },
+            "matchConditions": [
+                {"name": "not-the-operator", "expression": f"request.userInfo.username != '{operator_user}'"}
+            ],
+            "validations": [
+                {
+                    "expression": expression,
+                    "message": "status." + ", ".join(OPERATOR_STATUS_FIELDS) + " are written by the interlace "
+                    "operator only; a job may write status.stage, progress, plan and results",
+                    "reason": "Forbidden",
+                }
+            ],
+        },
+    }
+    binding: dict[str, Any] = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "interlace-operator"}},
+        "spec": {"policyName": name, "validationActions": ["Deny"]},
+    }
+    if namespace_selector is not None:
+        binding["spec"]["matchResources"] = {"namespaceSelector": namespace_selector}
+    return [policy, binding]

@@ -12,15 +12,18 @@ n's RayJob is `<prunejob>-<n>`; before acting, the reconciler looks for attempt 
 a previous run created it but died before recording it. So there is never a second RayJob for an
 attempt, and the retry budget (`attempts` vs `spec.backoffLimit`) survives restarts.
 
-Order of a first reconcile: validate -> write startTime with a resourceVersion precondition (from then
-on the CRD's CEL rule freezes the spec) -> ConfigMap, ServiceAccount, Role, RoleBinding (created or
-adopted) -> RayJob attempt 1 -> status. Events are posted on transitions only, derived from the status
+Order of a first reconcile: validate -> allow-lists and a server-side dry run of every child (what the
+API server would refuse becomes a Failed condition, before anything is frozen) -> write startTime with
+a resourceVersion precondition (from then on the CRD's CEL rule freezes the spec) -> ServiceAccount,
+Role, RoleBinding (created, or adopted when this PruneJob's UID controls them) -> RayJob attempt 1,
+which carries the spec -> status. Events are posted on transitions only, derived from the status
 diff, so a restart does not repeat them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -55,6 +58,16 @@ log = logging.getLogger(__name__)
 OPERATOR_FIELDS = ("phase", "conditions", "observedGeneration", "rayJob", "attempts", "startTime", "completionTime")
 
 
+class KubeRayMissing(Exception):
+    """The RayJob CRD (ray.io/v1) is not installed."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the RayJob CRD (rayjobs.ray.io, ray.io/v1) is not installed in this cluster: install the KubeRay "
+            "operator (>= 1.3); this PruneJob starts once it is there"
+        )
+
+
 class Requeue(Exception):
     """Reconcile again after `delay` seconds (e.g. a 409 from a concurrent writer)."""
 
@@ -72,6 +85,7 @@ class Ctx:
     owner: builders.Owner
     status: dict[str, Any]
     now: datetime
+    first: bool = False  # the first reconcile of this PruneJob in this process
 
     @property
     def generation(self) -> int | None:
@@ -96,6 +110,8 @@ class Reconciler:
         # PruneJobs whose "did a previous run create an attempt it never recorded?" probe is done:
         # within one process every RayJob created is recorded before the next reconcile of the job.
         self._probed: set[tuple[str, str]] = set()
+        # PruneJobs whose recorded state's events were replayed in this process (see _replay_events).
+        self._replayed: set[tuple[str, str]] = set()
         self._children_pool = ThreadPoolExecutor(max_workers=max(4, config.workers), thread_name_prefix="children")
 
     def is_own_write(self, kind: str, namespace: str, name: str, resource_version: str | None) -> bool:
@@ -116,6 +132,7 @@ class Reconciler:
 
     def forget(self, namespace: str, name: str) -> None:
         self._probed.discard((namespace, name))
+        self._replayed.discard((namespace, name))
         self.own_versions.pop(("PruneJob", namespace, name), None)
 
     # ================================================================== entry point
@@ -139,7 +156,11 @@ class Reconciler:
         status = dict(body.get("status") or {})
         if self.metrics:
             self.metrics.set_phase(namespace, name, status.get("phase"))
+        first = (namespace, name) not in self._replayed
+        self._replayed.add((namespace, name))
         if status.get("phase") in TERMINAL_PHASES and not _fixed_invalid_spec(body, status):
+            if first:
+                self._replay_terminal(body, status)
             return None
 
         now = self.clock()
@@ -150,15 +171,32 @@ class Reconciler:
                     "kind": KIND,
                     "metadata": {"name": name, "namespace": namespace},
                     "spec": body.get("spec"),
-                }
+                },
+                cluster=True,
             )
         except SpecError as err:
             ctx = Ctx(body, None, builders.Owner.from_body(body), status, now)  # type: ignore[arg-type]
             self._finish(ctx, Outcome(Phase.FAILED.value, "InvalidSpec", str(err), finished=True, failed=True), None)
             return None
-        ctx = Ctx(body, job, builders.Owner.from_body(body), status, now)
+        ctx = Ctx(body, job, builders.Owner.from_body(body), status, now, first=first)
+        try:
+            return self._run(ctx)
+        except (ConflictError, KubeRayMissing) as err:
+            # ChildConflict: something else holds one of our deterministic names (reported, never
+            # adopted). KubeRayMissing: no RayJob CRD. Both wait, with one event per episode.
+            reason = "ChildConflict" if isinstance(err, ConflictError) else "KubeRayMissing"
+            self._write(ctx, Outcome(Phase.PENDING.value, reason, str(err)), None)
+            self._event(ctx, "Warning", reason, str(err))  # one per attempt and generation (its name)
+            delay = 30.0 if isinstance(err, ConflictError) else self.config.kuberay_retry_seconds
+            raise Requeue(delay, str(err)) from None
 
+    def _run(self, ctx: Ctx) -> float | None:
+        namespace, name, job, status, now = ctx.owner.namespace, ctx.owner.name, ctx.job, ctx.status, ctx.now
         if not status.get("startTime"):
+            refused = self._preflight(ctx)
+            if refused is not None:
+                self._finish(ctx, refused, None)
+                return None
             self._accept(ctx)
             # RayJobs are only ever created after startTime is recorded: nothing to adopt yet.
             self._probed.add((namespace, name))
@@ -168,6 +206,8 @@ class Reconciler:
         current = self.kube.get_rayjob(namespace, rj_name) if rj_name else None
         if current is not None:
             self.kube.check_owner(current, ctx.owner.uid, deleting_ok=True)
+        if ctx.first:
+            self._replay_events(ctx, attempts, current)
 
         deadline = self._deadline(ctx)
         if deadline is not None and now >= deadline:
@@ -199,6 +239,42 @@ class Reconciler:
         return self._settle(ctx, attempts, current, outcome, mirror)
 
     # ================================================================== steps
+
+    def _preflight(self, ctx: Ctx) -> Outcome | None:
+        """Before the spec is frozen: the allow-lists, then every child created with server-side dry
+        run (dryRun=All), so whatever the API server (schemas, admission, KubeRay's webhooks) would
+        refuse becomes a Failed condition with the API's own message instead of a frozen spec whose
+        RayJob never appears. Raises KubeRayMissing when the RayJob CRD is not installed."""
+        from kubernetes.client.exceptions import ApiException
+
+        problems = self.config.not_allowed(ctx.job.spec.resources)
+        if problems:
+            return Outcome(Phase.FAILED.value, "NotAllowed", "; ".join(problems), finished=True, failed=True)
+        owner, job = ctx.owner, ctx.job
+        deadline = job.spec.active_deadline_seconds
+        children = [builders.role(owner)]
+        if not job.spec.resources.service_account_name:
+            children.append(builders.service_account(owner))
+        # (no RoleBinding: its escalation check needs the Role to exist; its content is the operator's)
+        children.append(
+            builders.rayjob(job, owner, attempt=1, image=self.config.runtime_image, active_deadline_seconds=deadline)
+        )
+        for child in children:
+            try:
+                self.kube.dry_run_create(child)
+            except ApiException as err:
+                if err.status == 409:
+                    continue  # the name is taken: create-or-adopt decides (ours, or a conflict)
+                if err.status == 404 and child["kind"] == "RayJob":
+                    raise KubeRayMissing() from None
+                if err.status in (400, 403, 422):
+                    return Outcome(
+                        Phase.FAILED.value, "ChildRejected",
+                        f"the API server refuses the {child['kind']} this spec makes: {_api_message(err)}",
+                        finished=True, failed=True,
+                    )
+                raise
+        return None
 
     def _accept(self, ctx: Ctx) -> None:
         """Record startTime (freezing the spec via the CRD's CEL rule) before creating anything.
@@ -254,11 +330,10 @@ class Reconciler:
         return start + timedelta(seconds=seconds)
 
     def _ensure_children(self, ctx: Ctx) -> None:
-        """ConfigMap with the spec, and the job's identity: ServiceAccount + Role + RoleBinding."""
+        """The job's identity: ServiceAccount + Role + RoleBinding (the spec travels in the RayJob)."""
         owner, job = ctx.owner, ctx.job
         sa = builders.job_service_account_name(job, owner)
         wanted: list[tuple[dict[str, Any], tuple[str, ...]]] = [
-            (builders.configmap(job, owner), ("data",)),
             (builders.role(owner), ("rules",)),
         ]
         if not job.spec.resources.service_account_name:
@@ -276,12 +351,7 @@ class Reconciler:
         from kubernetes.client.exceptions import ApiException
 
         owner, job = ctx.owner, ctx.job
-        try:
-            self._ensure_children(ctx)
-        except ConflictError as err:
-            self._write(ctx, Outcome(Phase.PENDING.value, "ChildConflict", str(err)), None, attempts=attempt - 1)
-            self._event(ctx, "Warning", "ChildConflict", str(err))
-            raise Requeue(30.0, str(err)) from None
+        self._ensure_children(ctx)  # ConflictError: reported by _reconcile
         remaining = None
         deadline = self._deadline(ctx)
         if deadline is not None:
@@ -295,6 +365,8 @@ class Reconciler:
             rayjob = self.kube.create_rayjob(body)
             self._record_rayjob(rayjob)
         except ApiException as err:
+            if err.status == 404:
+                raise KubeRayMissing() from None
             if err.status != 409:
                 raise
             rayjob = self.kube.get_rayjob(owner.namespace, rj_name)
@@ -304,18 +376,10 @@ class Reconciler:
             created = False
         log.info("%s/%s: %s RayJob %s (attempt %d)", owner.namespace, owner.name,
                  "created" if created else "adopted", rj_name, attempt)
-        if created:
-            res = job.spec.resources
-            gpus = f"{res.workers} worker(s) x {res.gpus_per_worker} GPU"
-            self._event(
-                ctx, "Normal", "RayJobCreated",
-                f"created RayJob {rj_name} (attempt {attempt} of {job.spec.backoff_limit + 1}, {gpus}; "
-                f"{self._summary(job)})",
-            )
-            if self.metrics:
-                self.metrics.rayjobs_created.inc()
-                if retry:
-                    self.metrics.retries.inc()
+        if created and self.metrics:
+            self.metrics.rayjobs_created.inc()
+            if retry:
+                self.metrics.retries.inc()
         if job.spec.suspend:
             outcome = Outcome(Phase.SUSPENDED.value, "Suspended", f"RayJob {rj_name} created suspended")
         else:
@@ -323,7 +387,22 @@ class Reconciler:
             if outcome.finished:  # an adopted attempt that already ended: settle on the next pass
                 outcome = Outcome(Phase.PENDING.value, "ClusterInitializing", f"RayJob {rj_name} adopted")
         self._write(ctx, outcome, self._mirror(ctx, rayjob, finished=False), attempts=attempt)
+        # After the attempt is recorded, also when adopted: a run killed between creating the RayJob
+        # and this line never posted it, and the deterministic event name keeps it to one.
+        self._rayjob_created_event(ctx, attempt)
         return self._next_check(ctx)
+
+    def _rayjob_created_event(self, ctx: Ctx, attempt: int) -> None:
+        job = ctx.job
+        res = job.spec.resources
+        gpus = f"{res.workers} worker(s) x {res.gpus_per_worker} GPU"
+        rj_name = names.rayjob_name(ctx.owner.name, attempt)
+        self._event(
+            ctx, "Normal", "RayJobCreated",
+            f"created RayJob {rj_name} (attempt {attempt} of {job.spec.backoff_limit + 1}, {gpus}; "
+            f"{self._summary(job)})",
+            key=f"attempt-{attempt}",
+        )
 
     def _sync_suspend(self, ctx: Ctx, rayjob: dict[str, Any]) -> dict[str, Any]:
         """spec.suspend -> RayJob spec.suspend (KubeRay deletes / recreates the Ray cluster)."""
@@ -405,20 +484,22 @@ class Reconciler:
             release()
             return None
         if ctx.now >= due:
+            release()
+            result = self._start_attempt(ctx, attempts + 1, retry=True)
+            # posted once the new attempt is recorded; a rerun after a crash posts the same name
             self._event(
                 ctx, "Normal", "Retrying",
-                f"starting attempt {attempts + 1} of {ctx.job.spec.backoff_limit + 1} after: {outcome.message}",
+                f"started attempt {attempts + 1} of {ctx.job.spec.backoff_limit + 1} after: {outcome.message}",
+                key=f"attempt-{attempts + 1}",
             )
-            release()
-            return self._start_attempt(ctx, attempts + 1, retry=True)
+            return result
         waiting = Outcome(
             Phase.PENDING.value, "BackoffRetry",
             f"attempt {attempts} failed ({outcome.reason}: {outcome.message}); attempt {attempts + 1} of "
             f"{ctx.job.spec.backoff_limit + 1} starts at {rfc3339(due)}",
         )
-        if _reason(ctx.status, "Ready") != "BackoffRetry":
-            self._event(ctx, "Warning", "AttemptFailed", waiting.message)
         self._write(ctx, waiting, mirror, attempts=attempts)
+        self._event(ctx, "Warning", "AttemptFailed", waiting.message)  # one per attempt (its name)
         release()
         return max(0.05, (due - ctx.now).total_seconds())
 
@@ -507,8 +588,40 @@ class Reconciler:
             bits.append(f"retention {results['relativePerformance']:.1f}%")
         return "; ".join(bits)
 
-    def _event(self, ctx: Ctx, type_: str, reason: str, message: str) -> None:
-        self.kube.post_event(ctx.body, type_, reason, message)
+    def _event(self, ctx: Ctx, type_: str, reason: str, message: str, *, key: str | None = None) -> None:
+        """Post an Event with a deterministic name: (PruneJob uid, reason, key), key defaulting to the
+        recorded attempt and the generation. Posting it again (a rerun after a crash, the replay on
+        the first reconcile of a process) hits AlreadyExists instead of making a duplicate."""
+        if key is None:
+            key = f"attempt-{ctx.status.get('attempts') or 0}/generation-{ctx.generation}"
+        digest = hashlib.sha256(f"{ctx.owner.uid}|{reason}|{key}".encode()).hexdigest()[:16]
+        self.kube.post_event(ctx.body, type_, reason, message, name=f"{ctx.owner.name}.{digest}")
+
+    def _replay_terminal(self, body: dict[str, Any], status: dict[str, Any]) -> None:
+        """_replay_events for a PruneJob that already finished."""
+        try:
+            job = parse_prunejob({"metadata": {"name": body["metadata"]["name"]}, "spec": body.get("spec")})
+        except SpecError:
+            return
+        ctx = Ctx(body, job, builders.Owner.from_body(body), status, self.clock(), first=True)
+        self._replay_events(ctx, int(status.get("attempts") or 0), None)
+
+    def _replay_events(self, ctx: Ctx, attempts: int, current: dict[str, Any] | None) -> None:
+        """First reconcile of a PruneJob in this process: post again the events of the state recorded
+        in status (its name makes each a no-op if the previous process posted it), so an operator
+        killed between a status write and its event loses nothing. Only for PruneJobs whose status
+        changed within REPLAY_WINDOW (a restart after a crash comes sooner; older PruneJobs would only
+        cost AlreadyExists answers)."""
+        status = ctx.status
+        phase = status.get("phase")
+        if not phase or not _status_written_since(ctx.body, ctx.now - REPLAY_WINDOW):
+            return
+        if attempts and (current is not None or phase in TERMINAL_PHASES):
+            self._rayjob_created_event(ctx, attempts)
+        ctype = {Phase.SUCCEEDED.value: "Succeeded", Phase.FAILED.value: "Failed"}.get(phase, "Ready")
+        cond = next((c for c in status.get("conditions") or [] if c.get("type") == ctype), None)
+        if cond and cond.get("reason"):
+            self._transition_event(ctx, None, Outcome(phase, cond["reason"], cond.get("message") or ""))
 
     @staticmethod
     def _summary(job: PruneJob) -> str:
@@ -517,12 +630,40 @@ class Reconciler:
         return f"{job.spec.model.source}, {p.strategy}, {amount}{', dry run' if job.spec.dry_run else ''}"
 
 
+# How far back a restarted operator re-posts the events of the recorded state (see _replay_events).
+REPLAY_WINDOW = timedelta(hours=1)
+
+
+def _status_written_since(body: dict[str, Any], since: datetime) -> bool:
+    """Whether the status subresource was written after `since` (managedFields times; no record: True)."""
+    times = [
+        t for m in body.get("metadata", {}).get("managedFields") or []
+        if m.get("subresource") == "status" and (t := parse_time(m.get("time"))) is not None
+    ]
+    return not times or max(times) >= since
+
+
+# Failures decided before the spec was frozen: the user may edit the spec and the job is looked at again.
+PRE_START_FAILURES = ("InvalidSpec", "ChildRejected", "NotAllowed")
+
+
+def _api_message(err: Exception) -> str:
+    """The `message` of a Kubernetes Status answer (what kubectl would print)."""
+    import json
+
+    try:
+        return str(json.loads(getattr(err, "body", "") or "{}").get("message") or err)
+    except ValueError:
+        return str(err)
+
+
 def _fixed_invalid_spec(body: dict[str, Any], status: dict[str, Any]) -> bool:
-    """A job that failed with InvalidSpec gets another look once its spec was edited (the spec is
-    not frozen then: startTime is only written after validation succeeds)."""
+    """A job that failed before its start (invalid spec, a child the API server refuses, a request
+    beyond the allow-lists) gets another look once its spec was edited (the spec is not frozen then:
+    startTime is only written after all of that passed)."""
     return (
         status.get("phase") == Phase.FAILED.value
-        and _reason(status, "Failed") == "InvalidSpec"
+        and _reason(status, "Failed") in PRE_START_FAILURES
         and status.get("observedGeneration") != body["metadata"].get("generation")
         and not status.get("startTime")
     )

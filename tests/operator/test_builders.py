@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 from typing import Any
@@ -38,7 +39,8 @@ def job(**spec_overrides: Any):
 
 
 def test_rayjob_resources_scheduling_and_labels() -> None:
-    rj = builders.rayjob(job(), OWNER, attempt=3, image="img:1", active_deadline_seconds=3600)
+    j = job()
+    rj = builders.rayjob(j, OWNER, attempt=3, image="img:1", active_deadline_seconds=3600)
     meta, spec = rj["metadata"], rj["spec"]
     assert rj["apiVersion"] == "ray.io/v1" and rj["kind"] == "RayJob"
     assert meta["name"] == "qwen-20-3"
@@ -54,7 +56,7 @@ def test_rayjob_resources_scheduling_and_labels() -> None:
     assert spec["ttlSecondsAfterFinished"] == 600
     assert spec["activeDeadlineSeconds"] == 3600
     assert spec["backoffLimit"] == 0 and spec["suspend"] is False
-    assert spec["entrypoint"] == "interlace run -f /etc/interlace/prunejob.yaml --output 's3://bucket/runs/qwen 20'"
+    assert spec["entrypoint"] == "interlace run -f env:INTERLACE_PRUNEJOB_SPEC --output 's3://bucket/runs/qwen 20'"
 
     (group,) = spec["rayClusterSpec"]["workerGroupSpecs"]
     assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == 2
@@ -71,8 +73,9 @@ def test_rayjob_resources_scheduling_and_labels() -> None:
     (head,) = head_pod["containers"]
     for container, pod_spec in ((head, head_pod), (worker, pod)):
         assert {"name": builders.ENV_PRUNEJOB, "value": "ml/qwen-20"} in container["env"]
-        assert {"name": "prunejob-spec", "mountPath": "/etc/interlace", "readOnly": True} in container["volumeMounts"]
-        assert {"name": "prunejob-spec", "configMap": {"name": "qwen-20-spec"}} in pod_spec["volumes"]
+        spec_env = next(e["value"] for e in container["env"] if e["name"] == builders.ENV_SPEC)
+        assert yaml.safe_load(spec_env)["spec"]["pruning"] == j.spec.pruning.to_wire()
+        assert "volumes" not in pod_spec  # no ConfigMap: the spec travels in the RayJob
     assert yaml.safe_load(spec["runtimeEnvYAML"]) == {"env_vars": {"INTERLACE_PRUNEJOB": "ml/qwen-20"}}
 
 
@@ -158,13 +161,16 @@ def test_the_head_takes_no_ray_work() -> None:
     assert params["num-cpus"] == "0" and params["num-gpus"] == "0"
 
 
-def test_configmap_holds_a_loadable_prunejob(tmp_path) -> None:
+def test_the_rayjob_carries_a_loadable_prunejob(monkeypatch: pytest.MonkeyPatch) -> None:
     j = job()
-    cm = builders.configmap(j, OWNER)
-    assert cm["metadata"]["name"] == "qwen-20-spec"
-    path = tmp_path / "prunejob.yaml"
-    path.write_text(cm["data"]["prunejob.yaml"])
-    loaded = load_prunejob(path)  # exactly what `interlace run -f` does in the pod
+    rj = builders.rayjob(j, OWNER, attempt=1, image="img:1")
+    argv = shlex.split(rj["spec"]["entrypoint"])
+    assert argv[:4] == ["interlace", "run", "-f", f"env:{builders.ENV_SPEC}"]
+    head = rj["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    for e in head["env"]:
+        if "value" in e:
+            monkeypatch.setenv(e["name"], e["value"])
+    loaded = load_prunejob(argv[3], cluster=True)  # exactly what `interlace run -f` does in the pod
     assert loaded.metadata.name == "qwen-20" and loaded.metadata.namespace == "ml"
     assert loaded.spec == j.spec
 
@@ -193,7 +199,7 @@ def test_operator_rbac_covers_what_it_creates() -> None:
         for res in rule["resources"]:
             for verb in rule["verbs"]:
                 assert allowed("interlace.dev", res, verb), (res, verb)
-    for group, res in [("", "configmaps"), ("", "serviceaccounts"), ("rbac.authorization.k8s.io", "roles"),
+    for group, res in [("", "serviceaccounts"), ("rbac.authorization.k8s.io", "roles"),
                        ("rbac.authorization.k8s.io", "rolebindings"), ("ray.io", "rayjobs"), ("", "events")]:
         assert allowed(group, res, "create"), res
 
@@ -207,7 +213,7 @@ def test_names_fit_limits_and_stay_unique(length: int) -> None:
     assert rj != names.rayjob_name(other, 12)
     assert names.rayjob_name(base, 12) == rj  # deterministic
     assert len(names.label_value(base)) <= 63
-    assert len(names.configmap_name(base)) <= 253
+    assert len(names.job_account_name(base)) <= 253
 
 
 def test_backoff_is_exponential_and_capped() -> None:

@@ -1,8 +1,8 @@
 """End to end: the RayJob's own entrypoint, run as the RayJob would run it, reports into the PruneJob.
 
 kwok pods run nothing, so the command KubeRay would submit on the Ray head runs here instead: the
-entrypoint string from the RayJob the operator created, the spec file from the ConfigMap the operator
-created, env INTERLACE_PRUNEJOB from the RayJob's pod template, authenticated as the job's own
+entrypoint string from the RayJob the operator created, with the env of the RayJob's pod template
+(INTERLACE_PRUNEJOB, and INTERLACE_PRUNEJOB_SPEC: the spec travels in the RayJob), authenticated as the job's own
 ServiceAccount (a TokenRequest token, as a projected token would be), on a local Ray cluster with a
 tiny model. The PruneJob must reach Succeeded with plan, progress and results in its status.
 """
@@ -22,7 +22,7 @@ from tests.operator.conftest import HELD, Cluster, prunejob, wait_for
 pytestmark = [pytest.mark.cluster, pytest.mark.ray, pytest.mark.slow]
 
 
-def _spec(model_dir: Path, output: Path) -> dict:
+def _spec(model_dir: Path) -> dict:
     """A tiny but complete run: 2 of 8 layers dropped, 2 finetuning steps, perplexity, CPU only."""
     text = {"format": "text", "path": "builtin:english"}
     return {
@@ -35,9 +35,11 @@ def _spec(model_dir: Path, output: Path) -> dict:
             "packing": False, "checkpointEverySteps": 1,
         },
         "evaluation": {"benchmarks": ["perplexity"], "maxSamples": 4, "batchSize": 2, "speed": False},
-        "output": {"uri": f"file://{output}", "saveCheckpoints": False},
+        # A cluster job needs a durable output: a claim, "mounted" below at INTERLACE_PVC_ROOT.
+        "output": {"uri": "pvc://e2e-data/out", "saveCheckpoints": False},
         # HELD: KubeRay builds the Ray cluster but never submits (see tests/operator/conftest.py).
-        "resources": {"workers": 1, "gpusPerWorker": 0, "cpu": "2", "memory": "4Gi", "nodeSelector": HELD},
+        "resources": {"workers": 1, "gpusPerWorker": 0, "cpu": "2", "memory": "4Gi", "nodeSelector": HELD,
+                      "pvcName": "e2e-data"},
         "backoffLimit": 0,
     }
 
@@ -48,10 +50,12 @@ def test_rayjob_entrypoint_reports_into_the_prunejob(
     from tests.fixtures.tiny import save_tiny
 
     model_dir = save_tiny("qwen3", tmp_path / "model")
-    output = tmp_path / "out"
+    pvc_root = tmp_path / "pvc"
+    pvc_root.mkdir()
+    output = pvc_root / "out"
     run_operator()
     body = prunejob("e2e")
-    body["spec"] = _spec(model_dir, output)
+    body["spec"] = _spec(model_dir)
     cluster.apply(body)
 
     rayjob = wait_for(lambda: cluster.get("rayjob", "e2e-1"), timeout=60, what="RayJob e2e-1")
@@ -59,16 +63,9 @@ def test_rayjob_entrypoint_reports_into_the_prunejob(
     head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
     container = head["containers"][0]
     env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
-    mount = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "prunejob-spec")
-    configmap = cluster.get("configmap", "e2e-spec")
-
-    # Materialise the ConfigMap where the pod would mount it, and run the entrypoint as is.
-    mounted = tmp_path / "etc-interlace"
-    mounted.mkdir()
-    for key, value in configmap["data"].items():
-        (mounted / key).write_text(value)
-    argv = [a.replace(mount, str(mounted)) for a in shlex.split(rayjob["spec"]["entrypoint"])]
-    assert argv[:2] == ["interlace", "run"]
+    # Run the entrypoint as is, with the pod's env.
+    argv = shlex.split(rayjob["spec"]["entrypoint"])
+    assert argv[:4] == ["interlace", "run", "-f", "env:INTERLACE_PRUNEJOB_SPEC"]
     kubeconfig = control_plane.service_account_kubeconfig(cluster.ns, head["serviceAccountName"])
 
     # KubeRay would now report the Ray job as running.
@@ -76,7 +73,8 @@ def test_rayjob_entrypoint_reports_into_the_prunejob(
     run_env = dict(os.environ)
     run_env.pop("RAY_ADDRESS", None)
     run_env.update(env)
-    run_env.update({"KUBECONFIG": str(kubeconfig), "HF_HUB_OFFLINE": "1", "INTERLACE_STATUS_INTERVAL": "1"})
+    run_env.update({"KUBECONFIG": str(kubeconfig), "HF_HUB_OFFLINE": "1", "INTERLACE_STATUS_INTERVAL": "1",
+                    "INTERLACE_PVC_ROOT": str(pvc_root)})
     interlace = str(Path(sys.executable).with_name("interlace"))
     proc = subprocess.run([interlace, *argv[1:]], env=run_env, cwd=tmp_path, capture_output=True, text=True,
                           timeout=900)

@@ -39,7 +39,7 @@ def test_apply_to_succeeded(cluster: Cluster, run_operator, control_plane) -> No
     assert rj["metadata"]["labels"]["interlace.dev/prunejob"] == "life"
     assert rj["spec"]["shutdownAfterJobFinishes"] is True
     assert rj["metadata"]["ownerReferences"][0]["controller"] is True
-    for kind, name in [("configmap", "life-spec"), ("serviceaccount", "life-job"), ("role", "life-job"),
+    for kind, name in [("serviceaccount", "life-job"), ("role", "life-job"),
                        ("rolebinding", "life-job")]:
         child = cluster.get(kind, name)
         assert child is not None, (kind, name)
@@ -174,7 +174,7 @@ def test_delete_leaves_nothing_behind(cluster: Cluster, run_operator) -> None:
 
     def leftovers() -> list[str]:
         left = []
-        for kind in ("rayjobs", "configmaps", "roles", "rolebindings", "serviceaccounts"):
+        for kind in ("rayjobs", "roles", "rolebindings", "serviceaccounts"):
             left += [f"{kind}/{o['metadata']['name']}" for o in cluster.list(kind, "interlace.dev/prunejob=gone")]
         return left
 

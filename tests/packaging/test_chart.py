@@ -74,7 +74,8 @@ def test_default_objects(default_objs: list[dict[str, Any]]) -> None:
     assert kinds == sorted(
         ["CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service",
          "ClusterRole", "ClusterRole",  # the users' editor/viewer roles (test_user_roles.py)
-         "Role", "RoleBinding"]  # leader election: leases in the release namespace (test_ha_packaging.py)
+         "Role", "RoleBinding",  # leader election: leases in the release namespace (test_ha_packaging.py)
+         "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
     )
     for o in default_objs:
         labels = o["metadata"].get("labels", {})

@@ -341,6 +341,9 @@ def test_kubectl_apply_k_overlay(control_plane: Any, overlay: str, ns: str) -> N
                    "--wait=false", check=False)
         cp.kubectl("delete", "clusterrole", "interlace-prunejob-editor", "interlace-prunejob-viewer",
                    "--ignore-not-found", "--wait=false", check=False)
+        # cluster-scoped too: left behind, it would refuse other operators' status writes
+        cp.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy",
+                   "interlace-operator-status-writers", "--ignore-not-found", "--wait=false", check=False)
         cp.delete_namespace(ns)
 
 

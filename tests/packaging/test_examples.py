@@ -141,8 +141,16 @@ def test_examples_accepted_by_the_api_server(control_plane: Any, namespace: str)
         "wait", "--for=condition=Established", "crd/prunejobs.interlace.dev", "--timeout=60s", timeout=70
     )
     for name in PRUNEJOB_FILES:
+        doc = load(name)
+        if doc["spec"]["output"]["uri"].startswith("file://"):
+            # local mode only: a cluster PruneJob needs a durable output
+            proc = control_plane.kubectl("create", "--dry-run=server", "-n", namespace, "-f", "-",
+                                         input=json.dumps(doc), check=False)
+            assert proc.returncode != 0 and "spec.output.uri" in proc.stderr, proc.stderr
+            assert "durable output" in proc.stderr, proc.stderr
+            doc["spec"]["output"]["uri"] = "s3://models/smoke"
         proc = control_plane.kubectl(
-            "create", "--dry-run=server", "-n", namespace, "-f", str(EXAMPLES / name), "-o", "json"
+            "create", "--dry-run=server", "-n", namespace, "-f", "-", "-o", "json", input=json.dumps(doc)
         )
         created = json.loads(proc.stdout)
         assert created["kind"] == "PruneJob" and created["metadata"]["namespace"] == namespace

@@ -30,7 +30,7 @@ def test_publish_command_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["publish", "--model", str(tmp_path), "--to", str(tmp_path / "o")]) == 2
     assert "no config.json" in capsys.readouterr().err
     assert main(["publish", "--model", str(model_dir), "--to", "ftp://x"]) == 2
-    assert "unsupported scheme" in capsys.readouterr().err
+    assert "the scheme must be file://, pvc://, s3:// or hf:// (got ftp://)" in capsys.readouterr().err
     assert main(["publish", "--model", str(model_dir), "--to", "s3://b/p", "--hub-repo", "no-slash"]) == 2
-    assert "hub.repo: 'no-slash' is not a Hub repo id" in capsys.readouterr().err
+    assert "repo: Value error, 'no-slash' is not a Hub repo id" in capsys.readouterr().err
     assert not (model_dir / "README.md").exists()  # nothing written before the checks passed

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from interlace.errors import InterlaceError
 from interlace.publish import plan_hub_upload, publish, publish_outputs, resolve_destination
@@ -109,13 +110,18 @@ def test_hub_upload_plan_and_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert plan_hub_upload(model_dir, HubOutput(repo="a/b", private=False)).private is False
 
     for bad in ("no-slash", "a/b/c", "a/--b", "-a/b"):
+        # The spec refuses it (interlace.spec, like the CRD); the publisher checks again.
+        with pytest.raises(ValidationError, match=r"is not a Hub repo id"):
+            HubOutput(repo=bad)
         with pytest.raises(InterlaceError, match=r"spec.output.hub.repo"):
-            plan_hub_upload(model_dir, HubOutput(repo=bad))
+            plan_hub_upload(model_dir, HubOutput.model_construct(repo=bad, private=True, token_secret="hf-token"))
 
     # Checks run before anything is written: a bad repo id leaves no card behind.
     (model_dir / "README.md").unlink()
     with pytest.raises(InterlaceError, match=r"spec\.output\.hub\.repo"):
-        publish(model_dir, OutputSpec(uri=str(tmp_path / "o"), hub=HubOutput(repo="bad")), plan=PLAN, job=job())
+        bad_hub = HubOutput.model_construct(repo="bad", private=True, token_secret="hf-token")
+        publish(model_dir, OutputSpec.model_construct(uri=str(tmp_path / "o"), hub=bad_hub, save_checkpoints=True),
+                plan=PLAN, job=job())
     assert not (model_dir / "README.md").exists() and not (tmp_path / "o").exists()
 
     # No token: named, before any write.
