@@ -131,12 +131,36 @@ class OperatorConfig:
                 f"spec.resources.priorityClassName: {pc!r} is not allowed by the operator "
                 f"(allowed: {', '.join(self.allowed_priority_classes) or 'none'})"
             )
+        tolerations = [(f"spec.resources.tolerations[{i}]", t) for i, t in enumerate(resources.tolerations)]
+        # Pod overrides reach the same pod fields: the same allow-lists apply to them, and what would
+        # let a PruneJob's pods reach the node (hostPath, privileged, added capabilities) is refused.
+        for j, o in enumerate(getattr(resources, "pod_template_overrides", None) or []):
+            where = f"spec.resources.podTemplateOverrides[{j}].spec"
+            if o.spec is None:
+                continue
+            opc = o.spec.priority_class_name
+            if opc is not None and opc not in self.allowed_priority_classes:
+                problems.append(
+                    f"{where}.priorityClassName: {opc!r} is not allowed by the operator "
+                    f"(allowed: {', '.join(self.allowed_priority_classes) or 'none'})"
+                )
+            tolerations += [(f"{where}.tolerations[{i}]", t) for i, t in enumerate(o.spec.tolerations)]
+            for i, v in enumerate(o.spec.volumes):
+                if "hostPath" in v:
+                    problems.append(f"{where}.volumes[{i}].hostPath: host paths are not allowed by the operator")
+            for i, c in enumerate(o.spec.containers):
+                sc = c.security_context or {}
+                if sc.get("privileged") or (sc.get("capabilities") or {}).get("add"):
+                    problems.append(
+                        f"{where}.containers[{i}].securityContext: privileged containers and added "
+                        "capabilities are not allowed by the operator"
+                    )
         if "*" not in self.allowed_toleration_keys:
-            for i, t in enumerate(resources.tolerations):
+            for where, t in tolerations:
                 if t.key is None or t.key not in self.allowed_toleration_keys:
                     what = "a toleration without a key (tolerates every taint)" if t.key is None else repr(t.key)
                     problems.append(
-                        f"spec.resources.tolerations[{i}].key: {what} is not allowed by the operator "
+                        f"{where}.key: {what} is not allowed by the operator "
                         f"(allowed keys: {', '.join(self.allowed_toleration_keys) or 'none'})"
                     )
         return problems

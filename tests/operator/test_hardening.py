@@ -40,6 +40,31 @@ def test_default_allow_lists_allow_only_the_per_job_account_and_the_gpu_taint() 
     assert "tolerates every taint" in problems[2]
 
 
+def test_pod_overrides_cannot_get_around_the_allow_lists() -> None:
+    """spec.resources.podTemplateOverrides reaches the same pod fields: the same allow-lists apply, and
+    what reaches the node itself (hostPath, privileged, added capabilities) is refused."""
+    cfg = OperatorConfig.from_env({})
+    overrides = [{
+        "targetGroups": ["workers"],
+        "spec": {
+            "priorityClassName": "system-cluster-critical",
+            "tolerations": [{"operator": "Exists"}],
+            "volumes": [{"name": "root", "hostPath": {"path": "/"}}],
+            "containers": [{"name": "ray-worker", "volumeMounts": [{"name": "root", "mountPath": "/host"}],
+                            "securityContext": {"privileged": True}}],
+        },
+    }]
+    problems = cfg.not_allowed(_resources(podTemplateOverrides=overrides))
+    where = "spec.resources.podTemplateOverrides[0].spec"
+    assert [p.split(":")[0] for p in problems] == [
+        f"{where}.priorityClassName", f"{where}.volumes[0].hostPath", f"{where}.containers[0].securityContext",
+        f"{where}.tolerations[0].key",
+    ]
+    harmless = [{"targetGroups": ["head"], "spec": {"volumes": [{"name": "scratch", "emptyDir": {}}],
+                                                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}]}}]
+    assert cfg.not_allowed(_resources(podTemplateOverrides=harmless)) == []
+
+
 def test_allow_lists_from_the_environment() -> None:
     cfg = OperatorConfig.from_env({
         "INTERLACE_ALLOWED_SERVICE_ACCOUNTS": "team-sa, other",

@@ -128,9 +128,9 @@ def test_the_operators_fields_are_kept() -> None:
         (pc,) = plain_tpl["spec"]["containers"]
         assert c["name"] == name and c["image"] == "img:1" and c["resources"] == pc["resources"]
         assert pod["serviceAccountName"] == "qwen-20-job"
-        assert c["volumeMounts"][0] == {"name": "prunejob-spec", "mountPath": "/etc/interlace", "readOnly": True}
-        assert pod["volumes"][0] == {"name": "prunejob-spec", "configMap": {"name": "qwen-20-spec"}}
+        # The validated spec reaches the job in the operator's own env var, first, whatever the overrides add.
         assert c["env"][0] == {"name": builders.ENV_PRUNEJOB, "value": "ml/qwen-20"}
+        assert c["env"][1]["name"] == pc["env"][1]["name"] == builders.ENV_SPEC
         for key, value in plain_tpl["metadata"]["labels"].items():
             assert tpl["metadata"]["labels"][key] == value
         assert "ports" not in c or c["ports"] == pc.get("ports")
@@ -174,12 +174,14 @@ def test_later_overrides_win_for_single_values() -> None:
         {"name": "dshm", "mountPath": "/dev/shm"}]
 
 
-def test_the_spec_with_overrides_round_trips_through_the_configmap(tmp_path) -> None:
+def test_the_spec_with_overrides_round_trips_through_the_rayjob(tmp_path) -> None:
     from interlace.spec import load_prunejob
 
     j = job(OVERRIDES)
+    rj = builders.rayjob(j, OWNER, attempt=1, image="img:1")
+    head = rj["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     path = tmp_path / "prunejob.yaml"
-    path.write_text(builders.configmap(j, OWNER)["data"]["prunejob.yaml"])
+    path.write_text(next(e["value"] for e in head["env"] if e["name"] == builders.ENV_SPEC))
     assert load_prunejob(path).spec == j.spec
 
 

@@ -74,8 +74,9 @@ def test_overrides_reach_the_rayjob_and_the_pods(cluster: Cluster, run_operator,
         assert ray["image"] == RUNTIME_IMAGE
         env = _env(ray)
         assert env["ROLE"] == role and env["INTERLACE_PRUNEJOB"] == f"{cluster.ns}/ovr"
+        assert "INTERLACE_PRUNEJOB_SPEC" in env  # the validated spec, the operator's env var
         mounts = {m["mountPath"]: m["name"] for m in ray["volumeMounts"]}
-        assert mounts["/scratch"] == "scratch" and mounts["/etc/interlace"] == "prunejob-spec"
+        assert mounts["/scratch"] == "scratch"
         # our /dev/shm, not KubeRay's default (which is sized to the memory limit)
         assert mounts["/dev/shm"] == "dshm"
         vols = {v["name"]: v for v in spec["volumes"]}

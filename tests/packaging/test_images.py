@@ -152,7 +152,7 @@ def test_runtime_commands() -> None:
     cmd = [json.loads(a) for i, a in instrs if i == "CMD"]
     assert cmd == [["interlace", "--help"]]
     runs = " ".join(a for i, a in instrs if i == "RUN")
-    assert "[ml,kube]" in runs and {"ml", "kube"} <= set(EXTRAS)
+    assert "[ml,kube,ray-cluster]" in runs and {"ml", "kube", "ray-cluster"} <= set(EXTRAS)
     assert "interlace --help" in runs and "ray --version" in runs
 
 
