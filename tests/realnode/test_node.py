@@ -77,15 +77,27 @@ def test_service_dns_and_the_apiserver_are_reachable_from_a_pod(
     image = node.images["runtime"]
     server = _pod("web", image, ["python", "-m", "http.server", "8000"])
     server["spec"]["restartPolicy"] = "Always"
+    server["spec"]["containers"][0]["readinessProbe"] = {"tcpSocket": {"port": 8000}, "periodSeconds": 1}
     cp.create(server, namespace=ns)
     cp.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
                "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8000}]}}, namespace=ns)
-    _wait_phase(cp, ns, "web", ("Running",))
+    # Ready (listening), and the Service has it as an endpoint, before the client asks.
+    cp.kubectl("wait", "--for=condition=Ready", "pod/web", "-n", ns, "--timeout=180s", timeout=190)
+    cp.wait_for(
+        lambda: any(ep.get("addresses") for ep in cp.kubectl_json(
+            "get", "endpointslices", "-n", ns, "-l", "kubernetes.io/service-name=web")["items"]),
+        timeout=60, what="the web Service's endpoint",
+    )
     # The client: the Service by its DNS name, then the apiserver with the pod's own token.
     client = (
-        "import urllib.request, ssl, socket, json\n"
+        "import urllib.request, ssl, socket, json, time\n"
         f"print('dns', socket.gethostbyname('web.{ns}.svc.cluster.local'))\n"
-        f"print('web', urllib.request.urlopen('http://web.{ns}/', timeout=20).status)\n"
+        # kube-proxy programs the new endpoint a moment after it exists (a REJECT rule until then).
+        "for i in range(60):\n"
+        "    try:\n"
+        f"        print('web', urllib.request.urlopen('http://web.{ns}/', timeout=5).status, 'after', i); break\n"
+        "    except OSError:\n"
+        "        time.sleep(1)\n"
         "tok = open('/var/run/secrets/kubernetes.io/serviceaccount/token').read()\n"
         "ctx = ssl.create_default_context(cafile='/var/run/secrets/kubernetes.io/serviceaccount/ca.crt')\n"
         "req = urllib.request.Request('https://kubernetes.default.svc/version', headers={'Authorization': 'Bearer ' + tok})\n"

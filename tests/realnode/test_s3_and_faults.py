@@ -119,9 +119,11 @@ def test_operator_worker_and_head_pods_killed_mid_run(
     1. the operator pod is deleted while the job analyses (its Deployment brings a new one);
     2. a worker pod is killed mid-finetune: Ray Train restarts the worker group, which resumes from the
        newest checkpoint on the shared volume (the step counter does not go back to 0);
-    3. the head pod is killed: the attempt fails, the operator starts attempt 2 (a new RayJob), which
-       reuses plan.json and resumes from the checkpoints.
-    The PruneJob still succeeds, with exactly one RayJob per attempt."""
+    3. the head pod is killed: the driver dies with it. Either KubeRay's submitter re-submits the job
+       to the new head, or the attempt fails and the operator starts the next one (a new RayJob);
+       both reuse plan.json and resume from the checkpoints on the shared volume.
+    The PruneJob still succeeds, with exactly one RayJob per attempt, and no (re)start of the training
+    after the first began at step 0."""
     cp, _ = real_cluster
     ns = real_namespace
     volume = _volume(cp, ns)
@@ -132,7 +134,11 @@ def test_operator_worker_and_head_pods_killed_mid_run(
     done: list[str] = []
 
     def inject(st: dict[str, Any]) -> None:
-        step = ((st.get("progress") or {}).get("step") or 0) if st.get("stage") == "Finetuning" else 0
+        # A training step's progress carries its loss; the stage's other progress (its start message,
+        # the previous stage's counters) does not, and must not trigger the mid-finetune faults.
+        progress = st.get("progress") or {}
+        training = st.get("stage") == "Finetuning" and progress.get("loss") is not None
+        step = (progress.get("step") or 0) if training else 0
         if "operator" not in done and st.get("stage") in ("Analyzing", "Planning", "Finetuning"):
             op = cp.kubectl_json("get", "pods", "-n", OPERATOR_NS, "-l", "app.kubernetes.io/component=operator")
             cp.kubectl("delete", "pod", "-n", OPERATOR_NS, op["items"][0]["metadata"]["name"], "--wait=false")
@@ -152,9 +158,10 @@ def test_operator_worker_and_head_pods_killed_mid_run(
 
     st = _wait_job(cp, ns, "faults", timeout=2400, while_running=inject)
     assert {"operator", "worker", "head"} <= set(done), done
-    assert st["attempts"] == 2, st
     rayjobs = sorted(r["metadata"]["name"] for r in cp.kubectl_json("get", "rayjobs", "-n", ns)["items"])
-    assert len(rayjobs) == len(set(rayjobs)) and len(rayjobs) <= 2, rayjobs
+    # One RayJob per attempt, named by the attempt (finished ones may already be collected).
+    expected = {f"faults-{i}" for i in range(1, st["attempts"] + 1)}
+    assert f"faults-{st['attempts']}" in rayjobs and set(rayjobs) <= expected, (rayjobs, st["attempts"])
     # The checkpoints on the volume tell how the training went: each (re)start of the worker group
     # began where the newest checkpoint was, never at 0 after the first.
     states = [json.loads(p.read_text()) for p in (volume / "faults" / "checkpoints").rglob("state.json")]
