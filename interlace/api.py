@@ -156,7 +156,9 @@ def _data_spec(
         except ValidationError as err:
             raise InterlaceError(format_validation_error(err, prefix="data.").replace("\n", "; ")) from None
     fmt = data_format or "finevision"
-    return DataSpec(format=fmt, path=str(data), fraction=fraction, max_samples=max_samples)
+    return DataSpec.model_validate(
+        {"format": fmt, "path": str(data), "fraction": fraction, "max_samples": max_samples}
+    )
 
 
 def _load(model: Any, **kw: Any) -> LoadedModel:
@@ -391,7 +393,7 @@ def _data_doc(data: Any) -> dict[str, Any]:
     if isinstance(data, dict):
         return dict(data)
     if hasattr(data, "to_wire"):
-        return data.to_wire()  # type: ignore[no-any-return]
+        return data.to_wire()
     return {"path": str(data)}
 
 

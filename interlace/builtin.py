@@ -46,7 +46,7 @@ def _lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _build_once(target: Path, build: Callable[[Path], None]) -> Path:
+def _build_once(target: Path, build: Callable[[Path], object]) -> Path:
     """Return `target`, building it first (into a temp dir, then an atomic rename) if it is absent."""
     if target.is_dir():
         return target

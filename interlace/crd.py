@@ -108,7 +108,7 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], owner: str | None = 
     """Convert one pydantic JSON-schema node into a structural OpenAPI v3 schema node."""
     node = dict(node)
     # Property-level keys that survive inlining a referenced model (description, default, rules).
-    outer = {k: node.pop(k) for k in ("description", "default") if k in node}
+    outer: dict[str, Any] = {k: node.pop(k) for k in ("description", "default") if k in node}
     if "$ref" in node or "allOf" in node:
         rules = node.pop("x-kubernetes-validations", None)
         if rules:
@@ -123,11 +123,13 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], owner: str | None = 
 
     if node.get("x-kubernetes-int-or-string"):
         # A quantity (spec.resources.cpu): int or string, the pattern applies to strings.
-        out = {k: node[k] for k in ("anyOf", "pattern", "x-kubernetes-int-or-string", "x-kubernetes-validations") if k in node}
-        out.update(outer)
-        if out.get("description"):
-            out["description"] = _unwrap(out["description"])
-        return _ordered(out)
+        quantity: dict[str, Any] = {
+            k: node[k] for k in ("anyOf", "pattern", "x-kubernetes-int-or-string", "x-kubernetes-validations") if k in node
+        }
+        quantity.update(outer)
+        if quantity.get("description"):
+            quantity["description"] = _unwrap(quantity["description"])
+        return _ordered(quantity)
     if "$ref" in node:
         name = _model_name_from_ref(node.pop("$ref"))
         return merged(_structural(defs[name], defs, owner=name))

@@ -30,6 +30,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     PlainValidator,
     ValidationError,
     WithJsonSchema,
@@ -435,7 +436,7 @@ class OutputSpec(_Spec):
         return v
 
 
-_TOLERATION_RULES = [
+_TOLERATION_RULES: list[JsonValue] = [
     _cel("!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
          "value must be empty when operator is Exists", ".value"),
     _cel("has(self.key) || (has(self.operator) && self.operator == 'Exists')",
@@ -574,7 +575,7 @@ class PodSpecOverride(_Model):
         names = [vol.get("name") for vol in v]
         if not all(isinstance(n, str) and n for n in names):
             raise ValueError("every volume needs a name")
-        reserved = sorted(set(names) & RESERVED_VOLUMES)
+        reserved = sorted(RESERVED_VOLUMES.intersection(names))
         if reserved:
             raise ValueError(f"volume names {reserved} are the operator's")
         if len(set(names)) != len(names):
@@ -707,7 +708,7 @@ class ResourcesSpec(_Spec):
     )
 
 
-_SPEC_RULES = [
+_SPEC_RULES: list[JsonValue] = [
     _cel(
         "!self.output.uri.startsWith('pvc://') || (has(self.resources.pvcName) && "
         "self.output.uri.split('/')[2] == self.resources.pvcName)",

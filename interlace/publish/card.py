@@ -81,8 +81,8 @@ def base_info(spec: PruneJobSpec) -> BaseInfo:
                 meta = ModelCard.load(source).data.to_dict()
             except Exception:
                 meta = {}
-    lic = meta.get("license")
-    info.license = lic if isinstance(lic, str) else None
+    card_license = meta.get("license")
+    info.license = card_license if isinstance(card_license, str) else None
     for key in ("license_name", "license_link"):
         if isinstance(meta.get(key), str):
             setattr(info, key, meta[key])
@@ -121,7 +121,7 @@ def _eval_results(spec: PruneJobSpec | None, results: Results, multimodal: bool)
         else:
             dataset = b.name[len("vqa:") :] if b.name.startswith("vqa:") else b.name
             task = "image-text-to-text" if multimodal else "text-generation"
-        common = {
+        common: dict[str, Any] = {
             "task_type": task,
             "dataset_type": dataset,
             "dataset_name": b.name,
