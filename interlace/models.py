@@ -341,8 +341,3 @@ def load_model(
         path=Path(target) if local else None,
         processor_error=processor_error,
     )
-
-
-def tokenizer_of(processor: Any) -> Any:
-    """The tokenizer inside a processor (or the tokenizer itself)."""
-    return getattr(processor, "tokenizer", processor)

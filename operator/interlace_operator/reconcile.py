@@ -55,8 +55,6 @@ from interlace_operator.status import (
 
 log = logging.getLogger(__name__)
 
-OPERATOR_FIELDS = ("phase", "conditions", "observedGeneration", "rayJob", "attempts", "startTime", "completionTime")
-
 
 class KubeRayMissing(Exception):
     """The RayJob CRD (ray.io/v1) is not installed."""

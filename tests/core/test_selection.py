@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -337,4 +335,11 @@ def test_scores_json_nan_literal_from_file(tmp_path) -> None:
     p.write_text('{"num_layers": 4, "scores": {"1": [0.1, NaN, 0.2]}}')
     with pytest.raises(InterlaceError, match=r"scores\['1'\]\[1\] is nan"):
         LayerScores.load(p)
-    assert math.isnan(float("nan"))
+    p.write_text('{"num_layers": 4, "scores": {"1": [0.1, -Infinity, 0.2]}}')
+    with pytest.raises(InterlaceError, match=r"scores\['1'\]\[1\] is -inf"):
+        LayerScores.load(p)
+    # the same file with a finite value loads, values intact: the check rejects only non-finite scores
+    p.write_text('{"num_layers": 4, "scores": {"1": [0.1, 0.3, 0.2]}}')
+    loaded = LayerScores.load(p)
+    assert loaded.num_layers == 4
+    assert loaded.scores[1] == [0.1, 0.3, 0.2]
