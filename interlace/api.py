@@ -251,7 +251,7 @@ def plan(
     Exactly one of `ratio` (n = floor(L * ratio)) and `num_layers` (layers to drop). With
     `deepstack_policy="protect"`, the Qwen3-VL DeepStack receivers recorded in the scores are kept.
     """
-    from interlace.selection import LayerScores, n_drop_for_ratio, save_plan, select_layers
+    from interlace.selection import LayerScores, max_drop, n_drop_for_ratio, save_plan, select_layers
     from interlace.spec import Strategy
 
     out = Path(output) if output is not None else None
@@ -281,9 +281,9 @@ def plan(
         n_drop = n_drop_for_ratio(L, ratio)
     else:
         assert num_layers is not None
-        if num_layers < 1 or num_layers > L - 2:
+        if num_layers < 1 or num_layers > max_drop(L):
             raise InterlaceError(
-                f"{_arg('num_layers', num_layers, _cli)}: must be in 1..{L - 2} for {L} layers"
+                f"{_arg('num_layers', num_layers, _cli)}: must be in 1..{max_drop(L)} for {L} layers"
             )
         n_drop = num_layers
     p = select_layers(sc, n_drop=n_drop, strategy=strategy, protected=protected, seed=seed, ratio=ratio)

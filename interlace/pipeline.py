@@ -36,6 +36,7 @@ from typing import Any
 
 from interlace.errors import InterlaceError
 from interlace.progress import Reporter
+from interlace.selection import save_plan
 from interlace.spec import (
     DataSpec,
     LayerPlan,
@@ -171,7 +172,7 @@ def run_pipeline(
             seed=spec.pruning.seed,
             ratio=spec.pruning.ratio,
         )
-        _write_json(out / "plan.json", plan.to_wire())
+        save_plan(plan, out / "plan.json")
     else:
         from interlace.analysis import LayerScores
 

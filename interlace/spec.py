@@ -40,6 +40,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from interlace.errors import InterlaceError
+from interlace.selection import max_drop
 
 API_GROUP = "interlace.dev"
 API_VERSION = "v1alpha1"
@@ -314,9 +315,10 @@ class PruningSpec(_Spec):
                 f"spec.pruning.ratio={self.ratio} drops no layer of a {num_layers}-layer model; "
                 f"use a ratio >= {1 / num_layers:.3f} or set numLayers"
             )
-        if n >= num_layers:
+        if n > max_drop(num_layers):
             raise ValueError(
-                f"spec.pruning drops {n} of {num_layers} layers; at least one layer must remain"
+                f"spec.pruning drops {n} of {num_layers} layers; at most {max_drop(num_layers)} can go "
+                "(the last layer is never a candidate and at least one other must remain)"
             )
         return n
 

@@ -23,7 +23,6 @@ DeepStack (Qwen3-VL): the text model adds deepstack feature j after the decoder 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from interlace.errors import InterlaceError
 from interlace.models import find_parts
+from interlace.selection import save_plan
 
 if TYPE_CHECKING:  # types only: surgery works without pydantic (bench/gpu.py on a bare GPU host)
     from interlace.spec import DeepstackPolicy, LayerPlan
@@ -172,9 +172,7 @@ def save_model(
         if processor is not None:
             processor.save_pretrained(tmp)
         if plan is not None:
-            (tmp / "interlace_plan.json").write_text(
-                json.dumps(plan.model_dump(mode="json"), indent=2) + "\n"
-            )
+            save_plan(plan, tmp / "interlace_plan.json")
         old = None
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")

@@ -110,6 +110,15 @@ def test_dry_run_stops_after_the_plan(tmp_path: Path) -> None:
     assert (results.layers_before, results.layers_after) == (8, 6)
     assert 0 < results.params_after < results.params_before
     assert results.benchmarks == []
+    # `interlace plan` on the same scores writes the very same file, in the API's field names (status.plan)
+    plan_cli = tmp_path / "plan-cli.json"
+    args = ["plan", "--scores", str(out / "scores.json"), "--num-drop", "2", "--strategy", "interlace"]
+    assert main([*args, "--output", str(plan_cli)]) == 0
+    assert plan_cli.read_bytes() == (out / "plan.json").read_bytes()
+    doc = json.loads(plan_cli.read_text())
+    assert doc == LayerPlan.model_validate(doc).to_wire()
+    assert {"numLayers", "drop", "finetune", "anchor", "frozen", "strategy"} <= set(doc)
+    assert "num_layers" not in doc and plan_cli.read_text().endswith("}\n")
 
 
 @pytest.mark.ray
