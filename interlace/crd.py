@@ -45,6 +45,7 @@ from pydantic.json_schema import GenerateJsonSchema
 from pydantic_core import core_schema
 
 from interlace import spec as S
+from interlace.artifacts import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MANIFEST_PATH = Path("manifests/base/crd.yaml")
@@ -431,10 +432,7 @@ def write(root: Path = REPO_ROOT) -> list[Path]:
     written = []
     for rel, text in outputs().items():
         path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        atomic_write_text(path, text)
         written.append(rel)
     return written
 

@@ -830,6 +830,9 @@ def _save_final_model(model: nn.Module, processor: Any, out_dir: Path, rank: int
     tmp.mkdir(parents=True)
     inner.save_pretrained(tmp, state_dict=full)  # type: ignore[operator]  # a PreTrainedModel; torch types attributes as Tensor | Module
     processor.save_pretrained(tmp)
+    from interlace.artifacts import normal_modes
+
+    normal_modes(tmp)  # transformers leaves model.safetensors 0600
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
 

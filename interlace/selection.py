@@ -32,14 +32,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from interlace.artifacts import atomic_write_json
 from interlace.errors import InterlaceError
 
 # The spec models (pydantic) load only where a LayerPlan is made, so LayerScores, the analysis and
@@ -145,22 +144,6 @@ class LayerScores:
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise InterlaceError(f"{p}: not valid JSON: {err}") from None
         return cls.from_json(doc, where=str(p))
-
-
-def atomic_write_json(path: str | Path, doc: Any) -> Path:
-    """Write JSON to a temp file next to `path`, then rename: readers never see half a file."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
 
 
 # ------------------------------------------------------------------------------------------ plans

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from interlace.artifacts import normal_modes, temp_dir
 from interlace.errors import InterlaceError
 from interlace.models import find_parts
 from interlace.selection import save_plan
@@ -151,7 +151,7 @@ def _atomic_dir(out: Path, overwrite: bool) -> tuple[Path, Path]:
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InterlaceError(f"output directory {out} exists and is not empty; choose a new directory")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    tmp = temp_dir(out.parent, prefix=f".{out.name}.", suffix=".partial")
     return out, tmp
 
 
@@ -173,6 +173,7 @@ def save_model(
             processor.save_pretrained(tmp)
         if plan is not None:
             save_plan(plan, tmp / "interlace_plan.json")
+        normal_modes(tmp)  # transformers leaves model.safetensors 0600
         old = None
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from interlace.artifacts import atomic_write_text
 from interlace.spec import LayerPlan, PruneJob, PruneJobSpec, Results
 
 PAPER = "https://arxiv.org/abs/2511.19676"
@@ -294,7 +295,4 @@ def write_card(model_dir: Path, **kwargs: Any) -> Path:
     config = json.loads(cfg_path.read_text()) if cfg_path.is_file() else None
     text = model_card(model_config=config, **kwargs)
     out = model_dir / "README.md"
-    tmp = out.with_name("README.md.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
-    return out
+    return atomic_write_text(out, text)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -100,7 +102,16 @@ def _tiny_job(tmp_path: Path, **overrides: object) -> Path:
 def test_dry_run_stops_after_the_plan(tmp_path: Path) -> None:
     f = _tiny_job(tmp_path, dryRun=True)
     out = tmp_path / "out"
-    assert main(["run", "-f", str(f), "--output", str(out)]) == 0
+    old_umask = os.umask(0o022)
+    try:
+        assert main(["run", "-f", str(f), "--output", str(out)]) == 0
+    finally:
+        os.umask(old_umask)
+    # readable by the other users of a shared volume (no mkstemp 0600 / mkdtemp 0700 left over)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in out.iterdir()} == {
+        p.name: "0o644" for p in out.iterdir()
+    }
     assert sorted(p.name for p in out.iterdir()) == [
         "heatmap.png", "plan.json", "progress.jsonl", "results.json", "scores.json",
     ]
