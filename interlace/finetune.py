@@ -58,7 +58,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from interlace.errors import InterlaceError
 from interlace.placement import TrainPlacement, placement_of
@@ -612,10 +612,12 @@ def _no_sync(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager[
     """Skip the gradient all-reduce on all but the last micro-batch of an accumulation group."""
     if sync:
         return contextlib.nullcontext()
-    if hasattr(model, "no_sync"):  # DDP
-        return model.no_sync()
-    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2: toggled, restored on the last micro-batch
-        model.set_requires_gradient_sync(False)
+    no_sync = getattr(model, "no_sync", None)
+    if no_sync is not None:  # DDP
+        return no_sync()
+    set_sync = getattr(model, "set_requires_gradient_sync", None)
+    if set_sync is not None:  # FSDP2: toggled, restored on the last micro-batch
+        set_sync(False)
         return _ReenableSync(model)
     return contextlib.nullcontext()
 
@@ -739,7 +741,8 @@ def _save_and_report(
 
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
     inner = _unwrap(model)
-    model_sd = get_model_state_dict(inner, options=opts)
+    # Model state dicts hold tensors only (torch types the values as any state-dict value).
+    model_sd = cast("dict[str, torch.Tensor]", get_model_state_dict(inner, options=opts))
     optim_sd = get_optimizer_state_dict(inner, optimizer, options=opts)
     metrics = {"step": state.step, "start_step": state.start_step, "loss": state.losses[-1]}
     if rank != 0:
@@ -774,7 +777,8 @@ def _load_checkpoint(
         raise InterlaceError(f"{d} was written for a different layer plan")
     opts = StateDictOptions(full_state_dict=True, strict=False)
     inner = _unwrap(model)
-    set_model_state_dict(inner, load_file(str(d / TRAINABLE_FILE)), options=opts)
+    # torch's stub wants dict[str, ValueType] (invariant), a dict of tensors is one.
+    set_model_state_dict(inner, load_file(str(d / TRAINABLE_FILE)), options=opts)  # type: ignore[arg-type]
     set_optimizer_state_dict(
         inner, optimizer, torch.load(d / OPTIMIZER_FILE, weights_only=False), options=opts
     )
@@ -813,7 +817,10 @@ def _save_final_model(model: nn.Module, processor: Any, out_dir: Path, rank: int
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     inner = _unwrap(model)
-    full = get_model_state_dict(inner, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    full = cast(
+        "dict[str, torch.Tensor]",
+        get_model_state_dict(inner, options=StateDictOptions(full_state_dict=True, cpu_offload=True)),
+    )
     if rank != 0:
         return
     dtype = getattr(torch, load_dtype)
@@ -821,8 +828,11 @@ def _save_final_model(model: nn.Module, processor: Any, out_dir: Path, rank: int
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    inner.save_pretrained(tmp, state_dict=full)
+    inner.save_pretrained(tmp, state_dict=full)  # type: ignore[operator]  # a PreTrainedModel; torch types attributes as Tensor | Module
     processor.save_pretrained(tmp)
+    from interlace.artifacts import normal_modes
+
+    normal_modes(tmp)  # transformers leaves model.safetensors 0600
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
 

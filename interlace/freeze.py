@@ -73,7 +73,9 @@ def _untie_lm_head(model: nn.Module, lm_head: nn.Module) -> None:
     saved checkpoint reloads with separate weights instead of re-tying them."""
     import torch
 
-    lm_head.weight = torch.nn.Parameter(lm_head.weight.detach().clone())
+    weight = lm_head.weight
+    assert isinstance(weight, torch.Tensor)
+    lm_head.weight = torch.nn.Parameter(weight.detach().clone())
     for cfg in (getattr(model, "config", None), getattr(getattr(model, "config", None), "text_config", None)):
         if cfg is not None and hasattr(cfg, "tie_word_embeddings"):
             cfg.tie_word_embeddings = False
@@ -153,8 +155,9 @@ def enable_checkpointing(model: nn.Module, lowest_position: int) -> list[int]:
                     "set spec.finetune.gradientCheckpointing: false"
                 )
             continue
-        layer.gradient_checkpointing = on
-        layer._gradient_checkpointing_func = fn
+        # torch types Module.__setattr__'s value as Tensor | Module; these are plain attributes.
+        layer.gradient_checkpointing = on  # type: ignore[assignment]
+        layer._gradient_checkpointing_func = fn  # type: ignore[assignment]
         if on:
             enabled.append(pos)
     return enabled

@@ -330,7 +330,7 @@ def load_model(
             first = str(err).strip().splitlines()[0]
             raise InterlaceError(f"model directory {source}: {first}") from None
         raise _hub_error(source, err) from None
-    model.to(dev)
+    model.to(dev)  # type: ignore[arg-type]  # transformers' wrapper of .to() mistypes its argument
     model.eval()
     parts = find_parts(model)
     return LoadedModel(
@@ -341,8 +341,3 @@ def load_model(
         path=Path(target) if local else None,
         processor_error=processor_error,
     )
-
-
-def tokenizer_of(processor: Any) -> Any:
-    """The tokenizer inside a processor (or the tokenizer itself)."""
-    return getattr(processor, "tokenizer", processor)

@@ -34,8 +34,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from interlace.artifacts import atomic_write_json
 from interlace.errors import InterlaceError
 from interlace.progress import Reporter
+from interlace.selection import save_plan
 from interlace.spec import (
     DataSpec,
     LayerPlan,
@@ -63,13 +65,6 @@ def resolve_output_dir(uri: str, *, job: PruneJob | None = None) -> Path:
 
     root = Path(os.environ.get("INTERLACE_WORK_DIR") or cache_dir() / "runs")
     return (root / re.sub(r"[^A-Za-z0-9._-]+", "_", dest.base).strip("_")).resolve()
-
-
-def _write_json(path: Path, data: Any) -> None:
-    """Atomic: readers never see half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def _data_specs(spec: PruneJobSpec) -> list[tuple[str, DataSpec]]:
@@ -171,7 +166,7 @@ def run_pipeline(
             seed=spec.pruning.seed,
             ratio=spec.pruning.ratio,
         )
-        _write_json(out / "plan.json", plan.to_wire())
+        save_plan(plan, out / "plan.json")
     else:
         from interlace.analysis import LayerScores
 
@@ -188,7 +183,7 @@ def run_pipeline(
         params_after=facts.total_params - dropped,
     )
     if spec.dry_run:
-        _write_json(out / "results.json", results.to_wire())
+        atomic_write_json(out / "results.json", results.to_wire())
         reporter.results(results)
         return results
     _check_gpu_memory(spec, plan=plan, total_params=facts.total_params)
@@ -266,7 +261,7 @@ def run_pipeline(
     # ---- 6. publish (or save) the model
     reporter.stage(Phase.PUBLISHING, spec.output.uri)
     results.output_uri = _publish(job, final_dir, out, plan, results)
-    _write_json(out / "results.json", results.to_wire())
+    atomic_write_json(out / "results.json", results.to_wire())
     reporter.results(results)
     # Staging copies are no longer needed once the model is published; checkpoints only if asked.
     for staging in (out / "pruned", out / "finetuned"):

@@ -4,10 +4,10 @@ it works on a headless job pod."""
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 
+from interlace.artifacts import atomic_write_bytes
 from interlace.selection import LayerScores
 from interlace.spec import LayerPlan
 
@@ -50,16 +50,9 @@ def heatmap(
             heading += f" - {plan.strategy}: drop {plan.drop}"
         ax.set_title(heading, fontsize=9)
         fig.tight_layout()
-        out = Path(path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format="png")
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        png = io.BytesIO()
+        fig.savefig(png, format="png")
+        out = atomic_write_bytes(path, png.getvalue())
     finally:
         plt.close(fig)
     return out

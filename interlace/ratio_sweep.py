@@ -28,8 +28,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from interlace.artifacts import atomic_write_json
 from interlace.errors import InterlaceError
 from interlace.progress import Reporter
+from interlace.selection import save_plan
 from interlace.spec import Phase, PruneJob, Results
 
 
@@ -142,12 +144,6 @@ def _variant_job(job: PruneJob, ratio: float, uri: str, *, dry_run: bool = False
     return vjob
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def run_sweep(
     job: PruneJob,
     ratios: Sequence[float],
@@ -207,7 +203,7 @@ def run_sweep(
             raise InterlaceError(f"ratios[{i}]: {err}") from None
         vdir = out / variant_name(r)
         vdir.mkdir(parents=True, exist_ok=True)
-        _write_json(vdir / "plan.json", plan.to_wire())
+        save_plan(plan, vdir / "plan.json")
         link = vdir / "scores.json"
         if link.is_symlink() or link.exists():
             link.unlink()
@@ -244,5 +240,5 @@ def run_sweep(
                 results=res,
             )
         )
-        _write_json(out / "sweep.json", result.to_dict())  # the table so far, after every variant
+        atomic_write_json(out / "sweep.json", result.to_dict())  # the table so far, after every variant
     return result

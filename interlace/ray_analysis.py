@@ -78,9 +78,9 @@ def analyze_on_ray(
 
     n = placement.num_workers
     resources = dict(placement.resources_per_worker)
-    task = ray.remote(
-        num_cpus=resources.pop("CPU", 1.0), num_gpus=resources.pop("GPU", 0.0), max_retries=2
-    )(score_shard)
+    # Ray's stubs type the decorated function's .remote() without its parameters: keep it untyped.
+    remote: Any = ray.remote(num_cpus=resources.pop("CPU", 1.0), num_gpus=resources.pop("GPU", 0.0), max_retries=2)
+    task = remote(score_shard)
     refs = [
         task.remote(
             model.model_dump(mode="json"),

@@ -32,14 +32,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from interlace.artifacts import atomic_write_json
 from interlace.errors import InterlaceError
 
 # The spec models (pydantic) load only where a LayerPlan is made, so LayerScores, the analysis and
@@ -147,28 +146,18 @@ class LayerScores:
         return cls.from_json(doc, where=str(p))
 
 
-def atomic_write_json(path: str | Path, doc: Any) -> Path:
-    """Write JSON to a temp file next to `path`, then rename: readers never see half a file."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
-
-
 # ------------------------------------------------------------------------------------------ plans
 
 
 def save_plan(plan: LayerPlan, path: str | Path) -> Path:
-    """plan.json with snake_case keys: num_layers, strategy, ratio, drop, finetune, anchor, frozen, ..."""
-    return atomic_write_json(path, plan.model_dump(mode="json"))
+    """Write plan.json: the one writer of the plan file, whichever command makes it (`interlace plan`,
+    `interlace run`, the pruned checkpoint's interlace_plan.json).
+
+    The API's own field names, as in a PruneJob's status.plan (camelCase: numLayers, strategy, ratio,
+    drop, finetune, anchor, frozen, windows, scoresSummary; unset optional fields left out), 2-space
+    indented with a final newline. `load_plan` also reads the snake_case files of older versions.
+    """
+    return atomic_write_json(path, plan.to_wire())
 
 
 def load_plan(path: str | Path, *, num_layers: int | None = None) -> LayerPlan:
@@ -195,6 +184,15 @@ def load_plan(path: str | Path, *, num_layers: int | None = None) -> LayerPlan:
     return plan
 
 
+def max_drop(num_layers: int) -> int:
+    """The most decoder layers an L-layer model can lose: L - 2 (the one place this fact lives).
+
+    The last layer is never a candidate (the score lists stop before it: no window starts or ends
+    there), and at least one candidate layer must remain besides it.
+    """
+    return num_layers - 2
+
+
 def n_drop_for_ratio(num_layers: int, ratio: float) -> int:
     """n_drop = floor(L * r), with a clear error when that drops nothing or everything."""
     if not isinstance(ratio, int | float) or not math.isfinite(ratio) or ratio <= 0 or ratio >= 1:
@@ -205,8 +203,10 @@ def n_drop_for_ratio(num_layers: int, ratio: float) -> int:
             f"ratio {ratio} drops no layer of a {num_layers}-layer model (floor({num_layers} * {ratio}) = 0); "
             f"use a ratio >= {1 / num_layers:.4f}"
         )
-    if n >= num_layers - 1:
-        raise InterlaceError(f"ratio {ratio} would drop {n} of {num_layers} layers; too large")
+    if n > max_drop(num_layers):
+        raise InterlaceError(
+            f"ratio {ratio} would drop {n} of {num_layers} layers; too large: at most {max_drop(num_layers)} can go"
+        )
     return n
 
 
@@ -397,9 +397,9 @@ def select_layers(
             raise InterlaceError(f"scores are for {L} layers but the model has {num_layers}")
     if isinstance(n_drop, bool) or not isinstance(n_drop, int) or n_drop < 1:
         raise InterlaceError(f"number of layers to drop must be a positive integer, got {n_drop!r}")
-    if n_drop > L - 2:
+    if n_drop > max_drop(L):
         raise InterlaceError(
-            f"cannot drop {n_drop} of {L} layers: at most {L - 2} can go (the last layer is never a "
+            f"cannot drop {n_drop} of {L} layers: at most {max_drop(L)} can go (the last layer is never a "
             "candidate and at least one other must remain)"
         )
     prot = set()

@@ -30,6 +30,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     PlainValidator,
     ValidationError,
     WithJsonSchema,
@@ -39,6 +40,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from interlace.errors import InterlaceError
+from interlace.selection import max_drop
 
 API_GROUP = "interlace.dev"
 API_VERSION = "v1alpha1"
@@ -313,9 +315,10 @@ class PruningSpec(_Spec):
                 f"spec.pruning.ratio={self.ratio} drops no layer of a {num_layers}-layer model; "
                 f"use a ratio >= {1 / num_layers:.3f} or set numLayers"
             )
-        if n >= num_layers:
+        if n > max_drop(num_layers):
             raise ValueError(
-                f"spec.pruning drops {n} of {num_layers} layers; at least one layer must remain"
+                f"spec.pruning drops {n} of {num_layers} layers; at most {max_drop(num_layers)} can go "
+                "(the last layer is never a candidate and at least one other must remain)"
             )
         return n
 
@@ -435,7 +438,7 @@ class OutputSpec(_Spec):
         return v
 
 
-_TOLERATION_RULES = [
+_TOLERATION_RULES: list[JsonValue] = [
     _cel("!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
          "value must be empty when operator is Exists", ".value"),
     _cel("has(self.key) || (has(self.operator) && self.operator == 'Exists')",
@@ -574,7 +577,7 @@ class PodSpecOverride(_Model):
         names = [vol.get("name") for vol in v]
         if not all(isinstance(n, str) and n for n in names):
             raise ValueError("every volume needs a name")
-        reserved = sorted(set(names) & RESERVED_VOLUMES)
+        reserved = sorted(RESERVED_VOLUMES.intersection(names))
         if reserved:
             raise ValueError(f"volume names {reserved} are the operator's")
         if len(set(names)) != len(names):
@@ -707,7 +710,7 @@ class ResourcesSpec(_Spec):
     )
 
 
-_SPEC_RULES = [
+_SPEC_RULES: list[JsonValue] = [
     _cel(
         "!self.output.uri.startsWith('pvc://') || (has(self.resources.pvcName) && "
         "self.output.uri.split('/')[2] == self.resources.pvcName)",

@@ -23,15 +23,15 @@ DeepStack (Qwen3-VL): the text model adds deepstack feature j after the decoder 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from interlace.artifacts import normal_modes, temp_dir
 from interlace.errors import InterlaceError
 from interlace.models import find_parts
+from interlace.selection import save_plan
 
 if TYPE_CHECKING:  # types only: surgery works without pydantic (bench/gpu.py on a bare GPU host)
     from interlace.spec import DeepstackPolicy, LayerPlan
@@ -151,7 +151,7 @@ def _atomic_dir(out: Path, overwrite: bool) -> tuple[Path, Path]:
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InterlaceError(f"output directory {out} exists and is not empty; choose a new directory")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    tmp = temp_dir(out.parent, prefix=f".{out.name}.", suffix=".partial")
     return out, tmp
 
 
@@ -172,9 +172,8 @@ def save_model(
         if processor is not None:
             processor.save_pretrained(tmp)
         if plan is not None:
-            (tmp / "interlace_plan.json").write_text(
-                json.dumps(plan.model_dump(mode="json"), indent=2) + "\n"
-            )
+            save_plan(plan, tmp / "interlace_plan.json")
+        normal_modes(tmp)  # transformers leaves model.safetensors 0600
         old = None
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")

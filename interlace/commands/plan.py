@@ -2,8 +2,9 @@
 
     interlace plan --scores scores.json --ratio R --strategy S [--protect 0,1] [--seed N] --output plan.json
 
-plan.json: {"num_layers", "strategy", "ratio", "drop", "finetune", "anchor", "frozen", "windows",
-"scores_summary"}, 0-based original layer indices, sorted.
+plan.json: {"numLayers", "strategy", "ratio", "drop", "finetune", "anchor", "frozen", "windows",
+"scoresSummary"} (as in status.plan; written by interlace.selection.save_plan), 0-based original layer
+indices, sorted.
 """
 
 from __future__ import annotations

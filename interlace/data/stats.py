@@ -23,10 +23,6 @@ class DataStats:
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
-    @property
-    def total_skipped(self) -> int:
-        return sum(self.skipped.values())
-
     def as_dict(self) -> dict[str, object]:
         return {"rows_read": self.rows_read, "samples": self.samples, "skipped": dict(self.skipped)}
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from interlace.artifacts import atomic_write_text
 from interlace.spec import LayerPlan, PruneJob, PruneJobSpec, Results
 
 PAPER = "https://arxiv.org/abs/2511.19676"
@@ -81,8 +82,8 @@ def base_info(spec: PruneJobSpec) -> BaseInfo:
                 meta = ModelCard.load(source).data.to_dict()
             except Exception:
                 meta = {}
-    lic = meta.get("license")
-    info.license = lic if isinstance(lic, str) else None
+    card_license = meta.get("license")
+    info.license = card_license if isinstance(card_license, str) else None
     for key in ("license_name", "license_link"):
         if isinstance(meta.get(key), str):
             setattr(info, key, meta[key])
@@ -121,7 +122,7 @@ def _eval_results(spec: PruneJobSpec | None, results: Results, multimodal: bool)
         else:
             dataset = b.name[len("vqa:") :] if b.name.startswith("vqa:") else b.name
             task = "image-text-to-text" if multimodal else "text-generation"
-        common = {
+        common: dict[str, Any] = {
             "task_type": task,
             "dataset_type": dataset,
             "dataset_name": b.name,
@@ -294,7 +295,4 @@ def write_card(model_dir: Path, **kwargs: Any) -> Path:
     config = json.loads(cfg_path.read_text()) if cfg_path.is_file() else None
     text = model_card(model_config=config, **kwargs)
     out = model_dir / "README.md"
-    tmp = out.with_name("README.md.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
-    return out
+    return atomic_write_text(out, text)

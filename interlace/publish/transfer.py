@@ -14,6 +14,7 @@ so a publish that died half-way (pod evicted, network down) continues where it s
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -185,14 +186,14 @@ def upload_s3(
     for rel in files if files is not None else model_files(local_dir):
         src = local_dir / rel
         rpath = f"{dest}/{rel}"
-        remote = call_with_retry(f"stat of s3://{rpath}", lambda r=rpath: _remote_etag(fs, r), policy)
+        remote = call_with_retry(f"stat of s3://{rpath}", functools.partial(_remote_etag, fs, rpath), policy)
         if remote is not None and remote[0] == src.stat().st_size and remote[1] == s3_etag(src):
             stats.skipped.append(rel)
             log.debug("s3://%s is up to date, skipped", rpath)
             continue
         call_with_retry(
             f"upload of {rel}",
-            lambda s=src, r=rpath: fs.put_file(str(s), r, chunksize=S3_PART_SIZE),
+            functools.partial(fs.put_file, str(src), rpath, chunksize=S3_PART_SIZE),
             policy,
         )
         stats.uploaded.append(rel)

@@ -39,7 +39,8 @@ def main() -> int:
         liveness_endpoint=liveness,
         # kopf's default identity asks the passwd database for the user name, which fails for a uid
         # without an entry (OpenShift's random uids; any image without a passwd line for it).
-        identity=os.environ.get("POD_NAME") or socket.gethostname(),
+        # kopf's Identity is a NewType of str that kopf does not export.
+        identity=os.environ.get("POD_NAME") or socket.gethostname(),  # type: ignore[arg-type]
     )
     if handlers.LOST_LEADERSHIP.is_set():
         logging.getLogger("interlace_operator").error("exiting: this replica lost the leader Lease")

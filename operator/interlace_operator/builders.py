@@ -138,7 +138,7 @@ def hub_token_secret(job: PruneJob) -> str | None:
     if out.hub is not None:
         return out.hub.token_secret
     if out.uri.strip().startswith("hf://"):
-        return HubOutput.model_fields["token_secret"].default  # type: ignore[no-any-return]
+        return HubOutput.model_fields["token_secret"].default
     return None
 
 

@@ -22,7 +22,7 @@ import os
 import signal
 import threading
 from collections.abc import Hashable
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -98,7 +98,7 @@ class Runtime:
             self.elector.release()
 
     def _reconcile(self, key: Hashable) -> float | None:
-        namespace, name = key  # type: ignore[misc]
+        namespace, name = cast(tuple[str, str], key)
         result = self.reconciler.reconcile(namespace, name)
         with self._lock:
             self._failures.pop(key, None)
@@ -163,8 +163,9 @@ def shutdown(**_: Any) -> None:
         _runtime = None
 
 
-@kopf.on.event(API_GROUP, API_VERSION, PLURAL)
-async def prunejob_event(event: dict[str, Any], body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
+# kopf types `namespace` as optional (cluster-scoped resources); PruneJobs and RayJobs are namespaced.
+@kopf.on.event(API_GROUP, API_VERSION, PLURAL)  # type: ignore[arg-type]
+async def prunejob_event(event: kopf.RawEvent, body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
     rt = runtime()
     if event.get("type") == "DELETED":
         rt.queue.forget((namespace, name))
@@ -183,7 +184,7 @@ async def prunejob_event(event: dict[str, Any], body: kopf.Body, namespace: str,
     rt.queue.add((namespace, name))
 
 
-@kopf.on.event("ray.io", "v1", "rayjobs", labels={names.LABEL_MANAGED_BY: names.MANAGED_BY})
+@kopf.on.event("ray.io", "v1", "rayjobs", labels={names.LABEL_MANAGED_BY: names.MANAGED_BY})  # type: ignore[arg-type]
 async def rayjob_event(body: kopf.Body, namespace: str, **_: Any) -> None:
     rt = runtime()
     owner = controller_of(dict(body))

@@ -55,8 +55,6 @@ from interlace_operator.status import (
 
 log = logging.getLogger(__name__)
 
-OPERATOR_FIELDS = ("phase", "conditions", "observedGeneration", "rayJob", "attempts", "startTime", "completionTime")
-
 
 class KubeRayMissing(Exception):
     """The RayJob CRD (ray.io/v1) is not installed."""
@@ -114,8 +112,10 @@ class Reconciler:
         self._replayed: set[tuple[str, str]] = set()
         self._children_pool = ThreadPoolExecutor(max_workers=max(4, config.workers), thread_name_prefix="children")
 
-    def is_own_write(self, kind: str, namespace: str, name: str, resource_version: str | None) -> bool:
-        return resource_version is not None and self.own_versions.get((kind, namespace, name)) == resource_version
+    def is_own_write(self, kind: str, namespace: str, name: str | None, resource_version: str | None) -> bool:
+        if name is None or resource_version is None:
+            return False
+        return self.own_versions.get((kind, namespace, name)) == resource_version
 
     def _patch_status(self, ctx: Ctx, patch: dict[str, Any], resource_version: str | None = None) -> None:
         result = self.kube.patch_prunejob_status(
@@ -369,10 +369,11 @@ class Reconciler:
                 raise KubeRayMissing() from None
             if err.status != 409:
                 raise
-            rayjob = self.kube.get_rayjob(owner.namespace, rj_name)
-            if rayjob is None:
+            adopted = self.kube.get_rayjob(owner.namespace, rj_name)
+            if adopted is None:
                 raise Requeue(0.5, f"RayJob {rj_name} vanished while adopting it") from None
-            self.kube.check_owner(rayjob, owner.uid)
+            self.kube.check_owner(adopted, owner.uid)
+            rayjob = adopted
             created = False
         log.info("%s/%s: %s RayJob %s (attempt %d)", owner.namespace, owner.name,
                  "created" if created else "adopted", rj_name, attempt)

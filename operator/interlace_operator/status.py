@@ -42,8 +42,6 @@ CONDITION_TYPES = ("Ready", "Running", "Succeeded", "Failed", "Suspended", "Stal
 JDS_FAILED = frozenset({"Failed", "ValidationFailed"})
 JDS_FINISHED = frozenset({"Complete", "Failed", "ValidationFailed"})
 JDS_SUSPENDED = frozenset({"Suspending", "Suspended"})
-JDS_STARTING = frozenset({"", "New", "Initializing", "Waiting"})
-JS_FINISHED = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 
 # Failures that another attempt cannot fix.
 NOT_RETRYABLE = frozenset({"DeadlineExceeded", "ValidationFailed", "JobStopped", "InvalidSpec"})
@@ -180,9 +178,6 @@ def outcome_from_mirror(mirror: dict[str, Any], *, stage: str | None, dry_run: b
         stage=stage,
         dry_run=dry_run,
     )
-
-
-MIRROR_KEYS = ("name", "jobStatus", "jobDeploymentStatus", "reason", "message", "dashboardUrl", "startTime", "endTime")
 
 
 def rayjob_mirror(

@@ -49,7 +49,7 @@ def test_plan_ok(tmp_path: Path) -> None:
         == 0
     )
     plan = json.loads(out.read_text())
-    assert plan["num_layers"] == 8 and plan["strategy"] == "interlace" and plan["ratio"] == 0.25
+    assert plan["numLayers"] == 8 and plan["strategy"] == "interlace" and plan["ratio"] == 0.25
     assert plan["drop"] == [1, 4] and plan["finetune"] == [0, 3] and plan["anchor"] == [2, 5]
     assert sorted(plan["drop"] + plan["finetune"] + plan["anchor"] + plan["frozen"]) == list(range(8))
     out2 = tmp_path / "p2.json"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -12,6 +10,7 @@ from interlace.errors import InterlaceError
 from interlace.selection import (
     LayerScores,
     load_plan,
+    max_drop,
     n_drop_for_ratio,
     protected_layers,
     save_plan,
@@ -33,6 +32,29 @@ def _scores(
 
 def test_paper_layer_counts_for_36_layers() -> None:
     assert [n_drop_for_ratio(36, r) for r in (0.10, 0.15, 0.20, 0.25)] == [3, 5, 7, 9]
+
+
+@pytest.mark.parametrize("L", [4, 8, 36])
+def test_drop_limit_is_one_fact(L: int) -> None:
+    """The spec, the ratio rule, the plan API and the selection all accept L-2 and refuse L-1."""
+    import interlace.api
+
+    assert max_drop(L) == L - 2
+    sc = LayerScores(num_layers=L, scores={1: [float(i) for i in range(L - 1)]})
+    # the most: accepted everywhere
+    assert PruningSpec(num_layers=L - 2).layers_to_drop(L) == L - 2
+    assert len(select_layers(sc, n_drop=L - 2, strategy="shortgpt").drop) == L - 2
+    assert len(interlace.api.plan(sc, num_layers=L - 2, strategy="shortgpt").drop) == L - 2
+    assert n_drop_for_ratio(L, (L - 2) / L) == L - 2
+    # one more: refused everywhere, each naming the same limit
+    with pytest.raises(ValueError, match=f"at most {L - 2} can go"):
+        PruningSpec(num_layers=L - 1).layers_to_drop(L)
+    with pytest.raises(InterlaceError, match=f"at most {L - 2} can go"):
+        select_layers(sc, n_drop=L - 1, strategy="shortgpt")
+    with pytest.raises(InterlaceError, match=f"1..{L - 2} for {L} layers"):
+        interlace.api.plan(sc, num_layers=L - 1, strategy="shortgpt")
+    with pytest.raises(InterlaceError, match=f"at most {L - 2} can go"):
+        n_drop_for_ratio(L, (L - 1) / L)
 
 
 def test_interlace_worked_example() -> None:
@@ -183,7 +205,10 @@ def test_plan_json_roundtrip_and_validation(tmp_path) -> None:
     import json
 
     doc = json.loads(p.read_text())
-    assert {"num_layers", "drop", "finetune", "anchor", "frozen", "strategy", "ratio"} <= set(doc)
+    assert {"numLayers", "drop", "finetune", "anchor", "frozen", "strategy", "ratio"} <= set(doc)
+    assert load_plan(p) == plan
+    # older snake_case files still load
+    p.write_text(json.dumps(plan.model_dump(mode="json")))
     assert load_plan(p) == plan
     doc["drop"] = [2, 9]
     p.write_text(json.dumps(doc))
@@ -337,4 +362,11 @@ def test_scores_json_nan_literal_from_file(tmp_path) -> None:
     p.write_text('{"num_layers": 4, "scores": {"1": [0.1, NaN, 0.2]}}')
     with pytest.raises(InterlaceError, match=r"scores\['1'\]\[1\] is nan"):
         LayerScores.load(p)
-    assert math.isnan(float("nan"))
+    p.write_text('{"num_layers": 4, "scores": {"1": [0.1, -Infinity, 0.2]}}')
+    with pytest.raises(InterlaceError, match=r"scores\['1'\]\[1\] is -inf"):
+        LayerScores.load(p)
+    # the same file with a finite value loads, values intact: the check rejects only non-finite scores
+    p.write_text('{"num_layers": 4, "scores": {"1": [0.1, 0.3, 0.2]}}')
+    loaded = LayerScores.load(p)
+    assert loaded.num_layers == 4
+    assert loaded.scores[1] == [0.1, 0.3, 0.2]

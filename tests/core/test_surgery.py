@@ -4,6 +4,8 @@ config lists, DeepStack policy, atomic save."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -43,8 +45,15 @@ def test_prune_save_reload(kind: str, tmp_path: Path) -> None:
     batch = sample_batch(proc, images=images)
     want = logits(model, batch)
 
-    out = save_model(model, proc, tmp_path / "pruned", plan=plan)
+    old_umask = os.umask(0o022)
+    try:
+        out = save_model(model, proc, tmp_path / "pruned", plan=plan)
+    finally:
+        os.umask(old_umask)
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+    # readable by the other users of a shared volume: 0755 directory, 0644 files (not mkdtemp's 0700)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert {f.name: oct(stat.S_IMODE(f.stat().st_mode)) for f in out.iterdir()} == {f.name: "0o644" for f in out.iterdir()}
     assert json.loads((out / "interlace_plan.json").read_text())["drop"] == DROP
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left
     cls = AutoModelForImageTextToText if images else AutoModelForCausalLM

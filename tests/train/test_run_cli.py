@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -100,7 +102,16 @@ def _tiny_job(tmp_path: Path, **overrides: object) -> Path:
 def test_dry_run_stops_after_the_plan(tmp_path: Path) -> None:
     f = _tiny_job(tmp_path, dryRun=True)
     out = tmp_path / "out"
-    assert main(["run", "-f", str(f), "--output", str(out)]) == 0
+    old_umask = os.umask(0o022)
+    try:
+        assert main(["run", "-f", str(f), "--output", str(out)]) == 0
+    finally:
+        os.umask(old_umask)
+    # readable by the other users of a shared volume (no mkstemp 0600 / mkdtemp 0700 left over)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in out.iterdir()} == {
+        p.name: "0o644" for p in out.iterdir()
+    }
     assert sorted(p.name for p in out.iterdir()) == [
         "heatmap.png", "plan.json", "progress.jsonl", "results.json", "scores.json",
     ]
@@ -110,6 +121,15 @@ def test_dry_run_stops_after_the_plan(tmp_path: Path) -> None:
     assert (results.layers_before, results.layers_after) == (8, 6)
     assert 0 < results.params_after < results.params_before
     assert results.benchmarks == []
+    # `interlace plan` on the same scores writes the very same file, in the API's field names (status.plan)
+    plan_cli = tmp_path / "plan-cli.json"
+    args = ["plan", "--scores", str(out / "scores.json"), "--num-drop", "2", "--strategy", "interlace"]
+    assert main([*args, "--output", str(plan_cli)]) == 0
+    assert plan_cli.read_bytes() == (out / "plan.json").read_bytes()
+    doc = json.loads(plan_cli.read_text())
+    assert doc == LayerPlan.model_validate(doc).to_wire()
+    assert {"numLayers", "drop", "finetune", "anchor", "frozen", "strategy"} <= set(doc)
+    assert "num_layers" not in doc and plan_cli.read_text().endswith("}\n")
 
 
 @pytest.mark.ray
