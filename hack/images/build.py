@@ -218,15 +218,15 @@ def deps_layer(
     name: str, extras: list[str], extra_no_deps: tuple[str, ...] = (), requirements: tuple[str, ...] = ()
 ) -> Path:
     """A venv at /opt/interlace with the project's dependencies for these extras (or `requirements`)."""
-    py = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     uv_version = subprocess.run([str(UV), "--version"], check=True, capture_output=True, text=True).stdout
-    key = sha(BUILD_VERSION, name, json.dumps(py["dependencies"]), json.dumps(py["optional-dependencies"]),
-              *extras, *extra_no_deps, *requirements, uv_version)
+    # Keyed by the resolved pins of these extras only: a change to another extra (dev tools, say)
+    # does not rebuild the runtime's 7 GB of dependencies.
+    reqs = _extras_requirements(extras) if extras else list(requirements)
+    key = sha(BUILD_VERSION, name, *reqs, *extra_no_deps, uv_version)
     with cached_layer(f"deps-{name}", key) as (final, tmp):
         if tmp is None:
             return final
         t0 = time.time()
-        reqs = _extras_requirements(extras) if extras else list(requirements)
         log(f"deps-{name}: {len(reqs)} packages ({', '.join(extras)}) + {', '.join(extra_no_deps) or 'nothing'} without deps")
         with tempfile.TemporaryDirectory(dir=OUT) as d:
             venv = Path(d) / "venv"

@@ -81,11 +81,12 @@ def test_service_dns_and_the_apiserver_are_reachable_from_a_pod(
     cp.create(server, namespace=ns)
     cp.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
                "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8000}]}}, namespace=ns)
-    # Ready (listening), and the Service has it as an endpoint, before the client asks.
+    # Ready (listening) and an endpoint of the Service before the client asks.
     cp.kubectl("wait", "--for=condition=Ready", "pod/web", "-n", ns, "--timeout=180s", timeout=190)
     cp.wait_for(
-        lambda: any(ep.get("addresses") for ep in cp.kubectl_json(
-            "get", "endpointslices", "-n", ns, "-l", "kubernetes.io/service-name=web")["items"]),
+        lambda: any(e.get("conditions", {}).get("ready") for sl in cp.kubectl_json(
+            "get", "endpointslices", "-n", ns, "-l", "kubernetes.io/service-name=web")["items"]
+            for e in sl.get("endpoints") or []),
         timeout=60, what="the web Service's endpoint",
     )
     # The client: the Service by its DNS name, then the apiserver with the pod's own token.
