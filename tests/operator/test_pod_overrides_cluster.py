@@ -43,7 +43,8 @@ def _env(container: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_overrides_reach_the_rayjob_and_the_pods(cluster: Cluster, run_operator, control_plane) -> None:
-    run_operator()
+    # The overrides' toleration key must be in the operator's allow-list like any other toleration.
+    run_operator(INTERLACE_ALLOWED_TOLERATION_KEYS="nvidia.com/gpu,example.com/dedicated")
     body = prunejob("ovr", schedulable=True)
     body["spec"]["resources"]["podTemplateOverrides"] = OVERRIDES
     cluster.apply(body)
