@@ -9,7 +9,9 @@ real processes: `kubectl logs/exec`, pod-to-pod traffic, ClusterIP Services and 
         cp.kubectl("get", "nodes")          # realnode Ready, kwok-gpu-0 tainted
         node.images["runtime"]              # localhost/interlace-runtime:<tag>, loaded in containerd
 
-Needs root (containerd, iptables, a bridge, network namespaces, mounts). Every host change is
+Needs root (containerd, iptables, a bridge, network namespaces, mounts), on a machine that is not a
+Kubernetes node itself (it owns cni0, `cni-*` network namespaces and the KUBE-*/CNI-* iptables chains
+while it runs, and removes them when it stops). Every host change is
 undone by stop(), also after a failed start: pods deleted (CNI tears their networking down), the
 daemons stopped, leftover shims killed, mounts under the work dir unmounted, `cni-*` network
 namespaces, the cni0 bridge and every KUBE-*/CNI-* iptables chain removed, and the sysctls put back
@@ -223,7 +225,13 @@ state = "{self.dir / 'containerd-state'}"
                               text=True, check=check)
 
     def _start_containerd(self, deadline: float) -> None:
-        clean_host()  # what a killed earlier run left (its shims would hold our store's snapshots)
+        # What a killed earlier run left (its shims would hold our store's snapshots). Only when a run
+        # is recorded as unfinished: the host's own bridge, netns or KUBE-* rules (a developer machine
+        # running its own Kubernetes) are never touched otherwise.
+        marker = node_cache() / "unfinished-run"
+        if marker.exists():
+            clean_host()
+        marker.write_text(str(self.dir))
         pause = self._build_images(["pause"])["pause"]
         self._write(
             "cni/net.d/10-interlace.conflist",
@@ -405,6 +413,7 @@ state = "{self.dir / 'containerd-state'}"
         if "containerd" in self.components:
             self.components["containerd"].stop()
         self._undo_host_changes()
+        (node_cache() / "unfinished-run").unlink(missing_ok=True)
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
