@@ -80,7 +80,7 @@ def widget_crd(control_plane: ControlPlane):
         },
     }
     control_plane.apply(crd)
-    control_plane.kubectl("wait", "--for=condition=Established", f"crd/widgets.{GROUP}", "--timeout=60s")
+    control_plane.wait_crds_established(f"widgets.{GROUP}", timeout=60)
     # Discovery of a fresh CRD can lag behind Established for a moment.
     control_plane.wait_for(
         lambda: control_plane.kubectl("get", f"widgets.{GROUP}", "-A", check=False).returncode == 0,

@@ -736,13 +736,21 @@ class ControlPlane:
             raise TestbedError("timed out installing the KubeRay CRDs") from None
         if rc != 0:
             raise TestbedError(f"installing the KubeRay CRDs failed:\n{self._crd_log.read_text()[-3000:]}")
-        self.kubectl(
-            "wait",
-            "--for=condition=Established",
-            *(f"crd/{name}" for name in self.KUBERAY_CRDS),
-            f"--timeout={int(self._left(deadline))}s",
-            timeout=self._left(deadline) + 5,
-        )
+        self.wait_crds_established(*self.KUBERAY_CRDS, timeout=self._left(deadline))
+
+    def wait_crds_established(self, *names: str, timeout: float = 60.0) -> None:
+        """Poll until every CRD is Established. Not `kubectl wait --for=condition=Established`: that
+        errors out ("accessor error: <nil>") instead of waiting while a CRD's conditions are still null
+        (seen on a loaded machine)."""
+
+        def established() -> bool:
+            for name in names:
+                conds = (self.kubectl_json("get", "crd", name).get("status") or {}).get("conditions") or []
+                if not any(c.get("type") == "Established" and c.get("status") == "True" for c in conds):
+                    return False
+            return True
+
+        self.wait_for(established, timeout=timeout, interval=0.5, what=f"CRDs {', '.join(names)} Established")
 
     def _start_kuberay(self) -> None:
         env = dict(os.environ, KUBECONFIG=str(self._kubeconfigs["interlace:kuberay-operator"]))

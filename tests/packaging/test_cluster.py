@@ -255,7 +255,7 @@ def test_helm_install_namespaced(control_plane: Any, namespace: str, other_names
 def ensure_crd(cp: Any) -> None:
     crd = MANIFESTS / "base" / "crd.yaml"
     cp.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=interlace-packaging", "-f", str(crd))
-    cp.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s", timeout=70)
+    cp.wait_crds_established(CRD_NAME, timeout=60)
 
 
 def run_operator_as(cp: Any, namespace: str, service_account: str, tmp_path: Path) -> None:
@@ -323,7 +323,7 @@ def test_kubectl_apply_k_overlay(control_plane: Any, overlay: str, ns: str) -> N
     try:
         cp.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=interlace-kustomize", "-k", path,
                    timeout=120)
-        cp.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s", timeout=70)
+        cp.wait_crds_established(CRD_NAME, timeout=60)
         pods = cp.wait_for_pods(ns, "app.kubernetes.io/name=interlace-operator", count=1, timeout=120)
         assert pods[0]["status"]["phase"] == "Running"
         stored = cp.kubectl_json("get", "clusterrole", "interlace-operator")

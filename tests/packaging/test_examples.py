@@ -137,9 +137,7 @@ def test_examples_accepted_by_the_api_server(control_plane: Any, namespace: str)
     (server-side dry run) and rejects one with a wrong type."""
     crd = REPO / "manifests" / "base" / "crd.yaml"
     control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
-    control_plane.kubectl(
-        "wait", "--for=condition=Established", "crd/prunejobs.interlace.dev", "--timeout=60s", timeout=70
-    )
+    control_plane.wait_crds_established("prunejobs.interlace.dev", timeout=60)
     for name in PRUNEJOB_FILES:
         doc = load(name)
         if doc["spec"]["output"]["uri"].startswith("file://"):
