@@ -476,6 +476,13 @@ def load(socket: str, layout: Path, ref: str) -> None:
         proc.stdin.close()
     if proc.wait() != 0:
         sys.exit(f"ctr import of {ref} failed")
+    # Older builds of the same image are not needed again (a node's store would otherwise grow by up to
+    # 15 GB, content and snapshot, with each dependency change of the runtime image).
+    repo = ref.rsplit(":", 1)[0]
+    for old in subprocess.run(["ctr", "-a", socket, "-n", "k8s.io", "images", "ls", "-q"],
+                              capture_output=True, text=True).stdout.split():
+        if old.rsplit(":", 1)[0] == repo and old != ref:
+            subprocess.run(["ctr", "-a", socket, "-n", "k8s.io", "images", "rm", old], capture_output=True)
     log(f"{ref}: imported and unpacked in {time.time() - t0:.0f} s")
 
 
