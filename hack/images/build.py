@@ -206,6 +206,20 @@ def _uv_target(target: Path, args: list[str]) -> None:
     )
 
 
+def _install_into(stage: Path, root: Path) -> None:
+    """Move what `uv pip install --target stage` wrote into the venv tree `root` (/opt/interlace):
+    console scripts to bin/ (pointed at the image's interpreter), packages to site-packages/, compiled."""
+    site = root / "lib" / PY / "site-packages"
+    if (stage / "bin").is_dir():
+        for f in (stage / "bin").iterdir():
+            shutil.move(f, root / "bin" / f.name)
+        (stage / "bin").rmdir()
+    for f in stage.iterdir():
+        shutil.move(f, site / f.name)
+    _fix_scripts(root / "bin")
+    _compile(site)
+
+
 def _compile(site: Path) -> None:
     """Bytecode for the image's interpreter (3.11), with the paths the image will have."""
     subprocess.run(
@@ -231,21 +245,13 @@ def deps_layer(
         with tempfile.TemporaryDirectory(dir=OUT) as d:
             venv = Path(d) / "venv"
             _venv_skeleton(venv)
-            site = venv / "lib" / PY / "site-packages"
             stage = Path(d) / "stage"
             req = Path(d) / "req.txt"
             req.write_text("\n".join(reqs) + "\n")
             _uv_target(stage, ["-r", str(req)])
             if extra_no_deps:
                 _uv_target(stage, ["--no-deps", *extra_no_deps])
-            if (stage / "bin").is_dir():
-                shutil.move(stage / "bin", Path(d) / "scripts")
-                for f in (Path(d) / "scripts").iterdir():
-                    shutil.move(f, venv / "bin" / f.name)
-            for f in stage.iterdir():
-                shutil.move(f, site / f.name)
-            _fix_scripts(venv / "bin")
-            _compile(site)
+            _install_into(stage, venv)
             tar_tree(venv, tmp, PREFIX.lstrip("/"))
         log(f"deps-{name}: {tmp.stat().st_size / 1e6:.0f} MB in {time.time() - t0:.0f} s")
     return final
@@ -269,16 +275,9 @@ def app_layer() -> Path:
             stage = Path(d) / "stage"
             _uv_target(stage, ["--no-deps", str(next(wheels.glob("*.whl")))])
             tree = Path(d) / "tree"
-            site = tree / "lib" / PY / "site-packages"
-            site.mkdir(parents=True)
+            (tree / "lib" / PY / "site-packages").mkdir(parents=True)
             (tree / "bin").mkdir()
-            for f in (stage / "bin").iterdir():
-                shutil.move(f, tree / "bin" / f.name)
-            (stage / "bin").rmdir()
-            for f in stage.iterdir():
-                shutil.move(f, site / f.name)
-            _fix_scripts(tree / "bin")
-            _compile(site)
+            _install_into(stage, tree)
             tar_tree(tree, tmp, PREFIX.lstrip("/"))
         log(f"app: {tmp.stat().st_size / 1e6:.1f} MB in {time.time() - t0:.0f} s")
     return final
