@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from interlace.finetune import FinetuneResult
     from interlace.models import LoadedModel
     from interlace.progress import Reporter
+    from interlace.ratio_sweep import SweepResult
     from interlace.selection import LayerScores
     from interlace.spec import LayerPlan, PruneJob, Results
     from interlace.validation import ValidationReport
@@ -380,7 +381,10 @@ def prune(
         output=output,
         spec=spec,
     )
-    return run(doc, quiet=quiet)
+    result = run(doc, quiet=quiet)
+    if not isinstance(result, PruneResult):  # a `spec` override asking for spec.pruning.ratios
+        raise InterlaceError("spec.pruning.ratios: prune() makes one model; use interlace.sweep() for several")
+    return result
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -630,8 +634,9 @@ def run(
     local: bool = True,
     reporter: Reporter | None = None,
     quiet: bool = False,
-) -> PruneResult:
-    """Run a PruneJob end to end, as `interlace run -f` does, and return its PruneResult.
+) -> PruneResult | SweepResult:
+    """Run a PruneJob end to end, as `interlace run -f` does, and return its PruneResult (a
+    SweepResult, one variant per ratio, when the job sets spec.pruning.ratios).
 
     The job is validated first (SpecError naming every bad field, before torch or Ray is imported).
     Progress goes to the console (unless `quiet`), to `<output>/progress.jsonl`, and to `reporter`.
@@ -664,6 +669,10 @@ def run(
     from interlace.pipeline import run_pipeline
 
     try:
+        if pj.spec.pruning.is_sweep:  # spec.pruning.ratios: a SweepResult, one variant per ratio
+            from interlace.ratio_sweep import run_sweep
+
+            return run_sweep(pj, output_dir=output_dir, reporter=multi)
         results = run_pipeline(pj, output_dir=output_dir, reporter=multi)
     finally:
         multi.close()
@@ -680,13 +689,14 @@ def sweep(
     local: bool = True,
     reporter: Reporter | None = None,
     quiet: bool = False,
-) -> Any:
+) -> SweepResult:
     """A ratio sweep of a PruneJob: one analysis, one variant per ratio (interlace.ratio_sweep); the job's
     own ratio/numLayers is replaced by each ratio. Returns a SweepResult (`.variants`, `.table()`)."""
     from interlace.ratio_sweep import check_ratios, run_sweep
 
     pj = load_job(job)
     check_ratios(ratios)
+    pj.spec.pruning = pj.spec.pruning.model_copy(update={"ratio": None, "num_layers": None, "ratios": list(ratios)})
     if workers is not None and workers < 1:
         raise InterlaceError(f"workers={workers}: need at least 1")
     if max_steps is not None and max_steps < 1:

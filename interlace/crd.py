@@ -20,7 +20,7 @@ How the pydantic JSON schema becomes a Kubernetes *structural* OpenAPI v3 schema
   API server's strict field validation (``kubectl`` rejects unknown fields);
 * list fields that are sets in meaning get ``x-kubernetes-list-type: set`` (duplicates rejected),
   ``status.conditions`` is a map list keyed by ``type``;
-* cross-field rules are CEL ``x-kubernetes-validations``: exactly one of ``ratio``/``numLayers``, and
+* cross-field rules are CEL ``x-kubernetes-validations``: exactly one of ``ratio``/``numLayers``/``ratios``, and
   the spec is immutable once the operator set ``status.startTime`` (except ``spec.suspend``).
 
 Why ``status.startTime`` is the lock: the operator writes it, with an optimistic-concurrency
@@ -60,6 +60,7 @@ HEADER = (
 # Fields whose lists are sets (duplicates are meaningless and rejected by the API server).
 SET_LISTS = {
     ("PruningSpec", "protectedLayers"),
+    ("PruningSpec", "ratios"),
     ("DataSpec", "subsets"),
     ("EvaluationSpec", "benchmarks"),
     ("PodTemplateOverride", "targetGroups"),
@@ -250,8 +251,8 @@ def _spec_schema() -> dict[str, Any]:
     pruning = schema["properties"]["pruning"]
     pruning["x-kubernetes-validations"] = [
         {
-            "rule": "has(self.ratio) != has(self.numLayers)",
-            "message": "set exactly one of spec.pruning.ratio and spec.pruning.numLayers",
+            "rule": "(has(self.ratio) ? 1 : 0) + (has(self.numLayers) ? 1 : 0) + (has(self.ratios) ? 1 : 0) == 1",
+            "message": S.AMOUNT_MESSAGE,
             "reason": "FieldValueInvalid",
         }
     ]
@@ -315,7 +316,7 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "name": "Ratio",
         "type": "number",
         "jsonPath": ".spec.pruning.ratio",
-        "description": "Fraction of decoder layers dropped (empty when numLayers is set).",
+        "description": "Fraction of decoder layers dropped (empty when numLayers or ratios is set).",
     },
     {
         "name": "Progress",
@@ -329,7 +330,14 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "jsonPath": ".status.results.relativePerformance",
         "description": "Mean pruned/base benchmark score, percent.",
     },
+    {
+        "name": "Variants",
+        "type": "string",
+        "jsonPath": ".status.results.summary",
+        "description": "A ratio sweep's variants: ratio and retention (or state) of each.",
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    {"name": "Ratios", "type": "string", "jsonPath": ".spec.pruning.ratios", "priority": 1},
     {"name": "Drop", "type": "integer", "jsonPath": ".spec.pruning.numLayers", "priority": 1},
     {"name": "Attempts", "type": "integer", "jsonPath": ".status.attempts", "priority": 1},
     {"name": "RayJob", "type": "string", "jsonPath": ".status.rayJob.name", "priority": 1},

@@ -11,9 +11,11 @@ holds its plan.json, a link to the shared scores.json (so the pipeline reuses th
 analysing again), and the usual artifacts. ``<output>/sweep.json`` holds the table of variants
 (ratio, layers, parameters, retention, speedups, output).
 
-What this piece does not do yet (see issue 14): the PruneJob field spec.pruning.ratios (so the
-operator and the CRD know sweeps), finetuning the variants concurrently on one Ray cluster (they
-run one after another here), and a status table of variants. Each variant reloads the base model
+A PruneJob asks for a sweep with ``spec.pruning.ratios`` (``interlace run`` and the operator's
+RayJob then land here); ``interlace sweep --ratios`` overrides the job's amount. The variants run
+concurrently, as many at once as the Ray cluster holds Ray Train runs of spec.resources, each
+its own Ray Train run; status.results.variants is the table, updated as each variant moves, and
+status.results.summary its one-line form (a kubectl column). Each variant reloads the base model
 for its surgery and evaluation (the base scores are recomputed per variant). Only public pieces of
 interlace.pipeline are used: run_pipeline (its dry run and its plan reuse) and check_inputs.
 """
@@ -22,7 +24,9 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +36,7 @@ from interlace.artifacts import atomic_write_json
 from interlace.errors import InterlaceError
 from interlace.progress import Reporter
 from interlace.selection import save_plan
-from interlace.spec import Phase, PruneJob, Results
+from interlace.spec import LayerPlan, Phase, Progress, PruneJob, Results, VariantResult
 
 
 def variant_name(ratio: float) -> str:
@@ -137,31 +141,117 @@ class SweepResult:
 
 def _variant_job(job: PruneJob, ratio: float, uri: str, *, dry_run: bool = False) -> PruneJob:
     vjob = job.model_copy(deep=True)
-    vjob.spec.pruning = vjob.spec.pruning.model_copy(update={"ratio": ratio, "num_layers": None})
+    vjob.spec.pruning = vjob.spec.pruning.model_copy(update={"ratio": ratio, "num_layers": None, "ratios": None})
     vjob.spec.finetune.resume = True  # what makes run_pipeline take plan.json instead of analysing
     vjob.spec.dry_run = dry_run
     vjob.spec.output.uri = uri
     return vjob
 
 
+def concurrency(job: PruneJob, n_variants: int) -> int:
+    """How many variants run at once: as many Ray Train runs of spec.resources as the Ray cluster
+    holds side by side (1 when Ray is not up: the stages then run in this process, one at a time)."""
+    from interlace.placement import train_placement
+    from interlace.stages import ray_is_up
+
+    if not ray_is_up():
+        return 1
+    import ray
+
+    have = ray.cluster_resources()
+    placement = train_placement(job.spec.resources)
+    fits = n_variants
+    for key, per_worker in placement.resources_per_worker.items():
+        need = per_worker * placement.num_workers
+        if need > 0:
+            fits = min(fits, int(have.get(key, 0.0) // need))
+    return max(1, fits)
+
+
+class _Table:
+    """The sweep's variants as status.results: updated by every variant's thread, sent after each change."""
+
+    def __init__(self, parent: Reporter, base: Results, ratios: Sequence[float]) -> None:
+        self.parent = parent
+        self.lock = threading.Lock()
+        self.base = base
+        self.rows = [VariantResult(ratio=r) for r in ratios]
+
+    def results(self) -> Results:
+        return self.base.model_copy(update={"variants": list(self.rows), "summary": summary(self.rows)})
+
+    def update(self, i: int, **fields: Any) -> None:
+        with self.lock:
+            self.rows[i] = self.rows[i].model_copy(update=fields)
+            self.parent.results(self.results())
+
+
+def summary(rows: Sequence[VariantResult]) -> str:
+    """`0.1: 97.2%, 0.2: Running, 0.3: Failed`: the kubectl column of a sweep."""
+
+    def cell(v: VariantResult) -> str:
+        if v.state == "Succeeded" and v.relative_performance is not None:
+            return f"{v.ratio:g}: {v.relative_performance:.1f}%"
+        if v.state == "Succeeded":
+            return f"{v.ratio:g}: -{v.layers_dropped}L"
+        return f"{v.ratio:g}: {v.state}"
+
+    return ", ".join(cell(v) for v in rows)
+
+
+class _VariantReporter:
+    """What one variant's pipeline reports, as the sweep's: stage and progress messages name the
+    ratio; its results become a row of the table (status.results.variants); its plan stays in its
+    own directory (status.plan is the sweep's analysis plan)."""
+
+    def __init__(self, table: _Table, i: int) -> None:
+        self.table = table
+        self.i = i
+        self.prefix = f"ratio {table.rows[i].ratio:g}: "
+
+    def stage(self, stage: Phase, message: str = "") -> None:
+        with self.table.lock:
+            self.table.parent.stage(stage, self.prefix + message)
+
+    def progress(self, progress: Progress) -> None:
+        with self.table.lock:
+            self.table.parent.progress(progress.model_copy(update={"message": self.prefix + (progress.message or "")}))
+
+    def plan(self, plan: LayerPlan) -> None:
+        pass
+
+    def results(self, results: Results) -> None:
+        pass  # the variant's thread records its row when run_pipeline returns
+
+    def close(self) -> None:
+        pass
+
+
 def run_sweep(
     job: PruneJob,
-    ratios: Sequence[float],
+    ratios: Sequence[float] | None = None,
     *,
     output_dir: str | Path,
     reporter: Reporter,
 ) -> SweepResult:
     """One analysis, then every ratio's variant, all through interlace.pipeline.run_pipeline.
 
-    The analysis is a dry run of the pipeline (analysis + the first ratio's plan) in
-    ``<output>/analysis/``; every variant directory gets its plan, chosen from those scores the way
-    the pipeline chooses (same strategy, seed, protected and DeepStack layers), and a link to the
-    scores, so run_pipeline reuses the plan (its resume path) instead of analysing again.
+    `ratios` default to spec.pruning.ratios. The analysis is a dry run of the pipeline (analysis +
+    the first ratio's plan) in ``<output>/analysis/``; every variant directory gets its plan, chosen
+    from those scores the way the pipeline chooses (same strategy, seed, protected and DeepStack
+    layers), and a link to the scores, so run_pipeline reuses the plan (its resume path) instead of
+    analysing again. The variants then run concurrently, as many at once as the Ray cluster holds
+    Ray Train runs of spec.resources (each its own Ray Train run; surgery and evaluation are Ray
+    tasks). A failed variant does not stop the others; the sweep fails afterwards, naming it.
+    A dry run stops after the plans.
     """
     from interlace.pipeline import check_inputs, run_pipeline
     from interlace.selection import LayerScores, n_drop_for_ratio, select_layers
-    from interlace.spec import LayerPlan
 
+    if ratios is None:
+        if job.spec.pruning.ratios is None:
+            raise InterlaceError("spec.pruning.ratios: not set; a sweep needs the ratios to prune at")
+        ratios = job.spec.pruning.ratios
     ratios = check_ratios(ratios)
     spec = job.spec
     out = Path(output_dir)
@@ -213,32 +303,96 @@ def run_sweep(
         Phase.PLANNING, "; ".join(f"ratio {r:g}: drop {p.drop}" for r, p in zip(ratios, plans, strict=True))
     )
 
-    # ---- the variants, one after another
+    table = _Table(
+        reporter,
+        Results(layers_before=num_layers, params_before=base.params_before),
+        ratios,
+    )
+    params_after = _params_after(job, plans)
+    for i, plan in enumerate(plans):
+        table.rows[i] = table.rows[i].model_copy(
+            update={
+                "layers_dropped": len(plan.drop),
+                "layers_after": num_layers - len(plan.drop),
+                "params_after": params_after[i],
+            }
+        )
     result = SweepResult(output_dir=out, num_layers=num_layers, params_before=base.params_before)
-    for r, plan in zip(ratios, plans, strict=True):
+    if spec.dry_run:
+        for i in range(len(plans)):
+            table.rows[i] = table.rows[i].model_copy(update={"state": "Succeeded", "message": "dry run: plan only"})
+        final = table.results()
+        atomic_write_json(out / "results.json", final.to_wire())
+        reporter.results(final)
+        atomic_write_json(out / "sweep.json", result.to_dict())
+        return result
+
+    # ---- the variants, concurrently (each its own Ray Train run on the shared cluster)
+    width = concurrency(job, len(ratios))
+    reporter.stage(Phase.FINETUNING, f"{len(ratios)} variants, {width} at a time")
+    done: dict[int, Variant] = {}
+    failed: dict[int, Exception] = {}
+
+    def one(i: int) -> None:
+        r, plan = ratios[i], plans[i]
         vjob = _variant_job(job, r, variant_uri(spec.output.uri, r))
         if vjob.spec.output.hub is not None:
             vjob.spec.output.hub.repo = f"{vjob.spec.output.hub.repo}-{variant_name(r)}"
         vdir = out / variant_name(r)
-        res = run_pipeline(vjob, output_dir=vdir, reporter=reporter)
-        used = json.loads((vdir / "plan.json").read_text())
-        if used["drop"] != plan.drop:
-            raise RuntimeError(
-                f"variant {r:g} did not keep the sweep's plan {plan.drop} (got {used['drop']})"
-            )
-        result.variants.append(
-            Variant(
-                ratio=r,
-                layers_dropped=len(plan.drop),
-                layers_after=num_layers - len(plan.drop),
-                params_after=res.params_after,
-                retention=res.relative_performance,
-                prefill_speedup=res.prefill_speedup,
-                decode_speedup=res.decode_speedup,
-                output=res.output_uri,
-                output_dir=vdir,
-                results=res,
-            )
+        table.update(i, state="Running")
+        try:
+            res = run_pipeline(vjob, output_dir=vdir, reporter=_VariantReporter(table, i))
+            used = json.loads((vdir / "plan.json").read_text())
+            if used["drop"] != plan.drop:
+                raise RuntimeError(f"variant {r:g} did not keep the sweep's plan {plan.drop} (got {used['drop']})")
+        except Exception as err:  # recorded; the sweep fails after the other variants
+            failed[i] = err
+            table.update(i, state="Failed", message=f"{type(err).__name__}: {err}"[:1000])
+            return
+        done[i] = Variant(
+            ratio=r,
+            layers_dropped=len(plan.drop),
+            layers_after=num_layers - len(plan.drop),
+            params_after=res.params_after,
+            retention=res.relative_performance,
+            prefill_speedup=res.prefill_speedup,
+            decode_speedup=res.decode_speedup,
+            output=res.output_uri,
+            output_dir=vdir,
+            results=res,
         )
-        atomic_write_json(out / "sweep.json", result.to_dict())  # the table so far, after every variant
+        table.update(
+            i,
+            state="Succeeded",
+            params_after=res.params_after,
+            relative_performance=res.relative_performance,
+            prefill_speedup=res.prefill_speedup,
+            decode_speedup=res.decode_speedup,
+            output_uri=res.output_uri,
+        )
+        with table.lock:
+            result.variants = [done[k] for k in sorted(done)]
+            atomic_write_json(out / "sweep.json", result.to_dict())  # the table so far
+
+    with ThreadPoolExecutor(max_workers=width, thread_name_prefix="variant") as pool:
+        for f in [pool.submit(one, i) for i in range(len(ratios))]:
+            f.result()
+    final = table.results()
+    atomic_write_json(out / "results.json", final.to_wire())
+    atomic_write_json(out / "sweep.json", result.to_dict())
+    if failed:
+        first = min(failed)
+        names = ", ".join(f"ratios[{i}]={ratios[i]:g}" for i in sorted(failed))
+        raise InterlaceError(
+            f"{len(failed)} of {len(ratios)} variants failed ({names}); the others are published. "
+            f"First error: {failed[first]}"
+        ) from failed[first]
     return result
+
+
+def _params_after(job: PruneJob, plans: Sequence[LayerPlan]) -> list[int]:
+    """Parameters left by each plan, from the model config (meta device: no weights loaded)."""
+    from interlace.stages import model_facts
+
+    facts = model_facts(job.spec.model)
+    return [facts.total_params - sum(facts.layer_params[j] for j in plan.drop) for plan in plans]

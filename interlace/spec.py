@@ -275,6 +275,9 @@ class CalibrationSpec(_Spec):
     max_length: int = Field(default=2048, ge=16, le=1048576)
 
 
+AMOUNT_MESSAGE = "set exactly one of spec.pruning.ratio, spec.pruning.numLayers and spec.pruning.ratios"
+
+
 class PruningSpec(_Spec):
     """How many layers to drop and how to pick them."""
 
@@ -282,12 +285,21 @@ class PruningSpec(_Spec):
         default=None,
         gt=0,
         lt=1,
-        description="Fraction of decoder layers to drop: n = floor(L * ratio). Exactly one of ratio "
-        "and numLayers.",
+        description="Fraction of decoder layers to drop: n = floor(L * ratio). Exactly one of ratio, "
+        "numLayers and ratios.",
     )
     num_layers: int | None = Field(
         default=None, ge=1, le=1023,
-        description="Number of decoder layers to drop. Exactly one of ratio and numLayers.",
+        description="Number of decoder layers to drop. Exactly one of ratio, numLayers and ratios.",
+    )
+    ratios: list[Annotated[float, Field(gt=0, lt=1)]] | None = Field(
+        default=None,
+        min_length=2,
+        max_length=16,
+        description="A ratio sweep: one analysis, then one pruned variant per ratio, finetuned "
+        "concurrently on the job's Ray cluster and published under <output>/ratio-<r> (Hub: "
+        "<repo>-ratio-<r>); status.results.variants holds the table. Exactly one of ratio, numLayers "
+        "and ratios.",
     )
     strategy: Strategy = Field(default=Strategy.INTERLACE, strict=False)
     protected_layers: list[Annotated[int, Field(ge=0, le=1023)]] = Field(
@@ -303,12 +315,37 @@ class PruningSpec(_Spec):
 
     @model_validator(mode="after")
     def _exactly_one_amount(self) -> PruningSpec:
-        if (self.ratio is None) == (self.num_layers is None):
-            raise ValueError("set exactly one of spec.pruning.ratio and spec.pruning.numLayers")
+        given = [x for x in (self.ratio, self.num_layers, self.ratios) if x is not None]
+        if len(given) != 1:
+            raise ValueError(AMOUNT_MESSAGE)
+        if self.ratios is not None and len(set(self.ratios)) != len(self.ratios):
+            raise ValueError(f"spec.pruning.ratios {self.ratios} lists a ratio twice; list each once")
         return self
 
+    @property
+    def is_sweep(self) -> bool:
+        return self.ratios is not None
+
+    def variants(self) -> list[PruningSpec]:
+        """One single-amount PruningSpec per variant: itself, or one per ratio of a sweep."""
+        if self.ratios is None:
+            return [self]
+        return [self.model_copy(update={"ratio": r, "ratios": None}) for r in self.ratios]
+
+    def amount_field(self) -> str:
+        """The field that sets how many layers go (for error messages)."""
+        if self.ratios is not None:
+            return "spec.pruning.ratios"
+        return "spec.pruning.ratio" if self.ratio is not None else "spec.pruning.numLayers"
+
     def layers_to_drop(self, num_layers: int) -> int:
-        """n_drop for a model with `num_layers` decoder layers (floor(L * r) or numLayers)."""
+        """n_drop for a model with `num_layers` decoder layers (floor(L * r) or numLayers).
+
+        A sweep has one n per ratio: take them from variants()."""
+        if self.ratios is not None:
+            raise ValueError(
+                "spec.pruning.ratios is a sweep: each ratio has its own number of layers (PruningSpec.variants())"
+            )
         n = self.num_layers if self.num_layers is not None else math.floor(num_layers * float(self.ratio or 0))
         if n < 1:
             raise ValueError(
@@ -879,6 +916,21 @@ class BenchmarkResult(_Model):
     metric: str = "accuracy"
 
 
+class VariantResult(_Model):
+    """One row of a ratio sweep's table (status.results.variants)."""
+
+    ratio: float
+    state: Literal["Pending", "Running", "Succeeded", "Failed"] = "Pending"
+    message: str | None = None
+    layers_dropped: int | None = None
+    layers_after: int | None = None
+    params_after: int | None = None
+    relative_performance: float | None = Field(default=None, description="Mean pruned/base, percent.")
+    prefill_speedup: float | None = None
+    decode_speedup: float | None = None
+    output_uri: str | None = None
+
+
 class Results(_Model):
     output_uri: str | None = None
     hub_url: str | None = None
@@ -890,6 +942,12 @@ class Results(_Model):
     benchmarks: list[BenchmarkResult] = Field(default_factory=list)
     prefill_speedup: float | None = None
     decode_speedup: float | None = None
+    variants: list[VariantResult] | None = Field(
+        default=None, description="A ratio sweep's variants, one row per spec.pruning.ratios entry."
+    )
+    summary: str | None = Field(
+        default=None, description="A sweep's variants in one line, e.g. `0.1: 97.2%, 0.2: 93.7%` (kubectl column)."
+    )
 
 
 class PruneJobStatus(_Model):

@@ -295,11 +295,17 @@ def _check_model(spec: PruneJobSpec, report: ValidationReport) -> int | None:
 
 def _check_amount(spec: PruneJobSpec, num_layers: int, report: ValidationReport) -> None:
     pruning = spec.pruning
-    field_name = "spec.pruning.ratio" if pruning.ratio is not None else "spec.pruning.numLayers"
-    try:
-        report.layers_to_drop = pruning.layers_to_drop(num_layers)
-    except ValueError as err:
-        report.error(field_name, f"{err} (the model has {num_layers} decoder layers)")
+    field_name = pruning.amount_field()
+    for i, variant in enumerate(pruning.variants()):
+        where = f"{field_name}[{i}]" if pruning.is_sweep else field_name
+        try:
+            n = variant.layers_to_drop(num_layers)
+        except ValueError as err:
+            msg = str(err).replace(f"spec.pruning.ratio={variant.ratio}", f"ratio {variant.ratio}")
+            report.error(where, f"{msg} (the model has {num_layers} decoder layers)")
+            continue
+        # A sweep reports its largest drop (the variant that needs the most checks to pass).
+        report.layers_to_drop = max(n, report.layers_to_drop or 0)
     bad = [i for i in pruning.protected_layers if i >= num_layers]
     if bad:
         report.error(

@@ -79,9 +79,20 @@ def run(args: argparse.Namespace) -> int:
         from interlace.pipeline import run_pipeline
 
         try:
-            results = run_pipeline(job, output_dir=output_dir, reporter=reporter)
+            if job.spec.pruning.is_sweep:  # spec.pruning.ratios: one analysis, a variant per ratio
+                from interlace.ratio_sweep import run_sweep
+
+                sweep = run_sweep(job, output_dir=output_dir, reporter=reporter)
+            else:
+                results = run_pipeline(job, output_dir=output_dir, reporter=reporter)
         finally:
             reporter.close()
+    if job.spec.pruning.is_sweep:
+        if args.json:
+            print_json(sweep.to_dict())
+        else:
+            console.console.print(sweep.table())
+        return 0
     if args.json:
         from interlace.api import result_of_run
 

@@ -49,8 +49,11 @@ def run(args: argparse.Namespace) -> int:
             for e in r.errors:
                 print(f"{r.source}: error: {e}", file=sys.stderr)
             if r.ok and r.job is not None:
+                ratios = r.job.spec.pruning.ratios
                 amount = (
-                    f"drops {r.layers_to_drop} of {r.num_layers} layers"
+                    f"{len(ratios)} variants, dropping up to {r.layers_to_drop} of {r.num_layers} layers"
+                    if ratios is not None and r.layers_to_drop is not None
+                    else f"drops {r.layers_to_drop} of {r.num_layers} layers"
                     if r.layers_to_drop is not None
                     else "layer count checked when the job starts"
                 )

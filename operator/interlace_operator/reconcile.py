@@ -581,6 +581,9 @@ class Reconciler:
         results = ctx.status.get("results") or {}
         plan = ctx.status.get("plan") or {}
         bits = [outcome.message]
+        if results.get("summary"):  # a ratio sweep: every variant's retention
+            bits.append(f"variants {results['summary']}")
+            return "; ".join(bits)
         if plan.get("drop") is not None:
             bits.append(f"dropped layers {plan['drop']} of {plan.get('numLayers')}")
         if results.get("outputUri"):
@@ -627,7 +630,10 @@ class Reconciler:
     @staticmethod
     def _summary(job: PruneJob) -> str:
         p = job.spec.pruning
-        amount = f"ratio {p.ratio}" if p.ratio is not None else f"{p.num_layers} layers"
+        if p.ratios is not None:
+            amount = "ratios " + ", ".join(f"{r:g}" for r in p.ratios)
+        else:
+            amount = f"ratio {p.ratio}" if p.ratio is not None else f"{p.num_layers} layers"
         return f"{job.spec.model.source}, {p.strategy}, {amount}{', dry run' if job.spec.dry_run else ''}"
 
 

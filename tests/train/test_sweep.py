@@ -75,9 +75,93 @@ def test_one_analysis_one_variant_per_ratio(tiny: dict[str, Any], tmp_path: Path
         for e in events
         if e["event"] == "stage" and e["data"]["stage"] == "Planning"
     ]
-    assert sum(1 for m in planning if m.startswith("reusing plan.json")) == 2
+    # (a variant's stage messages name its ratio)
+    assert sorted(m.split(": ", 1)[0] for m in planning if m.endswith("(spec.finetune.resume)")) == [
+        "ratio 0.125",
+        "ratio 0.25",
+    ]
+    assert sum(1 for m in planning if "reusing plan.json" in m) == 2
     assert sum(1 for m in planning if m.startswith("interlace: drop")) == 1
-    assert sum(1 for e in events if e["event"] == "plan") == 3  # the analysis dry run, then each variant
+    # status.plan is the analysis's plan; each variant's plan stays in its directory (checked above)
+    assert sum(1 for e in events if e["event"] == "plan") == 1
+    # status.results: the table of variants, as the operator's status shows it
+    final = json.loads((out / "results.json").read_text())
+    assert [(r["ratio"], r["state"], r["layersDropped"]) for r in final["variants"]] == [
+        (0.125, "Succeeded", 1),
+        (0.25, "Succeeded", 2),
+    ]
+    assert final["variants"][0]["relativePerformance"] == result.variants[0].retention
+    assert final["summary"] == ", ".join(f"{v.ratio:g}: {v.retention:.1f}%" for v in result.variants)
+    assert final["layersBefore"] == 8 and final["paramsBefore"] == result.params_before
+    assert [r["paramsAfter"] for r in final["variants"]] == [v.params_after for v in result.variants]
+    sent = [e["data"] for e in events if e["event"] == "results" and "variants" in e["data"]]
+    states = [[r["state"] for r in d["variants"]] for d in sent]
+    assert states[0] == ["Running", "Pending"] and states[-1] == ["Succeeded", "Succeeded"]
+
+
+def _job_with_ratios(tiny: dict[str, Any], ratios: list[float], **spec: Any) -> dict[str, Any]:
+    import copy
+
+    job = copy.deepcopy(tiny["job"])
+    job["spec"]["pruning"] = {"ratios": ratios}
+    job["spec"].update(spec)
+    return job
+
+
+def test_run_with_spec_pruning_ratios_is_a_sweep(tiny: dict[str, Any], tmp_path: Path) -> None:
+    """`interlace run -f` of a PruneJob with spec.pruning.ratios (what the operator's RayJob runs)."""
+    import yaml
+
+    f = tmp_path / "job.yaml"
+    f.write_text(yaml.safe_dump(_job_with_ratios(tiny, [0.25, 0.125])))
+    out = tmp_path / "o"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    r = subprocess.run(
+        [sys.executable, "-m", "interlace.cli", "run", "-f", str(f), "--output", str(out), "--json"],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads(r.stdout)
+    assert [(v["ratio"], v["layersAfter"]) for v in doc["variants"]] == [(0.25, 6), (0.125, 7)]
+    assert [p for p in out.rglob("scores.json") if not p.is_symlink()] == [out / "analysis" / "scores.json"]
+    final = json.loads((out / "results.json").read_text())
+    assert [v["state"] for v in final["variants"]] == ["Succeeded", "Succeeded"]
+    assert final["summary"].startswith("0.25: ") and ", 0.125: " in final["summary"]
+
+
+def test_dry_run_sweep_plans_every_ratio(tiny: dict[str, Any], tmp_path: Path) -> None:
+    out = tmp_path / "dry"
+    result = interlace.run(_job_with_ratios(tiny, [0.25, 0.125], dryRun=True), output=out, quiet=True)
+    assert not hasattr(result, "model_dir")  # a SweepResult: nothing pruned, no variant finetuned
+    final = json.loads((out / "results.json").read_text())
+    drops = [len(json.loads((out / f"ratio-{r:g}" / "plan.json").read_text())["drop"]) for r in (0.25, 0.125)]
+    assert drops == [2, 1] == [v["layersDropped"] for v in final["variants"]]
+    assert [v["state"] for v in final["variants"]] == ["Succeeded"] * 2
+    assert final["variants"][0]["paramsAfter"] < final["variants"][1]["paramsAfter"] < final["paramsBefore"]
+    assert not list(out.glob("ratio-*/model")) and "relativePerformance" not in final["variants"][0]
+
+
+def test_a_failed_variant_fails_the_sweep_after_the_others(
+    tiny: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One variant's failure is recorded in its row; the other variants still finish and publish."""
+    import interlace.pipeline as pipeline
+
+    real = pipeline.run_pipeline
+
+    def flaky(job: Any, **kw: Any) -> Any:
+        if job.spec.pruning.ratio == 0.25 and not job.spec.dry_run:
+            raise RuntimeError("disk full")
+        return real(job, **kw)
+
+    monkeypatch.setattr(pipeline, "run_pipeline", flaky)
+    out = tmp_path / "f"
+    with pytest.raises(InterlaceError, match=r"1 of 2 variants failed \(ratios\[1\]=0.25\).*disk full"):
+        interlace.sweep(tiny["job"], [0.125, 0.25], output=out, quiet=True)
+    final = json.loads((out / "results.json").read_text())
+    assert [v["state"] for v in final["variants"]] == ["Succeeded", "Failed"]
+    assert "disk full" in final["variants"][1]["message"] and (out / "ratio-0.125" / "model").is_dir()
+    assert final["summary"].endswith("0.25: Failed")
 
 
 def test_sweep_cli_prints_the_variants_json(tiny: dict[str, Any], tmp_path: Path) -> None:
@@ -153,3 +237,27 @@ def test_sweep_finetunes_each_variant(ray_session: Any, tiny: dict[str, Any], tm
         names = [b.name for b in v.results.benchmarks]
         assert names == ["perplexity", "perplexity before finetuning"]
         assert json.loads((vdir / "model" / "config.json").read_text())["num_hidden_layers"] == v.layers_after
+    # Concurrent on the one Ray cluster: as many variants at once as its CPUs hold 1-worker runs,
+    # so on 2+ CPUs the second variant's finetuning starts before the first one's ends.
+    import ray
+
+    from interlace.api import load_job
+    from interlace.ratio_sweep import concurrency
+
+    width = concurrency(load_job(job), 2)
+    assert width == min(2, int(ray.cluster_resources()["CPU"]))
+    events = [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()]
+
+    def when(stage: str, ratio: float) -> float:
+        return next(
+            e["time"] for e in events
+            if e["event"] == "stage" and e["data"]["stage"] == stage
+            and e["data"]["message"].startswith(f"ratio {ratio:g}: ")
+        )
+
+    starts = [when("Finetuning", r) for r in (0.125, 0.25)]
+    ends = [when("Evaluating", r) for r in (0.125, 0.25)]
+    if width == 2:
+        assert max(starts) < min(ends), (starts, ends)
+    else:
+        assert min(ends) < max(starts), (starts, ends)
