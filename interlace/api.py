@@ -673,7 +673,12 @@ def run(
             from interlace.ratio_sweep import run_sweep
 
             return run_sweep(pj, output_dir=output_dir, reporter=multi)
-        results = run_pipeline(pj, output_dir=output_dir, reporter=multi)
+        if pj.spec.pruning.target is not None:  # probes of nested plans, then the full run
+            from interlace.retention_target import run_target
+
+            results = run_target(pj, output_dir=output_dir, reporter=multi)
+        else:
+            results = run_pipeline(pj, output_dir=output_dir, reporter=multi)
     finally:
         multi.close()
     return result_of_run(output_dir, results)

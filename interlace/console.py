@@ -147,6 +147,11 @@ def summary_table(results: Results, *, output_dir: Path | str, extra: dict[str, 
         t.add_row("prefill speedup", f"{results.prefill_speedup:.2f}x")
     if results.decode_speedup is not None:
         t.add_row("decode speedup", f"{results.decode_speedup:.2f}x")
+    if results.target is not None:  # spec.pruning.target: the search and the verdict
+        for p in results.target.probes:
+            ret = "n/a" if p.retention is None else f"{p.retention:.1%}"
+            t.add_row(f"probe: drop {p.layers_dropped}", f"{ret} ({'meets' if p.meets else 'below'} the target)")
+        t.add_row("retention target", results.target.message or "")
     for k, v in (extra or {}).items():
         t.add_row(k, v)
     t.add_row("output", str(results.output_uri or output_dir))

@@ -251,7 +251,8 @@ def _spec_schema() -> dict[str, Any]:
     pruning = schema["properties"]["pruning"]
     pruning["x-kubernetes-validations"] = [
         {
-            "rule": "(has(self.ratio) ? 1 : 0) + (has(self.numLayers) ? 1 : 0) + (has(self.ratios) ? 1 : 0) == 1",
+            "rule": "(has(self.ratio) ? 1 : 0) + (has(self.numLayers) ? 1 : 0) + (has(self.ratios) ? 1 : 0)"
+            " + (has(self.target) ? 1 : 0) == 1",
             "message": S.AMOUNT_MESSAGE,
             "reason": "FieldValueInvalid",
         }
@@ -331,10 +332,10 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "description": "Mean pruned/base benchmark score, percent.",
     },
     {
-        "name": "Variants",
+        "name": "Summary",
         "type": "string",
         "jsonPath": ".status.results.summary",
-        "description": "A ratio sweep's variants: ratio and retention (or state) of each.",
+        "description": "A ratio sweep's variants (ratio and retention or state of each), or a retention target's search.",
     },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {"name": "Ratios", "type": "string", "jsonPath": ".spec.pruning.ratios", "priority": 1},

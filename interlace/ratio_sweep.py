@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +36,7 @@ from urllib.parse import urlparse
 from interlace.artifacts import atomic_write_json
 from interlace.errors import InterlaceError
 from interlace.progress import Reporter
-from interlace.selection import save_plan
+from interlace.selection import LayerScores, save_plan
 from interlace.spec import LayerPlan, Phase, Progress, PruneJob, Results, VariantResult
 
 
@@ -139,13 +140,49 @@ class SweepResult:
         return t
 
 
-def _variant_job(job: PruneJob, ratio: float, uri: str, *, dry_run: bool = False) -> PruneJob:
+def analyze_once(
+    job: PruneJob, amount: dict[str, Any], analysis_dir: Path, reporter: Reporter
+) -> tuple[Results, LayerScores, set[int]]:
+    """The one analysis of a job of several plans: a dry run of the pipeline in `analysis_dir`
+    (scores.json, the plan for `amount`, e.g. {"ratio": 0.1}), its Results (parameters before), the
+    scores, and the layers no plan may drop (spec.pruning.protectedLayers, DeepStack layers)."""
+    from interlace.pipeline import run_pipeline
+    from interlace.selection import LayerScores
+
+    dry = amount_job(job, amount, str(analysis_dir), dry_run=True)
+    base = run_pipeline(dry, output_dir=analysis_dir, reporter=reporter)
+    scores = LayerScores.load(analysis_dir / "scores.json")
+    protected = set(job.spec.pruning.protected_layers)
+    if str(job.spec.pruning.deepstack_policy) == "protect":
+        protected |= set(scores.meta.get("deepstack_layers") or [])
+    return base, scores, protected
+
+
+def stage_plan(plan: LayerPlan, run_dir: Path, analysis_dir: Path) -> None:
+    """Prepare `run_dir` so that run_pipeline runs `plan` without analysing: the plan, and a link
+    to the one scores.json (the pipeline's resume path takes both)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_plan(plan, run_dir / "plan.json")
+    link = run_dir / "scores.json"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(os.path.relpath(analysis_dir / "scores.json", run_dir))
+
+
+def amount_job(job: PruneJob, amount: dict[str, Any], uri: str, *, dry_run: bool = False) -> PruneJob:
+    """A copy of `job` with one amount (e.g. {"ratio": 0.1} or {"num_layers": 3}) writing to `uri`,
+    reusing a plan.json staged in its output directory (spec.finetune.resume)."""
     vjob = job.model_copy(deep=True)
-    vjob.spec.pruning = vjob.spec.pruning.model_copy(update={"ratio": ratio, "num_layers": None, "ratios": None})
+    update = {"ratio": None, "num_layers": None, "ratios": None, "target": None, **amount}
+    vjob.spec.pruning = vjob.spec.pruning.model_copy(update=update)
     vjob.spec.finetune.resume = True  # what makes run_pipeline take plan.json instead of analysing
     vjob.spec.dry_run = dry_run
     vjob.spec.output.uri = uri
     return vjob
+
+
+def _variant_job(job: PruneJob, ratio: float, uri: str, *, dry_run: bool = False) -> PruneJob:
+    return amount_job(job, {"ratio": ratio}, uri, dry_run=dry_run)
 
 
 def concurrency(job: PruneJob, n_variants: int) -> int:
@@ -246,7 +283,7 @@ def run_sweep(
     A dry run stops after the plans.
     """
     from interlace.pipeline import check_inputs, run_pipeline
-    from interlace.selection import LayerScores, n_drop_for_ratio, select_layers
+    from interlace.selection import n_drop_for_ratio, select_layers
 
     if ratios is None:
         if job.spec.pruning.ratios is None:
@@ -260,18 +297,13 @@ def run_sweep(
 
     # ---- the one analysis (a dry run: scores and the first ratio's plan)
     analysis_dir = out / "analysis"
-    dry = _variant_job(job, ratios[0], str(analysis_dir), dry_run=True)
     try:
-        base = run_pipeline(dry, output_dir=analysis_dir, reporter=reporter)
+        base, scores, protected = analyze_once(job, {"ratio": ratios[0]}, analysis_dir, reporter)
     except InterlaceError as err:
         if "spec.pruning" in str(err) or "ratio" in str(err):
             raise InterlaceError(f"ratios[0]: {err}") from None
         raise
-    scores = LayerScores.load(analysis_dir / "scores.json")
     num_layers = scores.num_layers
-    protected = set(spec.pruning.protected_layers)
-    if str(spec.pruning.deepstack_policy) == "protect":
-        protected |= set(scores.meta.get("deepstack_layers") or [])
 
     # ---- one plan per ratio, from the same scores (the first one is the dry run's own)
     plans: list[LayerPlan] = []
@@ -291,13 +323,7 @@ def run_sweep(
                 )
         except InterlaceError as err:
             raise InterlaceError(f"ratios[{i}]: {err}") from None
-        vdir = out / variant_name(r)
-        vdir.mkdir(parents=True, exist_ok=True)
-        save_plan(plan, vdir / "plan.json")
-        link = vdir / "scores.json"
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(Path("..") / "analysis" / "scores.json")
+        stage_plan(plan, out / variant_name(r), analysis_dir)
         plans.append(plan)
     reporter.stage(
         Phase.PLANNING, "; ".join(f"ratio {r:g}: drop {p.drop}" for r, p in zip(ratios, plans, strict=True))

@@ -275,7 +275,28 @@ class CalibrationSpec(_Spec):
     max_length: int = Field(default=2048, ge=16, le=1048576)
 
 
-AMOUNT_MESSAGE = "set exactly one of spec.pruning.ratio, spec.pruning.numLayers and spec.pruning.ratios"
+AMOUNT_MESSAGE = (
+    "set exactly one of spec.pruning.ratio, spec.pruning.numLayers, spec.pruning.ratios and spec.pruning.target"
+)
+
+
+class TargetSpec(_Spec):
+    """Find the largest drop that keeps a retention: probes of nested plans, then the full finetune."""
+
+    min_retention: float = Field(
+        gt=0,
+        le=1,
+        description="Retention to keep (pruned/base on spec.evaluation's benchmarks, 0.9 = 90%): the job "
+        "drops as many layers as it can while each probe's retention after a short healing stays >= it.",
+    )
+    max_ratio: float = Field(default=0.5, gt=0, lt=1, description="Never drop more than this fraction of layers.")
+    proxy_steps: int = Field(
+        default=10,
+        ge=0,
+        le=100_000,
+        description="Finetuning steps of each probe's short healing (0: probes are not healed). The chosen "
+        "plan then gets the full finetune of spec.finetune.",
+    )
 
 
 class PruningSpec(_Spec):
@@ -286,11 +307,11 @@ class PruningSpec(_Spec):
         gt=0,
         lt=1,
         description="Fraction of decoder layers to drop: n = floor(L * ratio). Exactly one of ratio, "
-        "numLayers and ratios.",
+        "numLayers, ratios and target.",
     )
     num_layers: int | None = Field(
         default=None, ge=1, le=1023,
-        description="Number of decoder layers to drop. Exactly one of ratio, numLayers and ratios.",
+        description="Number of decoder layers to drop. Exactly one of ratio, numLayers, ratios and target.",
     )
     ratios: list[Annotated[float, Field(gt=0, lt=1)]] | None = Field(
         default=None,
@@ -298,8 +319,8 @@ class PruningSpec(_Spec):
         max_length=16,
         description="A ratio sweep: one analysis, then one pruned variant per ratio, finetuned "
         "concurrently on the job's Ray cluster and published under <output>/ratio-<r> (Hub: "
-        "<repo>-ratio-<r>); status.results.variants holds the table. Exactly one of ratio, numLayers "
-        "and ratios.",
+        "<repo>-ratio-<r>); status.results.variants holds the table. Exactly one of ratio, numLayers, "
+        "ratios and target.",
     )
     strategy: Strategy = Field(default=Strategy.INTERLACE, strict=False)
     protected_layers: list[Annotated[int, Field(ge=0, le=1023)]] = Field(
@@ -313,9 +334,17 @@ class PruningSpec(_Spec):
         "embeddings).",
     )
 
+    target: TargetSpec | None = Field(
+        default=None,
+        description="A retention target instead of an amount: one analysis, then a search over the nested "
+        "plans it gives (each probe healed for proxySteps and evaluated), then the full finetune of the "
+        "largest drop that met it. status.results.target shows every probe. Exactly one of ratio, "
+        "numLayers, ratios and target.",
+    )
+
     @model_validator(mode="after")
     def _exactly_one_amount(self) -> PruningSpec:
-        given = [x for x in (self.ratio, self.num_layers, self.ratios) if x is not None]
+        given = [x for x in (self.ratio, self.num_layers, self.ratios, self.target) if x is not None]
         if len(given) != 1:
             raise ValueError(AMOUNT_MESSAGE)
         if self.ratios is not None and len(set(self.ratios)) != len(self.ratios):
@@ -336,6 +365,8 @@ class PruningSpec(_Spec):
         """The field that sets how many layers go (for error messages)."""
         if self.ratios is not None:
             return "spec.pruning.ratios"
+        if self.target is not None:
+            return "spec.pruning.target"
         return "spec.pruning.ratio" if self.ratio is not None else "spec.pruning.numLayers"
 
     def layers_to_drop(self, num_layers: int) -> int:
@@ -346,6 +377,8 @@ class PruningSpec(_Spec):
             raise ValueError(
                 "spec.pruning.ratios is a sweep: each ratio has its own number of layers (PruningSpec.variants())"
             )
+        if self.target is not None:
+            raise ValueError("spec.pruning.target: the number of layers is found by the job's probes")
         n = self.num_layers if self.num_layers is not None else math.floor(num_layers * float(self.ratio or 0))
         if n < 1:
             raise ValueError(
@@ -931,6 +964,26 @@ class VariantResult(_Model):
     output_uri: str | None = None
 
 
+class ProbeResult(_Model):
+    """One probe of a retention target: a plan of the nested family, briefly healed and evaluated."""
+
+    layers_dropped: int
+    retention: float | None = Field(default=None, description="Proxy retention, a fraction (0.9 = 90%).")
+    meets: bool | None = None
+
+
+class TargetResult(_Model):
+    """status.results.target: the search of spec.pruning.target and how the chosen plan did."""
+
+    min_retention: float
+    max_layers: int = Field(description="The most layers maxRatio allows to drop.")
+    probes: list[ProbeResult] = Field(default_factory=list)
+    layers_dropped: int | None = Field(default=None, description="The chosen plan (largest drop that met it).")
+    final_retention: float | None = Field(default=None, description="After the full finetune, a fraction.")
+    met: bool | None = Field(default=None, description="final retention >= minRetention; false is a miss.")
+    message: str | None = None
+
+
 class Results(_Model):
     output_uri: str | None = None
     hub_url: str | None = None
@@ -945,8 +998,11 @@ class Results(_Model):
     variants: list[VariantResult] | None = Field(
         default=None, description="A ratio sweep's variants, one row per spec.pruning.ratios entry."
     )
+    target: TargetResult | None = None
     summary: str | None = Field(
-        default=None, description="A sweep's variants in one line, e.g. `0.1: 97.2%, 0.2: 93.7%` (kubectl column)."
+        default=None,
+        description="A sweep's variants or a target's search in one line, e.g. `0.1: 97.2%, 0.2: 93.7%` "
+        "(kubectl column).",
     )
 
 

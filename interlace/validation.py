@@ -24,6 +24,7 @@ What cannot be checked offline (a hub model or dataset that is not cached here) 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from urllib.parse import urlparse
 from pydantic import ValidationError
 
 from interlace.errors import InterlaceError
+from interlace.selection import max_drop
 from interlace.spec import DataSpec, PruneJob, PruneJobSpec, SpecError
 
 _FIELD = re.compile(r"^((?:spec|metadata)(?:\.[A-Za-z0-9_]+|\[\d+\])*)(?::|\s)")
@@ -296,6 +298,17 @@ def _check_model(spec: PruneJobSpec, report: ValidationReport) -> int | None:
 def _check_amount(spec: PruneJobSpec, num_layers: int, report: ValidationReport) -> None:
     pruning = spec.pruning
     field_name = pruning.amount_field()
+    if pruning.target is not None:
+        most = math.floor(num_layers * pruning.target.max_ratio)
+        if most < 1:
+            report.error(
+                "spec.pruning.target.maxRatio",
+                f"{pruning.target.max_ratio} allows no layer of a {num_layers}-layer model to drop; use a "
+                f"maxRatio >= {1 / num_layers:.3f}",
+            )
+        else:
+            report.layers_to_drop = min(most, max_drop(num_layers))
+        return
     for i, variant in enumerate(pruning.variants()):
         where = f"{field_name}[{i}]" if pruning.is_sweep else field_name
         try:

@@ -83,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
                 from interlace.ratio_sweep import run_sweep
 
                 sweep = run_sweep(job, output_dir=output_dir, reporter=reporter)
+            elif job.spec.pruning.target is not None:  # probes of nested plans, then the full run
+                from interlace.retention_target import run_target
+
+                results = run_target(job, output_dir=output_dir, reporter=reporter)
             else:
                 results = run_pipeline(job, output_dir=output_dir, reporter=reporter)
         finally:

@@ -49,8 +49,12 @@ def run(args: argparse.Namespace) -> int:
             for e in r.errors:
                 print(f"{r.source}: error: {e}", file=sys.stderr)
             if r.ok and r.job is not None:
-                ratios = r.job.spec.pruning.ratios
+                ratios, target = r.job.spec.pruning.ratios, r.job.spec.pruning.target
                 amount = (
+                    f"retention target {target.min_retention:g}, dropping at most {r.layers_to_drop} of "
+                    f"{r.num_layers} layers"
+                    if target is not None and r.layers_to_drop is not None
+                    else
                     f"{len(ratios)} variants, dropping up to {r.layers_to_drop} of {r.num_layers} layers"
                     if ratios is not None and r.layers_to_drop is not None
                     else f"drops {r.layers_to_drop} of {r.num_layers} layers"

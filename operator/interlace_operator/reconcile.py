@@ -581,8 +581,8 @@ class Reconciler:
         results = ctx.status.get("results") or {}
         plan = ctx.status.get("plan") or {}
         bits = [outcome.message]
-        if results.get("summary"):  # a ratio sweep: every variant's retention
-            bits.append(f"variants {results['summary']}")
+        if results.get("summary"):  # a ratio sweep (every variant) or a retention target (the verdict)
+            bits.append(results["summary"])
             return "; ".join(bits)
         if plan.get("drop") is not None:
             bits.append(f"dropped layers {plan['drop']} of {plan.get('numLayers')}")
@@ -632,6 +632,8 @@ class Reconciler:
         p = job.spec.pruning
         if p.ratios is not None:
             amount = "ratios " + ", ".join(f"{r:g}" for r in p.ratios)
+        elif p.target is not None:
+            amount = f"target retention {p.target.min_retention:g}, at most ratio {p.target.max_ratio:g}"
         else:
             amount = f"ratio {p.ratio}" if p.ratio is not None else f"{p.num_layers} layers"
         return f"{job.spec.model.source}, {p.strategy}, {amount}{', dry run' if job.spec.dry_run else ''}"
