@@ -5,7 +5,7 @@
 On the same calibration batches of one model (default: a Qwen3-VL-shaped model with a 12-layer,
 512-wide text decoder, ~40M parameters, random weights, images included), measured in one run:
 
-* time: `interlace.analysis.analyze` vs a plain `torch.no_grad()` forward of the full model
+* time: `interlace.stages.analyze.similarity.analyze` vs a plain `torch.no_grad()` forward of the full model
   (`model(**batch)`, logits included) and of the base model without the LM head (what the analysis
   runs). The three are interleaved batch by batch (plain, base, analysis on batch 1, then on batch 2,
   ...) so that load from other processes hits all three alike, and repeated; the minimum over
@@ -21,7 +21,7 @@ On the same calibration batches of one model (default: a Qwen3-VL-shaped model w
 Goal: analysis time / plain forward time <= 1.10. The ratios are printed last.
 
 `--ray-workers N` (N >= 2) also measures the data-parallel analysis the pipeline runs when Ray is up
-(interlace.ray_analysis.analyze_on_ray), side by side in the same run: 1 CPU Ray worker vs N on the
+(interlace.stages.analyze.sharded.analyze_on_ray), side by side in the same run: 1 CPU Ray worker vs N on the
 same calibration rows (the model saved to a temporary directory, the samples' text written as a
 text dataset, so images are left out here), each timed end to end as the pipeline sees it (every
 task loads the model and reads its shard), after one warm-up call that starts the worker processes.
@@ -87,8 +87,8 @@ def build(family: str, seed: int) -> tuple[Any, Any]:
 
 
 def batches(processor: Any, samples: int, batch_size: int, images: bool) -> list[dict[str, Any]]:
-    from interlace.calibration import calibration_batches
-    from interlace.sample import Sample, Turn
+    from interlace.data.sample import Sample, Turn
+    from interlace.stages.analyze.calibration import calibration_batches
     from tests.fixtures.tiny import tiny_images
 
     imgs = tiny_images(8, seed=3)
@@ -135,7 +135,7 @@ def batches(processor: Any, samples: int, batch_size: int, images: bool) -> list
 def run_mode(mode: str, model: Any, data: list[dict[str, Any]]) -> None:
     import torch
 
-    from interlace.analysis import _base_model, analyze, move_batch
+    from interlace.stages.analyze.similarity import _base_model, analyze, move_batch
 
     param = next(model.parameters())
     if mode == "analysis":
@@ -301,10 +301,10 @@ def ray_speedup(model: Any, proc: Any, args: argparse.Namespace) -> None:
     """analyze_on_ray with 1 CPU worker vs args.ray_workers, same rows, interleaved repetitions."""
     import tempfile
 
-    from interlace.finetune import start_ray
-    from interlace.placement import placement_of
-    from interlace.ray_analysis import analyze_on_ray
-    from interlace.spec import DataSpec, ModelSpec
+    from interlace.runtime.placement import placement_of
+    from interlace.runtime.ray_cluster import start_ray
+    from interlace.schema.spec import DataSpec, ModelSpec
+    from interlace.stages.analyze.sharded import analyze_on_ray
 
     with tempfile.TemporaryDirectory(prefix="bench-analysis-") as tmp:
         model.save_pretrained(tmp + "/model")
@@ -332,7 +332,7 @@ def ray_speedup(model: Any, proc: Any, args: argparse.Namespace) -> None:
 
 
 def find_layers(model: Any) -> Any:
-    from interlace.models import find_parts
+    from interlace.models.load import find_parts
 
     return find_parts(model).layers
 

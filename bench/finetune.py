@@ -5,18 +5,18 @@
 One process, one run, side by side: the model is pruned by an INTERLACE plan (from a real analysis on
 calibration text), then copied twice:
 
-* interleaved: interlace.freeze as training uses it (only the plan's finetune layers train, the
+* interleaved: interlace.stages.finetune.freeze as training uses it (only the plan's finetune layers train, the
   backward pass stops below the lowest of them, checkpointing from there up);
 * all layers: every decoder layer trains (embeddings, final norm and lm_head frozen in both, so the
   comparison is about the decoder), checkpointing on every layer.
 
 Both take the same optimizer steps on the same batches (alternating, so machine load hits both
-alike), through the same step functions the Ray Train workers run (interlace.finetune). Reported:
+alike), through the same step functions the Ray Train workers run (interlace.stages.finetune.train). Reported:
 median step time, and gradient + optimizer-state bytes measured from the tensors that exist after a
 step (p.grad of trainable parameters before they are cleared, AdamW's exp_avg/exp_avg_sq).
 
 Next to the measured time ratio it prints the structural limit for the plan
-(interlace.costs.structural_ratio, shared with bench/gpu.py): forward + recomputation + backward
+(interlace.runtime.costs.structural_ratio, shared with bench/gpu.py): forward + recomputation + backward
 FLOPs counted per layer, activation gradients down to the lowest trainable layer, weight gradients
 only for trainable ones. A compute-bound implementation reaches it; the goal is measured <= 1.05 x
 the limit, and <= 0.50x memory. The limit depends on where the plan's lowest finetune layer sits:
@@ -54,16 +54,16 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import get_scheduler
 
-    from interlace.analysis import analyze
-    from interlace.calibration import calibration_batches
     from interlace.data import load_samples
     from interlace.data.encode import collate, encode_sample
-    from interlace.finetune import accumulate_gradients, apply_gradients
-    from interlace.freeze import apply_freezing, enable_checkpointing
-    from interlace.models import find_parts, load_model
-    from interlace.selection import select_layers
-    from interlace.spec import DataSpec
-    from interlace.surgery import prune_model
+    from interlace.models.load import find_parts, load_model
+    from interlace.schema.spec import DataSpec
+    from interlace.stages.analyze.calibration import calibration_batches
+    from interlace.stages.analyze.similarity import analyze
+    from interlace.stages.finetune.freeze import apply_freezing, enable_checkpointing
+    from interlace.stages.finetune.train import accumulate_gradients, apply_gradients
+    from interlace.stages.plan import select_layers
+    from interlace.stages.prune import prune_model
 
     torch.manual_seed(0)
     loaded = load_model(args.model, dtype="float32", device="cpu")
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     for mode, t, mb in (("interleaved", t_i, m_i), ("all layers", t_a, m_a)):
         print(f"| {mode} | {mem[mode]['trainable_params']:,} | {t:.3f} | {mb / 2**20:.1f} |")
     print()
-    from interlace.costs import DecoderShape, structural_ratio
+    from interlace.runtime.costs import DecoderShape, structural_ratio
 
     limit = structural_ratio(
         DecoderShape.from_config(model.config),

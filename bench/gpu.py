@@ -6,23 +6,23 @@
 Needs only python3 with torch >= 2.11, transformers >= 5.17 and accelerate: no Ray, no pydantic, no
 hub, no package registry (the configs below are transcribed from the published config.json files;
 the weights are random). It imports from this repository the library pieces that need neither
-pydantic nor Ray: interlace.models, interlace.analysis, interlace.selection.interlace_layers,
-interlace.surgery, interlace.freeze and interlace.costs. On one H100/H200 both models take a few
+pydantic nor Ray: interlace.models.load, interlace.stages.analyze.similarity, interlace.stages.plan.interlace_layers,
+interlace.stages.prune, interlace.stages.finetune.freeze and interlace.runtime.costs. On one H100/H200 both models take a few
 minutes (budget: 8).
 
 For each model, side by side:
 
-* analysis (interlace.analysis.analyze: the pack-1/2/3 hooks) / a plain forward of the same batches;
+* analysis (interlace.stages.analyze.similarity.analyze: the pack-1/2/3 hooks) / a plain forward of the same batches;
 * a plan: INTERLACE windows on those (random-weight) scores, DeepStack layers protected, the
-  examples' ratios (8B 25 %, 4B 20 %); the model is pruned in place with interlace.surgery;
+  examples' ratios (8B 25 %, 4B 20 %); the model is pruned in place with interlace.stages.prune;
 * pruned / base prefill and decode throughput (tokens per second, generate with a KV cache);
-* INTERLACE finetune step (interlace.freeze: only the plan's finetune layers train, backward stops
+* INTERLACE finetune step (interlace.stages.finetune.freeze: only the plan's finetune layers train, backward stops
   at the lowest of them, checkpointing from there up) vs full finetune of the same pruned model
   (every decoder layer trains; embeddings, norm, lm_head frozen in both), the library's precision
   scheme (frozen weights bf16, trainable fp32 master weights, bf16 autocast, AdamW) unless the full
-  finetune would not fit the GPU (interlace.costs estimate), then bf16 trainables in both modes:
+  finetune would not fit the GPU (interlace.runtime.costs estimate), then bf16 trainables in both modes:
   median step time, peak GPU memory, tokens/s, MFU, and the structural FLOP limit of the step-time
-  ratio (interlace.costs.structural_ratio) next to the measured one.
+  ratio (interlace.runtime.costs.structural_ratio) next to the measured one.
 
 Inputs are random token ids (text only: the vision tower is frozen and not pruned, so images would
 add the same cost to both sides).
@@ -99,7 +99,7 @@ PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "B200
 
 @dataclasses.dataclass
 class Plan:
-    """The fields of interlace.spec.LayerPlan, as a plain dataclass (no pydantic on a bare host)."""
+    """The fields of interlace.schema.spec.LayerPlan, as a plain dataclass (no pydantic on a bare host)."""
 
     num_layers: int
     strategy: str
@@ -198,7 +198,7 @@ def analysis_vs_forward(model: Any, sizes: Sizes, limit: int, clock: Clock) -> t
     """(scores, analysis seconds, plain forward seconds) over the same batches; one warm-up each."""
     import torch
 
-    from interlace.analysis import analyze
+    from interlace.stages.analyze.similarity import analyze
 
     dev = next(model.parameters()).device
     batches = []
@@ -250,8 +250,8 @@ def serving_speed(model: Any, sizes: Sizes, limit: int, clock: Clock) -> dict[st
 
 def train_mode(model: Any, plan: Plan | None, *, master: Any, checkpointing: bool) -> list[int]:
     """Make `model` trainable as INTERLACE (plan) or full finetune (None); returns trainable positions."""
-    from interlace.freeze import apply_freezing, enable_checkpointing
-    from interlace.models import find_parts
+    from interlace.models.load import find_parts
+    from interlace.stages.finetune.freeze import apply_freezing, enable_checkpointing
 
     parts = find_parts(model)
     if plan is not None:
@@ -320,11 +320,11 @@ def finetune_steps(model: Any, sizes: Sizes, limit: int, clock: Clock, *, autoca
 def bench_model(name: str, spec: dict[str, Any], args: argparse.Namespace, device: Any) -> dict[str, Any]:
     import torch
 
-    from interlace.costs import DecoderShape, memory_estimate, step_flops_per_token, structural_ratio
-    from interlace.freeze import finetune_positions
-    from interlace.models import find_parts
-    from interlace.selection import interlace_layers
-    from interlace.surgery import prune_model
+    from interlace.models.load import find_parts
+    from interlace.runtime.costs import DecoderShape, memory_estimate, step_flops_per_token, structural_ratio
+    from interlace.stages.finetune.freeze import finetune_positions
+    from interlace.stages.plan import interlace_layers
+    from interlace.stages.prune import prune_model
 
     sizes = TINY_SIZES if args.tiny else GPU_SIZES
     gpu = device.type == "cuda"
@@ -505,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(report(results))
     print(f"\ntotal {time.perf_counter() - started:.0f} s; random weights, random token ids; "
-          "structural limit: interlace.costs (forward + recomputation + backward FLOPs per layer)")
+          "structural limit: interlace.runtime.costs (forward + recomputation + backward FLOPs per layer)")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
     return 0

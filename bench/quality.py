@@ -6,7 +6,7 @@ The embedded default (SmolLM2-135M-Instruct, 30 layers) is analysed once on cali
 (builtin:english); every strategy then plans the same number of layers (20%) from the same scores,
 the model is pruned, its held-out perplexity (builtin:english-heldout, assistant tokens) measured,
 then the plan's finetune layers are trained on Ray Train exactly as `interlace run` does
-(interlace.finetune, same data, same steps for every strategy) and perplexity is measured again.
+(interlace.stages.finetune.train, same data, same steps for every strategy) and perplexity is measured again.
 
 Retention = base perplexity / pruned perplexity (1.0 = as good as the unpruned model). The paper's
 ordering (INTERLACE best) is the expectation; the table reports what this run measures.
@@ -57,15 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_raylet_start_wait_time_s", "180")
     import ray
 
-    from interlace.analysis import analyze
-    from interlace.calibration import calibration_batches
     from interlace.data import load_samples
-    from interlace.evaluation import perplexity
-    from interlace.finetune import finetune, start_ray
-    from interlace.models import load_model
-    from interlace.selection import select_layers
-    from interlace.spec import DataSpec, FinetuneSpec
-    from interlace.surgery import prune_model, save_model
+    from interlace.models.load import load_model
+    from interlace.runtime.ray_cluster import start_ray
+    from interlace.schema.spec import DataSpec, FinetuneSpec
+    from interlace.stages.analyze.calibration import calibration_batches
+    from interlace.stages.analyze.similarity import analyze
+    from interlace.stages.evaluate import perplexity
+    from interlace.stages.finetune.train import finetune
+    from interlace.stages.plan import select_layers
+    from interlace.stages.prune import prune_model, save_model
 
     t_start = time.monotonic()
     base = load_model(args.model, dtype="float32", device="cpu")

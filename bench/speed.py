@@ -5,7 +5,7 @@
 
 One process, one run, side by side: the base model is loaded once, a copy is pruned with the project's
 surgery (layers spread over the middle of the decoder; which ones does not matter for speed, all
-decoder layers cost the same), and `interlace.evaluation.speed.measure_speed` times both on the same
+decoder layers cost the same), and `interlace.stages.evaluate.speed.measure_speed` times both on the same
 prompts with interleaved repetitions (base/pruned order alternating per prompt and repetition), batch
 size 1, greedy. Prefill speedup = TTFT_base / TTFT_pruned; decode speedup = tps_pruned / tps_base.
 Expected on CPU: both > 1, below the layer ratio L / (L - n) because embeddings, the LM head and the
@@ -44,7 +44,7 @@ PROMPTS = [
 
 def spread_plan(num_layers: int, n_drop: int):  # type: ignore[no-untyped-def]
     """Drop n layers spread over the middle of the decoder; finetune each one's successor."""
-    from interlace.spec import LayerPlan
+    from interlace.schema.spec import LayerPlan
 
     lo, hi = max(1, num_layers // 6), num_layers - 2
     step = (hi - lo) / n_drop
@@ -67,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from interlace.evaluation.speed import measure_speed
-    from interlace.models import load_model
-    from interlace.surgery import prune_model
+    from interlace.models.load import load_model
+    from interlace.stages.evaluate.speed import measure_speed
+    from interlace.stages.prune import prune_model
 
     t0 = time.perf_counter()
     loaded = load_model(args.model, dtype="float32", device="cpu")

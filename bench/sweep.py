@@ -9,7 +9,7 @@ process (`interlace run -f`, its own local Ray cluster):
 
 * separate: one job per ratio (`spec.pruning.ratio: r`), run one after another;
 * sweep: one job with `spec.pruning.ratios: [...]`: one analysis, the variants concurrent on one
-  Ray cluster (interlace.ratio_sweep).
+  Ray cluster (interlace.pipeline.sweep).
 
 The arms alternate (sweep, separate, sweep, ... with --repeat) so machine load hits both alike; the
 ratio is sweep / separate wall time (goal <= 0.6x for 3 ratios). It also checks that the sweep's

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Generate docs/crd-reference.md from the PruneJob CRD's OpenAPI schema.
 
-The CRD (manifests/base/crd.yaml) is itself generated from the pydantic models in interlace/spec.py
-(`python -m interlace.crd --write`), so the reference shows exactly what the API server enforces:
+The CRD (manifests/base/crd.yaml) is itself generated from the pydantic models in interlace/schema/spec.py
+(`python -m interlace.schema.crd --write`), so the reference shows exactly what the API server enforces:
 every field of spec and status with its type, default, constraints and description, plus the
 printer columns and names. A test runs `--check` so the page never drifts from the schema.
 
@@ -138,7 +138,7 @@ def render(crd: dict[str, Any], source: str) -> str:
         "`python hack/gen-crd-docs.py`. -->",
         "",
         f"The `{names['kind']}` custom resource, as the API server validates it. The schema is generated "
-        "from the pydantic models in `interlace/spec.py`, the same models `interlace run -f` uses, so a "
+        "from the pydantic models in `interlace/schema/spec.py`, the same models `interlace run -f` uses, so a "
         "document valid here is valid locally too (and the CLI's messages name the same fields).",
         "",
         "| | |",
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="fail if the output file is stale")
     args = parser.parse_args(argv)
     if not args.crd.is_file():
-        print(f"{args.crd}: missing (generate it with `python -m interlace.crd --write`)", file=sys.stderr)
+        print(f"{args.crd}: missing (generate it with `python -m interlace.schema.crd --write`)", file=sys.stderr)
         return 2
     try:
         source = str(args.crd.resolve().relative_to(REPO))

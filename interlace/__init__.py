@@ -1,6 +1,6 @@
 """INTERLACE layer pruning for vision-language models (arXiv 2511.19676).
 
-The package is layered: `interlace.spec` (pydantic only) is shared with the operator; everything
+The package is layered: `interlace.schema.spec` (pydantic only) is shared with the operator; everything
 that needs torch, transformers or ray is imported lazily by the modules that use it.
 
 The Python API (interlace.api) is importable from here; `import interlace` itself imports nothing
@@ -28,7 +28,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(api, name)
     if name in _SPEC:
-        from interlace import spec
+        from interlace.schema import spec
 
         return getattr(spec, name)
     if name == "InterlaceError":

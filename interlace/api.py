@@ -19,7 +19,7 @@
 The CLI subcommands analyze, plan, prune and evaluate are thin wrappers around these functions, so
 a bad argument raises the same `InterlaceError` (a `ValueError`) with the same message; messages name
 the keyword argument here (``samples=0``) and the option on the command line (``--samples 0``).
-`interlace.run` raises `interlace.spec.SpecError` (an InterlaceError) naming every bad field.
+`interlace.run` raises `interlace.schema.spec.SpecError` (an InterlaceError) naming every bad field.
 
 Importing this module is cheap: torch, transformers and ray are imported inside the functions.
 """
@@ -36,13 +36,13 @@ from interlace.artifacts import atomic_write_json
 from interlace.errors import InterlaceError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from interlace.finetune import FinetuneResult
-    from interlace.models import LoadedModel
-    from interlace.progress import Reporter
-    from interlace.ratio_sweep import SweepResult
-    from interlace.selection import LayerScores
-    from interlace.spec import LayerPlan, PruneJob, Results
-    from interlace.validation import ValidationReport
+    from interlace.models.load import LoadedModel
+    from interlace.pipeline.sweep import SweepResult
+    from interlace.pipeline.validate import ValidationReport
+    from interlace.runtime.progress import Reporter
+    from interlace.schema.spec import LayerPlan, PruneJob, Results
+    from interlace.stages.analyze.scores import LayerScores
+    from interlace.stages.finetune.train import FinetuneResult
 
 # Files a processor or tokenizer is saved as (any of them means the checkpoint has one).
 PROCESSOR_FILES = (
@@ -124,14 +124,14 @@ class PruneResult:
 def validate(job: PruneJob | dict[str, Any] | str | Path, *, cluster: bool = False) -> ValidationReport:
     """`interlace validate`: schema and offline checks; never raises for a bad spec (see `.ok`,
     `.errors`; `.raise_for_errors()` raises SpecError naming every field)."""
-    from interlace.validation import validate as _validate
+    from interlace.pipeline.validate import validate as _validate
 
     return _validate(job, cluster=cluster)
 
 
 def load_job(job: PruneJob | dict[str, Any] | str | Path) -> PruneJob:
     """A PruneJob from an object, a dict (as YAML would give) or a YAML path; SpecError naming fields."""
-    from interlace.spec import PruneJob, load_prunejob, parse_prunejob
+    from interlace.schema.spec import PruneJob, load_prunejob, parse_prunejob
 
     if isinstance(job, PruneJob):
         return job.model_copy(deep=True)
@@ -148,7 +148,7 @@ def _data_spec(
 ) -> Any:
     from pydantic import ValidationError
 
-    from interlace.spec import DataSpec, format_validation_error
+    from interlace.schema.spec import DataSpec, format_validation_error
 
     if isinstance(data, DataSpec):
         return data
@@ -164,7 +164,7 @@ def _data_spec(
 
 
 def _load(model: Any, **kw: Any) -> LoadedModel:
-    from interlace.models import LoadedModel, load_model
+    from interlace.models.load import LoadedModel, load_model
 
     if isinstance(model, LoadedModel):
         return model
@@ -207,8 +207,8 @@ def analyze(
     where = "--data" if _cli else "data"
     check_source(spec, where=where)
 
-    from interlace.analysis import analyze as _analyze
-    from interlace.calibration import CalibrationStats, calibration_batches
+    from interlace.stages.analyze.calibration import CalibrationStats, calibration_batches
+    from interlace.stages.analyze.similarity import analyze as _analyze
 
     loaded = _load(model, dtype=dtype, device=device)
     n = loaded.parts.num_layers
@@ -230,7 +230,7 @@ def analyze(
     if out is not None:
         scores.save(out)
     if heat is not None:
-        from interlace.plots import heatmap as draw
+        from interlace.stages.analyze.heatmap import heatmap as draw
 
         draw(scores, heat, title=f"{loaded.source or model}: layer similarity")
     return scores
@@ -253,8 +253,10 @@ def plan(
     Exactly one of `ratio` (n = floor(L * ratio)) and `num_layers` (layers to drop). With
     `deepstack_policy="protect"`, the Qwen3-VL DeepStack receivers recorded in the scores are kept.
     """
-    from interlace.selection import LayerScores, max_drop, n_drop_for_ratio, save_plan, select_layers
-    from interlace.spec import Strategy
+    from interlace.schema.limits import max_drop
+    from interlace.schema.spec import Strategy
+    from interlace.stages.analyze.scores import LayerScores
+    from interlace.stages.plan import n_drop_for_ratio, save_plan, select_layers
 
     out = Path(output) if output is not None else None
     _not_a_dir("output", out, _cli)
@@ -297,8 +299,8 @@ def plan(
 def _load_plan(p: LayerPlan | str | Path | dict[str, Any]) -> LayerPlan:
     from pydantic import ValidationError
 
-    from interlace.selection import load_plan
-    from interlace.spec import LayerPlan, format_validation_error
+    from interlace.schema.spec import LayerPlan, format_validation_error
+    from interlace.stages.plan import load_plan
 
     if isinstance(p, LayerPlan):
         return p
@@ -471,8 +473,8 @@ def _surgery(
         raise InterlaceError(f"{_arg('deepstack_policy', deepstack_policy, cli)}: use protect or position")
     p = _load_plan(plan_source)  # validated before the model is loaded
 
-    from interlace.models import load_model
-    from interlace.surgery import prune_model, save_model
+    from interlace.models.load import load_model
+    from interlace.stages.prune import prune_model, save_model
 
     loaded = load_model(str(model), dtype=dtype, device="cpu", processor_optional=True)
     n = loaded.parts.num_layers
@@ -525,7 +527,7 @@ def finetune(
     """
     from pydantic import ValidationError
 
-    from interlace.spec import FinetuneSpec, format_validation_error
+    from interlace.schema.spec import FinetuneSpec, format_validation_error
 
     if workers < 1:
         raise InterlaceError(f"workers={workers}: need at least 1 Ray Train worker")
@@ -542,8 +544,8 @@ def finetune(
     from interlace.data import check_source
 
     check_source(ft.data, where="data")
-    from interlace.finetune import finetune as _finetune
-    from interlace.finetune import start_ray
+    from interlace.runtime.ray_cluster import start_ray
+    from interlace.stages.finetune.train import finetune as _finetune
 
     start_ray(local=local)
     return _finetune(
@@ -580,7 +582,7 @@ def evaluate(
     conversations) and/or local VQA sets; relative performance and, with `speed`, the speedups."""
     from pydantic import ValidationError
 
-    from interlace.spec import EvaluationSpec, format_validation_error
+    from interlace.schema.spec import EvaluationSpec, format_validation_error
 
     try:
         spec_data = None
@@ -603,7 +605,7 @@ def evaluate(
             format_validation_error(err, prefix="--" if _cli else "").replace("\n", "; ")
         ) from None
 
-    from interlace.evaluation import check_benchmarks
+    from interlace.stages.evaluate import check_benchmarks
 
     check_benchmarks(spec)  # bad benchmarks fail before any model loads
     out = Path(output) if output is not None else None
@@ -612,7 +614,7 @@ def evaluate(
             f"{_arg('output', out, _cli)} is a directory; give a file name like results.json"
         )
 
-    from interlace.evaluation import evaluate as _evaluate
+    from interlace.stages.evaluate import evaluate as _evaluate
 
     b = _load(base, device=device)
     p = _load(pruned, device=device)
@@ -654,7 +656,7 @@ def run(
     if max_steps is not None:
         pj.spec.finetune.max_steps = max_steps
 
-    from interlace.pipeline import check_inputs, resolve_output_dir
+    from interlace.pipeline.run import check_inputs, resolve_output_dir
 
     output_dir = resolve_output_dir(pj.spec.output.uri, job=pj)
     check_inputs(pj.spec)  # bad data/benchmarks fail before Ray or a model starts
@@ -662,19 +664,19 @@ def run(
     multi = _reporters(output_dir, reporter, quiet)
 
     if pj.spec.finetune.enabled and not pj.spec.dry_run:  # only finetuning needs Ray
-        from interlace.finetune import start_ray
+        from interlace.runtime.ray_cluster import start_ray
 
         start_ray(local=local)
 
-    from interlace.pipeline import run_pipeline
+    from interlace.pipeline.run import run_pipeline
 
     try:
         if pj.spec.pruning.is_sweep:  # spec.pruning.ratios: a SweepResult, one variant per ratio
-            from interlace.ratio_sweep import run_sweep
+            from interlace.pipeline.sweep import run_sweep
 
             return run_sweep(pj, output_dir=output_dir, reporter=multi)
         if pj.spec.pruning.target is not None:  # probes of nested plans, then the full run
-            from interlace.retention_target import run_target
+            from interlace.pipeline.target import run_target
 
             results = run_target(pj, output_dir=output_dir, reporter=multi)
         else:
@@ -695,9 +697,9 @@ def sweep(
     reporter: Reporter | None = None,
     quiet: bool = False,
 ) -> SweepResult:
-    """A ratio sweep of a PruneJob: one analysis, one variant per ratio (interlace.ratio_sweep); the job's
+    """A ratio sweep of a PruneJob: one analysis, one variant per ratio (interlace.pipeline.sweep); the job's
     own ratio/numLayers is replaced by each ratio. Returns a SweepResult (`.variants`, `.table()`)."""
-    from interlace.ratio_sweep import check_ratios, run_sweep
+    from interlace.pipeline.sweep import check_ratios, run_sweep
 
     pj = load_job(job)
     check_ratios(ratios)
@@ -713,13 +715,13 @@ def sweep(
     if max_steps is not None:
         pj.spec.finetune.max_steps = max_steps
 
-    from interlace.pipeline import check_inputs, resolve_output_dir
+    from interlace.pipeline.run import check_inputs, resolve_output_dir
 
     output_dir = resolve_output_dir(pj.spec.output.uri, job=pj)
     check_inputs(pj.spec)
     multi = _reporters(output_dir, reporter, quiet)
     if pj.spec.finetune.enabled and not pj.spec.dry_run:
-        from interlace.finetune import start_ray
+        from interlace.runtime.ray_cluster import start_ray
 
         start_ray(local=local)
     try:
@@ -729,12 +731,12 @@ def sweep(
 
 
 def _reporters(output_dir: Path, reporter: Reporter | None, quiet: bool) -> Any:
-    from interlace.progress import JsonlReporter, MultiReporter
-    from interlace.progress import Reporter as _Reporter
+    from interlace.runtime.progress import JsonlReporter, MultiReporter
+    from interlace.runtime.progress import Reporter as _Reporter
 
     sinks: list[_Reporter] = []
     if not quiet:
-        from interlace.console import ConsoleReporter
+        from interlace.runtime.console import ConsoleReporter
 
         sinks.append(ConsoleReporter())
     if reporter is not None:
@@ -746,7 +748,7 @@ def _reporters(output_dir: Path, reporter: Reporter | None, quiet: bool) -> Any:
 
 def result_of_run(output_dir: Path, results: Results) -> PruneResult:
     """A PruneResult from a finished run's output directory (plan.json) and its Results."""
-    from interlace.spec import LayerPlan
+    from interlace.schema.spec import LayerPlan
 
     plan_doc = json.loads((output_dir / "plan.json").read_text())
     model_dir = output_dir / "model"

@@ -1,4 +1,4 @@
-"""The CRD generated from interlace/spec.py: committed files are current, and the schema is structural.
+"""The CRD generated from interlace/schema/spec.py: committed files are current, and the schema is structural.
 
 The API-server side (the real kube-apiserver accepting the CRD and rejecting bad PruneJobs with
 messages naming the field) is in tests/operator/test_crd_server.py.
@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from interlace import crd
-from interlace.spec import PruneJobSpec, PruneJobStatus
+from interlace.schema import crd
+from interlace.schema.spec import PruneJobSpec, PruneJobStatus
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,19 +41,19 @@ def root(built: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_committed_files_match_the_models() -> None:
-    """Fails when spec.py changed without `python -m interlace.crd --write`."""
+    """Fails when spec.py changed without `python -m interlace.schema.crd --write`."""
     stale = crd.drift(REPO)
-    assert not stale, f"regenerate with `python -m interlace.crd --write`: {stale}"
+    assert not stale, f"regenerate with `python -m interlace.schema.crd --write`: {stale}"
 
 
 def test_check_flag_exits_nonzero_on_drift(tmp_path: Path) -> None:
     crd.write(tmp_path)
-    ok = subprocess.run([sys.executable, "-m", "interlace.crd", "--check", "--root", str(tmp_path)])
+    ok = subprocess.run([sys.executable, "-m", "interlace.schema.crd", "--check", "--root", str(tmp_path)])
     assert ok.returncode == 0
     target = tmp_path / crd.MANIFEST_PATH
     target.write_text(target.read_text().replace("minimum: 1", "minimum: 2", 1))
     bad = subprocess.run(
-        [sys.executable, "-m", "interlace.crd", "--check", "--root", str(tmp_path)], capture_output=True, text=True
+        [sys.executable, "-m", "interlace.schema.crd", "--check", "--root", str(tmp_path)], capture_output=True, text=True
     )
     assert bad.returncode == 1
     assert "manifests/base/crd.yaml is stale" in bad.stderr

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from interlace.data.loader import load_samples, plan
 from interlace.data.stats import DataStats
-from interlace.spec import DataSpec
+from interlace.schema.spec import DataSpec
 
 
 def check_source(spec: DataSpec, *, where: str = "data") -> None:

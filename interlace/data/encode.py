@@ -36,9 +36,9 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from interlace.data.sample import Sample, Turn
 from interlace.data.stats import DataStats
 from interlace.errors import InterlaceError
-from interlace.sample import Sample, Turn
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from interlace.data.rows import MalformedRow, finevision_row_to_sample, text_to_sample
+from interlace.data.sample import Sample
 from interlace.data.sampling import pick_indices, rows_to_take, share_cap, subset_seed
 from interlace.data.sources import Subset, resolve_subsets, split_paragraphs
 from interlace.data.stats import DataStats
-from interlace.sample import Sample
-from interlace.spec import DataSpec
+from interlace.schema.spec import DataSpec
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from interlace.sample import Sample, Turn
+from interlace.data.sample import Sample, Turn
 
 
 class MalformedRow(Exception):

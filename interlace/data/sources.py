@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from interlace.errors import InterlaceError
-from interlace.spec import DataSpec
+from interlace.schema.spec import DataSpec
 
 FINEVISION_ID = "HuggingFaceM4/FineVision"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from interlace.spec import (
+from interlace.schema.spec import (
     API_GROUP,
     API_VERSION,
     KIND,
@@ -34,7 +34,7 @@ from interlace_operator.rbac import job_role_rules
 
 DATA_MOUNT_DIR = "/data"
 ENV_PRUNEJOB = "INTERLACE_PRUNEJOB"
-# The token publishing to the Hub uses (interlace.publish.hub.hub_token reads it before HF_TOKEN).
+# The token publishing to the Hub uses (interlace.stages.publish.hub.hub_token reads it before HF_TOKEN).
 HUB_TOKEN_ENV = "INTERLACE_HUB_TOKEN"
 ENV_SPEC = "INTERLACE_PRUNEJOB_SPEC"  # the validated PruneJob document (YAML) the job runs
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -167,7 +167,7 @@ def _env(job: PruneJob, owner: Owner) -> tuple[list[dict[str, Any]], list[dict[s
         env.append(_secret_env(HUB_TOKEN_ENV, publish_secret))
     if job.spec.resources.pvc_name:
         # Work files of remote (s3://, hf://) outputs go to the claim every Ray pod mounts, not into
-        # the head's container (interlace.commands.run checks that a cluster run has shared storage).
+        # the head's container (interlace.cli.run checks that a cluster run has shared storage).
         env.append({"name": "INTERLACE_WORK_DIR", "value": f"{DATA_MOUNT_DIR}/.interlace-work"})
     env_from: list[dict[str, Any]] = []
     if job.spec.output.s3_secret:

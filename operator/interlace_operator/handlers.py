@@ -26,7 +26,7 @@ from typing import Any, cast
 
 import kopf
 
-from interlace.spec import API_GROUP, API_VERSION, PLURAL
+from interlace.schema.spec import API_GROUP, API_VERSION, PLURAL
 from interlace_operator import names
 from interlace_operator.config import OperatorConfig
 from interlace_operator.kube import ConflictError, Kube, controller_of, make_api_client

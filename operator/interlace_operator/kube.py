@@ -16,7 +16,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from interlace.spec import API_GROUP, API_VERSION, PLURAL
+from interlace.schema.spec import API_GROUP, API_VERSION, PLURAL
 from interlace_operator.status import rfc3339, utcnow
 
 log = logging.getLogger(__name__)

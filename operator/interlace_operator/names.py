@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from interlace.spec import API_GROUP
+from interlace.schema.spec import API_GROUP
 
 LABEL_PRUNEJOB = f"{API_GROUP}/prunejob"
 LABEL_ATTEMPT = f"{API_GROUP}/attempt"

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from interlace.spec import API_GROUP, PLURAL
+from interlace.schema.spec import API_GROUP, PLURAL
 
 RULES: list[dict[str, list[str]]] = [
     {"apiGroups": [API_GROUP], "resources": [PLURAL], "verbs": ["get", "list", "watch"]},
@@ -78,7 +78,7 @@ def cluster_role(name: str = "interlace-operator") -> dict[str, Any]:
     }
 
 
-# Status fields only the operator writes (interlace.spec.PruneJobStatus); the job writes the others.
+# Status fields only the operator writes (interlace.schema.spec.PruneJobStatus); the job writes the others.
 OPERATOR_STATUS_FIELDS = (
     "phase", "conditions", "observedGeneration", "rayJob", "attempts", "startTime", "completionTime"
 )

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from interlace.spec import API_GROUP, API_VERSION, KIND, Phase, PruneJob, SpecError, parse_prunejob
+from interlace.schema.spec import API_GROUP, API_VERSION, KIND, Phase, PruneJob, SpecError, parse_prunejob
 from interlace_operator import builders, names
 from interlace_operator.config import OperatorConfig
 from interlace_operator.kube import ConflictError, Kube

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from interlace.spec import API_GROUP, PLURAL
+from interlace.schema.spec import API_GROUP, PLURAL
 
 EDITOR = "interlace-prunejob-editor"
 VIEWER = "interlace-prunejob-viewer"

@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from interlace.calibration import calibration_batches
-from interlace.spec import LayerPlan
+from interlace.schema.spec import LayerPlan
+from interlace.stages.analyze.calibration import calibration_batches
 from tests.fixtures.tiny import tiny_samples
 
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from interlace.analysis import analyze
-from interlace.calibration import calibration_batches
 from interlace.errors import InterlaceError
-from interlace.selection import LayerScores
+from interlace.stages.analyze.calibration import calibration_batches
+from interlace.stages.analyze.scores import LayerScores
+from interlace.stages.analyze.similarity import analyze
 from tests.fixtures.tiny import tiny, tiny_samples
 
 MAX_LEN = 256
@@ -160,7 +160,7 @@ def test_max_window_and_empty_input() -> None:
 
 def test_sums_of_disjoint_shards_merge_to_the_whole() -> None:
     """What data-parallel workers return (AnalysisSums), merged, equals one pass over all batches."""
-    from interlace.analysis import AnalysisSums, analysis_sums
+    from interlace.stages.analyze.similarity import AnalysisSums, analysis_sums
 
     model, processor = tiny("llama")
     samples = tiny_samples(7, images=False)

@@ -57,8 +57,9 @@ def test_replace_is_whole_and_leaves_no_temp_file(tmp_path: Path, umask: int) ->
 def test_run_artifacts_are_readable_by_others(tmp_path: Path, umask: int) -> None:
     """`interlace plan` and the heatmap: files 0644 under a 022 umask, as a shared volume needs."""
     from interlace.cli import main
-    from interlace.plots import heatmap
-    from interlace.selection import LayerScores, load_plan
+    from interlace.stages.analyze.heatmap import heatmap
+    from interlace.stages.analyze.scores import LayerScores
+    from interlace.stages.plan import load_plan
 
     scores = LayerScores(num_layers=8, scores={1: [0.5] * 7, 2: [0.4] * 6, 3: [0.1, 0.2, 0.9, 0.3, 0.4]})
     s = scores.save(tmp_path / "run" / "scores.json")

@@ -9,9 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from interlace.selection import LayerScores, interlace_layers, select_layers
-from interlace.spec import DeepstackPolicy
-from interlace.surgery import DEEPSTACK_POLICIES
+from interlace.schema.spec import DeepstackPolicy
+from interlace.stages.analyze.scores import LayerScores
+from interlace.stages.plan import interlace_layers, select_layers
+from interlace.stages.prune import DEEPSTACK_POLICIES
 
 REPO = Path(__file__).resolve().parents[2]
 # Make `import pydantic` / `import ray` fail in the child, as on a host that lacks them.
@@ -35,8 +36,8 @@ def test_interlace_layers_equals_select_layers() -> None:
 
 def test_library_imports_without_pydantic_or_ray() -> None:
     code = BLOCK + (
-        "import interlace.analysis, interlace.costs, interlace.freeze, interlace.models, "
-        "interlace.selection, interlace.surgery; print('ok')"
+        "import interlace.stages.analyze.similarity, interlace.runtime.costs, interlace.stages.finetune.freeze, interlace.models.load, "
+        "interlace.stages.plan, interlace.stages.prune; print('ok')"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(REPO)})

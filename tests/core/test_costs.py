@@ -1,10 +1,10 @@
-"""interlace.costs: the FLOP count behind the structural limit, and the GPU memory estimate."""
+"""interlace.runtime.costs: the FLOP count behind the structural limit, and the GPU memory estimate."""
 
 from __future__ import annotations
 
 import pytest
 
-from interlace.costs import (
+from interlace.runtime.costs import (
     DecoderShape,
     memory_estimate,
     parse_quantity,

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from interlace.cli import main
-from interlace.spec import SpecError, parse_prunejob
+from interlace.schema.spec import SpecError, parse_prunejob
 from tests.fixtures.invalid_prunejobs import CASES, Bad, maximal_doc, valid_doc
 
 
@@ -21,18 +21,18 @@ class _Ran(Exception):
 
 @pytest.fixture
 def no_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
-    import interlace.pipeline
+    import interlace.pipeline.run
 
     def refuse(*_a: object, **_k: object) -> None:
         raise _Ran
 
-    monkeypatch.setattr(interlace.pipeline, "resolve_output_dir", refuse)
+    monkeypatch.setattr(interlace.pipeline.run, "resolve_output_dir", refuse)
 
 
 def test_the_corpus_is_large_and_covers_every_spec_field() -> None:
     assert len(CASES) >= 100
     assert len({c.id for c in CASES}) == len(CASES)
-    from interlace import spec as S
+    from interlace.schema import spec as S
 
     covered = {c.field for c in CASES} | {c.path for c in CASES}
     models = {

@@ -11,7 +11,7 @@ import pytest
 from torch import nn
 
 from interlace.errors import InterlaceError
-from interlace.models import SUPPORTED_FAMILIES, find_parts, load_model, resolve_dtype
+from interlace.models.load import SUPPORTED_FAMILIES, find_parts, load_model, resolve_dtype
 from tests.fixtures.tiny import KINDS, VLM_KINDS, save_tiny, tiny
 
 
@@ -73,7 +73,7 @@ def test_uncached_hub_id_offline_fails_fast() -> None:
     code = (
         "import sys\n"
         "from interlace.errors import InterlaceError\n"
-        "from interlace.models import load_model\n"
+        "from interlace.models.load import load_model\n"
         "import time\n"
         "t = time.monotonic()\n"
         "try:\n"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from interlace.pipeline import resolve_output_dir
+from interlace.pipeline.run import resolve_output_dir
 
 
 def test_local_output_is_the_directory_itself(tmp_path: Path) -> None:

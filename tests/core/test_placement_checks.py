@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from interlace.errors import InterlaceError
-from interlace.placement import check_attention, check_memory, count_params, finetune_memory
-from interlace.spec import PruneJobSpec
+from interlace.runtime.placement import check_attention, check_memory, count_params, finetune_memory
+from interlace.schema.spec import PruneJobSpec
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from interlace.plots import heatmap
-from interlace.selection import LayerScores, select_layers
+from interlace.stages.analyze.heatmap import heatmap
+from interlace.stages.analyze.scores import LayerScores
+from interlace.stages.plan import select_layers
 
 
 def test_heatmap_with_plan(tmp_path: Path) -> None:

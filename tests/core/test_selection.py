@@ -7,16 +7,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from interlace.errors import InterlaceError
-from interlace.selection import (
-    LayerScores,
-    load_plan,
-    max_drop,
-    n_drop_for_ratio,
-    protected_layers,
-    save_plan,
-    select_layers,
-)
-from interlace.spec import LayerPlan, PruningSpec
+from interlace.schema.limits import max_drop
+from interlace.schema.spec import LayerPlan, PruningSpec
+from interlace.stages.analyze.scores import LayerScores
+from interlace.stages.plan import load_plan, n_drop_for_ratio, protected_layers, save_plan, select_layers
 
 
 def _scores(

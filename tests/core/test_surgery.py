@@ -13,8 +13,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
 from interlace.errors import InterlaceError
-from interlace.models import find_parts
-from interlace.surgery import kept_positions, prune_model, save_model
+from interlace.models.load import find_parts
+from interlace.stages.prune import kept_positions, prune_model, save_model
 from tests.core.helpers import greedy, logits, plan_dropping, sample_batch
 from tests.fixtures.tiny import KINDS, VLM_KINDS, tiny
 

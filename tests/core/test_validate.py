@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from interlace.cli import main
-from interlace.validation import validate
+from interlace.pipeline.validate import validate
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = sorted(

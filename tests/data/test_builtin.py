@@ -13,7 +13,7 @@ from interlace.builtin import resolve_source
 from interlace.data import DataStats, load_samples
 from interlace.data.english import is_heldout
 from interlace.errors import InterlaceError
-from interlace.spec import DataSpec
+from interlace.schema.spec import DataSpec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -84,7 +84,7 @@ def test_smollm2_converts_once_reloads_and_talks(monkeypatch: pytest.MonkeyPatch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from interlace.data.encode import IGNORE_INDEX, encode_sample
-    from interlace.sample import Sample, Turn
+    from interlace.data.sample import Sample, Turn
 
     monkeypatch.setenv("INTERLACE_CACHE", str(tmp_path))
     d = resolve_source("builtin:smollm2-135m")

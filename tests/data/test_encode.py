@@ -7,7 +7,7 @@ import torch
 
 from interlace.data import DataStats
 from interlace.data.encode import IGNORE_INDEX, EncodeError, collate, encode_sample, encode_samples
-from interlace.sample import Sample, Turn
+from interlace.data.sample import Sample, Turn
 from tests.fixtures import tiny
 
 

@@ -14,7 +14,7 @@ from interlace.data import DataStats, check_source, load_samples
 from interlace.data.loader import _parquet_stream
 from interlace.data.sampling import pick_indices, share_cap, subset_seed
 from interlace.errors import InterlaceError
-from interlace.spec import DataSpec
+from interlace.schema.spec import DataSpec
 from tests.fixtures.finevision import FineVisionShards, png, write_finevision_shards
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from interlace.spec import LayerPlan
-from interlace.surgery import prune_model
+from interlace.schema.spec import LayerPlan
+from interlace.stages.prune import prune_model
 from tests.fixtures.tiny import tiny
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from interlace.cli import main
-from interlace.surgery import prune_model, save_model
+from interlace.stages.prune import prune_model, save_model
 from tests.evaluation.helpers import plan_dropping
 from tests.fixtures.tiny import save_tiny, tiny
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from interlace.data.encode import encode_sample
+from interlace.data.sample import Sample, Turn
 from interlace.errors import InterlaceError
-from interlace.evaluation import perplexity
-from interlace.sample import Sample, Turn
+from interlace.stages.evaluate import perplexity
 from tests.fixtures.tiny import tiny, tiny_samples
 
 

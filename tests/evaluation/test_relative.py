@@ -7,8 +7,8 @@ import math
 import pytest
 
 from interlace.errors import InterlaceError
-from interlace.evaluation import benchmark_result, relative_performance, relative_score
-from interlace.spec import Results
+from interlace.schema.spec import Results
+from interlace.stages.evaluate import benchmark_result, relative_performance, relative_score
 
 
 def test_higher_is_better() -> None:

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from interlace.errors import InterlaceError
-from interlace.evaluation import evaluate
-from interlace.evaluation.speed import measure_speed
-from interlace.evaluation.vqa import load_vqa, score_vqa
-from interlace.progress import JsonlReporter
-from interlace.spec import DataSpec, EvaluationSpec
+from interlace.runtime.progress import JsonlReporter
+from interlace.schema.spec import DataSpec, EvaluationSpec
+from interlace.stages.evaluate import evaluate
+from interlace.stages.evaluate.speed import measure_speed
+from interlace.stages.evaluate.vqa import load_vqa, score_vqa
 from tests.evaluation.helpers import base_and_pruned
 
 

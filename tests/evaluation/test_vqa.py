@@ -20,8 +20,8 @@ import pytest
 from PIL import Image
 
 from interlace.errors import InterlaceError
-from interlace.evaluation.prompt import render_prompt
-from interlace.evaluation.vqa import (
+from interlace.stages.evaluate.prompt import render_prompt
+from interlace.stages.evaluate.vqa import (
     format_question,
     load_vqa,
     normalize_answer,

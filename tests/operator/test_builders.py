@@ -13,7 +13,7 @@ from interlace_operator import builders, names
 from interlace_operator.config import OperatorConfig
 from interlace_operator.rbac import RULES
 
-from interlace.spec import load_prunejob, parse_prunejob
+from interlace.schema.spec import load_prunejob, parse_prunejob
 
 OWNER = builders.Owner(name="qwen-20", namespace="ml", uid="1234-5678")
 

@@ -12,7 +12,7 @@ from interlace_operator.config import OperatorConfig
 from interlace_operator.kube import ConflictError, Kube
 from interlace_operator.rbac import OPERATOR_STATUS_FIELDS, RULES, status_policy
 
-from interlace.spec import PruneJobStatus, parse_prunejob
+from interlace.schema.spec import PruneJobStatus, parse_prunejob
 
 REPO = Path(__file__).resolve().parents[2]
 

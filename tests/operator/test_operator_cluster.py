@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from interlace.reporter.kube import KubeStatusReporter
-from interlace.spec import LayerPlan, Phase, Progress, Results
+from interlace.runtime.kube import KubeStatusReporter
+from interlace.schema.spec import LayerPlan, Phase, Progress, Results
 from tests.operator.conftest import RUNTIME_IMAGE, Cluster, prunejob, rayjobs_of, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -258,7 +258,7 @@ def test_reporter_as_the_jobs_service_account(cluster: Cluster, run_operator, co
     assert other.value.status == 403
     from kubernetes import client
 
-    from interlace.reporter.kube import make_api_client
+    from interlace.runtime.kube import make_api_client
     api = client.CustomObjectsApi(make_api_client(str(kubeconfig)))
     with pytest.raises(ApiException) as spec_patch:
         api.patch_namespaced_custom_object("interlace.dev", "v1alpha1", cluster.ns, "prunejobs", "own",

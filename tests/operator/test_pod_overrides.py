@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from interlace_operator import builders, names
 
-from interlace.spec import SpecError, parse_prunejob
+from interlace.schema.spec import SpecError, parse_prunejob
 
 OWNER = builders.Owner(name="qwen-20", namespace="ml", uid="1234-5678")
 
@@ -175,7 +175,7 @@ def test_later_overrides_win_for_single_values() -> None:
 
 
 def test_the_spec_with_overrides_round_trips_through_the_rayjob(tmp_path) -> None:
-    from interlace.spec import load_prunejob
+    from interlace.schema.spec import load_prunejob
 
     j = job(OVERRIDES)
     rj = builders.rayjob(j, OWNER, attempt=1, image="img:1")

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from interlace.spec import PruneJob, load_prunejob, parse_prunejob
+from interlace.schema.spec import PruneJob, load_prunejob, parse_prunejob
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "manifests" / "examples"
@@ -72,7 +72,7 @@ def test_paper_examples_fit_their_gpu_memory(name: str, model: str) -> None:
     """The pre-launch memory check (worst case, before any plan) accepts the examples; the paper's
     micro-batch of 16 x 8192 tokens it refuses, naming gpuMemory."""
     from interlace.errors import InterlaceError
-    from interlace.placement import check_memory, count_params
+    from interlace.runtime.placement import check_memory, count_params
     from tests.core.test_placement_checks import qwen3_vl_config
 
     spec = parse_prunejob(load(name)).spec

@@ -2,7 +2,7 @@
 
 Argo CD runs health scripts in gopher-lua, a Lua 5.1 implementation, so the script is executed in
 lupa's Lua 5.1 (and LuaJIT, also 5.1 semantics, plus Lua 5.4 to catch 5.1-only constructs that a
-future Argo CD might reject). Every phase of interlace.spec.Phase and every condition type the
+future Argo CD might reject). Every phase of interlace.schema.spec.Phase and every condition type the
 operator writes is covered; the sample statuses are validated with the real pydantic status model
 first, so they are objects the operator could actually write.
 """
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from interlace.spec import Phase, PruneJobStatus
+from interlace.schema.spec import Phase, PruneJobStatus
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "manifests" / "gitops" / "argocd-health.lua"
@@ -107,7 +107,7 @@ def test_in_progress_phases_are_progressing(phase: str) -> None:
 
 
 def test_every_phase_is_mapped() -> None:
-    """A new Phase added to interlace.spec without a mapping here fails this test."""
+    """A new Phase added to interlace.schema.spec without a mapping here fails this test."""
     expected = {p: "Progressing" for p in IN_PROGRESS}
     expected |= {"Succeeded": "Healthy", "Failed": "Degraded", "Suspended": "Suspended"}
     assert set(expected) == {p.value for p in Phase}

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from interlace.spec import BenchmarkResult, LayerPlan, PruneJob, Results, parse_prunejob
-from interlace.surgery import prune_model, save_model
+from interlace.schema.spec import BenchmarkResult, LayerPlan, PruneJob, Results, parse_prunejob
+from interlace.stages.prune import prune_model, save_model
 from tests.fixtures.tiny import tiny
 
 PLAN = LayerPlan(

@@ -12,10 +12,10 @@ import pytest
 from huggingface_hub import ModelCard
 
 from interlace.errors import InterlaceError
-from interlace.publish import publish
-from interlace.publish.card import base_info
-from interlace.publish.hub import LARGE_FOLDER_BYTES, HubUploadPlan, hub_token, uses_large_folder
-from interlace.spec import OutputSpec, PruneJobSpec, parse_prunejob
+from interlace.schema.spec import OutputSpec, PruneJobSpec, parse_prunejob
+from interlace.stages.publish import publish
+from interlace.stages.publish.card import base_info
+from interlace.stages.publish.hub import LARGE_FOLDER_BYTES, HubUploadPlan, hub_token, uses_large_folder
 from tests.publish.helpers import PLAN, job, results, saved_pruned
 
 

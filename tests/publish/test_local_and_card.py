@@ -10,10 +10,10 @@ import pytest
 from pydantic import ValidationError
 
 from interlace.errors import InterlaceError
-from interlace.publish import plan_hub_upload, publish, publish_outputs, resolve_destination
-from interlace.publish.hub import push_to_hub
-from interlace.publish.retry import RetryPolicy
-from interlace.spec import HubOutput, OutputSpec
+from interlace.schema.spec import HubOutput, OutputSpec
+from interlace.stages.publish import plan_hub_upload, publish, publish_outputs, resolve_destination
+from interlace.stages.publish.hub import push_to_hub
+from interlace.stages.publish.retry import RetryPolicy
 from tests.publish.helpers import PLAN, job, results, same_logits, saved_pruned
 
 FAST = RetryPolicy(attempts=2, wait_initial=0.01, wait_max=0.05)
@@ -110,7 +110,7 @@ def test_hub_upload_plan_and_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert plan_hub_upload(model_dir, HubOutput(repo="a/b", private=False)).private is False
 
     for bad in ("no-slash", "a/b/c", "a/--b", "-a/b"):
-        # The spec refuses it (interlace.spec, like the CRD); the publisher checks again.
+        # The spec refuses it (interlace.schema.spec, like the CRD); the publisher checks again.
         with pytest.raises(ValidationError, match=r"is not a Hub repo id"):
             HubOutput(repo=bad)
         with pytest.raises(InterlaceError, match=r"spec.output.hub.repo"):

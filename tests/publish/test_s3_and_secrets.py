@@ -17,11 +17,11 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from interlace.errors import InterlaceError
-from interlace.progress import JsonlReporter
-from interlace.publish import publish_outputs
-from interlace.publish.retry import RetryPolicy
-from interlace.publish.transfer import s3_filesystem
-from interlace.spec import HubOutput, OutputSpec
+from interlace.runtime.progress import JsonlReporter
+from interlace.schema.spec import HubOutput, OutputSpec
+from interlace.stages.publish import publish_outputs
+from interlace.stages.publish.retry import RetryPolicy
+from interlace.stages.publish.transfer import s3_filesystem
 from tests.cluster.testbed import free_port
 from tests.publish.helpers import PLAN, job, results, same_logits, saved_pruned
 
@@ -132,11 +132,11 @@ def test_s3_upload_retries_until_the_server_is_back(
                 s3_env.start()
 
     revive = Revive(level=logging.WARNING)
-    publog = logging.getLogger("interlace.publish")
+    publog = logging.getLogger("interlace.stages.publish")
     s3_env.stop()
     publog.addHandler(revive)
     try:
-        with caplog.at_level(logging.WARNING, logger="interlace.publish"):
+        with caplog.at_level(logging.WARNING, logger="interlace.stages.publish"):
             out = publish_outputs(
                 model_dir, OutputSpec(uri="s3://models/runs/retry"), plan=PLAN, results=results(), job=job(),
                 retry=RetryPolicy(attempts=4, wait_initial=0.2, wait_max=1.0),
@@ -154,7 +154,7 @@ def test_s3_upload_retries_until_the_server_is_back(
 
 def test_permanent_errors_are_not_retried(s3_env: MotoS3, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     model_dir, _, _ = saved_pruned(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="interlace.publish"), pytest.raises(FileNotFoundError):
+    with caplog.at_level(logging.WARNING, logger="interlace.stages.publish"), pytest.raises(FileNotFoundError):
         publish_outputs(model_dir, OutputSpec(uri="s3://no-such-bucket/x"), plan=PLAN, job=job(),
                         retry=RetryPolicy(attempts=5, wait_initial=2.0))
     assert not [r for r in caplog.records if r.getMessage().startswith("retrying ")]

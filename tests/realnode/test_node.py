@@ -58,7 +58,7 @@ def test_a_pod_of_the_runtime_image_runs_python_with_the_project(
 ) -> None:
     cp, node = real_cluster
     code = (
-        "import interlace.spec, torch, transformers, ray, os; from interlace import builtin; "
+        "import interlace.schema.spec, torch, transformers, ray, os; from interlace import builtin; "
         "print('OK', torch.__version__, ray.__version__, builtin.smollm2_dir().is_dir(), os.getuid())"
     )
     cp.create(_pod("py", node.images["runtime"], ["python", "-c", code]), namespace=real_namespace)

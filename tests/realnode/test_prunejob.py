@@ -206,8 +206,8 @@ def test_prunejob_of_the_embedded_default_runs_on_a_head_and_two_worker_pods(
     code = f"""
 import json, sys
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from interlace.evaluation import heldout_samples, perplexity
-from interlace.spec import load_prunejob
+from interlace.stages.evaluate import heldout_samples, perplexity
+from interlace.schema.spec import load_prunejob
 job = load_prunejob(sys.argv[1])
 model = AutoModelForCausalLM.from_pretrained({str(out / 'model')!r})
 tok = AutoTokenizer.from_pretrained({str(out / 'model')!r})

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from interlace.sample import Sample, Turn
-from interlace.spec import FinetuneSpec, LayerPlan
+from interlace.data.sample import Sample, Turn
+from interlace.schema.spec import FinetuneSpec, LayerPlan
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local test cluster: no token file under ~/.ray
@@ -65,7 +65,7 @@ def pattern_spec(**overrides: Any) -> FinetuneSpec:
 
 def save_pruned(kind: str, plan: LayerPlan, out: Path) -> Path:
     """A tiny model of `kind`, pruned by `plan` with the real surgery, saved as an HF checkpoint."""
-    from interlace.surgery import prune_model, save_model
+    from interlace.stages.prune import prune_model, save_model
     from tests.fixtures.tiny import tiny
 
     model, processor = tiny(kind)
@@ -84,7 +84,7 @@ def pruned_llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, LayerP
 def ray_session() -> Iterator[Any]:
     import ray
 
-    from interlace.finetune import start_ray
+    from interlace.runtime.ray_cluster import start_ray
 
     start_ray(local=True, attempts=5)  # a loaded machine can make a Ray start fail; retry
     yield ray

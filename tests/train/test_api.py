@@ -13,7 +13,7 @@ import pytest
 import interlace
 from interlace.cli import main
 from interlace.errors import InterlaceError
-from interlace.spec import LayerPlan, PruneJob, Results, SpecError
+from interlace.schema.spec import LayerPlan, PruneJob, Results, SpecError
 from tests.train.conftest import pattern_samples, pattern_spec
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,9 +7,9 @@ import io
 import pytest
 from rich.console import Console
 
-from interlace.console import ConsoleReporter, describe, summary_table
-from interlace.progress import Reporter
-from interlace.spec import BenchmarkResult, LayerPlan, Phase, Progress, Results
+from interlace.runtime.console import ConsoleReporter, describe, summary_table
+from interlace.runtime.progress import Reporter
+from interlace.schema.spec import BenchmarkResult, LayerPlan, Phase, Progress, Results
 
 
 def _p(step: int, total: int = 100) -> Progress:
@@ -44,7 +44,7 @@ def test_first_line_is_logged_whatever_the_machine_uptime(monkeypatch: pytest.Mo
     # The monotonic clock counts from boot: on a machine up for less than log_interval a 0.0
     # "last line" sentinel made the first progress line disappear (a fresh CI machine failed here).
     clock = iter([uptime + 0.1 * i for i in range(1000)])
-    monkeypatch.setattr("interlace.console.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("interlace.runtime.console.time.monotonic", lambda: next(clock))
     buf = io.StringIO()
     rep = ConsoleReporter(Console(file=buf, force_terminal=False, width=200), log_interval=3600)
     rep.stage(Phase.FINETUNING)

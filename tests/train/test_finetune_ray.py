@@ -20,9 +20,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from interlace.finetune import FAULT_MARKER_ENV, FAULT_STEP_ENV, finetune
-from interlace.progress import JsonlReporter
-from interlace.spec import FinetuneSpec
+from interlace.runtime.progress import JsonlReporter
+from interlace.schema.spec import FinetuneSpec
+from interlace.stages.finetune.train import FAULT_MARKER_ENV, FAULT_STEP_ENV, finetune
 from tests.train.conftest import pattern_samples, pattern_spec
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

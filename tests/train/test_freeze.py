@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from interlace.errors import InterlaceError
-from interlace.freeze import apply_freezing, enable_checkpointing, finetune_positions
-from interlace.models import find_parts
-from interlace.surgery import prune_model
+from interlace.models.load import find_parts
+from interlace.stages.finetune.freeze import apply_freezing, enable_checkpointing, finetune_positions
+from interlace.stages.prune import prune_model
 from tests.fixtures.tiny import tiny
 from tests.train.conftest import hand_plan
 

@@ -10,9 +10,9 @@ import yaml
 
 from interlace.cli import main
 from interlace.errors import InterlaceError
-from interlace.finetune import ray_train_configs
-from interlace.placement import check_accelerators, placement_of, train_placement
-from interlace.spec import ResourcesSpec
+from interlace.runtime.placement import check_accelerators, placement_of, train_placement
+from interlace.schema.spec import ResourcesSpec
+from interlace.stages.finetune.train import ray_train_configs
 from tests.train.test_run_cli import _run_cli, _tiny_job
 
 

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from interlace.analysis import analyze
-from interlace.calibration import calibration_batches
 from interlace.data import load_samples
-from interlace.models import load_model
-from interlace.placement import placement_of
-from interlace.ray_analysis import analyze_on_ray
-from interlace.spec import DataSpec, ModelSpec
+from interlace.models.load import load_model
+from interlace.runtime.placement import placement_of
+from interlace.schema.spec import DataSpec, ModelSpec
+from interlace.stages.analyze.calibration import calibration_batches
+from interlace.stages.analyze.sharded import analyze_on_ray
+from interlace.stages.analyze.similarity import analyze
 from tests.fixtures.tiny import save_tiny
 from tests.train.conftest import pattern_samples
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from interlace.cli import main
-from interlace.spec import LayerPlan, Results
+from interlace.schema.spec import LayerPlan, Results
 from tests.train.conftest import pattern_samples
 
 REPO = Path(__file__).resolve().parents[2]
@@ -146,7 +146,7 @@ def test_run_tiny_job_end_to_end(
     def no_weights_here(*args: object, **kwargs: object) -> None:
         raise AssertionError("the driver loaded model weights")
 
-    monkeypatch.setattr("interlace.models.load_model", no_weights_here)
+    monkeypatch.setattr("interlace.models.load.load_model", no_weights_here)
     monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", no_weights_here)
 
     assert main(["run", "-f", str(f), "--output", str(out)]) == 0

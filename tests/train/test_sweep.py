@@ -1,4 +1,4 @@
-"""The ratio sweep: one analysis, one variant per ratio, a table of variants (interlace.ratio_sweep)."""
+"""The ratio sweep: one analysis, one variant per ratio, a table of variants (interlace.pipeline.sweep)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import interlace
 from interlace.cli import main
 from interlace.errors import InterlaceError
-from interlace.ratio_sweep import variant_uri
+from interlace.pipeline.sweep import variant_uri
 from tests.train.conftest import pattern_samples
 
 REPO = Path(__file__).resolve().parents[2]
@@ -145,7 +145,7 @@ def test_a_failed_variant_fails_the_sweep_after_the_others(
     tiny: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One variant's failure is recorded in its row; the other variants still finish and publish."""
-    import interlace.pipeline as pipeline
+    import interlace.pipeline.run as pipeline
 
     real = pipeline.run_pipeline
 
@@ -242,7 +242,7 @@ def test_sweep_finetunes_each_variant(ray_session: Any, tiny: dict[str, Any], tm
     import ray
 
     from interlace.api import load_job
-    from interlace.ratio_sweep import concurrency
+    from interlace.pipeline.sweep import concurrency
 
     width = concurrency(load_job(job), 2)
     assert width == min(2, int(ray.cluster_resources()["CPU"]))

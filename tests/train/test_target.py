@@ -11,8 +11,8 @@ import pytest
 
 import interlace
 from interlace.errors import InterlaceError
-from interlace.retention_target import bisect_largest
-from interlace.spec import SpecError, parse_prunejob
+from interlace.pipeline.target import bisect_largest
+from interlace.schema.spec import SpecError, parse_prunejob
 from tests.train.conftest import pattern_samples
 
 
