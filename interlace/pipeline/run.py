@@ -8,7 +8,7 @@ writes the artifacts and reports the stages:
     <output>/plan.json        the chosen layers (interlace.stages.plan)
     <output>/heatmap.png      scores with the plan drawn on (interlace.stages.analyze.heatmap)
     <output>/checkpoints/     Ray Train checkpoints of the finetune (interlace.stages.finetune.train)
-    <output>/model/           the pruned + finetuned model (interlace.stages.publish, else surgery.save_model)
+    <output>/model/           the pruned + finetuned model (interlace.stages.publish, else prune.save_model)
     <output>/results.json     layers, parameters, benchmarks (interlace.stages.evaluate)
     <output>/progress.jsonl   every reporter event (written by the caller's JsonlReporter)
 

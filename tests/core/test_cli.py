@@ -41,6 +41,14 @@ def _err_line(capsys: pytest.CaptureFixture[str]) -> str:
 # ------------------------------------------------------------------------------------------ plan
 
 
+def test_plan_strategy_choices_are_the_spec_enum() -> None:
+    """`interlace plan --strategy` lists its choices without importing pydantic; they must stay the enum's."""
+    from interlace.cli.plan import STRATEGIES
+    from interlace.schema.spec import Strategy
+
+    assert tuple(s.value for s in Strategy) == STRATEGIES
+
+
 def test_plan_ok(tmp_path: Path) -> None:
     s = _write(tmp_path / "scores.json", _scores_doc())
     out = tmp_path / "plan.json"
