@@ -36,6 +36,7 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from interlace.data.chat import is_multimodal_processor, messages_for, tokenizer_of
 from interlace.data.sample import Sample, Turn
 from interlace.data.stats import DataStats
 from interlace.errors import InterlaceError
@@ -56,33 +57,6 @@ class EncodeError(InterlaceError):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
-
-
-def is_processor(obj: Any) -> bool:
-    """A multimodal processor (has a tokenizer and an image processor), not a bare tokenizer."""
-    return hasattr(obj, "tokenizer") and hasattr(obj, "image_processor")
-
-
-def tokenizer_of(processor: Any) -> Any:
-    return processor.tokenizer if is_processor(processor) else processor
-
-
-def messages_for(sample: Sample, *, multimodal: bool) -> list[dict[str, Any]]:
-    """Chat-template messages. For processors, content is a list and the images come first in the
-    first user turn (FineVision shows all images with the first question)."""
-    msgs: list[dict[str, Any]] = []
-    images_placed = False
-    for t in sample.turns:
-        if not multimodal:
-            msgs.append({"role": t.role, "content": t.text})
-            continue
-        content: list[dict[str, Any]] = []
-        if t.role == "user" and not images_placed:
-            content.extend({"type": "image"} for _ in sample.images)
-            images_placed = True
-        content.append({"type": "text", "text": t.text})
-        msgs.append({"role": t.role, "content": content})
-    return msgs
 
 
 def _special_strings(tokenizer: Any) -> list[str]:
@@ -129,7 +103,7 @@ def encode_sample(sample: Sample, processor: Any, *, max_length: int) -> dict[st
     """
     import torch
 
-    multimodal = is_processor(processor)
+    multimodal = is_multimodal_processor(processor)
     tokenizer = tokenizer_of(processor)
     if sample.images and not multimodal:
         raise EncodeError("images", f"{sample.source}: the sample has images but the model is text-only")

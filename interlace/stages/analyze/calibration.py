@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from interlace.data.chat import is_multimodal_processor, messages_for, tokenizer_of
 from interlace.data.sample import Sample
 from interlace.errors import InterlaceError
 
@@ -37,29 +38,9 @@ class CalibrationStats:
     skipped_too_long: int = 0
 
 
-def is_multimodal_processor(processor: Any) -> bool:
-    return getattr(processor, "image_processor", None) is not None
-
-
-def _tokenizer(processor: Any) -> Any:
-    return getattr(processor, "tokenizer", processor)
-
-
 def to_messages(sample: Sample, *, multimodal: bool) -> list[dict[str, Any]]:
     """Chat messages of a sample's calibration view (system turns + first user turn)."""
-    view = sample.first_user_turn()
-    msgs: list[dict[str, Any]] = []
-    placed = False
-    for t in view.turns:
-        if multimodal:
-            content: list[dict[str, Any]] = []
-            if t.role == "user" and not placed:
-                content += [{"type": "image"} for _ in view.images]
-                placed = True
-            content.append({"type": "text", "text": t.text})
-            msgs.append({"role": t.role, "content": content})
-        else:
-            msgs.append({"role": t.role, "content": t.text})
+    msgs = messages_for(sample.first_user_turn(), multimodal=multimodal)
     if not any(m["role"] == "user" for m in msgs):
         raise InterlaceError(f"calibration sample from {sample.source or 'input'} has no user turn")
     return msgs
@@ -96,7 +77,7 @@ def _image_token_ids(processor: Any) -> set[int]:
         v = getattr(processor, attr, None)
         if isinstance(v, int):
             ids.add(v)
-    tok = _tokenizer(processor)
+    tok = tokenizer_of(processor)
     for attr in ("image_token", "video_token"):
         t = getattr(processor, attr, None)
         if isinstance(t, str):
@@ -156,7 +137,7 @@ def calibration_batches(
         raise InterlaceError(f"batch size must be >= 1, got {batch_size}")
     if max_length < 16:
         raise InterlaceError(f"max length must be >= 16 tokens, got {max_length}")
-    tok = _tokenizer(processor)
+    tok = tokenizer_of(processor)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     if pad_id is None:
         raise InterlaceError("the tokenizer has neither a pad token nor an eos token to pad with")

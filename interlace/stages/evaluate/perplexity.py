@@ -62,9 +62,10 @@ def perplexity(
     """
     import torch
 
+    from interlace.data.chat import tokenizer_of
     from interlace.data.encode import collate, encode_samples
     from interlace.data.stats import DataStats
-    from interlace.stages.evaluate.prompt import model_device, tokenizer_of
+    from interlace.stages.evaluate.prompt import model_device
 
     if batch_size < 1:
         raise InterlaceError(f"perplexity: batch_size={batch_size}; use a batch size >= 1")

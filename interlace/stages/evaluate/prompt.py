@@ -13,17 +13,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from interlace.data.chat import chat_messages, is_multimodal_processor, tokenizer_of
+from interlace.data.sample import Turn
+
 log = logging.getLogger(__name__)
-
-
-def tokenizer_of(processor: Any) -> Any:
-    """The text tokenizer of a processor (or the tokenizer itself for text-only models)."""
-    return getattr(processor, "tokenizer", None) or processor
-
-
-def is_multimodal_processor(processor: Any) -> bool:
-    """True for VLM processors (they carry an image processor next to the tokenizer)."""
-    return getattr(processor, "image_processor", None) is not None
 
 
 @contextmanager
@@ -46,15 +39,11 @@ def render_prompt(processor: Any, question: str, *, with_image: bool) -> str:
     """The prompt text: the model's chat template with a generation prompt, or a plain Q/A layout."""
     tok = tokenizer_of(processor)
     if is_multimodal_processor(processor):
-        content: list[dict[str, str]] = [{"type": "image"}] if with_image else []
-        content.append({"type": "text", "text": question})
-        return processor.apply_chat_template(
-            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
-        )
+        messages = chat_messages([Turn("user", question)], images=int(with_image), multimodal=True)
+        return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     if getattr(tok, "chat_template", None):
-        return tok.apply_chat_template(
-            [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
-        )
+        messages = chat_messages([Turn("user", question)], images=0, multimodal=False)
+        return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     return f"Question: {question}\nAnswer:"
 
 

@@ -24,8 +24,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from interlace.data.chat import tokenizer_of
 from interlace.errors import InterlaceError
-from interlace.stages.evaluate.prompt import encode_prompts, left_padding, model_device, tokenizer_of
+from interlace.stages.evaluate.prompt import encode_prompts, left_padding, model_device
 
 
 @dataclass

@@ -41,8 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from interlace.data.chat import tokenizer_of
 from interlace.errors import InterlaceError
-from interlace.stages.evaluate.prompt import encode_prompts, left_padding, model_device, tokenizer_of
+from interlace.stages.evaluate.prompt import encode_prompts, left_padding, model_device
 
 log = logging.getLogger(__name__)
 

@@ -605,11 +605,12 @@ def _micro_batches(
 
     import torch
 
+    from interlace.data.chat import tokenizer_of
     from interlace.data.encode import IGNORE_INDEX, EncodeError, collate, encode_sample
 
     log = logging.getLogger(__name__)
     B = spec.per_device_batch_size
-    tokenizer = getattr(processor, "tokenizer", processor)
+    tokenizer = tokenizer_of(processor)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stream = itertools.islice(_repeat_samples(config, spec), skip, None)
     last_good: dict[str, Any] | None = None
