@@ -210,11 +210,14 @@ def collate(
     *,
     packing: bool = False,
     max_length: int | None = None,
+    padding_side: str = "right",
 ) -> dict[str, Any]:
-    """A batch from encoded examples.
+    """A batch from encoded examples (1-D per-token tensors): the one collator of training,
+    perplexity and calibration.
 
-    packing=False: right-padded [B, L] input_ids (pad_token_id), labels (-100), attention_mask (0),
-    other per-token tensors padded with 0; per-image tensors concatenated along dim 0.
+    packing=False: padded [B, L] input_ids (pad_token_id), labels (-100), attention_mask (0), other
+    per-token tensors padded with 0, on the right (or the left: padding_side="left"); per-image
+    tensors concatenated along dim 0.
     packing=True (text-only): examples packed in order into rows of at most `max_length` tokens (one
     row if None): input_ids, labels, position_ids restarting per sample, and no attention_mask (see
     the module docstring). Rows are right-padded; the padding is its own segment with labels -100.
@@ -230,10 +233,10 @@ def collate(
         packing = False
     if packing:
         return _pack(examples, pad_token_id, max_length)
-    return _pad(examples, pad_token_id)
+    return _pad(examples, pad_token_id, padding_side)
 
 
-def _pad(examples: Sequence[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
+def _pad(examples: Sequence[dict[str, Any]], pad_token_id: int, padding_side: str = "right") -> dict[str, Any]:
     import torch
 
     length = max(int(ex["input_ids"].shape[0]) for ex in examples)
@@ -246,7 +249,7 @@ def _pad(examples: Sequence[dict[str, Any]], pad_token_id: int) -> dict[str, Any
         for ex in examples:
             t = ex[k] if k in ex else torch.zeros_like(ex["input_ids"])
             pad = torch.full((length - t.shape[0], *t.shape[1:]), value, dtype=t.dtype)
-            rows.append(torch.cat([t, pad]))
+            rows.append(torch.cat([t, pad] if padding_side == "right" else [pad, t]))
         batch[k] = torch.stack(rows)
     for k in dict.fromkeys(k for ex in examples for k in ex if k not in TOKEN_KEYS):
         parts = [ex[k] for ex in examples if k in ex]

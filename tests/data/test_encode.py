@@ -123,6 +123,21 @@ def test_collate_padding() -> None:
         assert bool((b["input_ids"][i, m:] == pad).all()) and bool((b["labels"][i, m:] == IGNORE_INDEX).all())
 
 
+def test_collate_left_padding() -> None:
+    """padding_side="left" (calibration with a left-padding tokenizer): the same rows, pads in front."""
+    tok = tiny.tiny_tokenizer()
+    exs = [encode_sample(s, tok, max_length=512) for s in tiny.tiny_samples(3, images=False)]
+    pad = tok.pad_token_id
+    b = collate(exs, pad, padding_side="left")
+    n = max(e["input_ids"].shape[0] for e in exs)
+    assert len({e["input_ids"].shape[0] for e in exs}) > 1  # some row is padded
+    for i, e in enumerate(exs):
+        m = e["input_ids"].shape[0]
+        assert torch.equal(b["input_ids"][i, n - m :], e["input_ids"])
+        assert b["attention_mask"][i].tolist() == [0] * (n - m) + [1] * m
+        assert bool((b["input_ids"][i, : n - m] == pad).all()) and bool((b["labels"][i, : n - m] == IGNORE_INDEX).all())
+
+
 def test_collate_concatenates_image_inputs() -> None:
     _, proc = tiny.tiny_qwen2_vl()
     samples = tiny.tiny_samples(4)  # 1, 2, 0, 1 images

@@ -87,38 +87,18 @@ def _image_token_ids(processor: Any) -> set[int]:
     return ids
 
 
-def collate(
-    encoded: list[dict[str, Any]], *, pad_token_id: int, padding_side: str = "right"
-) -> dict[str, Any]:
-    """Pad per-token tensors, concatenate image tensors (sample order). Returns a dict of tensors."""
+def _collate(encoded: list[dict[str, Any]], *, pad_token_id: int, padding_side: str) -> dict[str, Any]:
+    """A batch of encoded prompts ([1, n] tensors from the processor) by interlace.data.encode.collate;
+    bookkeeping keys (`_truncated`) and non-tensor outputs are left out."""
     import torch
 
-    if not encoded:
-        raise InterlaceError("cannot collate an empty batch")
-    width = max(e["input_ids"].shape[1] for e in encoded)
-    out: dict[str, Any] = {}
-    keys: list[str] = []
-    for e in encoded:
-        keys += [k for k in e if k not in keys and not k.startswith("_")]
-    for k in keys:
-        if k in _TOKEN_KEYS:
-            fill = pad_token_id if k == "input_ids" else 0
-            rows = []
-            for e in encoded:
-                t = e.get(k)
-                if t is None:
-                    t = (
-                        torch.zeros_like(e["input_ids"])
-                        if k != "attention_mask"
-                        else torch.ones_like(e["input_ids"])
-                    )
-                pad = torch.full((1, width - t.shape[1]), fill, dtype=t.dtype)
-                rows.append(torch.cat([t, pad] if padding_side == "right" else [pad, t], dim=1))
-            out[k] = torch.cat(rows, dim=0)
-        else:
-            parts = [e[k] for e in encoded if k in e and e[k] is not None]
-            if parts and all(isinstance(p, torch.Tensor) for p in parts):
-                out[k] = torch.cat(parts, dim=0)
+    from interlace.data.encode import collate
+
+    examples = [
+        {k: v[0] if k in _TOKEN_KEYS else v for k, v in e.items() if isinstance(v, torch.Tensor)}
+        for e in encoded
+    ]
+    out = collate(examples, pad_token_id, padding_side=padding_side)
     if "attention_mask" not in out:
         out["attention_mask"] = (out["input_ids"] != pad_token_id).long()
     return out
@@ -153,14 +133,14 @@ def calibration_batches(
         st.images += len(sample.images) if is_multimodal_processor(processor) else 0
         pending.append(enc)
         if len(pending) == batch_size:
-            batch = collate(pending, pad_token_id=pad_id, padding_side=side)
+            batch = _collate(pending, pad_token_id=pad_id, padding_side=side)
             st.samples += len(pending)
             st.batches += 1
             st.tokens += int(batch["attention_mask"].sum())
             pending = []
             yield batch
     if pending:
-        batch = collate(pending, pad_token_id=pad_id, padding_side=side)
+        batch = _collate(pending, pad_token_id=pad_id, padding_side=side)
         st.samples += len(pending)
         st.batches += 1
         st.tokens += int(batch["attention_mask"].sum())
