@@ -236,7 +236,9 @@ def collate(
     return _pad(examples, pad_token_id, padding_side)
 
 
-def _pad(examples: Sequence[dict[str, Any]], pad_token_id: int, padding_side: str = "right") -> dict[str, Any]:
+def _pad(
+    examples: Sequence[dict[str, Any]], pad_token_id: int, padding_side: str = "right"
+) -> dict[str, Any]:
     import torch
 
     length = max(int(ex["input_ids"].shape[0]) for ex in examples)

@@ -11,9 +11,10 @@ importable in this image (head and workers run the same image), and `check_memor
 finetune whose estimated memory per GPU (interlace.runtime.costs, from the model config) exceeds
 spec.resources.gpuMemory, with the numbers.
 
-Analysis (interlace.stages.analyze.sharded), surgery and evaluation (interlace.pipeline.remote) run as Ray tasks on
-the same placement; the driver (the RayJob's entrypoint on the Ray head) holds no weights. Only
-without Ray (a local dry run) does the driver run the analysis itself, on its GPU if it has one.
+Analysis (interlace.stages.analyze.sharded), surgery and evaluation (interlace.pipeline.remote)
+run as Ray tasks on the same placement; the driver (the RayJob's entrypoint on the Ray head) holds
+no weights. Only without Ray (a local dry run) does the driver run the analysis itself, on its GPU
+if it has one.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 The calibration samples are cut into batches of `batch_size` in order; batch j goes to worker
 j % num_workers. Every worker loads the model itself (on a GPU when the placement has them: one per
 worker, like Ray Train's), reads the calibration data itself (so no sample travels through the
-driver), encodes only its own batches and returns interlace.stages.analyze.similarity.AnalysisSums; the driver adds
-them up. Scores are means over samples of per-sample values, so the merged scores equal a
-single-process run up to float rounding (tests/train/test_ray_analysis.py checks it on 2 workers).
+driver), encodes only its own batches and returns interlace.stages.analyze.similarity.AnalysisSums;
+the driver adds them up. Scores are means over samples of per-sample values, so the merged scores
+equal a single-process run up to float rounding (tests/train/test_ray_analysis.py checks it on 2
+workers).
 """
 
 from __future__ import annotations

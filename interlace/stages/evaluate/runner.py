@@ -7,7 +7,8 @@ Benchmarks (spec.evaluation.benchmarks):
   never claims a held-out figure it does not have.
 * a path to a local VQA set (``.parquet``/``.jsonl`` file or a directory; ``vqa:`` prefix optional):
   accuracy by the built-in evaluator (interlace.stages.evaluate.vqa).
-* ``lmms-eval:<task>`` / ``vlmevalkit:<task>``: rejected with a clear message (interlace.stages.evaluate.harness).
+* ``lmms-eval:<task>`` / ``vlmevalkit:<task>``: rejected with a clear message
+  (interlace.stages.evaluate.harness).
 
 Both models see exactly the same samples (loaded once). Relative performance is the mean over
 benchmarks of pruned/base in percent (interlace.stages.evaluate.relative). With ``spec.evaluation.speed``,

@@ -94,7 +94,8 @@ def apply_freezing(model: nn.Module, plan: LayerPlan, *, freeze_lm_head: bool = 
     if len(parts.layers) != expected:
         raise InterlaceError(
             f"the model has {len(parts.layers)} decoder layers but the plan keeps {expected} of "
-            f"{plan.num_layers}: finetune the model that `interlace.stages.prune.prune_model` made from this plan"
+            f"{plan.num_layers}: finetune the model that `interlace.stages.prune.prune_model` made "
+            "from this plan"
         )
     positions = finetune_positions(plan)
     if not positions:

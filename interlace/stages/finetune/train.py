@@ -6,9 +6,9 @@ Read top to bottom:
    works out the schedule, checks any checkpoints already in ``<output>/checkpoints``, starts a
    `ray.train.torch.TorchTrainer` and forwards the progress rank 0 sends back to the reporter.
 2. `train_loop_per_worker()` runs in every Ray Train worker: load the pruned model, freeze all but
-   the finetune layers (interlace.stages.finetune.freeze), wrap it in DDP or FSDP2, build AdamW + the schedule over
-   the trainable parameters only, restore the newest checkpoint if there is one, then loop:
-   accumulate micro-batches, clip, step, report, checkpoint.
+   the finetune layers (interlace.stages.finetune.freeze), wrap it in DDP or FSDP2, build AdamW +
+   the schedule over the trainable parameters only, restore the newest checkpoint if there is one,
+   then loop: accumulate micro-batches, clip, step, report, checkpoint.
 
 Facts from the paper (method notes section 4): AdamW lr 1e-5, weight decay 0, cosine schedule with
 3% warmup, grad-norm clip 1.0, bf16, gradient checkpointing, per-device batch 16 x accumulation 2,
