@@ -70,7 +70,7 @@ def test_identity_names_and_subresources(built: dict[str, Any]) -> None:
     assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
-    assert columns == ["Phase", "Model", "Ratio", "Progress", "Retention", "Age"]
+    assert columns == ["Phase", "Model", "Ratio", "Progress", "Retention", "Summary", "Age"]
 
 
 def test_schema_is_structural(root: dict[str, Any]) -> None:
@@ -137,7 +137,11 @@ def test_enums_defaults_and_bounds(root: dict[str, Any]) -> None:
 def test_cel_rules(root: dict[str, Any]) -> None:
     pruning = root["properties"]["spec"]["properties"]["pruning"]
     (one_of,) = pruning["x-kubernetes-validations"]
-    assert one_of["rule"] == "has(self.ratio) != has(self.numLayers)"
+    # exactly one amount: ratio, numLayers, a sweep's ratios or a retention target
+    assert one_of["rule"] == (
+        "(has(self.ratio) ? 1 : 0) + (has(self.numLayers) ? 1 : 0) + (has(self.ratios) ? 1 : 0)"
+        " + (has(self.target) ? 1 : 0) == 1"
+    )
     (immutable,) = root["x-kubernetes-validations"]
     rule = immutable["rule"]
     assert "oldSelf.status.startTime" in rule

@@ -13,7 +13,7 @@ analysing again), and the usual artifacts. ``<output>/sweep.json`` holds the tab
 
 A PruneJob asks for a sweep with ``spec.pruning.ratios`` (``interlace run`` and the operator's
 RayJob then land here); ``interlace sweep --ratios`` overrides the job's amount. The variants run
-concurrently, as many at once as the Ray cluster holds Ray Train runs of spec.resources, each
+concurrently, all started at once and interleaved by the Ray cluster's scheduler, each
 its own Ray Train run; status.results.variants is the table, updated as each variant moves, and
 status.results.summary its one-line form (a kubectl column). Each variant reloads the base model
 for its surgery and evaluation (the base scores are recomputed per variant). Only public pieces of
@@ -187,8 +187,8 @@ def _variant_job(job: PruneJob, ratio: float, uri: str, *, dry_run: bool = False
 
 
 def concurrency(job: PruneJob, n_variants: int) -> int:
-    """How many variants run at once: as many Ray Train runs of spec.resources as the Ray cluster
-    holds side by side (1 when Ray is not up: the stages then run in this process, one at a time)."""
+    """How many of the variants' Ray Train runs of spec.resources the Ray cluster holds side by side
+    (1 when Ray is not up: the stages then run in this process, one variant at a time)."""
     from interlace.pipeline.remote import ray_is_up
     from interlace.runtime.placement import train_placement
 
@@ -278,10 +278,10 @@ def run_sweep(
     the first ratio's plan) in ``<output>/analysis/``; every variant directory gets its plan, chosen
     from those scores the way the pipeline chooses (same strategy, seed, protected and DeepStack
     layers), and a link to the scores, so run_pipeline reuses the plan (its resume path) instead of
-    analysing again. The variants then run concurrently, as many at once as the Ray cluster holds
-    Ray Train runs of spec.resources (each its own Ray Train run; surgery and evaluation are Ray
-    tasks). A failed variant does not stop the others; the sweep fails afterwards, naming it.
-    A dry run stops after the plans.
+    analysing again. The variants then run concurrently (each its own Ray Train run; surgery and
+    evaluation are Ray tasks), all at once, the Ray cluster's scheduler deciding what runs when. A
+    failed variant does not stop the others; the sweep fails afterwards, naming it. A dry run stops
+    after the plans.
     """
     from interlace.pipeline.run import check_inputs, run_pipeline
     from interlace.stages.plan import n_drop_for_ratio, select_layers
@@ -355,8 +355,18 @@ def run_sweep(
         return result
 
     # ---- the variants, concurrently (each its own Ray Train run on the shared cluster)
-    width = concurrency(job, len(ratios))
-    reporter.stage(Phase.FINETUNING, f"{len(ratios)} variants, {width} at a time")
+    # Every variant starts at once when Ray is up: its stages are Ray tasks and its finetuning a Ray
+    # Train run, so the cluster's scheduler interleaves them (a run whose workers do not fit waits for
+    # resources and Ray Train retries its start; no variant holds a CPU while it waits). Bounding the
+    # threads by the runs that fit side by side left CPUs idle while a variant evaluated or loaded.
+    from interlace.pipeline.remote import ray_is_up
+
+    width = len(ratios) if ray_is_up() else 1
+    fits = concurrency(job, len(ratios))
+    reporter.stage(
+        Phase.FINETUNING,
+        f"{len(ratios)} variants, {width} at once; the cluster holds {fits} of their Ray Train runs side by side",
+    )
     done: dict[int, Variant] = {}
     failed: dict[int, Exception] = {}
 

@@ -21,7 +21,7 @@ from interlace.pipeline.validate import validate
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = sorted(
-    [REPO / "examples" / "prunejob-local.yaml"]
+    sorted((REPO / "examples").glob("*.yaml"))
     + [p for p in (REPO / "manifests" / "examples").glob("*.yaml") if not p.name.startswith("argocd")]
 )
 BASE = yaml.safe_load((REPO / "examples" / "prunejob-local.yaml").read_text())

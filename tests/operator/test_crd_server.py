@@ -9,6 +9,12 @@ import pytest
 
 from tests.operator.conftest import Cluster, prunejob
 
+# what the CEL rule on spec.pruning says (interlace.schema.spec.AMOUNT_MESSAGE)
+ONE_AMOUNT = (
+    "exactly one of spec.pruning.ratio, spec.pruning.numLayers, "
+    "spec.pruning.ratios and spec.pruning.target"
+)
+
 pytestmark = pytest.mark.cluster
 
 
@@ -25,8 +31,9 @@ def _apply_error(cluster: Cluster, obj: dict) -> str:
         ({"pruning": {"ratio": 1.5}}, "spec.pruning.ratio"),
         ({"pruning": {"ratio": 0}}, "spec.pruning.ratio"),
         ({"pruning": {"ratio": 0.2, "strategy": "magic"}}, "spec.pruning.strategy"),
-        ({"pruning": {"ratio": 0.2, "numLayers": 4}}, "exactly one of spec.pruning.ratio and spec.pruning.numLayers"),
-        ({"pruning": {}}, "exactly one of spec.pruning.ratio and spec.pruning.numLayers"),
+        ({"pruning": {"ratio": 0.2, "numLayers": 4}}, ONE_AMOUNT),
+        ({"pruning": {}}, ONE_AMOUNT),
+        ({"pruning": {"ratios": [0.1, 0.2], "target": {"minRetention": 0.9}}}, ONE_AMOUNT),
         ({"pruning": {"numLayers": 2, "protectedLayers": [1, 1]}}, "spec.pruning.protectedLayers"),
         ({"resources": {"workers": 0}}, "spec.resources.workers"),
         ({"model": {"source": ""}}, "spec.model.source"),

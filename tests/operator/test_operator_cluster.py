@@ -13,7 +13,7 @@ import time
 import pytest
 
 from interlace.runtime.kube import KubeStatusReporter
-from interlace.schema.spec import LayerPlan, Phase, Progress, Results
+from interlace.schema.spec import LayerPlan, Phase, Progress, Results, VariantResult
 from tests.operator.conftest import RUNTIME_IMAGE, Cluster, prunejob, rayjobs_of, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -85,8 +85,9 @@ def test_apply_to_succeeded(cluster: Cluster, run_operator, control_plane) -> No
 
     table = cluster.kubectl("get", "pj", "life").stdout
     header, row = table.splitlines()[:2]
-    assert header.split() == ["NAME", "PHASE", "MODEL", "RATIO", "PROGRESS", "RETENTION", "AGE"]
-    assert row.split()[:6] == ["life", "Succeeded", "Qwen/Qwen3-VL-4B-Instruct", "0.25", "42.5", "93.4"]
+    assert header.split() == ["NAME", "PHASE", "MODEL", "RATIO", "PROGRESS", "RETENTION", "SUMMARY", "AGE"]
+    assert row.split()[:6] == ["life", "Succeeded", "Qwen/Qwen3-VL-4B-Instruct", "0.25", "42.5", "93.4"], row
+    assert row[header.index("SUMMARY"):header.index("AGE")].strip() in ("", "<none>"), row  # not a sweep
     assert "life" in cluster.cp.kubectl("get", "ml", "-n", cluster.ns).stdout  # category
 
     reasons = wait_for(lambda: (r := cluster.event_reasons("life")) and "Succeeded" in r and r, what="events")
@@ -274,3 +275,48 @@ def test_reporter_as_the_jobs_service_account(cluster: Cluster, run_operator, co
     reporter.results(Results(output_uri="s3://models/out", layers_before=8, layers_after=6))
     reporter.close()
     assert cluster.status("own")["results"]["layersAfter"] == 6
+
+
+def test_a_sweep_reports_its_table_of_variants(cluster: Cluster, run_operator, control_plane) -> None:
+    """spec.pruning.ratios is admitted; the job's own identity writes the variants table as it moves
+    (the reporter interlace.ratio_sweep drives); kubectl shows the one-line summary; the Succeeded
+    condition's message carries it."""
+    run_operator()
+    job = prunejob("sweep")
+    job["spec"]["pruning"] = {"ratios": [0.1, 0.2]}
+    cluster.apply(job)
+    rj = _rayjob(cluster, "sweep-1")
+    env = {e["name"]: e.get("value") for e in rj["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"][
+        "containers"][0].get("env", [])}
+    import yaml
+
+    assert yaml.safe_load(env["INTERLACE_PRUNEJOB_SPEC"])["spec"]["pruning"]["ratios"] == [0.1, 0.2]
+    wait_for(lambda: cluster.get("rolebinding", "sweep-job"), what="RoleBinding sweep-job")
+    kubeconfig = control_plane.service_account_kubeconfig(cluster.ns, "sweep-job")
+    cluster.patch_rayjob_status("sweep-1", jobDeploymentStatus="Running", jobStatus="RUNNING")
+
+    from interlace.pipeline.sweep import summary
+
+    reporter = KubeStatusReporter(cluster.ns, "sweep", kubeconfig=str(kubeconfig), min_interval=1.0, strict=True)
+    rows = [VariantResult(ratio=0.1, state="Running"), VariantResult(ratio=0.2)]
+    reporter.results(Results(layers_before=30, variants=rows, summary=summary(rows)))
+    st = wait_for(lambda: (s := cluster.status("sweep")).get("results", {}).get("variants") and s, what="variants")
+    assert [(v["ratio"], v["state"]) for v in st["results"]["variants"]] == [(0.1, "Running"), (0.2, "Pending")]
+    rows = [
+        VariantResult(ratio=0.1, state="Succeeded", layers_dropped=3, relative_performance=97.25,
+                      output_uri="s3://models/out/ratio-0.1"),
+        VariantResult(ratio=0.2, state="Succeeded", layers_dropped=6, relative_performance=93.5,
+                      output_uri="s3://models/out/ratio-0.2"),
+    ]
+    reporter.results(Results(layers_before=30, variants=rows, summary=summary(rows)))
+    reporter.close()
+    cluster.patch_rayjob_status("sweep-1", jobDeploymentStatus="Complete", jobStatus="SUCCEEDED")
+    st = cluster.wait_phase("sweep", "Succeeded")
+    assert [v["outputUri"] for v in st["results"]["variants"]] == ["s3://models/out/ratio-0.1", "s3://models/out/ratio-0.2"]
+    assert "0.1: 97.2%, 0.2: 93.5%" in cluster.condition("sweep", "Succeeded")["message"]
+    header, row = cluster.kubectl("get", "pj", "sweep").stdout.splitlines()[:2]
+    starts = [header.index(name) for name in header.split()]
+    cols = {name: row[a:b].strip() for name, a, b in zip(header.split(), starts, [*starts[1:], None], strict=True)}
+    assert cols["RATIO"] in ("", "<none>") and cols["SUMMARY"] == "0.1: 97.2%, 0.2: 93.5%", row
+    wide = cluster.kubectl("get", "pj", "sweep", "-o", "wide").stdout
+    assert "[0.1,0.2]" in wide.replace(" ", "")
