@@ -703,7 +703,9 @@ def sweep(
 
     pj = load_job(job)
     check_ratios(ratios)
-    pj.spec.pruning = pj.spec.pruning.model_copy(update={"ratio": None, "num_layers": None, "ratios": list(ratios)})
+    pj.spec.pruning = pj.spec.pruning.model_copy(
+        update={"ratio": None, "num_layers": None, "target": None, "ratios": list(ratios)}
+    )
     if workers is not None and workers < 1:
         raise InterlaceError(f"workers={workers}: need at least 1")
     if max_steps is not None and max_steps < 1:

@@ -112,6 +112,18 @@ def run_target(job: PruneJob, *, output_dir: str | Path, reporter: Reporter) -> 
         raise InterlaceError(f"spec.pruning.strategy {spec.pruning.strategy}: cannot plan dropping even one layer")
     record = TargetResult(min_retention=target.min_retention, max_layers=most)
     searching = Results(layers_before=num_layers, params_before=base.params_before)
+    if spec.dry_run:  # the analysis and the plan family; probes would prune and train
+        from interlace.stages.plan import save_plan
+
+        save_plan(plan_for(most), out / "plan.json")
+        record.message = (
+            f"dry run: the analysis allows plans dropping 1..{most} of {num_layers} layers (plan.json is the "
+            "largest); no probe ran"
+        )
+        res = searching.model_copy(update={"target": record, "summary": f"target {target.min_retention * 100:g}%: dry run"})
+        atomic_write_json(out / "results.json", res.to_wire())
+        reporter.results(res)
+        return res
 
     def publish_record() -> None:
         res = searching.model_copy(update={"target": record, "summary": summary(record)})

@@ -91,6 +91,19 @@ def test_a_reachable_target_picks_the_largest_drop(tiny_job: dict[str, Any], tmp
     assert [len(p) for p in shown[:3]] == [0, 1, 2]  # status shows each probe as it happens
 
 
+def test_a_dry_run_target_analyses_and_stops(tiny_job: dict[str, Any], tmp_path: Path) -> None:
+    job = copy.deepcopy(tiny_job)
+    job["spec"]["dryRun"] = True
+    out = tmp_path / "dry"
+    result = interlace.run(job, output=out, quiet=True)
+    assert isinstance(result, interlace.PruneResult) and result.results is not None
+    t = result.results.target
+    assert t is not None and t.max_layers == 2 and t.probes == [] and t.layers_dropped is None
+    assert (out / "analysis" / "scores.json").is_file() and not (out / "probes").exists()
+    assert not (out / "model").exists() and "no probe ran" in (t.message or "")
+    assert len(result.plan.drop) == 2  # plan.json: the largest plan of the family
+
+
 @pytest.mark.slow
 def test_an_unreachable_target_reports_the_miss(tmp_path: Path) -> None:
     """The embedded default (a real pretrained model): no drop keeps 99.9% of its held-out perplexity."""
