@@ -279,7 +279,7 @@ def test_reporter_as_the_jobs_service_account(cluster: Cluster, run_operator, co
 
 def test_a_sweep_reports_its_table_of_variants(cluster: Cluster, run_operator, control_plane) -> None:
     """spec.pruning.ratios is admitted; the job's own identity writes the variants table as it moves
-    (the reporter interlace.ratio_sweep drives); kubectl shows the one-line summary; the Succeeded
+    (the reporter interlace.pipeline.sweep drives); kubectl shows the one-line summary; the Succeeded
     condition's message carries it."""
     run_operator()
     job = prunejob("sweep")
