@@ -35,8 +35,8 @@ from urllib.parse import urlparse
 
 from interlace.artifacts import atomic_write_json
 from interlace.errors import InterlaceError
-from interlace.runtime.progress import Reporter
-from interlace.schema.spec import LayerPlan, Phase, Progress, PruneJob, Results, VariantResult
+from interlace.runtime.progress import Reporter, SubRunReporter
+from interlace.schema.spec import LayerPlan, Phase, PruneJob, Results, VariantResult
 from interlace.stages.analyze.scores import LayerScores
 from interlace.stages.plan import save_plan
 
@@ -237,34 +237,6 @@ def summary(rows: Sequence[VariantResult]) -> str:
     return ", ".join(cell(v) for v in rows)
 
 
-class _VariantReporter:
-    """What one variant's pipeline reports, as the sweep's: stage and progress messages name the
-    ratio; its results become a row of the table (status.results.variants); its plan stays in its
-    own directory (status.plan is the sweep's analysis plan)."""
-
-    def __init__(self, table: _Table, i: int) -> None:
-        self.table = table
-        self.i = i
-        self.prefix = f"ratio {table.rows[i].ratio:g}: "
-
-    def stage(self, stage: Phase, message: str = "") -> None:
-        with self.table.lock:
-            self.table.parent.stage(stage, self.prefix + message)
-
-    def progress(self, progress: Progress) -> None:
-        with self.table.lock:
-            self.table.parent.progress(progress.model_copy(update={"message": self.prefix + (progress.message or "")}))
-
-    def plan(self, plan: LayerPlan) -> None:
-        pass
-
-    def results(self, results: Results) -> None:
-        pass  # the variant's thread records its row when run_pipeline returns
-
-    def close(self) -> None:
-        pass
-
-
 def run_sweep(
     job: PruneJob,
     ratios: Sequence[float] | None = None,
@@ -378,7 +350,9 @@ def run_sweep(
         vdir = out / variant_name(r)
         table.update(i, state="Running")
         try:
-            res = run_pipeline(vjob, output_dir=vdir, reporter=_VariantReporter(table, i))
+            # its stages and progress name the ratio; its results become its row of the table below
+            sub = SubRunReporter(reporter, f"ratio {r:g}: ", table.lock)
+            res = run_pipeline(vjob, output_dir=vdir, reporter=sub)
             used = json.loads((vdir / "plan.json").read_text())
             if used["drop"] != plan.drop:
                 raise RuntimeError(f"variant {r:g} did not keep the sweep's plan {plan.drop} (got {used['drop']})")

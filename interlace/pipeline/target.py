@@ -30,9 +30,9 @@ from pathlib import Path
 from interlace.artifacts import atomic_write_json
 from interlace.errors import InterlaceError
 from interlace.pipeline.sweep import amount_job, analyze_once, stage_plan
-from interlace.runtime.progress import Reporter
+from interlace.runtime.progress import Reporter, SubRunReporter
 from interlace.schema.limits import max_drop
-from interlace.schema.spec import LayerPlan, Phase, ProbeResult, Progress, PruneJob, Results, TargetResult
+from interlace.schema.spec import LayerPlan, Phase, ProbeResult, PruneJob, Results, TargetResult
 
 
 def summary(t: TargetResult) -> str:
@@ -143,7 +143,7 @@ def run_target(job: PruneJob, *, output_dir: str | Path, reporter: Reporter) -> 
             probe.spec.finetune.max_steps = target.proxy_steps
             probe.spec.finetune.checkpoint_every_steps = target.proxy_steps
         reporter.stage(Phase.EVALUATING, f"probe: drop {n} of {num_layers} layers ({plan.drop})")
-        res = run_pipeline(probe, output_dir=probe_dir, reporter=_ProbeReporter(reporter, n))
+        res = run_pipeline(probe, output_dir=probe_dir, reporter=SubRunReporter(reporter, f"probe drop-{n}: "))
         retention = None if res.relative_performance is None else res.relative_performance / 100
         ok = retention is not None and retention >= target.min_retention
         record.probes.append(ProbeResult(layers_dropped=n, retention=retention, meets=ok))
@@ -189,26 +189,3 @@ def run_target(job: PruneJob, *, output_dir: str | Path, reporter: Reporter) -> 
 
 def _pct(x: float | None) -> str:
     return "unknown" if x is None else f"{x:.1%}"
-
-
-class _ProbeReporter:
-    """A probe's stages and progress, named as the probe's; its plan and results are the search's."""
-
-    def __init__(self, parent: Reporter, n: int) -> None:
-        self.parent = parent
-        self.prefix = f"probe drop-{n}: "
-
-    def stage(self, stage: Phase, message: str = "") -> None:
-        self.parent.stage(stage, self.prefix + message)
-
-    def progress(self, progress: Progress) -> None:
-        self.parent.progress(progress.model_copy(update={"message": self.prefix + (progress.message or "")}))
-
-    def plan(self, plan: LayerPlan) -> None:
-        pass
-
-    def results(self, results: Results) -> None:
-        pass
-
-    def close(self) -> None:
-        pass

@@ -14,7 +14,9 @@ the same camelCase fields that the CRD declares.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,6 +81,37 @@ class JsonlReporter:
 
     def close(self) -> None:
         self._fh.close()
+
+
+class SubRunReporter:
+    """One part of a larger run (a sweep's variant, a target's probe) reporting through the run's
+    reporter: stage and progress messages start with `prefix`; its plan and results are dropped (the
+    larger run reports its own). `lock` serialises the parent's calls when parts run in threads."""
+
+    def __init__(self, parent: Reporter, prefix: str, lock: threading.Lock | None = None) -> None:
+        self.parent = parent
+        self.prefix = prefix
+        self.lock = lock
+
+    def _held(self) -> contextlib.AbstractContextManager[object]:
+        return self.lock if self.lock is not None else contextlib.nullcontext()
+
+    def stage(self, stage: Phase, message: str = "") -> None:
+        with self._held():
+            self.parent.stage(stage, self.prefix + message)
+
+    def progress(self, progress: Progress) -> None:
+        with self._held():
+            self.parent.progress(progress.model_copy(update={"message": self.prefix + (progress.message or "")}))
+
+    def plan(self, plan: LayerPlan) -> None:
+        pass
+
+    def results(self, results: Results) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class MultiReporter:
