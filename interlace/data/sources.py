@@ -29,6 +29,7 @@ from typing import Literal
 
 from interlace.errors import InterlaceError
 from interlace.schema.spec import DataSpec
+from interlace.settings import settings
 
 FINEVISION_ID = "HuggingFaceM4/FineVision"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -61,10 +62,7 @@ def finevision_table() -> dict[str, int | None]:
 
 
 def _offline() -> bool:
-    return any(
-        os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"}
-        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
+    return settings().offline
 
 
 def resolve_subsets(spec: DataSpec, *, where: str = "data") -> list[Subset]:

@@ -11,7 +11,6 @@ backbone), llama, qwen2, qwen3, mistral.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,7 +190,9 @@ def resolve_source(source: str) -> tuple[str, bool]:
 
 
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    from interlace.settings import settings  # lazily: this module imports without pydantic (bench/gpu.py)
+
+    return settings().offline
 
 
 def _check_dir(p: Path, source: str) -> str:

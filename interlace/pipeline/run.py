@@ -28,7 +28,6 @@ the spec, so it finetunes the same layers its checkpoints were made for.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -46,6 +45,7 @@ from interlace.schema.spec import (
     PruneJobSpec,
     Results,
 )
+from interlace.settings import settings
 from interlace.stages.plan import save_plan
 
 
@@ -63,7 +63,7 @@ def resolve_output_dir(uri: str, *, job: PruneJob | None = None) -> Path:
         return Path(dest.base)
     from interlace.builtin import cache_dir
 
-    root = Path(os.environ.get("INTERLACE_WORK_DIR") or cache_dir() / "runs")
+    root = settings().work_dir or cache_dir() / "runs"
     return (root / re.sub(r"[^A-Za-z0-9._-]+", "_", dest.base).strip("_")).resolve()
 
 

@@ -36,6 +36,7 @@ from pydantic import ValidationError
 from interlace.errors import InterlaceError
 from interlace.schema.limits import max_drop
 from interlace.schema.spec import DataSpec, PruneJob, PruneJobSpec, SpecError
+from interlace.settings import settings
 
 _FIELD = re.compile(r"^((?:spec|metadata)(?:\.[A-Za-z0-9_]+|\[\d+\])*)(?::|\s)")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -416,11 +417,9 @@ def _check_output(job: PruneJob, report: ValidationReport) -> None:
         if not _HUB_ID.match(repo) or "--" in repo or ".." in repo:
             report.error(field_name, f"{repo!r} is not a Hub repo id; use <user-or-org>/<name>")
     if repos and not report.cluster:
-        import os
-
         from huggingface_hub import get_token
 
-        if not (os.environ.get("INTERLACE_HUB_TOKEN") or get_token()):
+        if not (settings().hub_token or get_token()):
             report.warn(
                 "spec.output.hub" if out.hub is not None else where,
                 "no Hugging Face token here (HF_TOKEN, HF_TOKEN_PATH or `hf auth login`): publishing "

@@ -18,7 +18,6 @@ PruneJob's status (the operator creates it). So a job cannot touch another job o
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -27,11 +26,11 @@ from typing import Any
 from interlace.errors import InterlaceError
 from interlace.runtime.progress import now_rfc3339
 from interlace.schema.spec import API_GROUP, API_VERSION, PLURAL, LayerPlan, Phase, Progress, Results
+from interlace.settings import settings
 
 log = logging.getLogger(__name__)
 
 ENV_PRUNEJOB = "INTERLACE_PRUNEJOB"
-ENV_INTERVAL = "INTERLACE_STATUS_INTERVAL"
 DEFAULT_INTERVAL = 10.0
 MERGE_PATCH = "application/merge-patch+json"
 REQUEST_TIMEOUT = (10, 30)
@@ -59,7 +58,7 @@ def make_api_client(kubeconfig: str | None = None) -> Any:
             "pip install 'interlace-operator[kube]' (the runtime image has it)"
         ) from None
     cfg = client.Configuration()
-    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+    if kubeconfig is None and settings().in_cluster:
         config.load_incluster_config(client_configuration=cfg)
     else:
         config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
@@ -192,21 +191,18 @@ class KubeStatusReporter:
             )
 
 
-def from_env(env: dict[str, str] | None = None, **kwargs: Any) -> KubeStatusReporter | None:
+def from_env(**kwargs: Any) -> KubeStatusReporter | None:
     """The sink for the PruneJob named by INTERLACE_PRUNEJOB="<namespace>/<name>", else None.
 
     The operator sets that variable on the Ray pods; without it (local runs) nothing is imported.
     INTERLACE_STATUS_INTERVAL overrides the progress rate limit (seconds)."""
-    env = dict(os.environ) if env is None else env
-    ref = env.get(ENV_PRUNEJOB, "").strip()
+    env = settings()
+    ref = (env.prunejob or "").strip()
     if not ref:
         return None
     namespace, sep, name = ref.partition("/")
     if not sep or not namespace or not name or "/" in name:
         raise InterlaceError(f"{ENV_PRUNEJOB}={ref!r}: expected <namespace>/<name>")
-    if "min_interval" not in kwargs and env.get(ENV_INTERVAL):
-        try:
-            kwargs["min_interval"] = float(env[ENV_INTERVAL])
-        except ValueError:
-            raise InterlaceError(f"{ENV_INTERVAL}={env[ENV_INTERVAL]!r} is not a number of seconds") from None
+    if "min_interval" not in kwargs and env.status_interval is not None:
+        kwargs["min_interval"] = env.status_interval
     return KubeStatusReporter(namespace, name, **kwargs)

@@ -20,7 +20,6 @@ if it has one.
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,9 +28,9 @@ from typing import Any
 from interlace.errors import InterlaceError
 from interlace.runtime.costs import GIB, DecoderShape, MemoryEstimate, memory_estimate, parse_quantity
 from interlace.schema.spec import PruneJobSpec, ResourcesSpec
+from interlace.settings import settings
 
 # How long a driver joined to a Ray cluster (RAY_ADDRESS) waits for worker nodes to bring their GPUs.
-GPU_WAIT_ENV = "INTERLACE_GPU_WAIT_SECONDS"
 DEFAULT_GPU_WAIT_S = 120.0
 
 
@@ -90,7 +89,7 @@ def check_accelerators(resources: ResourcesSpec, *, wait_s: float | None = None)
     need = needed_gpus(resources)
     if need == 0:
         return
-    remote = bool(os.environ.get("RAY_ADDRESS"))
+    remote = bool(settings().ray_address)
     connected = "ray" in sys.modules and sys.modules["ray"].is_initialized()
     if connected or remote:
         import ray
@@ -100,7 +99,8 @@ def check_accelerators(resources: ResourcesSpec, *, wait_s: float | None = None)
 
             start_ray()
         if wait_s is None:
-            wait_s = float(os.environ.get(GPU_WAIT_ENV, DEFAULT_GPU_WAIT_S if remote else 0))
+            configured = settings().gpu_wait_seconds
+            wait_s = configured if configured is not None else (DEFAULT_GPU_WAIT_S if remote else 0.0)
         deadline = time.monotonic() + wait_s
         while True:
             have = float(ray.cluster_resources().get("GPU", 0.0))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 
+from interlace.settings import settings
+
 
 def start_ray(*, local: bool = False, attempts: int = 3) -> None:
     """`ray.init()` (the cluster RAY_ADDRESS names, else a new local one), retried.
@@ -22,7 +24,7 @@ def start_ray(*, local: bool = False, attempts: int = 3) -> None:
     if ray.is_initialized():
         return
     # A RayJob's driver joins the cluster RAY_ADDRESS names and keeps that job's runtime env as it is.
-    joining = not local and bool(os.environ.get("RAY_ADDRESS"))
+    joining = not local and bool(settings().ray_address)
     me = psutil.Process()
     for attempt in range(1, attempts + 1):
         before = {p.pid for p in me.children(recursive=True)}

@@ -9,8 +9,6 @@ pod restarts as a standby. Configuration is by environment, see `interlace_opera
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import sys
 
 import kopf
@@ -21,7 +19,7 @@ from interlace_operator.config import OperatorConfig
 def main() -> int:
     config = OperatorConfig.from_env()
     logging.basicConfig(
-        level=os.environ.get("INTERLACE_LOG_LEVEL", "INFO").upper(),
+        level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # The kubernetes client logs every retry of a dropped connection at WARNING; keep them at DEBUG.
@@ -40,7 +38,7 @@ def main() -> int:
         # kopf's default identity asks the passwd database for the user name, which fails for a uid
         # without an entry (OpenShift's random uids; any image without a passwd line for it).
         # kopf's Identity is a NewType of str that kopf does not export.
-        identity=os.environ.get("POD_NAME") or socket.gethostname(),  # type: ignore[arg-type]
+        identity=config.identity,  # type: ignore[arg-type]
     )
     if handlers.LOST_LEADERSHIP.is_set():
         logging.getLogger("interlace_operator").error("exiting: this replica lost the leader Lease")

@@ -1,120 +1,140 @@
-"""Operator settings, read once from the environment (the Deployment / Helm values set them)."""
+"""Operator settings: one pydantic-settings class, read once from the environment (the Deployment /
+Helm values set the variables; docs/environment.md is their table and a test keeps the two equal)."""
 
 from __future__ import annotations
 
-import os
+import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from contextvars import ContextVar
+from typing import Annotated, Any
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_RUNTIME_IMAGE = "ghcr.io/interlace-dev/interlace-runtime:0.1.0"
 DEFAULT_TOLERATION_KEY = "nvidia.com/gpu"
 
+# from_env(mapping) reads only the given mapping (tests, several operators in one process): while it
+# builds the settings, the process environment is not a source.
+_ENVIRON_OFF: ContextVar[bool] = ContextVar("interlace_operator_environ_off", default=False)
 
-def _list(env: Mapping[str, str], key: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
-    if key not in env:
-        return default
-    return tuple(v.strip() for v in env[key].split(",") if v.strip())
-
-
-def _float(env: Mapping[str, str], key: str, default: float) -> float:
-    raw = env.get(key, "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"{key}={raw!r} is not a number") from None
+CommaList = Annotated[tuple[str, ...], NoDecode]
 
 
-def _bool(env: Mapping[str, str], key: str) -> bool:
-    raw = env.get(key, "").strip().lower()
-    if raw in {"", "0", "false", "no", "off"}:
-        return False
-    if raw in {"1", "true", "yes", "on"}:
-        return True
-    raise ValueError(f"{key}={raw!r} is not a boolean (true/false)")
+class OperatorConfig(BaseSettings):
+    """Everything the operator reads from its environment; each field is the variable
+    `INTERLACE_<FIELD>` unless it names another one (docs/environment.md has the table).
 
-
-@dataclass(frozen=True)
-class OperatorConfig:
-    """Everything the operator reads from its environment.
-
-    * INTERLACE_RUNTIME_IMAGE: image of the Ray head/worker pods when spec.resources.image is unset.
-    * INTERLACE_WATCH_NAMESPACES: comma-separated namespaces to watch; empty = the whole cluster.
-    * INTERLACE_HEALTH_PORT (8080) / INTERLACE_METRICS_PORT (9090): kopf liveness, Prometheus;
-      0 disables the endpoint (tests run several operators on one host).
-    * INTERLACE_WORKERS (16): reconcile threads (the kubernetes client is synchronous; the work is
-      waiting on the API server, not CPU).
-    * INTERLACE_RETRY_BACKOFF_SECONDS (10) and INTERLACE_RETRY_BACKOFF_MAX_SECONDS (600): a failed
-      attempt is retried after base * 2**(attempt-1) seconds, capped.
-    * INTERLACE_WATCH_TIMEOUT_SECONDS (300): server-side watch timeout; the client gives up 30 s
-      later, so a silently dead connection cannot hang the operator.
-    * INTERLACE_LEADER_ELECTION (false): run as one of several replicas; only the holder of the
-      Lease INTERLACE_LEADER_ELECTION_NAME (interlace-operator) in INTERLACE_LEADER_ELECTION_NAMESPACE
-      (default POD_NAMESPACE) reconciles (see leader.py). INTERLACE_LEASE_DURATION_SECONDS (15),
-      INTERLACE_LEASE_RENEW_DEADLINE_SECONDS (10), INTERLACE_LEASE_RETRY_PERIOD_SECONDS (2) as in
-      client-go.
-    * INTERLACE_KUBERAY_RETRY_SECONDS (30): how often a PruneJob waiting for the RayJob CRD looks again.
+    * runtime_image: image of the Ray head/worker pods when spec.resources.image is unset.
+    * watch_namespaces: comma-separated namespaces to watch; empty = the whole cluster.
+    * health_port (8080) / metrics_port (9090): kopf liveness, Prometheus; 0 disables the endpoint
+      (tests run several operators on one host).
+    * workers (16): reconcile threads (the kubernetes client is synchronous; the work is waiting on
+      the API server, not CPU).
+    * retry_backoff_seconds (10) and retry_backoff_max_seconds (600): a failed attempt is retried
+      after base * 2**(attempt-1) seconds, capped.
+    * watch_timeout_seconds (300): server-side watch timeout; the client gives up 30 s later, so a
+      silently dead connection cannot hang the operator.
+    * leader_election (false): run as one of several replicas; only the holder of the Lease
+      INTERLACE_LEADER_ELECTION_NAME in INTERLACE_LEADER_ELECTION_NAMESPACE (default POD_NAMESPACE)
+      reconciles (see leader.py); lease_* timings as in client-go.
+    * kuberay_retry_seconds (30): how often a PruneJob waiting for the RayJob CRD looks again.
     * What a PruneJob may ask for on its pods (the operator creates them with its own rights, so a
       user who may create PruneJobs but not pods gets no more than this; empty = nothing):
-      INTERLACE_ALLOWED_SERVICE_ACCOUNTS (spec.resources.serviceAccountName; default none: the
-      per-job ServiceAccount the operator creates), INTERLACE_ALLOWED_PRIORITY_CLASSES
-      (spec.resources.priorityClassName; default none), INTERLACE_ALLOWED_TOLERATION_KEYS
-      (spec.resources.tolerations[].key; default nvidia.com/gpu; `*` allows any key, including the
-      key-less tolerate-everything). Comma-separated.
+      allowed_service_accounts (spec.resources.serviceAccountName; default none: the per-job
+      ServiceAccount the operator creates), allowed_priority_classes (spec.resources.priorityClassName;
+      default none), allowed_toleration_keys (spec.resources.tolerations[].key; default
+      nvidia.com/gpu; `*` allows any key, including the key-less tolerate-everything). Comma-separated.
     """
 
+    model_config = SettingsConfigDict(env_prefix="INTERLACE_", frozen=True, extra="ignore", populate_by_name=True)
+
     runtime_image: str = DEFAULT_RUNTIME_IMAGE
-    namespaces: tuple[str, ...] = ()
-    health_port: int = 8080
-    metrics_port: int = 9090
-    workers: int = 16
-    retry_backoff_seconds: float = 10.0
-    retry_backoff_max_seconds: float = 600.0
-    watch_timeout_seconds: float = 300.0
-    kuberay_retry_seconds: float = 30.0
-    allowed_service_accounts: tuple[str, ...] = ()
-    allowed_priority_classes: tuple[str, ...] = ()
-    allowed_toleration_keys: tuple[str, ...] = (DEFAULT_TOLERATION_KEY,)
-    component: str = "interlace-operator"
-    extra_labels: dict[str, str] = field(default_factory=dict)
+    namespaces: CommaList = Field((), validation_alias="INTERLACE_WATCH_NAMESPACES")
+    health_port: int = Field(8080, ge=0, le=65535)
+    metrics_port: int = Field(9090, ge=0, le=65535)
+    workers: int = Field(16, ge=1)
+    retry_backoff_seconds: float = Field(10.0, gt=0)
+    retry_backoff_max_seconds: float = Field(600.0, gt=0)
+    watch_timeout_seconds: float = Field(300.0, gt=0)
+    kuberay_retry_seconds: float = Field(30.0, gt=0)
+    allowed_service_accounts: CommaList = ()
+    allowed_priority_classes: CommaList = ()
+    allowed_toleration_keys: CommaList = (DEFAULT_TOLERATION_KEY,)
     leader_election: bool = False
-    lease_namespace: str = ""
-    lease_name: str = "interlace-operator"
-    lease_duration_seconds: float = 15.0
-    lease_renew_deadline_seconds: float = 10.0
-    lease_retry_period_seconds: float = 2.0
+    lease_namespace: str = Field(
+        "", validation_alias=AliasChoices("INTERLACE_LEADER_ELECTION_NAMESPACE", "POD_NAMESPACE")
+    )
+    lease_name: str = Field("interlace-operator", validation_alias="INTERLACE_LEADER_ELECTION_NAME")
+    lease_duration_seconds: float = Field(15.0, gt=0)
+    lease_renew_deadline_seconds: float = Field(10.0, gt=0)
+    lease_retry_period_seconds: float = Field(2.0, gt=0)
+    log_level: str = "INFO"
+    pod_name: str = Field("", validation_alias="POD_NAME")
+    kubeconfig: str = Field("", validation_alias="KUBECONFIG")
+    kubernetes_service_host: str = Field("", validation_alias="KUBERNETES_SERVICE_HOST")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,) if _ENVIRON_OFF.get() else (init_settings, env_settings)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _blank_is_default(cls, value: Any, info: Any) -> Any:
+        """An empty or blank variable means "not set" (Helm renders unset values as ""); for the
+        allow-lists an empty value means "nothing allowed", so they keep it."""
+        if isinstance(value, str) and not value.strip() and not info.field_name.startswith("allowed_"):
+            return cls.model_fields[info.field_name].default
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("namespaces", "allowed_service_accounts", "allowed_priority_classes",
+                     "allowed_toleration_keys", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        return value
 
     @property
     def clusterwide(self) -> bool:
         return not self.namespaces
 
+    @property
+    def in_cluster(self) -> bool:
+        """Use the Pod's ServiceAccount (as client-go does: in a Pod, and no KUBECONFIG given)."""
+        return bool(self.kubernetes_service_host) and not self.kubeconfig
+
+    @property
+    def identity(self) -> str:
+        """kopf's peering identity and the Lease holder's base name: POD_NAME, else the host name."""
+        return self.pod_name or socket.gethostname()
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
-        env = os.environ if env is None else env
-        namespaces = tuple(n.strip() for n in env.get("INTERLACE_WATCH_NAMESPACES", "").split(",") if n.strip())
-        return cls(
-            runtime_image=env.get("INTERLACE_RUNTIME_IMAGE", "").strip() or DEFAULT_RUNTIME_IMAGE,
-            namespaces=namespaces,
-            health_port=int(_float(env, "INTERLACE_HEALTH_PORT", 8080)),
-            metrics_port=int(_float(env, "INTERLACE_METRICS_PORT", 9090)),
-            workers=max(1, int(_float(env, "INTERLACE_WORKERS", 16))),
-            retry_backoff_seconds=_float(env, "INTERLACE_RETRY_BACKOFF_SECONDS", 10.0),
-            retry_backoff_max_seconds=_float(env, "INTERLACE_RETRY_BACKOFF_MAX_SECONDS", 600.0),
-            watch_timeout_seconds=_float(env, "INTERLACE_WATCH_TIMEOUT_SECONDS", 300.0),
-            leader_election=_bool(env, "INTERLACE_LEADER_ELECTION"),
-            lease_namespace=(env.get("INTERLACE_LEADER_ELECTION_NAMESPACE", "").strip()
-                             or env.get("POD_NAMESPACE", "").strip()),
-            lease_name=env.get("INTERLACE_LEADER_ELECTION_NAME", "").strip() or "interlace-operator",
-            lease_duration_seconds=_float(env, "INTERLACE_LEASE_DURATION_SECONDS", 15.0),
-            lease_renew_deadline_seconds=_float(env, "INTERLACE_LEASE_RENEW_DEADLINE_SECONDS", 10.0),
-            lease_retry_period_seconds=_float(env, "INTERLACE_LEASE_RETRY_PERIOD_SECONDS", 2.0),
-            kuberay_retry_seconds=_float(env, "INTERLACE_KUBERAY_RETRY_SECONDS", 30.0),
-            allowed_service_accounts=_list(env, "INTERLACE_ALLOWED_SERVICE_ACCOUNTS"),
-            allowed_priority_classes=_list(env, "INTERLACE_ALLOWED_PRIORITY_CLASSES"),
-            allowed_toleration_keys=_list(env, "INTERLACE_ALLOWED_TOLERATION_KEYS", (DEFAULT_TOLERATION_KEY,)),
-        )
+        """The settings from `env` (default: os.environ); a bad value raises ValueError naming the
+        variable and what it must be."""
+        try:
+            if env is None:
+                return cls()
+            values: dict[str, str] = {}
+            for f in cls.model_fields:
+                for n in env_names(cls, f):
+                    if n in env and f not in values:
+                        values[f] = env[n]
+            token = _ENVIRON_OFF.set(True)
+            try:
+                return cls.model_validate(values)
+            finally:
+                _ENVIRON_OFF.reset(token)
+        except ValidationError as err:
+            raise ValueError("; ".join(_explain(cls, e) for e in err.errors())) from None
 
     def not_allowed(self, resources: Any) -> list[str]:
         """What spec.resources asks for beyond the allow-lists (one message per field)."""
@@ -168,3 +188,24 @@ class OperatorConfig:
     def backoff(self, failed_attempt: int) -> float:
         """Seconds to wait after attempt number `failed_attempt` (1-based) failed."""
         return float(min(self.retry_backoff_max_seconds, self.retry_backoff_seconds * 2 ** (failed_attempt - 1)))
+
+
+def env_names(cls: type[BaseSettings], field: str) -> list[str]:
+    """The environment variables a settings field is read from, the first one set wins (its aliases,
+    else prefix + name). The operator's and the library's settings classes both use it."""
+    alias = cls.model_fields[field].validation_alias
+    if isinstance(alias, AliasChoices):
+        return [str(c) for c in alias.choices]
+    if isinstance(alias, str):
+        return [alias]
+    return [f"{cls.model_config.get('env_prefix', '')}{field}".upper()]
+
+
+def _explain(cls: type[BaseSettings], error: Any) -> str:
+    loc = str(error["loc"][0]) if error.get("loc") else ""
+    name = loc if loc.isupper() else env_names(cls, loc)[0] if loc in cls.model_fields else loc
+    value = error.get("input")
+    what = {"bool_parsing": "is not a boolean (true/false)",
+            "float_parsing": "is not a number", "int_parsing": "is not a whole number"}.get(
+        error["type"], str(error["msg"]).lower())
+    return f"{name}={value!r} {what}"

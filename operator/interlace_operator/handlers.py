@@ -30,7 +30,7 @@ from interlace.schema.spec import API_GROUP, API_VERSION, PLURAL
 from interlace_operator import names
 from interlace_operator.config import OperatorConfig
 from interlace_operator.kube import ConflictError, Kube, controller_of, make_api_client
-from interlace_operator.leader import LeaderElector, LeaseConfig
+from interlace_operator.leader import LeaderElector, LeaseConfig, default_identity
 from interlace_operator.metrics import Metrics, serve
 from interlace_operator.reconcile import Reconciler, Requeue
 from interlace_operator.status import TERMINAL_PHASES
@@ -49,8 +49,8 @@ class Runtime:
     def __init__(self, config: OperatorConfig) -> None:
         self.config = config
         self.metrics = Metrics.get()
-        self.api_client = make_api_client(pool_size=max(8, 2 * config.workers))
-        self.kube = Kube(self.api_client, component=config.component)
+        self.api_client = make_api_client(pool_size=max(8, 2 * config.workers), in_cluster=config.in_cluster)
+        self.kube = Kube(self.api_client, component=names.MANAGED_BY)
         self.reconciler = Reconciler(self.kube, config, self.metrics)
         self._failures: dict[Hashable, int] = {}
         self._lock = threading.Lock()
@@ -84,7 +84,7 @@ class Runtime:
 
         self.elector = LeaderElector(
             self.api_client,
-            LeaseConfig(namespace=cfg.lease_namespace, name=cfg.lease_name,
+            LeaseConfig(namespace=cfg.lease_namespace, name=cfg.lease_name, identity=default_identity(cfg.pod_name),
                         lease_duration=cfg.lease_duration_seconds, renew_deadline=cfg.lease_renew_deadline_seconds,
                         retry_period=cfg.lease_retry_period_seconds),
             on_started_leading=started,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -29,12 +28,13 @@ class ConflictError(RuntimeError):
     """A child with our deterministic name exists but belongs to something else (or is being deleted)."""
 
 
-def make_api_client(kubeconfig: str | None = None, pool_size: int = 32) -> Any:
-    """ApiClient from the in-cluster service account, else KUBECONFIG / ~/.kube/config."""
+def make_api_client(kubeconfig: str | None = None, pool_size: int = 32, *, in_cluster: bool = False) -> Any:
+    """ApiClient from the in-cluster service account (`OperatorConfig.in_cluster`), else KUBECONFIG /
+    ~/.kube/config."""
     from kubernetes import client, config
 
     cfg = client.Configuration()
-    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
+    if kubeconfig is None and in_cluster:
         config.load_incluster_config(client_configuration=cfg)
     else:
         config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)

@@ -24,7 +24,6 @@ The algorithm, as in client-go:
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import threading
 import time
@@ -47,10 +46,10 @@ def _now_micro() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def default_identity() -> str:
-    """POD_NAME when the Deployment passes it (the downward API), else host name + a random suffix."""
-    base = os.environ.get("POD_NAME") or socket.gethostname()
-    return f"{base}_{uuid.uuid4().hex[:8]}"
+def default_identity(base: str = "") -> str:
+    """`base` (POD_NAME when the Deployment passes it, the downward API), else the host name; plus a
+    random suffix."""
+    return f"{base or socket.gethostname()}_{uuid.uuid4().hex[:8]}"
 
 
 @dataclass(frozen=True)

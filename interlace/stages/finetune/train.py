@@ -64,6 +64,7 @@ from interlace.runtime.placement import TrainPlacement, placement_of
 from interlace.runtime.progress import NullReporter, Reporter, now_rfc3339
 from interlace.runtime.ray_cluster import start_ray
 from interlace.schema.spec import FinetuneSpec, LayerPlan, Metric, Progress
+from interlace.settings import settings
 
 if TYPE_CHECKING:
     import torch
@@ -199,8 +200,8 @@ def finetune(
         "resume_root": str(storage if spec.resume else storage / run_name),
         "run_dir": str(storage / run_name),
         "queue": queue,
-        "fault_step": int(os.environ[FAULT_STEP_ENV]) if os.environ.get(FAULT_STEP_ENV) else None,
-        "fault_marker": os.environ.get(FAULT_MARKER_ENV),
+        "fault_step": settings().fault_crash_at_step,
+        "fault_marker": settings().fault_marker,
     }
     scaling, torch_config = ray_train_configs(placement)
     trainer = TorchTrainer(

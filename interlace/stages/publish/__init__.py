@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from urllib.parse import urlparse
 
 from interlace.errors import InterlaceError
 from interlace.schema.spec import HubOutput, LayerPlan, OutputSpec, PruneJob, Results
+from interlace.settings import settings
 from interlace.stages.publish.card import model_card, write_card
 from interlace.stages.publish.hub import HubUploadPlan, plan_hub_upload, push_to_hub
 from interlace.stages.publish.redact import install as install_redaction
@@ -39,7 +39,6 @@ log = logging.getLogger("interlace.stages.publish")
 install_redaction()  # before anything here can log; see interlace.stages.publish.redact
 
 ARTIFACTS = ("scores.json", "plan.json", "heatmap.png")
-DEFAULT_PVC_ROOT = "/data"
 
 
 @dataclass
@@ -76,7 +75,7 @@ def resolve_destination(uri: str, *, job: PruneJob | None = None) -> Destination
             raise InterlaceError(
                 f"spec.output.uri names PVC {claim!r} but spec.resources.pvcName is {want!r}; use the same claim"
             )
-        root = Path(os.environ.get("INTERLACE_PVC_ROOT", DEFAULT_PVC_ROOT))
+        root = settings().pvc_root
         if not root.is_dir():
             raise InterlaceError(f"spec.output.uri {uri!r}: the PVC mount {root} does not exist in this pod")
         return Destination("local", str((root / parsed.path.lstrip("/")).resolve()))

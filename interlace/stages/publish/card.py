@@ -8,7 +8,6 @@ Secret NAMES from the spec are left out as well: they say nothing about the mode
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 from interlace.artifacts import atomic_write_text
 from interlace.schema.spec import LayerPlan, PruneJob, PruneJobSpec, Results
+from interlace.settings import settings
 
 PAPER = "https://arxiv.org/abs/2511.19676"
 TAGS = ["interlace", "layer-pruning", "pruned"]
@@ -75,7 +75,7 @@ def base_info(spec: PruneJobSpec) -> BaseInfo:
         cached = try_to_load_from_cache(source, "README.md", revision=spec.model.revision)
         if isinstance(cached, str):
             meta = _card_meta(Path(cached))
-        elif os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("1", "true", "yes", "on"):
+        elif not settings().offline:
             from huggingface_hub import ModelCard
 
             try:

@@ -17,13 +17,13 @@ passed to the client and registered for redaction, never logged.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from interlace.errors import InterlaceError
 from interlace.schema.spec import HubOutput
+from interlace.settings import settings
 from interlace.stages.publish.retry import RetryPolicy, call_with_retry
 from interlace.stages.publish.transfer import model_files
 
@@ -63,7 +63,6 @@ def plan_hub_upload(model_dir: Path, hub: HubOutput, *, commit_message: str | No
     return plan
 
 
-HUB_TOKEN_ENV = "INTERLACE_HUB_TOKEN"
 LARGE_FOLDER_BYTES = 5 * 1024**3  # from this size on, upload_large_folder (when available)
 
 
@@ -73,7 +72,8 @@ def hub_token() -> str:
 
     from interlace.stages.publish.redact import register
 
-    token = os.environ.get(HUB_TOKEN_ENV, "").strip() or get_token()
+    configured = settings().hub_token
+    token = (configured.get_secret_value().strip() if configured else "") or get_token()
     if not token:
         raise InterlaceError(
             "spec.output.hub: no Hugging Face token found (env HF_TOKEN, the file HF_TOKEN_PATH names, or the "
@@ -95,7 +95,7 @@ def push_to_hub(plan: HubUploadPlan, model_dir: Path, *, policy: RetryPolicy) ->
     from huggingface_hub.errors import OfflineModeIsEnabled
 
     # huggingface_hub reads HF_HUB_OFFLINE once at import; the environment now is what counts.
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+    if settings().offline:
         raise InterlaceError(
             "spec.output.hub: HF_HUB_OFFLINE is set, so nothing can be uploaded to the Hub; unset it "
             "or remove spec.output.hub"

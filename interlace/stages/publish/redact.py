@@ -11,21 +11,12 @@ call `install()` at start so that model loading with an HF token is covered too.
 from __future__ import annotations
 
 import logging
-import os
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-# Environment variables whose VALUES are credentials.
-SECRET_ENV = (
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SESSION_TOKEN",
-    "HF_TOKEN",
-    "HUGGING_FACE_HUB_TOKEN",
-    "HUGGINGFACE_TOKEN",
-    "INTERLACE_HUB_TOKEN",
-)
+from interlace.settings import settings
+
 MASK = "***"
 MIN_SECRET_LEN = 4  # shorter values would mask ordinary words
 
@@ -36,14 +27,14 @@ _registered: set[str] = set()
 
 
 def register(value: str) -> None:
-    """Redact this credential value from now on, like those in SECRET_ENV."""
+    """Redact this credential value from now on, like the credential variables (`Settings.secret_values`)."""
     if value and len(value) >= MIN_SECRET_LEN:
         _registered.add(value)
 
 
 def secret_values() -> list[str]:
     """Current credential values (environment and registered), longest first (so overlaps mask fully)."""
-    vals = {os.environ.get(k, "") for k in SECRET_ENV} | _registered
+    vals = set(settings().secret_values()) | _registered
     return sorted((v for v in vals if len(v) >= MIN_SECRET_LEN), key=len, reverse=True)
 
 

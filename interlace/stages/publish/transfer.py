@@ -24,7 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
 from interlace.errors import InterlaceError
+from interlace.settings import settings
 from interlace.stages.publish.retry import RetryPolicy, call_with_retry
 
 log = logging.getLogger("interlace.stages.publish")
@@ -151,17 +154,17 @@ def s3_filesystem() -> Any:
     """
     import s3fs
 
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
+    env = settings()
+    endpoint, region = env.aws_endpoint_url, env.aws_region
     client_kwargs: dict[str, Any] = {}
     if endpoint:
         client_kwargs["endpoint_url"] = endpoint
     if region:
         client_kwargs["region_name"] = region
     return s3fs.S3FileSystem(
-        key=os.environ.get("AWS_ACCESS_KEY_ID") or None,
-        secret=os.environ.get("AWS_SECRET_ACCESS_KEY") or None,
-        token=os.environ.get("AWS_SESSION_TOKEN") or None,
+        key=_secret(env.aws_access_key_id),
+        secret=_secret(env.aws_secret_access_key),
+        token=_secret(env.aws_session_token),
         client_kwargs=client_kwargs,
         config_kwargs={"retries": {"max_attempts": 1, "mode": "standard"}, "connect_timeout": 10},
         skip_instance_cache=True,
@@ -200,3 +203,7 @@ def upload_s3(
         log.info("uploaded s3://%s", rpath)
     log.info("published %d files to s3://%s (%d unchanged)", len(stats.uploaded), dest, len(stats.skipped))
     return stats
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
