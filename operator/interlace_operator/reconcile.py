@@ -36,16 +36,29 @@ from interlace.schema.spec import API_GROUP, API_VERSION, KIND, Phase, PruneJob,
 from interlace_operator import builders, names
 from interlace_operator.config import OperatorConfig
 from interlace_operator.kube import ConflictError, Kube
+from interlace_operator.machine import (
+    Accept,
+    Expire,
+    Finish,
+    HoldSuspended,
+    Observation,
+    Report,
+    Retry,
+    SetSuspend,
+    Start,
+    Step,
+    WaitRetry,
+    decide,
+)
 from interlace_operator.metrics import Metrics
 from interlace_operator.status import (
-    JDS_FINISHED,
     STAGE_VALUES,
     TERMINAL_PHASES,
     Outcome,
     desired_conditions,
+    differs,
     merge_conditions,
     observe_rayjob,
-    outcome_from_mirror,
     parse_time,
     rayjob_mirror,
     rfc3339,
@@ -84,6 +97,7 @@ class Ctx:
     status: dict[str, Any]
     now: datetime
     first: bool = False  # the first reconcile of this PruneJob in this process
+    replayed: bool = False  # its events were replayed in this pass (see _replay_events)
 
     @property
     def generation(self) -> int | None:
@@ -191,52 +205,114 @@ class Reconciler:
             raise Requeue(delay, str(err)) from None
 
     def _run(self, ctx: Ctx) -> float | None:
-        namespace, name, job, status, now = ctx.owner.namespace, ctx.owner.name, ctx.job, ctx.status, ctx.now
-        if not status.get("startTime"):
-            refused = self._preflight(ctx)
-            if refused is not None:
-                self._finish(ctx, refused, None)
-                return None
-            self._accept(ctx)
-            # RayJobs are only ever created after startTime is recorded: nothing to adopt yet.
-            self._probed.add((namespace, name))
+        """Observe, decide (machine.decide: pure), act; again after a step that changes what is observed."""
+        namespace, name = ctx.owner.namespace, ctx.owner.name
+        while True:
+            obs = self._observe(ctx)
+            step = decide(obs)
+            match step:
+                case Accept():
+                    refused = self._preflight(ctx)
+                    if refused is not None:
+                        self._finish(ctx, refused, None)
+                        return None
+                    self._accept(ctx)
+                    # RayJobs are only ever created after startTime is recorded: nothing to adopt yet.
+                    self._probed.add((namespace, name))
+                case Start(attempt=attempt, retry=retry, recreated=recreated):
+                    if recreated:
+                        self._event(ctx, "Warning", "RayJobMissing",
+                                    f"RayJob {obs.rayjob_name} disappeared before it finished; recreating it")
+                    return self._start_attempt(ctx, attempt, retry=retry)
+                case SetSuspend(want=want):
+                    assert obs.rayjob is not None
+                    rj = obs.rayjob["metadata"]["name"]
+                    self._record_rayjob(self.kube.patch_rayjob(namespace, rj, {"spec": {"suspend": want}}))
+                    self._event(
+                        ctx, "Normal", "Suspending" if want else "Resuming",
+                        f"{'suspending' if want else 'resuming'} RayJob {rj}"
+                        + (" (its Ray cluster is deleted)" if want else ""),
+                    )
+                case Expire():
+                    if step.release and obs.rayjob is not None:
+                        self.kube.delete_rayjob(namespace, obs.rayjob["metadata"]["name"])
+                    self._finish(ctx, step.outcome, step.mirror, attempts=obs.attempts)
+                    return None
+                case _:
+                    return self._carry_out(ctx, obs, step)
 
-        attempts = self._adopt_attempts(ctx, int(status.get("attempts") or 0))
-        rj_name = names.rayjob_name(name, attempts) if attempts else None
-        current = self.kube.get_rayjob(namespace, rj_name) if rj_name else None
+    def _observe(self, ctx: Ctx) -> Observation:
+        """Read what decide() needs: adopt attempts a crashed run created, the current RayJob."""
+        status, job = ctx.status, ctx.job
+        attempts = int(status.get("attempts") or 0)
+        if status.get("startTime"):
+            attempts = self._adopt_attempts(ctx, attempts)
+        rj_name = names.rayjob_name(ctx.owner.name, attempts) if attempts else None
+        current = self.kube.get_rayjob(ctx.owner.namespace, rj_name) if rj_name else None
         if current is not None:
             self.kube.check_owner(current, ctx.owner.uid, deleting_ok=True)
-        if ctx.first:
+        if ctx.first and status.get("startTime") and not ctx.replayed:
+            ctx.replayed = True
             self._replay_events(ctx, attempts, current)
+        return Observation(
+            started=bool(status.get("startTime")),
+            attempts=attempts,
+            rayjob_name=rj_name,
+            rayjob=current,
+            recorded=status.get("rayJob"),
+            stage=status.get("stage"),
+            suspend=bool(job.spec.suspend),
+            dry_run=job.spec.dry_run,
+            backoff_limit=job.spec.backoff_limit,
+            deadline_seconds=job.spec.active_deadline_seconds,
+            deadline=self._deadline(ctx),
+            retry_delay=self.config.backoff(attempts) if attempts else 0.0,
+            now=ctx.now,
+        )
 
-        deadline = self._deadline(ctx)
-        if deadline is not None and now >= deadline:
-            if current is not None and (current.get("status") or {}).get("jobDeploymentStatus") not in JDS_FINISHED:
-                self.kube.delete_rayjob(namespace, current["metadata"]["name"])
-            seconds = job.spec.active_deadline_seconds
-            outcome = Outcome(
-                Phase.FAILED.value, "DeadlineExceeded",
-                f"the PruneJob ran longer than spec.activeDeadlineSeconds={seconds} (from status.startTime)",
-                finished=True, failed=True,
-            )
-            self._finish(ctx, outcome, self._mirror(ctx, current, finished=True), attempts=attempts)
-            return None
+    def _carry_out(self, ctx: Ctx, obs: Observation, step: Step) -> float | None:
+        """The steps that write an outcome to status (and what goes with each: events, a retry, the
+        release of a failed attempt's RayJob after the failure is recorded, so a crash loses nothing)."""
+        assert isinstance(step, Report | Finish | HoldSuspended | WaitRetry | Retry)
+        if step.conflict_event:
+            self._event(ctx, "Warning", "RayJobStatusConflict", step.outcome.message)
 
-        if attempts == 0:
-            return self._start_attempt(ctx, 1, retry=False)
+        def release() -> None:
+            if step.release and obs.rayjob is not None:
+                self.kube.delete_rayjob(ctx.owner.namespace, obs.rayjob["metadata"]["name"])
 
-        if current is None:
-            mirror = status.get("rayJob") or {}
-            if mirror.get("name") == rj_name and mirror.get("endTime"):
-                outcome = outcome_from_mirror(mirror, stage=status.get("stage"), dry_run=job.spec.dry_run)
-                return self._settle(ctx, attempts, None, outcome, mirror)
-            self._event(ctx, "Warning", "RayJobMissing", f"RayJob {rj_name} disappeared before it finished; recreating it")
-            return self._start_attempt(ctx, attempts, retry=False)
-
-        current = self._sync_suspend(ctx, current)
-        outcome = observe_rayjob(current, stage=status.get("stage"), dry_run=job.spec.dry_run)
-        mirror = self._mirror(ctx, current, finished=outcome.finished)
-        return self._settle(ctx, attempts, current, outcome, mirror)
+        match step:
+            case Report():
+                self._write(ctx, step.outcome, step.mirror, attempts=obs.attempts)
+                return self._next_check(ctx)
+            case Finish():
+                outcome = step.outcome
+                if outcome.phase == Phase.SUCCEEDED.value:
+                    # The condition message (and the event) name the plan, the output and the retention.
+                    outcome = dataclasses.replace(outcome, message=self._success_message(ctx, outcome))
+                self._finish(ctx, outcome, step.mirror, attempts=obs.attempts)
+                release()
+                return None
+            case HoldSuspended():
+                self._write(ctx, step.outcome, step.mirror, attempts=obs.attempts)
+                release()
+                return None
+            case WaitRetry():
+                self._write(ctx, step.outcome, step.mirror, attempts=obs.attempts)
+                self._event(ctx, "Warning", "AttemptFailed", step.outcome.message)  # one per attempt (its name)
+                release()
+                return max(0.05, (step.due - ctx.now).total_seconds())
+            case Retry():
+                release()
+                result = self._start_attempt(ctx, step.attempt, retry=True)
+                # posted once the new attempt is recorded; a rerun after a crash posts the same name
+                self._event(
+                    ctx, "Normal", "Retrying",
+                    f"started attempt {step.attempt} of {ctx.job.spec.backoff_limit + 1} after: {step.outcome.message}",
+                    key=f"attempt-{step.attempt}",
+                )
+                return result
+        raise AssertionError(f"unhandled step {step!r}")
 
     # ================================================================== steps
 
@@ -405,105 +481,6 @@ class Reconciler:
             key=f"attempt-{attempt}",
         )
 
-    def _sync_suspend(self, ctx: Ctx, rayjob: dict[str, Any]) -> dict[str, Any]:
-        """spec.suspend -> RayJob spec.suspend (KubeRay deletes / recreates the Ray cluster)."""
-        want = bool(ctx.job.spec.suspend)
-        have = bool((rayjob.get("spec") or {}).get("suspend"))
-        jds = (rayjob.get("status") or {}).get("jobDeploymentStatus")
-        if want == have or jds in JDS_FINISHED:
-            return rayjob
-        name = rayjob["metadata"]["name"]
-        updated = self.kube.patch_rayjob(ctx.owner.namespace, name, {"spec": {"suspend": want}})
-        self._record_rayjob(updated)
-        self._event(
-            ctx, "Normal", "Suspending" if want else "Resuming",
-            f"{'suspending' if want else 'resuming'} RayJob {name}"
-            + (" (its Ray cluster is deleted)" if want else ""),
-        )
-        return updated
-
-    def _settle(
-        self,
-        ctx: Ctx,
-        attempts: int,
-        current: dict[str, Any] | None,
-        outcome: Outcome,
-        mirror: dict[str, Any] | None,
-    ) -> float | None:
-        job = ctx.job
-        if ctx.job.spec.suspend and not outcome.finished and outcome.phase != Phase.SUSPENDED.value:
-            outcome = Outcome(Phase.SUSPENDED.value, "Suspending", "waiting for KubeRay to suspend the RayJob")
-        elif not ctx.job.spec.suspend and outcome.phase == Phase.SUSPENDED.value:
-            outcome = Outcome(Phase.PENDING.value, "Resuming", "waiting for KubeRay to resume the RayJob")
-
-        if outcome.conflict and _differs(ctx.status.get("rayJob") or {}, mirror or {}):
-            self._event(ctx, "Warning", "RayJobStatusConflict", outcome.message)
-
-        if outcome.failed:
-
-            def release() -> None:
-                """KubeRay has not torn a failed attempt down (its two statuses disagree): free the GPUs.
-                Called after the failure is recorded in status, so a crash in between loses nothing."""
-                st = (current or {}).get("status") or {}
-                if current is not None and st.get("jobDeploymentStatus") not in JDS_FINISHED:
-                    self.kube.delete_rayjob(ctx.owner.namespace, current["metadata"]["name"])
-
-            if outcome.retryable and attempts <= job.spec.backoff_limit:
-                return self._retry_later(ctx, attempts, outcome, mirror, release)
-            if attempts > 1:
-                outcome = Outcome(
-                    outcome.phase, outcome.reason if outcome.reason != "JobFailed" else "BackoffLimitExceeded",
-                    f"{outcome.message}; gave up after {attempts} attempts (spec.backoffLimit="
-                    f"{job.spec.backoff_limit})",
-                    finished=True, failed=True,
-                )
-            self._finish(ctx, outcome, mirror, attempts=attempts)
-            release()
-            return None
-        if outcome.phase == Phase.SUCCEEDED.value:
-            # The condition message (and the event) name the plan, the output and the retention.
-            outcome = dataclasses.replace(outcome, message=self._success_message(ctx, outcome))
-            self._finish(ctx, outcome, mirror, attempts=attempts)
-            return None
-        self._write(ctx, outcome, mirror, attempts=attempts)
-        return self._next_check(ctx)
-
-    def _retry_later(
-        self,
-        ctx: Ctx,
-        attempts: int,
-        outcome: Outcome,
-        mirror: dict[str, Any] | None,
-        release: Callable[[], None],
-    ) -> float | None:
-        ended = parse_time((mirror or {}).get("endTime")) or ctx.now
-        delay = self.config.backoff(attempts)
-        due = ended + timedelta(seconds=delay)
-        if ctx.job.spec.suspend:
-            self._write(ctx, Outcome(Phase.SUSPENDED.value, "Suspended", "suspended between attempts"), mirror,
-                        attempts=attempts)
-            release()
-            return None
-        if ctx.now >= due:
-            release()
-            result = self._start_attempt(ctx, attempts + 1, retry=True)
-            # posted once the new attempt is recorded; a rerun after a crash posts the same name
-            self._event(
-                ctx, "Normal", "Retrying",
-                f"started attempt {attempts + 1} of {ctx.job.spec.backoff_limit + 1} after: {outcome.message}",
-                key=f"attempt-{attempts + 1}",
-            )
-            return result
-        waiting = Outcome(
-            Phase.PENDING.value, "BackoffRetry",
-            f"attempt {attempts} failed ({outcome.reason}: {outcome.message}); attempt {attempts + 1} of "
-            f"{ctx.job.spec.backoff_limit + 1} starts at {rfc3339(due)}",
-        )
-        self._write(ctx, waiting, mirror, attempts=attempts)
-        self._event(ctx, "Warning", "AttemptFailed", waiting.message)  # one per attempt (its name)
-        release()
-        return max(0.05, (due - ctx.now).total_seconds())
-
     def _next_check(self, ctx: Ctx) -> float | None:
         """While running, look again at the deadline (events cover everything else)."""
         deadline = self._deadline(ctx)
@@ -551,7 +528,7 @@ class Reconciler:
             new["rayJob"] = mirror
         if completion is not None and not old.get("completionTime"):
             new["completionTime"] = rfc3339(completion)
-        patch = {k: v for k, v in new.items() if _differs(old.get(k), v)}
+        patch = {k: v for k, v in new.items() if differs(old.get(k), v)}
         if patch:
             self._patch_status(ctx, patch)
             ctx.status.update({k: (strip_none(v) if k == "rayJob" else v) for k, v in patch.items()})
@@ -685,7 +662,3 @@ def _reason(status: dict[str, Any], ctype: str) -> str | None:
     return None
 
 
-def _differs(old: Any, new: Any) -> bool:
-    if isinstance(new, dict) and isinstance(old, dict):
-        return strip_none(old) != strip_none(new)
-    return old != new

@@ -254,3 +254,10 @@ def merge_conditions(
 
 def strip_none(d: dict[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (d or {}).items() if v is not None}
+
+
+def differs(old: Any, new: Any) -> bool:
+    """Whether a status value changed (None-valued keys of a dict do not count: a merge patch drops them)."""
+    if isinstance(new, dict) and isinstance(old, dict):
+        return strip_none(old) != strip_none(new)
+    return bool(old != new)

@@ -1,0 +1,139 @@
+"""The PruneJob state machine (interlace_operator.machine.decide), branch by branch, without a cluster."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from interlace_operator.machine import (
+    Accept,
+    Expire,
+    Finish,
+    HoldSuspended,
+    Observation,
+    Report,
+    Retry,
+    SetSuspend,
+    Start,
+    WaitRetry,
+    decide,
+)
+from interlace_operator.status import rfc3339
+
+NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+
+
+def rayjob(js: str | None = None, jds: str | None = None, *, suspend: bool = False, name: str = "pj-1",
+           end: datetime | None = None, **status: Any) -> dict[str, Any]:
+    st = {"jobStatus": js, "jobDeploymentStatus": jds, **status}
+    if end is not None:
+        st["endTime"] = rfc3339(end)
+    return {"metadata": {"name": name}, "spec": {"suspend": suspend}, "status": st}
+
+
+def obs(**kw: Any) -> Observation:
+    base = Observation(
+        started=True, attempts=1, rayjob_name="pj-1", rayjob=rayjob("RUNNING", "Running"), recorded=None,
+        stage=None, suspend=False, dry_run=False, backoff_limit=2, deadline_seconds=None, deadline=None,
+        retry_delay=10.0, now=NOW,
+    )
+    return dataclasses.replace(base, **kw)
+
+
+def test_not_started_is_accepted_first() -> None:
+    assert decide(obs(started=False, attempts=0, rayjob=None, rayjob_name=None)) == Accept()
+
+
+def test_first_attempt_is_started_after_acceptance() -> None:
+    assert decide(obs(attempts=0, rayjob=None, rayjob_name=None)) == Start(1)
+
+
+def test_past_the_deadline_expires_and_releases_a_live_rayjob() -> None:
+    step = decide(obs(deadline_seconds=60, deadline=NOW - timedelta(seconds=1)))
+    assert isinstance(step, Expire) and step.release
+    assert step.outcome.reason == "DeadlineExceeded" and "activeDeadlineSeconds=60" in step.outcome.message
+    assert step.mirror is not None and step.mirror["endTime"] == rfc3339(NOW)
+    finished = decide(obs(deadline=NOW, rayjob=rayjob("FAILED", "Failed")))
+    assert isinstance(finished, Expire) and not finished.release  # KubeRay already tore it down
+    assert isinstance(decide(obs(deadline=NOW + timedelta(seconds=1))), Report)
+
+
+def test_a_vanished_rayjob_is_recreated_unless_it_had_ended() -> None:
+    assert decide(obs(rayjob=None)) == Start(1, recreated=True)
+    ended = {"name": "pj-1", "jobStatus": "SUCCEEDED", "jobDeploymentStatus": "Complete",
+             "endTime": rfc3339(NOW)}
+    step = decide(obs(rayjob=None, recorded=ended))
+    assert isinstance(step, Finish) and step.outcome.reason == "Succeeded" and step.mirror == ended
+    # the record of an earlier attempt does not count for this one
+    assert decide(obs(rayjob=None, recorded={**ended, "name": "pj-0"})) == Start(1, recreated=True)
+
+
+def test_suspend_follows_the_spec_until_the_attempt_finished() -> None:
+    assert decide(obs(suspend=True)) == SetSuspend(True)
+    assert decide(obs(rayjob=rayjob(None, "Suspended", suspend=True))) == SetSuspend(False)
+    step = decide(obs(suspend=True, rayjob=rayjob("SUCCEEDED", "Complete")))
+    assert isinstance(step, Finish)  # a finished attempt is not suspended any more
+
+
+def test_suspend_in_progress_and_resuming_are_reported() -> None:
+    step = decide(obs(suspend=True, rayjob=rayjob("RUNNING", "Running", suspend=True)))
+    assert isinstance(step, Report) and step.outcome.reason == "Suspending"
+    step = decide(obs(rayjob=rayjob(None, "Suspended")))
+    assert isinstance(step, Report) and step.outcome.reason == "Resuming"
+
+
+def test_running_reports_the_stage() -> None:
+    step = decide(obs(stage="Finetuning"))
+    assert isinstance(step, Report) and step.outcome.phase == "Finetuning" and step.outcome.ready
+    assert not step.release and not step.conflict_event
+
+
+def test_a_failed_attempt_waits_for_its_backoff_then_retries() -> None:
+    failed = rayjob("FAILED", "Failed", end=NOW - timedelta(seconds=4))
+    step = decide(obs(rayjob=failed, retry_delay=10.0))
+    assert isinstance(step, WaitRetry) and step.due == NOW + timedelta(seconds=6)
+    assert step.outcome.reason == "BackoffRetry" and "attempt 2 of 3" in step.outcome.message
+    assert not step.release  # KubeRay tore it down (Failed)
+    later = decide(obs(rayjob=failed, retry_delay=10.0, now=NOW + timedelta(seconds=6)))
+    assert isinstance(later, Retry) and later.attempt == 2
+
+
+def test_a_failed_attempt_kuberay_did_not_tear_down_is_released() -> None:
+    # the Ray job failed but KubeRay still reports the deployment Running: its pods hold the GPUs
+    step = decide(obs(rayjob=rayjob("FAILED", "Running"), retry_delay=0.0))
+    assert isinstance(step, Retry) and step.release and step.conflict_event
+
+
+def test_the_conflict_event_is_posted_once() -> None:
+    rj = rayjob("FAILED", "Running")
+    first = decide(obs(rayjob=rj, retry_delay=60.0))
+    assert isinstance(first, WaitRetry) and first.conflict_event
+    again = decide(obs(rayjob=rj, retry_delay=60.0, recorded=first.mirror))
+    assert isinstance(again, WaitRetry) and not again.conflict_event
+
+
+def test_the_retry_budget_is_spec_backoff_limit() -> None:
+    # the Ray job failed (jobStatus FAILED; KubeRay's deployment Complete): JobFailed, retryable
+    step = decide(obs(attempts=3, rayjob_name="pj-3", rayjob=rayjob("FAILED", "Complete", name="pj-3"),
+                      backoff_limit=2))
+    assert isinstance(step, Finish) and step.outcome.phase == "Failed"
+    assert step.outcome.reason == "BackoffLimitExceeded" and "gave up after 3 attempts" in step.outcome.message
+    once = decide(obs(rayjob=rayjob("FAILED", "Complete"), backoff_limit=0))
+    assert isinstance(once, Finish) and once.outcome.reason == "JobFailed"
+
+
+def test_a_failure_that_is_not_retryable_finishes_at_once() -> None:
+    step = decide(obs(rayjob=rayjob(None, "ValidationFailed", reason="ValidationFailed")))
+    assert isinstance(step, Finish) and step.outcome.failed
+
+
+def test_a_failure_while_suspended_holds_without_retrying() -> None:
+    step = decide(obs(suspend=True, rayjob=rayjob("FAILED", "Failed", suspend=True)))
+    assert isinstance(step, HoldSuspended) and step.outcome.phase == "Suspended"
+
+
+def test_success_and_dry_run_finish() -> None:
+    assert decide(obs(rayjob=rayjob("SUCCEEDED", "Complete"))).outcome.reason == "Succeeded"  # type: ignore[union-attr]
+    dry = decide(obs(dry_run=True, rayjob=rayjob("SUCCEEDED", "Complete")))
+    assert isinstance(dry, Finish) and dry.outcome.reason == "DryRunCompleted"
