@@ -124,7 +124,7 @@ def rss(pid: int) -> tuple[float, float]:
 class Operator:
     """One `python -m interlace_operator` process (its own process group), logging to a file."""
 
-    def __init__(self, name: str, env: dict[str, str], log: Path) -> None:
+    def __init__(self, name: str, env: dict[str, str], log: Path, code: Path = REPO) -> None:
         self.name = name
         self.health = free_port()
         self.metrics_port = free_port()
@@ -133,7 +133,8 @@ class Operator:
                    POD_NAME=name)
         with open(log, "wb") as fh:
             self.proc = subprocess.Popen([sys.executable, "-m", "interlace_operator"], stdout=fh,
-                                         stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                                         stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                         cwd=code)  # `python -m` puts the working directory first on sys.path
 
     def wait_healthy(self) -> None:
         deadline = time.monotonic() + 60
@@ -183,7 +184,7 @@ def measure(cp: Any, api_client: Any, args: argparse.Namespace, code: Path, labe
     if args.replicas > 1:
         # the chart's defaults (client-go's): a dead leader is replaced within 15 s
         env.update(INTERLACE_LEADER_ELECTION="true", INTERLACE_LEADER_ELECTION_NAMESPACE=ns)
-    ops = [Operator(f"op-{i}", env, logdir / f"operator-{i}.log") for i in range(args.replicas)]
+    ops = [Operator(f"op-{i}", env, logdir / f"operator-{i}.log", code) for i in range(args.replicas)]
 
     def leader() -> Operator:
         if len(ops) == 1:
