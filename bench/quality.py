@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from interlace.data import load_samples
     from interlace.models.load import load_model
+    from interlace.runtime.placement import placement_of
     from interlace.runtime.ray_cluster import start_ray
     from interlace.schema.spec import DataSpec, FinetuneSpec
     from interlace.stages.analyze.calibration import calibration_batches
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             gc.collect()
             t0 = time.monotonic()
             result = finetune(
-                pruned_dir, plan, spec, output_dir=Path(tmp) / strategy, num_workers=args.workers
+                pruned_dir, plan, spec, output_dir=Path(tmp) / strategy, placement=placement_of(args.workers, 0)
             )
             tuned = load_model(str(result.model_dir), dtype="float32", device="cpu").model
             after = ppl(tuned)

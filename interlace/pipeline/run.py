@@ -228,14 +228,11 @@ def run_pipeline(
             plan,
             spec.finetune,
             output_dir=out,
-            reporter=reporter,
-            num_workers=spec.resources.workers,
-            use_gpu=placement.use_gpu,
-            gpus_per_worker=spec.resources.gpus_per_worker,
+            model=spec.model,
+            placement=placement,
             freeze_lm_head=spec.pruning.freeze_lm_head,
+            reporter=reporter,
             num_samples=_epoch_size(spec.finetune.data),
-            attn_implementation=spec.model.attn_implementation,
-            trust_remote_code=spec.model.trust_remote_code,
             final_model_dir=out / "finetuned",
         )
         final_dir = ft.model_dir

@@ -17,6 +17,8 @@ import pytest
 
 from interlace.pipeline import remote
 from interlace.schema.spec import ModelSpec
+from interlace.stages.finetune import train
+from tests.train.conftest import hand_plan, pattern_spec
 
 CODE = '''
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -61,4 +63,24 @@ def test_without_trust_remote_code_the_checkpoints_own_code_is_silently_not_used
 def test_the_evaluation_reload_of_a_copy_trusts_remote_code_as_spec_model_says(remote_dir: Path) -> None:
     like = ModelSpec(source="org/original", dtype="float32", trust_remote_code=True)
     loaded = remote._load(str(remote_dir), "cpu", like)  # <output>/finetuned, loaded as spec.model says
+    assert type(loaded.model).__name__ == "RemoteLlamaForCausalLM"
+
+
+def test_the_workers_load_the_pruned_copy_trusting_remote_code(remote_dir: Path, tmp_path: Path) -> None:
+    import torch
+
+    config = train.WorkerConfig(
+        model_dir=remote_dir,
+        model=ModelSpec(source="org/original", trust_remote_code=True),
+        plan=hand_plan(),
+        spec=pattern_spec(),
+        freeze_lm_head=True,
+        total_steps=1,
+        precision="fp32",
+        fingerprint="x",
+        final_model_dir=tmp_path / "f",
+        resume_root=tmp_path,
+        run_dir=tmp_path,
+    )
+    loaded = train._load(config, str(remote_dir), "float32", torch.device("cpu"))
     assert type(loaded.model).__name__ == "RemoteLlamaForCausalLM"

@@ -56,14 +56,16 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+from pydantic import BaseModel, ConfigDict, SkipValidation
 
 from interlace.data.sample import Sample
 from interlace.errors import InterlaceError
 from interlace.runtime.placement import TrainPlacement, placement_of
 from interlace.runtime.progress import NullReporter, Reporter, now_rfc3339
 from interlace.runtime.ray_cluster import start_ray
-from interlace.schema.spec import FinetuneSpec, LayerPlan, Metric, Progress
+from interlace.schema.spec import DistillationSpec, FinetuneSpec, LayerPlan, Metric, ModelSpec, Progress
 
 if TYPE_CHECKING:
     import torch
@@ -100,6 +102,34 @@ class FinetuneResult:
     num_workers: int
     effective_batch_size: int
     wrapping: str = ""  # how the workers held the model: "fsdp2" (sharded DTensors), "ddp" or "none"
+    # spec.distillation only: each step's loss parts, loss = (1 - weight) x ce + weight x kl
+    ce_losses: list[float] = field(default_factory=list)
+    kl_losses: list[float] = field(default_factory=list)
+
+
+class WorkerConfig(BaseModel):
+    """What `finetune()` hands every Ray Train worker (the one entry of train_loop_config besides the
+    progress queue): the spec's own models, the paths, and the facts the driver worked out."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_dir: Path  # the pruned model (interlace.stages.prune.save_model)
+    # The unpruned source: how to load (attention kernel, remote code) and the teacher; None: a local
+    # pruned model, sdpa, no remote code, no distillation.
+    model: ModelSpec | None = None
+    plan: LayerPlan
+    spec: FinetuneSpec
+    freeze_lm_head: bool
+    total_steps: int
+    precision: Literal["fp32", "bf16", "fp16"]
+    fingerprint: str  # see run_fingerprint: what a checkpoint must match to be resumed
+    final_model_dir: Path
+    resume_root: Path  # where a (re)starting worker group looks for the newest complete checkpoint
+    run_dir: Path  # this run's checkpoints
+    # Samples the caller already holds (small sets, tests); they are not validated again.
+    samples: SkipValidation[list[Sample] | None] = None
+    fault_step: int | None = None  # fault injection, see the module docstring
+    fault_marker: Path | None = None
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -111,28 +141,27 @@ def finetune(
     spec: FinetuneSpec,
     *,
     output_dir: str | Path,
-    reporter: Reporter | None = None,
-    num_workers: int = 1,
-    use_gpu: bool = False,
-    gpus_per_worker: int = 1,
+    model: ModelSpec | None = None,
+    placement: TrainPlacement | None = None,
     freeze_lm_head: bool = True,
+    reporter: Reporter | None = None,
     samples: list[Sample] | None = None,
     num_samples: int | None = None,
     max_steps: int | None = None,
-    attn_implementation: str = "sdpa",
-    trust_remote_code: bool = False,
     final_model_dir: str | Path | None = None,
 ) -> FinetuneResult:
     """Finetune the pruned model in `model_dir` (made from `plan` by interlace.stages.prune) on Ray Train.
 
+    `model` is the unpruned model's spec (spec.model): the workers load the pruned copy with its
+    attention kernel and trust_remote_code, and, with spec.distillation, the model itself as the
+    teacher (required then). None: a pruned model from a local directory, sdpa, no remote code.
+    `placement` is the Ray Train worker group (interlace.runtime.placement.train_placement of
+    spec.resources; default one CPU worker). `freeze_lm_head` is spec.pruning.freezeLmHead.
     Data comes from ``spec.data`` through interlace.data.load_samples, or from `samples` when the
     caller already holds them (they travel to the workers with the config, so keep them small).
     `num_samples` (samples in one epoch) sets the schedule length when max_steps is not given; by
     default it is counted by reading the data once. `max_steps` overrides spec.maxSteps.
     Rank 0 writes the whole finetuned model to `final_model_dir` (default <output>/finetuned).
-    `num_workers` and `gpus_per_worker` are spec.resources.workers/gpusPerWorker: with use_gpu,
-    Ray Train runs one process per GPU (num_workers x gpus_per_worker, NCCL), else num_workers CPU
-    processes (gloo); see interlace.runtime.placement.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
@@ -145,9 +174,13 @@ def finetune(
         raise InterlaceError(
             f"{model_dir}: no config.json; pass the directory interlace.stages.prune.save_model wrote"
         )
-    placement = placement_of(num_workers, gpus_per_worker if use_gpu else 0)
+    if spec.distillation is not None and model is None:
+        raise InterlaceError(
+            "spec.finetune.distillation needs the unpruned model as the teacher; pass model=ModelSpec(...)"
+        )
+    placement = placement or placement_of(1, 0)
     num_workers = placement.num_workers  # one Ray Train process per GPU
-    precision = _resolve_precision(str(spec.precision), use_gpu)
+    precision = _resolve_precision(str(spec.precision), placement.use_gpu)
     if precision == "fp16" and spec.parallelism == "fsdp":
         raise InterlaceError("spec.finetune.precision fp16 needs a sharded grad scaler under FSDP; use bf16")
 
@@ -168,14 +201,14 @@ def finetune(
 
     storage = output_dir / "checkpoints"
     storage.mkdir(parents=True, exist_ok=True)
-    fingerprint = plan_fingerprint(plan)
+    fingerprint = run_fingerprint(plan, spec.distillation)
     newest = newest_checkpoint(storage) if spec.resume else None
     if newest is not None:
         state = json.loads((newest / STATE_FILE).read_text())
         if state.get("plan_fingerprint") != fingerprint:
             raise InterlaceError(
-                f"{newest} was written for a different layer plan; set spec.finetune.resume: false "
-                "to start over or use another output directory"
+                f"{newest} was written for a different layer plan or distillation setting; set "
+                "spec.finetune.resume: false to start over or use another output directory"
             )
     run_name = f"{RUN_PREFIX}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}"
 
@@ -183,29 +216,26 @@ def finetune(
     from ray.util.queue import Queue
 
     queue = Queue(maxsize=10_000, actor_options={"num_cpus": 0})
-    config = {
-        "model_dir": str(model_dir),
-        "plan": plan.model_dump(mode="json"),
-        "spec": spec.model_dump(mode="json"),
-        "total_steps": steps,
-        "freeze_lm_head": freeze_lm_head,
-        "precision": precision,
-        "samples": samples,
-        "attn_implementation": attn_implementation,
-        "trust_remote_code": trust_remote_code,
-        "plan_fingerprint": fingerprint,
-        "final_model_dir": str(final_model_dir),
-        # Where a (re)starting worker group looks for the newest complete checkpoint on disk.
-        "resume_root": str(storage if spec.resume else storage / run_name),
-        "run_dir": str(storage / run_name),
-        "queue": queue,
-        "fault_step": int(os.environ[FAULT_STEP_ENV]) if os.environ.get(FAULT_STEP_ENV) else None,
-        "fault_marker": os.environ.get(FAULT_MARKER_ENV),
-    }
+    config = WorkerConfig(
+        model_dir=model_dir,
+        model=model,
+        plan=plan,
+        spec=spec,
+        freeze_lm_head=freeze_lm_head,
+        total_steps=steps,
+        precision=cast("Literal['fp32', 'bf16', 'fp16']", precision),
+        fingerprint=fingerprint,
+        final_model_dir=final_model_dir,
+        resume_root=storage if spec.resume else storage / run_name,
+        run_dir=storage / run_name,
+        samples=samples,
+        fault_step=int(os.environ[FAULT_STEP_ENV]) if os.environ.get(FAULT_STEP_ENV) else None,
+        fault_marker=Path(os.environ[FAULT_MARKER_ENV]) if os.environ.get(FAULT_MARKER_ENV) else None,
+    )
     scaling, torch_config = ray_train_configs(placement)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=config,
+        train_loop_config={"config": config, "queue": queue},
         torch_config=torch_config,
         scaling_config=scaling,
         run_config=RunConfig(
@@ -251,6 +281,8 @@ def finetune(
         num_workers=num_workers,
         effective_batch_size=per_step,
         wrapping=state.get("wrapping", ""),
+        ce_losses=state.get("ce_losses", []),
+        kl_losses=state.get("kl_losses", []),
     )
 
 
@@ -306,6 +338,16 @@ def plan_fingerprint(plan: LayerPlan) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+def run_fingerprint(plan: LayerPlan, distillation: DistillationSpec | None) -> str:
+    """What a checkpoint must match to be resumed: the plan's layers and the distillation setting (a
+    run without distillation keeps the plain plan fingerprint, as checkpoints before it had)."""
+    fp = plan_fingerprint(plan)
+    if distillation is None:
+        return fp
+    key = json.dumps({"plan": fp, "distillation": distillation.model_dump(mode="json")}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
 def newest_checkpoint(root: Path) -> Path | None:
     """The complete checkpoint with the highest step under `root`: <output>/checkpoints (any run) or
     one run's directory. Complete = rank 0 wrote COMPLETE into it after Ray Train persisted it."""
@@ -342,40 +384,34 @@ class TrainState:
     world_size: int = 1
     attempt_starts: list[int] = field(default_factory=list)  # step each (checkpointed) attempt began at
     wrapping: str = ""  # what _wrap produced, read back from the model (see wrapping_of)
+    # With spec.distillation: the parts of each step's loss (cross-entropy, T^2 KL); empty without.
+    ce_losses: list[float] = field(default_factory=list)
+    kl_losses: list[float] = field(default_factory=list)
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """The loop every Ray Train worker runs."""
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """The loop every Ray Train worker runs: loop_config is {"config": WorkerConfig, "queue": Queue}."""
     import ray.train
     import ray.train.torch
     import torch
     from transformers import get_scheduler
 
-    from interlace.models.load import load_model
     from interlace.stages.finetune.freeze import apply_freezing, enable_checkpointing
 
+    config: WorkerConfig = loop_config["config"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    spec = FinetuneSpec.model_validate(config["spec"])
-    plan = LayerPlan.model_validate(config["plan"])
-    total_steps: int = config["total_steps"]
-    precision: str = config["precision"]
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    spec, plan, total_steps = config.spec, config.plan, config.total_steps
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
     torch.manual_seed(0)
 
     # 1. The pruned model, frozen except the finetune layers. On GPU the frozen weights stay in
     #    bf16; the trainable ones are fp32 master weights and autocast runs the math in bf16.
     load_dtype = "float32" if amp_dtype is None or device.type == "cpu" else "bfloat16"
-    loaded = load_model(
-        config["model_dir"],
-        dtype=load_dtype,
-        device=str(device),
-        attn_implementation=config["attn_implementation"],
-        trust_remote_code=config["trust_remote_code"],
-    )
+    loaded = _load(config, str(config.model_dir), load_dtype, device)
     model, processor = loaded.model, loaded.processor
-    summary = apply_freezing(model, plan, freeze_lm_head=config["freeze_lm_head"])
+    summary = apply_freezing(model, plan, freeze_lm_head=config.freeze_lm_head)
     for p in model.parameters():
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()
@@ -383,6 +419,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         enable_checkpointing(model, summary.lowest_position)
     model.train()
     model = _wrap(model, spec.parallelism, device, amp_dtype, world)
+    #    The teacher (spec.distillation): the unpruned model, in the student's load dtype, frozen, in
+    #    eval mode, a full replica on every worker, never wrapped by DDP/FSDP (it has no gradients).
+    teacher = load_teacher(config, load_dtype, device) if spec.distillation is not None else None
 
     # 2. The optimizer holds the trainable parameters only.
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -393,12 +432,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         num_warmup_steps=math.ceil(spec.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
 
     # 3. Resume from the newest checkpoint (worker restart or whole-job restart), if any.
     state = TrainState(
         total_steps=total_steps,
-        plan_fingerprint=config["plan_fingerprint"],
+        plan_fingerprint=config.fingerprint,
         trainable_params=summary.trainable_params,
         total_params=summary.total_params,
         trainable_positions=summary.positions,
@@ -408,7 +447,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     #    The disk is the authority: Ray Train's get_checkpoint() only knows reports its controller
     #    already processed (a worker can die just after reporting), and V2 has no way to start a new
     #    run from an old run's checkpoint. It remains the fallback for storage we cannot list.
-    on_disk = newest_checkpoint(Path(config["resume_root"]))
+    on_disk = newest_checkpoint(config.resume_root)
     checkpoint = ray.train.get_checkpoint()
     if on_disk is not None:
         state = _load_checkpoint(on_disk, model, optimizer, scheduler, state)
@@ -421,34 +460,82 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     # 4. This worker's micro-batches, starting at the checkpointed data position.
     B, accum = spec.per_device_batch_size, spec.gradient_accumulation_steps
-    batches = _micro_batches(config, spec, processor, rank, world, skip=state.samples_consumed)
-    queue = config["queue"] if rank == 0 else None
+    batches = _micro_batches(config, processor, rank, world, skip=state.samples_consumed)
+    queue = loop_config["queue"] if rank == 0 else None
     t_start, steps_this_attempt, tokens_at_start = time.monotonic(), 0, state.tokens
 
     # 5. The loop: accumulate, all-reduce the label count, backward, clip, step, report.
     while state.step < total_steps:
         group = [next(batches) for _ in range(accum)]
-        mean_loss, _, n_tokens = accumulate_gradients(
-            model, group, device=device, amp_dtype=amp_dtype, world=world, scaler=scaler
+        losses = accumulate_gradients(
+            model,
+            group,
+            device=device,
+            amp_dtype=amp_dtype,
+            world=world,
+            scaler=scaler,
+            teacher=teacher,
+            distillation=spec.distillation,
         )
         lr = apply_gradients(trainable, optimizer, scheduler, scaler, max_grad_norm=spec.max_grad_norm)
 
         state.step += 1
         state.samples_consumed += B * accum * world
-        state.tokens += n_tokens
-        state.losses.append(mean_loss)
+        state.tokens += losses.tokens
+        state.losses.append(losses.loss)
+        if losses.kl is not None:
+            state.ce_losses.append(losses.ce)
+            state.kl_losses.append(losses.kl)
         steps_this_attempt += 1
         if queue is not None:
             _send_progress(queue, state, lr, t_start, steps_this_attempt, tokens_at_start)
 
         last = state.step == total_steps
         if last or state.step % spec.checkpoint_every_steps == 0:
-            _save_and_report(model, optimizer, scheduler, state, rank, Path(config["run_dir"]))
+            _save_and_report(model, optimizer, scheduler, state, rank, config.run_dir)
         _maybe_crash(config, state.step, rank, world)
 
     # 6. The whole finetuned model, for evaluation and publishing (also after a resume that found
     #    the run already finished).
-    _save_final_model(model, processor, Path(config["final_model_dir"]), rank, load_dtype)
+    _save_final_model(model, processor, config.final_model_dir, rank, load_dtype)
+
+
+def _load(config: WorkerConfig, source: str, dtype: str, device: torch.device) -> Any:
+    """A model as the spec says to load it: its attention kernel and trust_remote_code, both for the
+    pruned copy and for the teacher (the revision only for the unpruned source itself)."""
+    from interlace.models.load import load_model
+
+    m = config.model
+    return load_model(
+        source,
+        dtype=dtype,
+        device=str(device),
+        attn_implementation=m.attn_implementation if m else "sdpa",
+        trust_remote_code=m.trust_remote_code if m else False,
+        revision=m.revision if m and source == m.source else None,
+    )
+
+
+def load_teacher(config: WorkerConfig, dtype: str, device: torch.device) -> nn.Module:
+    """The unpruned model (config.model.source) as a frozen teacher: eval mode, no gradients."""
+    if config.model is None:
+        raise InterlaceError("spec.finetune.distillation needs the unpruned model (spec.model) as the teacher")
+    teacher: nn.Module = _load(config, config.model.source, dtype, device).model
+    teacher.eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+@dataclass(frozen=True)
+class StepLosses:
+    """One optimizer step's losses, token means over all workers: `loss` is what was minimised; with
+    distillation `ce` and `kl` are its parts (loss = (1 - w) ce + w kl), else ce == loss, kl None."""
+
+    loss: float
+    ce: float
+    kl: float | None
+    labels: float  # assistant tokens in the step, all workers
+    tokens: int  # real tokens in the step, all workers
 
 
 def accumulate_gradients(
@@ -459,17 +546,21 @@ def accumulate_gradients(
     amp_dtype: Any,
     world: int,
     scaler: Any = None,
-) -> tuple[float, float, int]:
+    teacher: nn.Module | None = None,
+    distillation: DistillationSpec | None = None,
+) -> StepLosses:
     """Forward + backward over one optimizer step's micro-batches (the accumulation group).
 
     Each micro-batch's summed token loss is scaled by world / (assistant tokens in the whole step,
     all workers), so after DDP/FSDP average the gradients over workers they are the gradient of the
-    token-mean loss of the effective batch. Returns (mean loss over all workers, assistant tokens,
-    real tokens), the counts summed over all workers.
+    token-mean loss of the effective batch. With `teacher` and `distillation` the summed token loss
+    is (1 - w) x cross-entropy + w x T^2 x KL(teacher || student) (see `token_losses`). Returns the
+    step's losses and counts, summed over all workers.
     """
     import torch
     import torch.distributed as dist
 
+    distill = distillation if teacher is not None else None
     counts = torch.tensor(
         [sum(int((b["labels"][:, 1:] != -100).sum()) for b, _ in group), sum(n for _, n in group)],
         dtype=torch.float64,
@@ -477,16 +568,27 @@ def accumulate_gradients(
     if world > 1:
         dist.all_reduce(counts)
     n_labels, n_tokens = max(counts[0].item(), 1.0), int(counts[1].item())
-    loss_sum = torch.zeros((), dtype=torch.float64)
+    sums = torch.zeros(3, dtype=torch.float64)  # loss, ce, kl (summed over tokens)
     for i, (batch, _) in enumerate(group):
         with _no_sync(model, i == len(group) - 1), _autocast(device, amp_dtype):
-            part = _token_loss_sum(model, batch, device)
+            ce, kl = token_losses(
+                model,
+                batch,
+                device,
+                teacher=teacher if distill else None,
+                temperature=distill.temperature if distill else 1.0,
+            )
+        part = ce if kl is None or distill is None else (1 - distill.weight) * ce + distill.weight * kl
         loss = part * (world / n_labels)
         (scaler.scale(loss) if scaler is not None else loss).backward()
-        loss_sum += part.detach().double().cpu()
+        kl_part = kl.detach() if kl is not None else ce.new_zeros(())
+        sums += torch.stack([part.detach(), ce.detach(), kl_part]).double().cpu()
     if world > 1:
-        dist.all_reduce(loss_sum)
-    return loss_sum.item() / n_labels, n_labels, n_tokens
+        dist.all_reduce(sums)
+    loss_mean, ce_mean, kl_mean = (sums / n_labels).tolist()
+    return StepLosses(
+        loss=loss_mean, ce=ce_mean, kl=kl_mean if distill else None, labels=n_labels, tokens=n_tokens
+    )
 
 
 def apply_gradients(
@@ -573,12 +675,22 @@ class _ReenableSync(contextlib.AbstractContextManager[Any]):
         self.model.set_requires_gradient_sync(True)
 
 
-def _token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
-    """Summed next-token cross-entropy over assistant tokens (labels != -100).
+def token_losses(
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    device: torch.device,
+    *,
+    teacher: nn.Module | None = None,
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Summed next-token cross-entropy over assistant tokens (labels != -100) and, with a `teacher`,
+    the summed T^2 x KL(teacher || student) of the temperature-T softened next-token distributions
+    over the same tokens (None without a teacher).
 
     The logits are gathered at labelled positions before the softmax, so the float upcast of the
-    vocabulary-sized logits covers only the tokens that count.
+    vocabulary-sized logits covers only the tokens that count. The teacher runs without gradients.
     """
+    import torch
     import torch.nn.functional as F
 
     inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
@@ -587,11 +699,21 @@ def _token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor], device: to
     target = labels[:, 1:]
     mask = target != -100
     picked = logits[:, :-1][mask].float()
-    return F.cross_entropy(picked, target[mask], reduction="sum")
+    ce = F.cross_entropy(picked, target[mask], reduction="sum")
+    if teacher is None:
+        return ce, None
+    with torch.no_grad():
+        t_logits = teacher(**inputs, use_cache=False).logits[:, :-1][mask].float()
+    t = float(temperature)
+    student_log_p = F.log_softmax(picked / t, dim=-1)
+    teacher_log_p = F.log_softmax(t_logits / t, dim=-1)
+    # KL(p_teacher || p_student) summed over the vocabulary and the tokens.
+    kl = F.kl_div(student_log_p, teacher_log_p, log_target=True, reduction="sum")
+    return ce, kl * (t * t)
 
 
 def _micro_batches(
-    config: dict[str, Any], spec: FinetuneSpec, processor: Any, rank: int, world: int, *, skip: int
+    config: WorkerConfig, processor: Any, rank: int, world: int, *, skip: int
 ) -> Iterator[tuple[dict[str, torch.Tensor], int]]:
     """This rank's micro-batches: slice r of every global micro-batch of the repeating stream.
 
@@ -609,10 +731,11 @@ def _micro_batches(
     from interlace.data.encode import IGNORE_INDEX, EncodeError, collate, encode_sample
 
     log = logging.getLogger(__name__)
+    spec = config.spec
     B = spec.per_device_batch_size
     tokenizer = tokenizer_of(processor)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    stream = itertools.islice(_repeat_samples(config, spec), skip, None)
+    stream = itertools.islice(_repeat_samples(config.samples, spec), skip, None)
     last_good: dict[str, Any] | None = None
     while True:
         chunk = list(itertools.islice(stream, B * world))
@@ -632,8 +755,7 @@ def _micro_batches(
         yield collate(examples, pad_id, packing=spec.packing, max_length=spec.max_length), n_tokens
 
 
-def _repeat_samples(config: dict[str, Any], spec: FinetuneSpec) -> Iterator[Sample]:
-    samples: list[Sample] | None = config.get("samples")
+def _repeat_samples(samples: list[Sample] | None, spec: FinetuneSpec) -> Iterator[Sample]:
     while True:
         n = 0
         if samples is not None:
@@ -663,7 +785,14 @@ def _send_progress(
         tokens_per_second=(state.tokens - tokens_at_start) / elapsed if elapsed > 0 else None,
         eta_seconds=per_step * (state.total_steps - state.step),
         message=f"finetune step {state.step}/{state.total_steps}",
-        metrics=[Metric(name="samples", value=state.samples_consumed)],
+        metrics=[
+            Metric(name="samples", value=state.samples_consumed),
+            *(
+                [Metric(name="ce", value=state.ce_losses[-1]), Metric(name="kl", value=state.kl_losses[-1])]
+                if state.kl_losses
+                else []
+            ),
+        ],
         last_update_time=now_rfc3339(),
     )
     with contextlib.suppress(Exception):  # progress is best effort; a full queue never stalls training
@@ -688,7 +817,9 @@ def _save_and_report(
     # Model state dicts hold tensors only (torch types the values as any state-dict value).
     model_sd = cast("dict[str, torch.Tensor]", get_model_state_dict(inner, options=opts))
     optim_sd = get_optimizer_state_dict(inner, optimizer, options=opts)
-    metrics = {"step": state.step, "start_step": state.start_step, "loss": state.losses[-1]}
+    metrics: dict[str, Any] = {"step": state.step, "start_step": state.start_step, "loss": state.losses[-1]}
+    if state.kl_losses:
+        metrics |= {"ce": state.ce_losses[-1], "kl": state.kl_losses[-1]}
     if rank != 0:
         ray.train.report(metrics)
         return
@@ -718,7 +849,7 @@ def _load_checkpoint(
 
     saved = json.loads((d / STATE_FILE).read_text())
     if saved["plan_fingerprint"] != fresh.plan_fingerprint:
-        raise InterlaceError(f"{d} was written for a different layer plan")
+        raise InterlaceError(f"{d} was written for a different layer plan or distillation setting")
     opts = StateDictOptions(full_state_dict=True, strict=False)
     inner = _unwrap(model)
     # torch's stub wants dict[str, ValueType] (invariant), a dict of tensors is one.
@@ -732,6 +863,8 @@ def _load_checkpoint(
     fresh.tokens = saved["tokens"]
     fresh.losses = list(saved["losses"])
     fresh.attempt_starts = list(saved.get("attempt_starts", []))
+    fresh.ce_losses = list(saved.get("ce_losses", []))
+    fresh.kl_losses = list(saved.get("kl_losses", []))
     return fresh
 
 
@@ -739,12 +872,11 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)  # DDP wraps; FSDP2 shards in place
 
 
-def _maybe_crash(config: dict[str, Any], step: int, rank: int, world: int) -> None:
+def _maybe_crash(config: WorkerConfig, step: int, rank: int, world: int) -> None:
     """Fault injection (see the module docstring): kill the last worker once after `fault_step`."""
-    marker = config.get("fault_marker")
-    if config.get("fault_step") != step or rank != world - 1 or not marker:
+    path = config.fault_marker
+    if config.fault_step != step or rank != world - 1 or path is None:
         return
-    path = Path(marker)
     if path.exists():
         return
     path.write_text(f"crashed rank {rank} after step {step}\n")
