@@ -216,5 +216,7 @@ def check_memory(
             f"spec.resources.gpuMemory is {spec.resources.gpu_memory} ({cap / GIB:.1f} GiB); lower "
             "spec.finetune.perDeviceBatchSize (raise gradientAccumulationSteps to keep the effective "
             "batch) or maxLength, keep gradientCheckpointing on, or shard with parallelism: fsdp"
+            + ("; the distillation teacher is a full copy per GPU: drop spec.finetune.distillation to "
+               "free it" if ft.distillation is not None else "")
         )
     return est

@@ -73,7 +73,7 @@ def test_memory_estimate_counts_the_real_8b_and_refuses_what_cannot_fit() -> Non
     distill = finetune_memory(_spec(finetune={"distillation": {}}), config, total_params=n)
     assert distill.teacher > n * 2 and distill.total == pytest.approx(est.total + distill.teacher)
     assert "distillation teacher" in distill.describe()
-    with pytest.raises(InterlaceError, match=r"distillation teacher"):
+    with pytest.raises(InterlaceError, match=r"distillation teacher .*drop spec\.finetune\.distillation"):
         check_memory(_spec(finetune={"distillation": {}}, resources={"gpuMemory": "60Gi"}), config, total_params=n)
     # CPU workers, dry runs and disabled finetuning are not checked.
     assert check_memory(_spec(resources={"gpusPerWorker": 0}), config, total_params=n) is None
