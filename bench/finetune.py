@@ -12,7 +12,7 @@ calibration text), then copied twice:
   comparison is about the decoder), checkpointing on every layer.
 
 Both take the same optimizer steps on the same batches (alternating, so machine load hits both
-alike), through the same step functions the Ray Train workers run (interlace.stages.finetune.train). Reported:
+alike), through the same step functions the Ray Train workers run (interlace.stages.finetune.step). Reported:
 median step time, and gradient + optimizer-state bytes measured from the tensors that exist after a
 step (p.grad of trainable parameters before they are cleared, AdamW's exp_avg/exp_avg_sq).
 
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     from interlace.stages.analyze.calibration import calibration_batches
     from interlace.stages.analyze.similarity import analyze
     from interlace.stages.finetune.freeze import apply_freezing, enable_checkpointing
-    from interlace.stages.finetune.train import accumulate_gradients, apply_gradients
+    from interlace.stages.finetune.step import accumulate_gradients, apply_gradients
     from interlace.stages.plan import select_layers
     from interlace.stages.prune import prune_model
 

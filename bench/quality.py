@@ -6,7 +6,7 @@ The embedded default (SmolLM2-135M-Instruct, 30 layers) is analysed once on cali
 (builtin:english); every strategy then plans the same number of layers (20%) from the same scores,
 the model is pruned, its held-out perplexity (builtin:english-heldout, assistant tokens) measured,
 then the plan's finetune layers are trained on Ray Train exactly as `interlace run` does
-(interlace.stages.finetune.train, same data, same steps for every strategy) and perplexity is measured again.
+(interlace.stages.finetune.driver, same data, same steps for every strategy) and perplexity is measured again.
 
 Retention = base perplexity / pruned perplexity (1.0 = as good as the unpruned model). The paper's
 ordering (INTERLACE best) is the expectation; the table reports what this run measures.
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from interlace.stages.analyze.calibration import calibration_batches
     from interlace.stages.analyze.similarity import analyze
     from interlace.stages.evaluate import perplexity
-    from interlace.stages.finetune.train import finetune
+    from interlace.stages.finetune.driver import finetune
     from interlace.stages.plan import select_layers
     from interlace.stages.prune import prune_model, save_model
 

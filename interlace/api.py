@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from interlace.runtime.progress import Reporter
     from interlace.schema.spec import LayerPlan, ModelSpec, PruneJob, Results
     from interlace.stages.analyze.scores import LayerScores
-    from interlace.stages.finetune.train import FinetuneResult
+    from interlace.stages.finetune.driver import FinetuneResult
 
 # Files a processor or tokenizer is saved as (any of them means the checkpoint has one).
 PROCESSOR_FILES = (
@@ -550,7 +550,7 @@ def finetune(
     check_source(ft.data, where="data")
     from interlace.runtime.placement import placement_of
     from interlace.runtime.ray_cluster import start_ray
-    from interlace.stages.finetune.train import finetune as _finetune
+    from interlace.stages.finetune.driver import finetune as _finetune
 
     start_ray(local=local)
     return _finetune(

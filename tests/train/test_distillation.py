@@ -24,14 +24,9 @@ import yaml
 from interlace.errors import InterlaceError
 from interlace.runtime.placement import placement_of
 from interlace.schema.spec import DistillationSpec, ModelSpec, parse_prunejob
-from interlace.stages.finetune.train import (
-    FAULT_MARKER_ENV,
-    FAULT_STEP_ENV,
-    STATE_FILE,
-    accumulate_gradients,
-    finetune,
-    token_losses,
-)
+from interlace.stages.finetune.checkpoint import STATE_FILE
+from interlace.stages.finetune.driver import FAULT_MARKER_ENV, FAULT_STEP_ENV, finetune
+from interlace.stages.finetune.step import accumulate_gradients, token_losses
 from tests.train.conftest import hand_plan, pattern_samples, pattern_spec
 
 CPU = torch.device("cpu")

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from interlace.errors import InterlaceError
 from interlace.runtime.placement import placement_of
 from interlace.schema.spec import FinetuneSpec
-from interlace.stages.finetune.train import FAULT_MARKER_ENV, FAULT_STEP_ENV, finetune
+from interlace.stages.finetune.driver import FAULT_MARKER_ENV, FAULT_STEP_ENV, finetune
 from tests.train.conftest import pattern_samples, pattern_spec
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

@@ -4,7 +4,7 @@ The pruned and finetuned copies keep the config's auto_map, so every later load 
 trust_remote_code as much as the original did (without it transformers quietly runs its own class for
 the model_type, or refuses an unknown one): the evaluation's reload of <output>/finetuned
 (interlace.pipeline.remote) and the Ray Train workers' load of <output>/pruned
-(interlace.stages.finetune.train) both take it from spec.model. Once the reload dropped it, and a
+(interlace.stages.finetune.loop) both take it from spec.model. Once the reload dropped it, and a
 `trustRemoteCode: true` job failed after training.
 """
 
@@ -17,7 +17,7 @@ import pytest
 
 from interlace.pipeline import remote
 from interlace.schema.spec import ModelSpec
-from interlace.stages.finetune import train
+from interlace.stages.finetune import loop
 from tests.train.conftest import hand_plan, pattern_spec
 
 CODE = '''
@@ -69,7 +69,7 @@ def test_the_evaluation_reload_of_a_copy_trusts_remote_code_as_spec_model_says(r
 def test_the_workers_load_the_pruned_copy_trusting_remote_code(remote_dir: Path, tmp_path: Path) -> None:
     import torch
 
-    config = train.WorkerConfig(
+    config = loop.WorkerConfig(
         model_dir=remote_dir,
         model=ModelSpec(source="org/original", trust_remote_code=True),
         plan=hand_plan(),
@@ -82,5 +82,5 @@ def test_the_workers_load_the_pruned_copy_trusting_remote_code(remote_dir: Path,
         resume_root=tmp_path,
         run_dir=tmp_path,
     )
-    loaded = train._load(config, str(remote_dir), "float32", torch.device("cpu"))
+    loaded = loop._load(config, str(remote_dir), "float32", torch.device("cpu"))
     assert type(loaded.model).__name__ == "RemoteLlamaForCausalLM"
