@@ -25,7 +25,8 @@ for SmolLM2-135M at 20 % it is about 0.75x, so no implementation of this plan ca
 
 `--distillation` adds a third mode on the same batches: interleaved + distillation
 (spec.finetune.distillation: the unpruned model as a frozen teacher, one extra forward per
-micro-batch, the KL term on the trained tokens) and prints its step time next to plain interleaved.
+micro-batch, the KL term on the trained tokens) and prints its step time, wall clock and process CPU
+(the steadier figure on a shared machine), next to plain interleaved.
 """
 
 from __future__ import annotations
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         modes = (*modes, "interleaved + distillation")
     state = {mode: prepare(mode) for mode in modes}
     times: dict[str, list[float]] = {m: [] for m in modes}
+    cpu: dict[str, list[float]] = {m: [] for m in modes}  # process CPU seconds: robust to a busy machine
     mem: dict[str, dict[str, int]] = {}
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     dev = torch.device("cpu")
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         group = batches[step * args.accum : (step + 1) * args.accum]
         for mode in modes if step % 2 == 0 else reversed(modes):
             m, params, opt, sched = state[mode]
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             with_teacher = mode == "interleaved + distillation"
             accumulate_gradients(
                 m,
@@ -151,9 +153,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             grad_bytes = sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None)
             apply_gradients(params, opt, sched, scaler, max_grad_norm=1.0)
-            dt = time.perf_counter() - t0
+            dt, dc = time.perf_counter() - t0, time.process_time() - c0
             if step > 0:
                 times[mode].append(dt)
+                cpu[mode].append(dc)
             opt_bytes = sum(
                 t.numel() * t.element_size()
                 for st in opt.state.values()
@@ -196,10 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"memory ratio {m_i / m_a:.3f}x  (goal <= 0.50x)")
     if t_d is not None:
         teacher_mib = sum(p.numel() * p.element_size() for p in teacher.parameters()) / 2**20  # type: ignore[union-attr]
+        c_i = statistics.median(cpu["interleaved"])
+        c_d = statistics.median(cpu["interleaved + distillation"])
         print(
-            f"distillation {t_d / t_i:.3f}x the interleaved step time ({t_d:.3f} s vs {t_i:.3f} s: one teacher "
-            f"forward, no backward; weight {distill.weight}, temperature {distill.temperature}); the teacher "
-            f"holds {teacher_mib:.0f} MiB of weights on every worker"
+            f"distillation {t_d / t_i:.3f}x the interleaved step time ({t_d:.3f} s vs {t_i:.3f} s), "
+            f"{c_d / c_i:.3f}x its CPU time ({c_d:.3f} s vs {c_i:.3f} s): one teacher forward, no backward; "
+            f"weight {distill.weight}, temperature {distill.temperature}; the teacher holds "
+            f"{teacher_mib:.0f} MiB of weights on every worker"
         )
     print(
         f"({args.steps} measured steps per mode, batch {args.batch} x accum {args.accum}, "
@@ -217,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                     "structural_limit": limit,
                     "memory_ratio": m_i / m_a,
                     "distillation_time_ratio": t_d / t_i if t_d is not None else None,
+                    "median_step_cpu_seconds": {m: statistics.median(v) for m, v in cpu.items()},
                 },
                 indent=2,
             )
