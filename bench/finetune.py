@@ -1,6 +1,7 @@
 """Interleaved finetuning vs finetuning every layer of the same pruned model: step time and memory.
 
     bash hack/in-venv.sh python bench/finetune.py            # the embedded SmolLM2-135M, 20% pruned
+    bash hack/in-venv.sh python bench/finetune.py --distillation   # + the cost of distillation healing
 
 One process, one run, side by side: the model is pruned by an INTERLACE plan (from a real analysis on
 calibration text), then copied twice:
@@ -11,7 +12,7 @@ calibration text), then copied twice:
   comparison is about the decoder), checkpointing on every layer.
 
 Both take the same optimizer steps on the same batches (alternating, so machine load hits both
-alike), through the same step functions the Ray Train workers run (interlace.stages.finetune.train). Reported:
+alike), through the same step functions the Ray Train workers run (interlace.stages.finetune.step). Reported:
 median step time, and gradient + optimizer-state bytes measured from the tensors that exist after a
 step (p.grad of trainable parameters before they are cleared, AdamW's exp_avg/exp_avg_sq).
 
@@ -21,6 +22,11 @@ FLOPs counted per layer, activation gradients down to the lowest trainable layer
 only for trainable ones. A compute-bound implementation reaches it; the goal is measured <= 1.05 x
 the limit, and <= 0.50x memory. The limit depends on where the plan's lowest finetune layer sits:
 for SmolLM2-135M at 20 % it is about 0.75x, so no implementation of this plan can reach 0.60x.
+
+`--distillation` adds a third mode on the same batches: interleaved + distillation
+(spec.finetune.distillation: the unpruned model as a frozen teacher, one extra forward per
+micro-batch, the KL term on the trained tokens) and prints its step time, wall clock and process CPU
+(the steadier figure on a shared machine), next to plain interleaved.
 """
 
 from __future__ import annotations
@@ -48,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--calibration", type=int, default=32, help="calibration samples for the plan")
     ap.add_argument("--no-checkpointing", action="store_true")
+    ap.add_argument(
+        "--distillation",
+        action="store_true",
+        help="also run interleaved + distillation (spec.finetune.distillation, the unpruned model as the "
+        "teacher) on the same batches and print its step-time ratio to plain interleaved",
+    )
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args(argv)
 
@@ -57,11 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     from interlace.data import load_samples
     from interlace.data.encode import collate, encode_sample
     from interlace.models.load import find_parts, load_model
-    from interlace.schema.spec import DataSpec
+    from interlace.schema.spec import DataSpec, DistillationSpec
     from interlace.stages.analyze.calibration import calibration_batches
     from interlace.stages.analyze.similarity import analyze
     from interlace.stages.finetune.freeze import apply_freezing, enable_checkpointing
-    from interlace.stages.finetune.train import accumulate_gradients, apply_gradients
+    from interlace.stages.finetune.step import accumulate_gradients, apply_gradients
     from interlace.stages.plan import select_layers
     from interlace.stages.prune import prune_model
 
@@ -79,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         show_progress=False,
     )
     plan = select_layers(scores, n_drop=n_drop, strategy="interlace", ratio=args.ratio)
+    teacher = None
+    if args.distillation:  # the unpruned model, frozen, as the workers hold it
+        teacher = copy.deepcopy(model).eval().requires_grad_(False)
+    distill = DistillationSpec(weight=0.5, temperature=2.0)
     prune_model(model, plan, deepstack_policy="position")
     print(f"model {args.model}: {L} -> {L - n_drop} layers; finetune {plan.finetune} (original indices)")
 
@@ -95,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def prepare(mode: str) -> tuple[torch.nn.Module, list[torch.nn.Parameter], torch.optim.Optimizer, object]:
         m = copy.deepcopy(model)
-        if mode == "interleaved":
+        if mode.startswith("interleaved"):
             summary = apply_freezing(m, plan)
             positions[mode] = summary.positions
         else:
@@ -111,9 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         sched = get_scheduler("constant", opt)
         return m, params, opt, sched
 
-    modes = ("interleaved", "all layers")
+    modes: tuple[str, ...] = ("interleaved", "all layers")
+    if teacher is not None:
+        modes = (*modes, "interleaved + distillation")
     state = {mode: prepare(mode) for mode in modes}
     times: dict[str, list[float]] = {m: [] for m in modes}
+    cpu: dict[str, list[float]] = {m: [] for m in modes}  # process CPU seconds: robust to a busy machine
     mem: dict[str, dict[str, int]] = {}
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     dev = torch.device("cpu")
@@ -121,13 +140,23 @@ def main(argv: list[str] | None = None) -> int:
         group = batches[step * args.accum : (step + 1) * args.accum]
         for mode in modes if step % 2 == 0 else reversed(modes):
             m, params, opt, sched = state[mode]
-            t0 = time.perf_counter()
-            accumulate_gradients(m, group, device=dev, amp_dtype=None, world=1)
+            t0, c0 = time.perf_counter(), time.process_time()
+            with_teacher = mode == "interleaved + distillation"
+            accumulate_gradients(
+                m,
+                group,
+                device=dev,
+                amp_dtype=None,
+                world=1,
+                teacher=teacher if with_teacher else None,
+                distillation=distill if with_teacher else None,
+            )
             grad_bytes = sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None)
             apply_gradients(params, opt, sched, scaler, max_grad_norm=1.0)
-            dt = time.perf_counter() - t0
+            dt, dc = time.perf_counter() - t0, time.process_time() - c0
             if step > 0:
                 times[mode].append(dt)
+                cpu[mode].append(dc)
             opt_bytes = sum(
                 t.numel() * t.element_size()
                 for st in opt.state.values()
@@ -146,7 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("| mode | trainable params | median step (s) | grad + optimizer (MiB) |")
     print("|---|---|---|---|")
-    for mode, t, mb in (("interleaved", t_i, m_i), ("all layers", t_a, m_a)):
+    rows = [("interleaved", t_i, m_i), ("all layers", t_a, m_a)]
+    t_d = None
+    if teacher is not None:
+        mode = "interleaved + distillation"
+        t_d = statistics.median(times[mode])
+        rows.append((mode, t_d, mem[mode]["grad_bytes"] + mem[mode]["optimizer_bytes"]))
+    for mode, t, mb in rows:
         print(f"| {mode} | {mem[mode]['trainable_params']:,} | {t:.3f} | {mb / 2**20:.1f} |")
     print()
     from interlace.runtime.costs import DecoderShape, structural_ratio
@@ -162,6 +197,16 @@ def main(argv: list[str] | None = None) -> int:
           f"(finetune positions {positions['interleaved']}); measured / limit {t_i / t_a / limit:.3f} "
           "(goal <= 1.05)")
     print(f"memory ratio {m_i / m_a:.3f}x  (goal <= 0.50x)")
+    if t_d is not None:
+        teacher_mib = sum(p.numel() * p.element_size() for p in teacher.parameters()) / 2**20  # type: ignore[union-attr]
+        c_i = statistics.median(cpu["interleaved"])
+        c_d = statistics.median(cpu["interleaved + distillation"])
+        print(
+            f"distillation {t_d / t_i:.3f}x the interleaved step time ({t_d:.3f} s vs {t_i:.3f} s), "
+            f"{c_d / c_i:.3f}x its CPU time ({c_d:.3f} s vs {c_i:.3f} s): one teacher forward, no backward; "
+            f"weight {distill.weight}, temperature {distill.temperature}; the teacher holds "
+            f"{teacher_mib:.0f} MiB of weights on every worker"
+        )
     print(
         f"({args.steps} measured steps per mode, batch {args.batch} x accum {args.accum}, "
         f"max length {args.max_length}, checkpointing {'off' if args.no_checkpointing else 'on'}, "
@@ -172,11 +217,13 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps(
                 {
                     "plan": plan.model_dump(mode="json"),
-                    "median_step_seconds": {"interleaved": t_i, "all_layers": t_a},
+                    "median_step_seconds": {"interleaved": t_i, "all_layers": t_a, "distillation": t_d},
                     "memory": mem,
                     "time_ratio": t_i / t_a,
                     "structural_limit": limit,
                     "memory_ratio": m_i / m_a,
+                    "distillation_time_ratio": t_d / t_i if t_d is not None else None,
+                    "median_step_cpu_seconds": {m: statistics.median(v) for m, v in cpu.items()},
                 },
                 indent=2,
             )

@@ -6,7 +6,7 @@ The embedded default (SmolLM2-135M-Instruct, 30 layers) is analysed once on cali
 (builtin:english); every strategy then plans the same number of layers (20%) from the same scores,
 the model is pruned, its held-out perplexity (builtin:english-heldout, assistant tokens) measured,
 then the plan's finetune layers are trained on Ray Train exactly as `interlace run` does
-(interlace.stages.finetune.train, same data, same steps for every strategy) and perplexity is measured again.
+(interlace.stages.finetune.driver, same data, same steps for every strategy) and perplexity is measured again.
 
 Retention = base perplexity / pruned perplexity (1.0 = as good as the unpruned model). The paper's
 ordering (INTERLACE best) is the expectation; the table reports what this run measures.
@@ -59,12 +59,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from interlace.data import load_samples
     from interlace.models.load import load_model
+    from interlace.runtime.placement import placement_of
     from interlace.runtime.ray_cluster import start_ray
     from interlace.schema.spec import DataSpec, FinetuneSpec
     from interlace.stages.analyze.calibration import calibration_batches
     from interlace.stages.analyze.similarity import analyze
     from interlace.stages.evaluate import perplexity
-    from interlace.stages.finetune.train import finetune
+    from interlace.stages.finetune.driver import finetune
     from interlace.stages.plan import select_layers
     from interlace.stages.prune import prune_model, save_model
 
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             gc.collect()
             t0 = time.monotonic()
             result = finetune(
-                pruned_dir, plan, spec, output_dir=Path(tmp) / strategy, num_workers=args.workers
+                pruned_dir, plan, spec, output_dir=Path(tmp) / strategy, placement=placement_of(args.workers, 0)
             )
             tuned = load_model(str(result.model_dir), dtype="float32", device="cpu").model
             after = ppl(tuned)

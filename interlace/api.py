@@ -40,9 +40,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from interlace.pipeline.sweep import SweepResult
     from interlace.pipeline.validate import ValidationReport
     from interlace.runtime.progress import Reporter
-    from interlace.schema.spec import LayerPlan, PruneJob, Results
+    from interlace.schema.spec import LayerPlan, ModelSpec, PruneJob, Results
     from interlace.stages.analyze.scores import LayerScores
-    from interlace.stages.finetune.train import FinetuneResult
+    from interlace.stages.finetune.driver import FinetuneResult
 
 # Files a processor or tokenizer is saved as (any of them means the checkpoint has one).
 PROCESSOR_FILES = (
@@ -517,13 +517,16 @@ def finetune(
     freeze_lm_head: bool = True,
     reporter: Reporter | None = None,
     local: bool = True,
+    base: str | Path | dict[str, Any] | None = None,
 ) -> FinetuneResult:
     """Interleaved finetuning of the plan's finetune layers of a pruned checkpoint on Ray Train.
 
     `model` is the directory `prune(..., plan=...)` wrote; `spec` a FinetuneSpec or its dict
     (camelCase, as under spec.finetune in YAML), `data` a shortcut for spec.data. Starts a local Ray
     cluster when none is running (`local=False` joins the one RAY_ADDRESS names). The whole finetuned
-    model lands in `<output>/finetuned` (`result.model_dir`).
+    model lands in `<output>/finetuned` (`result.model_dir`). `base` is the unpruned model (its
+    source, or a ModelSpec dict as under spec.model): the teacher when spec.distillation is set
+    (required then), and its trustRemoteCode/attnImplementation apply to loading the pruned copy.
     """
     from pydantic import ValidationError
 
@@ -541,11 +544,13 @@ def finetune(
     except ValidationError as err:
         raise InterlaceError(format_validation_error(err, prefix="finetune.").replace("\n", "; ")) from None
     p = _load_plan(plan)
+    base_spec = _base_model_spec(base)
     from interlace.data import check_source
 
     check_source(ft.data, where="data")
+    from interlace.runtime.placement import placement_of
     from interlace.runtime.ray_cluster import start_ray
-    from interlace.stages.finetune.train import finetune as _finetune
+    from interlace.stages.finetune.driver import finetune as _finetune
 
     start_ray(local=local)
     return _finetune(
@@ -553,13 +558,25 @@ def finetune(
         p,
         ft,
         output_dir=Path(output),
-        reporter=reporter,
-        num_workers=workers,
-        use_gpu=use_gpu,
-        gpus_per_worker=gpus_per_worker,
+        model=base_spec,
+        placement=placement_of(workers, gpus_per_worker if use_gpu else 0),
         freeze_lm_head=freeze_lm_head,
+        reporter=reporter,
         max_steps=max_steps,
     )
+
+
+def _base_model_spec(base: str | Path | dict[str, Any] | None) -> ModelSpec | None:
+    from pydantic import ValidationError
+
+    from interlace.schema.spec import ModelSpec, format_validation_error
+
+    if base is None:
+        return None
+    try:
+        return ModelSpec.model_validate(base if isinstance(base, dict) else {"source": str(base)})
+    except ValidationError as err:
+        raise InterlaceError(format_validation_error(err, prefix="base.").replace("\n", "; ")) from None
 
 
 def evaluate(

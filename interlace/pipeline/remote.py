@@ -73,6 +73,9 @@ def model_facts(model: ModelSpec) -> ModelFacts:
 
 
 def _load(model: ModelSpec | str, device: str, like: ModelSpec) -> Any:
+    """The unpruned model (a ModelSpec), or a pruned/finetuned copy of it in a directory, loaded as
+    `like` (spec.model) says: dtype, attention kernel and trust_remote_code (a copy of a model with
+    remote code needs that code as much as the original; only the hub revision is the source's own)."""
     from interlace.models.load import load_model
 
     if isinstance(model, ModelSpec):
@@ -84,7 +87,13 @@ def _load(model: ModelSpec | str, device: str, like: ModelSpec) -> Any:
             revision=model.revision,
             trust_remote_code=model.trust_remote_code,
         )
-    return load_model(model, dtype=like.dtype, device=device, attn_implementation=like.attn_implementation)
+    return load_model(
+        model,
+        dtype=like.dtype,
+        device=device,
+        attn_implementation=like.attn_implementation,
+        trust_remote_code=like.trust_remote_code,
+    )
 
 
 def prune_to_dir(*, model: ModelSpec, plan: LayerPlan, deepstack_policy: str, out_dir: str, device: str) -> None:

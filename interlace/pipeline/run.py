@@ -7,7 +7,7 @@ writes the artifacts and reports the stages:
     <output>/scores.json      layer similarity scores (interlace.stages.analyze.similarity)
     <output>/plan.json        the chosen layers (interlace.stages.plan)
     <output>/heatmap.png      scores with the plan drawn on (interlace.stages.analyze.heatmap)
-    <output>/checkpoints/     Ray Train checkpoints of the finetune (interlace.stages.finetune.train)
+    <output>/checkpoints/     Ray Train checkpoints of the finetune (interlace.stages.finetune.checkpoint)
     <output>/model/           the pruned + finetuned model (interlace.stages.publish, else prune.save_model)
     <output>/results.json     layers, parameters, benchmarks (interlace.stages.evaluate)
     <output>/progress.jsonl   every reporter event (written by the caller's JsonlReporter)
@@ -221,21 +221,18 @@ def run_pipeline(
         from interlace.runtime.placement import describe
 
         reporter.stage(Phase.FINETUNING, f"layers {plan.finetune} on {describe(placement)}")
-        from interlace.stages.finetune.train import finetune
+        from interlace.stages.finetune.driver import finetune
 
         ft = finetune(
             pruned_dir,
             plan,
             spec.finetune,
             output_dir=out,
-            reporter=reporter,
-            num_workers=spec.resources.workers,
-            use_gpu=placement.use_gpu,
-            gpus_per_worker=spec.resources.gpus_per_worker,
+            model=spec.model,
+            placement=placement,
             freeze_lm_head=spec.pruning.freeze_lm_head,
+            reporter=reporter,
             num_samples=_epoch_size(spec.finetune.data),
-            attn_implementation=spec.model.attn_implementation,
-            trust_remote_code=spec.model.trust_remote_code,
             final_model_dir=out / "finetuned",
         )
         final_dir = ft.model_dir

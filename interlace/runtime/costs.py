@@ -128,10 +128,11 @@ class MemoryEstimate:
     trainable_state: float
     activations: float
     logits: float
+    teacher: float = 0.0  # spec.finetune.distillation: the unpruned teacher's weights and logits
 
     @property
     def total(self) -> float:
-        return self.frozen_weights + self.trainable_state + self.activations + self.logits
+        return self.frozen_weights + self.trainable_state + self.activations + self.logits + self.teacher
 
     def describe(self) -> str:
         parts = (
@@ -139,6 +140,7 @@ class MemoryEstimate:
             ("trainable weights + grads + AdamW", self.trainable_state),
             ("activations", self.activations),
             ("logits", self.logits),
+            *((("distillation teacher", self.teacher),) if self.teacher else ()),
         )
         return f"{self.total / GIB:.1f} GiB (" + ", ".join(f"{n} {v / GIB:.1f}" for n, v in parts) + ")"
 
@@ -154,12 +156,15 @@ def memory_estimate(
     weight_bytes: int = 2,
     world_size: int = 1,
     sharded: bool = False,
+    teacher_params: int = 0,
 ) -> MemoryEstimate:
     """GPU bytes one worker needs to finetune a `num_layers` decoder (positions `trainable` train) of a
     model with `total_params` parameters, micro-batches of `tokens_per_micro_batch` tokens.
 
     `sharded` (FSDP) divides weights and optimizer state by `world_size`; DDP with more than one
-    worker keeps a gradient bucket copy of the trainable parameters.
+    worker keeps a gradient bucket copy of the trainable parameters. `teacher_params` (distillation)
+    adds the unpruned teacher: a full replica on every worker, never sharded, in the load dtype, plus
+    its bf16 logits and the fp32 softened log-probabilities of teacher and student.
     """
     train = sorted(set(trainable))
     if not train:
@@ -182,7 +187,10 @@ def memory_estimate(
     t = float(tokens_per_micro_batch)
     acts = t * (span * 2.0 * shape.hidden + layer_act) if checkpointing else t * span * layer_act
     logits = t * shape.vocab * 2.0 * 2  # bf16 logits and their gradient
-    return MemoryEstimate(frozen_weights=frozen, trainable_state=state, activations=acts, logits=logits)
+    teacher = teacher_params * float(weight_bytes) + t * shape.vocab * (2.0 + 2 * 4.0) if teacher_params else 0.0
+    return MemoryEstimate(
+        frozen_weights=frozen, trainable_state=state, activations=acts, logits=logits, teacher=teacher
+    )
 
 
 def parse_quantity(value: str | int) -> float:

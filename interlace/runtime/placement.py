@@ -179,7 +179,8 @@ def finetune_memory(
     shape = DecoderShape.from_config(config)
     n_drop = spec.pruning.layers_to_drop(shape.num_layers)
     kept = shape.num_layers - n_drop
-    total = (total_params if total_params is not None else count_params(config)) - n_drop * shape.layer_matmul_params
+    unpruned = total_params if total_params is not None else count_params(config)
+    total = unpruned - n_drop * shape.layer_matmul_params
     ft = spec.finetune
     placement = train_placement(spec.resources)
     return memory_estimate(
@@ -192,6 +193,7 @@ def finetune_memory(
         weight_bytes=4 if str(ft.precision) == "fp32" else 2,
         world_size=placement.num_workers,
         sharded=ft.parallelism == "fsdp",
+        teacher_params=unpruned if ft.distillation is not None else 0,
     )
 
 
@@ -214,5 +216,7 @@ def check_memory(
             f"spec.resources.gpuMemory is {spec.resources.gpu_memory} ({cap / GIB:.1f} GiB); lower "
             "spec.finetune.perDeviceBatchSize (raise gradientAccumulationSteps to keep the effective "
             "batch) or maxLength, keep gradientCheckpointing on, or shard with parallelism: fsdp"
+            + ("; the distillation teacher is a full copy per GPU: drop spec.finetune.distillation to "
+               "free it" if ft.distillation is not None else "")
         )
     return est

@@ -393,6 +393,19 @@ class PruningSpec(_Spec):
         return n
 
 
+class DistillationSpec(_Spec):
+    """Distillation healing: the unpruned model (spec.model) is a frozen teacher on the finetuning
+    workers; the loss is (1 - weight) x next-token cross-entropy + weight x T^2 x KL(teacher || student)
+    on temperature-T softened logits, over the trained (assistant) tokens only."""
+
+    weight: float = Field(
+        default=0.5, gt=0, le=1, description="Share of the KL term in the loss, in (0, 1]; 1 = distillation only."
+    )
+    temperature: float = Field(
+        default=2.0, gt=0, le=1000, description="Softmax temperature of teacher and student logits (> 0)."
+    )
+
+
 class FinetuneSpec(_Spec):
     """Interleaved finetuning: only the plan's finetune layers train. Paper defaults."""
 
@@ -421,6 +434,11 @@ class FinetuneSpec(_Spec):
     checkpoint_every_steps: int = Field(default=500, ge=1, le=INT32_MAX)
     resume: bool = Field(default=True, description="Resume from the newest checkpoint in the output.")
     max_failures: int = Field(default=2, ge=0, le=100, description="Worker failures Ray Train recovers from.")
+    distillation: DistillationSpec | None = Field(
+        default=None,
+        description="Heal with distillation from the unpruned model as well as the next-token loss "
+        "(absent = next-token loss only). The teacher's weights take GPU memory on every worker.",
+    )
 
 
 class EvaluationSpec(_Spec):

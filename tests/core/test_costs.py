@@ -70,6 +70,13 @@ def test_memory_estimate_parts() -> None:
     # A lower trainable layer means a longer backward: more activations kept.
     low = memory_estimate(SHAPE, checkpointing=True, **{**kw, "trainable": [0]})
     assert low.activations > est.activations
+    # Distillation: the whole unpruned teacher on every worker (never sharded) and its logits.
+    assert est.teacher == 0
+    distill = memory_estimate(SHAPE, checkpointing=True, teacher_params=12_000, **kw)
+    assert distill.teacher == 12_000 * 2 + 100 * 10 * (2 + 8)
+    assert distill.total == est.total + distill.teacher
+    fsdp_distill = memory_estimate(SHAPE, checkpointing=True, world_size=2, sharded=True, teacher_params=12_000, **kw)
+    assert fsdp_distill.teacher == distill.teacher
 
 
 @pytest.mark.parametrize(("q", "b"), [("80Gi", 80 * 2**30), ("141G", 141e9), ("81920Mi", 80 * 2**30), ("1024", 1024)])

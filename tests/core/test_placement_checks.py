@@ -69,6 +69,12 @@ def test_memory_estimate_counts_the_real_8b_and_refuses_what_cannot_fit() -> Non
     # No gradient checkpointing keeps every layer's activations: far more.
     no_ckpt = finetune_memory(_spec(finetune={"gradientCheckpointing": False}), config, total_params=n)
     assert no_ckpt.activations > 5 * est.activations
+    # Distillation holds the unpruned 8B teacher on every GPU as well: about 16 GiB more, named.
+    distill = finetune_memory(_spec(finetune={"distillation": {}}), config, total_params=n)
+    assert distill.teacher > n * 2 and distill.total == pytest.approx(est.total + distill.teacher)
+    assert "distillation teacher" in distill.describe()
+    with pytest.raises(InterlaceError, match=r"distillation teacher .*drop spec\.finetune\.distillation"):
+        check_memory(_spec(finetune={"distillation": {}}, resources={"gpuMemory": "60Gi"}), config, total_params=n)
     # CPU workers, dry runs and disabled finetuning are not checked.
     assert check_memory(_spec(resources={"gpusPerWorker": 0}), config, total_params=n) is None
     assert check_memory(_spec(finetune={"enabled": False}), config, total_params=n) is None

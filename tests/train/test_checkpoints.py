@@ -5,7 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from interlace.stages.finetune.train import COMPLETE_FILE, STATE_FILE, newest_checkpoint, plan_fingerprint
+from interlace.stages.finetune.checkpoint import (
+    COMPLETE_FILE,
+    STATE_FILE,
+    newest_checkpoint,
+    plan_fingerprint,
+)
 from tests.train.conftest import hand_plan
 
 

@@ -20,9 +20,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from interlace.runtime.placement import placement_of
 from interlace.runtime.progress import JsonlReporter
 from interlace.schema.spec import FinetuneSpec
-from interlace.stages.finetune.train import FAULT_MARKER_ENV, FAULT_STEP_ENV, finetune
+from interlace.stages.finetune.driver import FAULT_MARKER_ENV, FAULT_STEP_ENV, finetune
 from tests.train.conftest import pattern_samples, pattern_spec
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -43,7 +44,7 @@ def test_two_workers_train_only_finetune_layers_and_resume(
     monkeypatch.setenv(FAULT_STEP_ENV, "3")
     monkeypatch.setenv(FAULT_MARKER_ENV, str(tmp_path / "crash-1"))
     with pytest.raises(Exception):  # noqa: B017 - Ray Train's TrainingFailedError family
-        finetune(model_dir, plan, _spec(0), output_dir=out, num_workers=2, samples=samples)
+        finetune(model_dir, plan, _spec(0), output_dir=out, placement=placement_of(2, 0), samples=samples)
     assert (tmp_path / "crash-1").exists()
     steps = sorted(p.name for p in (out / "checkpoints").glob("finetune-*/step-*"))
     assert steps == ["step-00000002"]
@@ -53,7 +54,7 @@ def test_two_workers_train_only_finetune_layers_and_resume(
     monkeypatch.setenv(FAULT_STEP_ENV, "5")
     monkeypatch.setenv(FAULT_MARKER_ENV, str(tmp_path / "crash-2"))
     reporter = JsonlReporter(out / "progress.jsonl")
-    result = finetune(model_dir, plan, _spec(1), output_dir=out, reporter=reporter, num_workers=2, samples=samples)
+    result = finetune(model_dir, plan, _spec(1), output_dir=out, reporter=reporter, placement=placement_of(2, 0), samples=samples)
     reporter.close()
     assert (tmp_path / "crash-2").exists()
     assert result.attempt_starts == [0, 2, 4]

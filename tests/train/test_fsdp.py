@@ -16,11 +16,13 @@ import torch
 from safetensors.torch import load_file
 
 from interlace.errors import InterlaceError
+from interlace.runtime.placement import placement_of
 from interlace.schema.spec import FinetuneSpec
-from interlace.stages.finetune.train import FAULT_MARKER_ENV, FAULT_STEP_ENV, finetune
+from interlace.stages.finetune.driver import FAULT_MARKER_ENV, FAULT_STEP_ENV, finetune
 from tests.train.conftest import pattern_samples, pattern_spec
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
+TWO = placement_of(2, 0)  # two CPU workers (gloo)
 
 
 def _spec(parallelism: str, max_failures: int = 0) -> FinetuneSpec:
@@ -37,7 +39,7 @@ def test_fsdp2_matches_ddp_and_resumes_after_a_worker_dies(
     monkeypatch.setenv(FAULT_STEP_ENV, "3")
     monkeypatch.setenv(FAULT_MARKER_ENV, str(tmp_path / "crash"))
     fsdp = finetune(
-        model_dir, plan, _spec("fsdp", max_failures=1), output_dir=tmp_path / "fsdp", num_workers=2, samples=samples
+        model_dir, plan, _spec("fsdp", max_failures=1), output_dir=tmp_path / "fsdp", placement=TWO, samples=samples
     )
     assert (tmp_path / "crash").exists()
     assert fsdp.attempt_starts == [0, 2] and fsdp.steps == 6
@@ -45,7 +47,7 @@ def test_fsdp2_matches_ddp_and_resumes_after_a_worker_dies(
     monkeypatch.delenv(FAULT_STEP_ENV)
     monkeypatch.delenv(FAULT_MARKER_ENV)
 
-    ddp = finetune(model_dir, plan, _spec("ddp"), output_dir=tmp_path / "ddp", num_workers=2, samples=samples)
+    ddp = finetune(model_dir, plan, _spec("ddp"), output_dir=tmp_path / "ddp", placement=TWO, samples=samples)
     assert ddp.attempt_starts == [0] and ddp.wrapping == "ddp"
 
     # Same losses step by step (the first logged under FSDP before the crash, the rest after it).
@@ -75,5 +77,5 @@ def test_fsdp_with_fp16_is_refused_naming_the_field(pruned_llama, tmp_path: Path
     model_dir, plan = pruned_llama
     spec = FinetuneSpec(parallelism="fsdp", precision="fp16", max_steps=1)
     with pytest.raises(InterlaceError, match="precision fp16"):
-        finetune(model_dir, plan, spec, output_dir=tmp_path, use_gpu=True)
+        finetune(model_dir, plan, spec, output_dir=tmp_path, placement=placement_of(1, 1))
     assert not (tmp_path / "checkpoints").exists()

@@ -12,7 +12,7 @@ from interlace.cli import main
 from interlace.errors import InterlaceError
 from interlace.runtime.placement import check_accelerators, placement_of, train_placement
 from interlace.schema.spec import ResourcesSpec
-from interlace.stages.finetune.train import ray_train_configs
+from interlace.stages.finetune.driver import ray_train_configs
 from tests.train.test_run_cli import _run_cli, _tiny_job
 
 

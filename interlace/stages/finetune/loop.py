@@ -1,0 +1,296 @@
+"""The loop every Ray Train worker runs (`train_loop_per_worker`) and the `WorkerConfig` it gets.
+
+Load the pruned model (and, with spec.distillation, the unpruned teacher), freeze all but the finetune
+layers, wrap, build AdamW and the schedule, resume from the newest checkpoint, then loop over this
+rank's share of the sample stream: accumulate, step, report progress, checkpoint. See
+interlace.stages.finetune.driver for the whole picture.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, SkipValidation
+
+from interlace.data.sample import Sample
+from interlace.errors import InterlaceError
+from interlace.runtime.progress import now_rfc3339
+from interlace.schema.spec import FinetuneSpec, LayerPlan, Metric, ModelSpec, Progress
+from interlace.stages.finetune.checkpoint import (
+    TrainState,
+    _load_checkpoint,
+    _save_and_report,
+    _save_final_model,
+    newest_checkpoint,
+)
+from interlace.stages.finetune.step import _wrap, accumulate_gradients, apply_gradients, wrapping_of
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+class WorkerConfig(BaseModel):
+    """What `finetune()` hands every Ray Train worker (the one entry of train_loop_config besides the
+    progress queue): the spec's own models, the paths, and the facts the driver worked out."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_dir: Path  # the pruned model (interlace.stages.prune.save_model)
+    # The unpruned source: how to load (attention kernel, remote code) and the teacher; None: a local
+    # pruned model, sdpa, no remote code, no distillation.
+    model: ModelSpec | None = None
+    plan: LayerPlan
+    spec: FinetuneSpec
+    freeze_lm_head: bool
+    total_steps: int
+    precision: Literal["fp32", "bf16", "fp16"]
+    fingerprint: str  # see run_fingerprint: what a checkpoint must match to be resumed
+    final_model_dir: Path
+    resume_root: Path  # where a (re)starting worker group looks for the newest complete checkpoint
+    run_dir: Path  # this run's checkpoints
+    # Samples the caller already holds (small sets, tests); they are not validated again.
+    samples: SkipValidation[list[Sample] | None] = None
+    fault_step: int | None = None  # fault injection, see the module docstring
+    fault_marker: Path | None = None
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """The loop every Ray Train worker runs: loop_config is {"config": WorkerConfig, "queue": Queue}."""
+    import ray.train
+    import ray.train.torch
+    import torch
+    from transformers import get_scheduler
+
+    from interlace.stages.finetune.freeze import apply_freezing, enable_checkpointing
+
+    config: WorkerConfig = loop_config["config"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    spec, plan, total_steps = config.spec, config.plan, config.total_steps
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
+    torch.manual_seed(0)
+
+    # 1. The pruned model, frozen except the finetune layers. On GPU the frozen weights stay in
+    #    bf16; the trainable ones are fp32 master weights and autocast runs the math in bf16.
+    load_dtype = "float32" if amp_dtype is None or device.type == "cpu" else "bfloat16"
+    loaded = _load(config, str(config.model_dir), load_dtype, device)
+    model, processor = loaded.model, loaded.processor
+    summary = apply_freezing(model, plan, freeze_lm_head=config.freeze_lm_head)
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    if spec.gradient_checkpointing:
+        enable_checkpointing(model, summary.lowest_position)
+    model.train()
+    model = _wrap(model, spec.parallelism, device, amp_dtype, world)
+    #    The teacher (spec.distillation): the unpruned model, in the student's load dtype, frozen, in
+    #    eval mode, a full replica on every worker, never wrapped by DDP/FSDP (it has no gradients).
+    teacher = load_teacher(config, load_dtype, device) if spec.distillation is not None else None
+
+    # 2. The optimizer holds the trainable parameters only.
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=spec.learning_rate, weight_decay=spec.weight_decay)
+    scheduler = get_scheduler(
+        spec.lr_scheduler,
+        optimizer,
+        num_warmup_steps=math.ceil(spec.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+
+    # 3. Resume from the newest checkpoint (worker restart or whole-job restart), if any.
+    state = TrainState(
+        total_steps=total_steps,
+        plan_fingerprint=config.fingerprint,
+        trainable_params=summary.trainable_params,
+        total_params=summary.total_params,
+        trainable_positions=summary.positions,
+        world_size=world,
+        wrapping=wrapping_of(model),
+    )
+    #    The disk is the authority: Ray Train's get_checkpoint() only knows reports its controller
+    #    already processed (a worker can die just after reporting), and V2 has no way to start a new
+    #    run from an old run's checkpoint. It remains the fallback for storage we cannot list.
+    on_disk = newest_checkpoint(config.resume_root)
+    checkpoint = ray.train.get_checkpoint()
+    if on_disk is not None:
+        state = _load_checkpoint(on_disk, model, optimizer, scheduler, state)
+    elif checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = _load_checkpoint(Path(d), model, optimizer, scheduler, state)
+    state.start_step = state.step
+    state.total_steps = total_steps
+    state.attempt_starts.append(state.step)
+
+    # 4. This worker's micro-batches, starting at the checkpointed data position.
+    B, accum = spec.per_device_batch_size, spec.gradient_accumulation_steps
+    batches = _micro_batches(config, processor, rank, world, skip=state.samples_consumed)
+    queue = loop_config["queue"] if rank == 0 else None
+    t_start, steps_this_attempt, tokens_at_start = time.monotonic(), 0, state.tokens
+
+    # 5. The loop: accumulate, all-reduce the label count, backward, clip, step, report.
+    while state.step < total_steps:
+        group = [next(batches) for _ in range(accum)]
+        losses = accumulate_gradients(
+            model,
+            group,
+            device=device,
+            amp_dtype=amp_dtype,
+            world=world,
+            scaler=scaler,
+            teacher=teacher,
+            distillation=spec.distillation,
+        )
+        lr = apply_gradients(trainable, optimizer, scheduler, scaler, max_grad_norm=spec.max_grad_norm)
+
+        state.step += 1
+        state.samples_consumed += B * accum * world
+        state.tokens += losses.tokens
+        state.losses.append(losses.loss)
+        if losses.kl is not None:
+            state.ce_losses.append(losses.ce)
+            state.kl_losses.append(losses.kl)
+        steps_this_attempt += 1
+        if queue is not None:
+            _send_progress(queue, state, lr, t_start, steps_this_attempt, tokens_at_start)
+
+        last = state.step == total_steps
+        if last or state.step % spec.checkpoint_every_steps == 0:
+            _save_and_report(model, optimizer, scheduler, state, rank, config.run_dir)
+        _maybe_crash(config, state.step, rank, world)
+
+    # 6. The whole finetuned model, for evaluation and publishing (also after a resume that found
+    #    the run already finished).
+    _save_final_model(model, processor, config.final_model_dir, rank, load_dtype)
+
+
+def _load(config: WorkerConfig, source: str, dtype: str, device: torch.device) -> Any:
+    """A model as the spec says to load it: its attention kernel and trust_remote_code, both for the
+    pruned copy and for the teacher (the revision only for the unpruned source itself)."""
+    from interlace.models.load import load_model
+
+    m = config.model
+    return load_model(
+        source,
+        dtype=dtype,
+        device=str(device),
+        attn_implementation=m.attn_implementation if m else "sdpa",
+        trust_remote_code=m.trust_remote_code if m else False,
+        revision=m.revision if m and source == m.source else None,
+    )
+
+
+def load_teacher(config: WorkerConfig, dtype: str, device: torch.device) -> nn.Module:
+    """The unpruned model (config.model.source) as a frozen teacher: eval mode, no gradients."""
+    if config.model is None:
+        raise InterlaceError("spec.finetune.distillation needs the unpruned model (spec.model) as the teacher")
+    teacher: nn.Module = _load(config, config.model.source, dtype, device).model
+    teacher.eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def _micro_batches(
+    config: WorkerConfig, processor: Any, rank: int, world: int, *, skip: int
+) -> Iterator[tuple[dict[str, torch.Tensor], int]]:
+    """This rank's micro-batches: slice r of every global micro-batch of the repeating stream.
+
+    Yields (batch, number of real tokens). A sample this model cannot encode (EncodeError: e.g. an
+    image cut by maxLength) is skipped and logged. If a whole slice is unusable, the previous good
+    example is sent again with every label masked: it adds nothing to the loss, but keeps this rank
+    in step with the others (DDP needs every rank to run every backward pass).
+    """
+    import itertools
+    import logging
+
+    import torch
+
+    from interlace.data.chat import tokenizer_of
+    from interlace.data.encode import IGNORE_INDEX, EncodeError, collate, encode_sample
+
+    log = logging.getLogger(__name__)
+    spec = config.spec
+    B = spec.per_device_batch_size
+    tokenizer = tokenizer_of(processor)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stream = itertools.islice(_repeat_samples(config.samples, spec), skip, None)
+    last_good: dict[str, Any] | None = None
+    while True:
+        chunk = list(itertools.islice(stream, B * world))
+        examples = []
+        for s in chunk[rank * B : (rank + 1) * B]:
+            try:
+                examples.append(encode_sample(s, processor, max_length=spec.max_length))
+            except EncodeError as err:
+                log.warning("finetune: skipped sample %s: %s", s.source, err)
+        if examples:
+            last_good = examples[-1]
+        elif last_good is not None:
+            examples = [{**last_good, "labels": torch.full_like(last_good["labels"], IGNORE_INDEX)}]
+        else:
+            raise InterlaceError("spec.finetune.data: the first samples cannot be encoded for this model")
+        n_tokens = sum(int(ex["input_ids"].shape[0]) for ex in examples)
+        yield collate(examples, pad_id, packing=spec.packing, max_length=spec.max_length), n_tokens
+
+
+def _repeat_samples(samples: list[Sample] | None, spec: FinetuneSpec) -> Iterator[Sample]:
+    while True:
+        n = 0
+        if samples is not None:
+            source: Any = iter(samples)
+        else:
+            from interlace.data import load_samples
+
+            source = load_samples(spec.data)
+        for s in source:
+            n += 1
+            yield s
+        if n == 0:
+            raise InterlaceError(f"spec.finetune.data ({spec.data.path}) yields no samples")
+
+
+def _send_progress(
+    queue: Any, state: TrainState, lr: float, t_start: float, steps_here: int, tokens_at_start: int
+) -> None:
+    elapsed = time.monotonic() - t_start
+    per_step = elapsed / max(steps_here, 1)
+    progress = Progress(
+        percent=round(100.0 * state.step / state.total_steps, 2),
+        step=state.step,
+        total_steps=state.total_steps,
+        loss=state.losses[-1],
+        learning_rate=lr,
+        tokens_per_second=(state.tokens - tokens_at_start) / elapsed if elapsed > 0 else None,
+        eta_seconds=per_step * (state.total_steps - state.step),
+        message=f"finetune step {state.step}/{state.total_steps}",
+        metrics=[
+            Metric(name="samples", value=state.samples_consumed),
+            *(
+                [Metric(name="ce", value=state.ce_losses[-1]), Metric(name="kl", value=state.kl_losses[-1])]
+                if state.kl_losses
+                else []
+            ),
+        ],
+        last_update_time=now_rfc3339(),
+    )
+    with contextlib.suppress(Exception):  # progress is best effort; a full queue never stalls training
+        queue.put_nowait(progress.to_wire())
+
+
+def _maybe_crash(config: WorkerConfig, step: int, rank: int, world: int) -> None:
+    """Fault injection (see the module docstring): kill the last worker once after `fault_step`."""
+    path = config.fault_marker
+    if config.fault_step != step or rank != world - 1 or path is None:
+        return
+    if path.exists():
+        return
+    path.write_text(f"crashed rank {rank} after step {step}\n")
+    os._exit(1)

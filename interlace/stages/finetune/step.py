@@ -1,0 +1,205 @@
+"""One optimizer step of interleaved finetuning, as every Ray Train worker (and bench/finetune.py) runs it.
+
+`_wrap` puts the student under DDP or FSDP2; `accumulate_gradients` runs the micro-batches of one step
+(next-token cross-entropy over the assistant tokens, plus the distillation KL against a frozen teacher
+with spec.distillation; `token_losses`), scaled so DDP/FSDP's gradient average is the exact token mean
+of the effective batch; `apply_gradients` clips and steps. See interlace.stages.finetune.driver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from interlace.schema.spec import DistillationSpec
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+@dataclass(frozen=True)
+class StepLosses:
+    """One optimizer step's losses, token means over all workers: `loss` is what was minimised; with
+    distillation `ce` and `kl` are its parts (loss = (1 - w) ce + w kl), else ce == loss, kl None."""
+
+    loss: float
+    ce: float
+    kl: float | None
+    labels: float  # assistant tokens in the step, all workers
+    tokens: int  # real tokens in the step, all workers
+
+
+def accumulate_gradients(
+    model: nn.Module,
+    group: list[tuple[dict[str, torch.Tensor], int]],
+    *,
+    device: torch.device,
+    amp_dtype: Any,
+    world: int,
+    scaler: Any = None,
+    teacher: nn.Module | None = None,
+    distillation: DistillationSpec | None = None,
+) -> StepLosses:
+    """Forward + backward over one optimizer step's micro-batches (the accumulation group).
+
+    Each micro-batch's summed token loss is scaled by world / (assistant tokens in the whole step,
+    all workers), so after DDP/FSDP average the gradients over workers they are the gradient of the
+    token-mean loss of the effective batch. With `teacher` and `distillation` the summed token loss
+    is (1 - w) x cross-entropy + w x T^2 x KL(teacher || student) (see `token_losses`). Returns the
+    step's losses and counts, summed over all workers.
+    """
+    import torch
+    import torch.distributed as dist
+
+    distill = distillation if teacher is not None else None
+    counts = torch.tensor(
+        [sum(int((b["labels"][:, 1:] != -100).sum()) for b, _ in group), sum(n for _, n in group)],
+        dtype=torch.float64,
+    )
+    if world > 1:
+        dist.all_reduce(counts)
+    n_labels, n_tokens = max(counts[0].item(), 1.0), int(counts[1].item())
+    sums = torch.zeros(3, dtype=torch.float64)  # loss, ce, kl (summed over tokens)
+    for i, (batch, _) in enumerate(group):
+        with _no_sync(model, i == len(group) - 1), _autocast(device, amp_dtype):
+            ce, kl = token_losses(
+                model,
+                batch,
+                device,
+                teacher=teacher if distill else None,
+                temperature=distill.temperature if distill else 1.0,
+            )
+        part = ce if kl is None or distill is None else (1 - distill.weight) * ce + distill.weight * kl
+        loss = part * (world / n_labels)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        kl_part = kl.detach() if kl is not None else ce.new_zeros(())
+        sums += torch.stack([part.detach(), ce.detach(), kl_part]).double().cpu()
+    if world > 1:
+        dist.all_reduce(sums)
+    loss_mean, ce_mean, kl_mean = (sums / n_labels).tolist()
+    return StepLosses(
+        loss=loss_mean, ce=ce_mean, kl=kl_mean if distill else None, labels=n_labels, tokens=n_tokens
+    )
+
+
+def apply_gradients(
+    trainable: list[torch.nn.Parameter], optimizer: Any, scheduler: Any, scaler: Any, *, max_grad_norm: float
+) -> float:
+    """Clip, step the optimizer and the schedule, clear gradients. Returns the lr this step used."""
+    import torch
+
+    lr = float(optimizer.param_groups[0]["lr"])  # the scheduler moves it after the step
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return lr
+
+
+def _autocast(device: torch.device, amp_dtype: Any) -> contextlib.AbstractContextManager[Any]:
+    import torch
+
+    return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+
+
+def _wrap(model: nn.Module, parallelism: str, device: torch.device, amp_dtype: Any, world: int) -> nn.Module:
+    """DDP, or FSDP2 (`fully_shard` per decoder layer, then the root)."""
+    import torch
+
+    if parallelism == "fsdp":
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        from interlace.models.load import find_parts
+
+        parts = find_parts(model)
+        mp = (
+            MixedPrecisionPolicy(param_dtype=amp_dtype, reduce_dtype=torch.float32)
+            if amp_dtype
+            else MixedPrecisionPolicy()
+        )
+        for layer in parts.layers:
+            fully_shard(layer, mp_policy=mp)
+        if parts.lm_head is not None and parts.lm_head.weight.requires_grad:
+            fully_shard(parts.lm_head, mp_policy=mp)  # fp32 trainable head: its own group
+        fully_shard(model, mp_policy=mp)
+        return model
+    if world == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    # find_unused_parameters stays False: every trainable parameter is used in every forward.
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def wrapping_of(model: nn.Module) -> str:
+    """How a wrapped model is distributed, read from the model itself rather than the spec."""
+    from torch.distributed.tensor import DTensor
+
+    if any(isinstance(p, DTensor) for p in model.parameters()):
+        return "fsdp2"
+    if hasattr(model, "no_sync"):
+        return "ddp"
+    return "none"
+
+
+def _no_sync(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager[Any]:
+    """Skip the gradient all-reduce on all but the last micro-batch of an accumulation group."""
+    if sync:
+        return contextlib.nullcontext()
+    no_sync = getattr(model, "no_sync", None)
+    if no_sync is not None:  # DDP
+        return no_sync()
+    set_sync = getattr(model, "set_requires_gradient_sync", None)
+    if set_sync is not None:  # FSDP2: toggled, restored on the last micro-batch
+        set_sync(False)
+        return _ReenableSync(model)
+    return contextlib.nullcontext()
+
+
+class _ReenableSync(contextlib.AbstractContextManager[Any]):
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def __exit__(self, *exc: object) -> None:
+        self.model.set_requires_gradient_sync(True)
+
+
+def token_losses(
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    device: torch.device,
+    *,
+    teacher: nn.Module | None = None,
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Summed next-token cross-entropy over assistant tokens (labels != -100) and, with a `teacher`,
+    the summed T^2 x KL(teacher || student) of the temperature-T softened next-token distributions
+    over the same tokens (None without a teacher).
+
+    The logits are gathered at labelled positions before the softmax, so the float upcast of the
+    vocabulary-sized logits covers only the tokens that count. The teacher runs without gradients.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+    labels = batch["labels"].to(device)
+    logits = model(**inputs, use_cache=False).logits
+    target = labels[:, 1:]
+    mask = target != -100
+    picked = logits[:, :-1][mask].float()
+    ce = F.cross_entropy(picked, target[mask], reduction="sum")
+    if teacher is None:
+        return ce, None
+    with torch.no_grad():
+        t_logits = teacher(**inputs, use_cache=False).logits[:, :-1][mask].float()
+    t = float(temperature)
+    student_log_p = F.log_softmax(picked / t, dim=-1)
+    teacher_log_p = F.log_softmax(t_logits / t, dim=-1)
+    # KL(p_teacher || p_student) summed over the vocabulary and the tokens.
+    kl = F.kl_div(student_log_p, teacher_log_p, log_target=True, reduction="sum")
+    return ce, kl * (t * t)
