@@ -7,8 +7,11 @@
   later load is an ordinary fast `from_pretrained(dir)`.
 * `builtin:english` / `builtin:english-heldout`: conversation rows built from Debian packages
   (interlace/data/english.py), materialised once as jsonl shards in the cache.
+* `builtin:python-docs`: out-of-domain evaluation text, the docstrings of Debian's Python standard
+  library (interlace/data/pydocs.py), materialised the same way; nothing ever trains on it.
 
-Cache: ${INTERLACE_CACHE:-~/.cache/interlace}/models/smollm2-135m-instruct and .../data/english-<fp>/.
+Cache: ${INTERLACE_CACHE:-~/.cache/interlace}/models/smollm2-135m-instruct, .../data/english-<fp>/ and
+.../data/python-docs-<fp>/.
 Both are built in a temporary directory next to the target and renamed into place, under a file lock,
 so concurrent Ray workers build it once and nobody ever sees a half-written directory.
 """
@@ -148,11 +151,24 @@ def english_dir(split: str) -> Path:
     return root / split
 
 
+def python_docs_dir() -> Path:
+    from interlace.data import pydocs
+
+    root = pydocs.stdlib_dir()
+    target = cache_dir() / "data" / f"python-docs-{pydocs.fingerprint(pydocs.source_files(root))}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _build_once(target, lambda tmp: pydocs.build(tmp, root))
+    return target / pydocs.SPLIT
+
+
 BUILTINS: dict[str, Callable[[], Path]] = {
     "builtin:smollm2-135m": smollm2_dir,
     "builtin:english": lambda: english_dir("english"),
     "builtin:english-heldout": lambda: english_dir("english-heldout"),
+    "builtin:python-docs": python_docs_dir,
 }
+# Data builtins (the rest are models).
+DATA_BUILTINS = ("builtin:english", "builtin:english-heldout", "builtin:python-docs")
 
 
 def resolve_source(source: str) -> Path:

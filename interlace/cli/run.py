@@ -103,6 +103,9 @@ def run(args: argparse.Namespace) -> int:
         print_json(result_of_run(output_dir, results).to_dict())
     else:
         console.console.print(summary_table(results, output_dir=output_dir))
+        retention = results.retention_line()
+        if retention is not None:  # the last line: out of domain (the headline), in domain beside it
+            console.console.print(retention, highlight=False)
     return 0
 
 

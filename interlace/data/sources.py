@@ -9,8 +9,9 @@ Three kinds of `path`:
   directly in the directory form one subset named after the directory, files below a subdirectory form
   the subset named after that subdirectory (FineVision's own layout, `<root>/<subset>/train-*.parquet`);
   a glob groups files by their parent directory's name. Row counts are exact (parquet footers, lines);
-* `builtin:english` / `builtin:english-heldout`: real English text from Debian packages, materialised
-  once into a jsonl shard by `interlace.builtin` and then read like any local shard.
+* `builtin:english` / `builtin:english-heldout`: real English text from Debian packages, and
+  `builtin:python-docs` (the Python standard library's docstrings, out-of-domain evaluation text),
+  materialised once into a jsonl shard by `interlace.builtin` and then read like any local shard.
 
 Everything that can be wrong with a source is found by `resolve_subsets` before a single row is read,
 so `check_source` can fail a job before any GPU time is spent.

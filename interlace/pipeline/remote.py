@@ -113,18 +113,24 @@ def perplexities(
     finetune_data: DataSpec,
     max_length: int,
     device: str,
-) -> tuple[float, float]:
-    """Held-out perplexity of the base and the pruned model (before finetuning), same samples."""
-    from interlace.stages.evaluate import heldout_samples, perplexity
+) -> list[tuple[str, str | None, float, float]]:
+    """Held-out perplexity of the base and the pruned model (before finetuning), same samples:
+    (benchmark name, domain, base, pruned) per perplexity set (out of domain, in domain)."""
+    from interlace.stages.evaluate import perplexity, perplexity_sets
 
     base = _load(model, device, model)
     pruned = _load(pruned_dir, device, model)
-    samples = heldout_samples(evaluation, finetune_data=finetune_data)  # as evaluate() picks them
     kw = {"batch_size": evaluation.batch_size, "max_length": max_length}
-    return (
-        perplexity(base.model, base.processor, samples, **kw),
-        perplexity(pruned.model, base.processor, samples, **kw),
-    )
+    return [
+        (
+            label,
+            domain,
+            perplexity(base.model, base.processor, samples, **kw),
+            perplexity(pruned.model, base.processor, samples, **kw),
+        )
+        # as evaluate() picks them
+        for label, domain, samples in perplexity_sets(evaluation, finetune_data=finetune_data)
+    ]
 
 
 def evaluate_models(

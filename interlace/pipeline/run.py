@@ -73,6 +73,8 @@ def _data_specs(spec: PruneJobSpec) -> list[tuple[str, DataSpec]]:
         out.append(("spec.finetune.data", spec.finetune.data))
     if spec.evaluation.enabled and not spec.dry_run and spec.evaluation.data is not None:
         out.append(("spec.evaluation.data", spec.evaluation.data))
+    if spec.evaluation.enabled and not spec.dry_run and spec.evaluation.out_of_domain_data is not None:
+        out.append(("spec.evaluation.outOfDomainData", spec.evaluation.out_of_domain_data))
     return out
 
 
@@ -205,7 +207,7 @@ def run_pipeline(
     )
 
     # ---- 4. interleaved finetuning on Ray Train
-    before_ft: tuple[float, float] | None = None
+    before_ft: list[tuple[str, str | None, float, float]] | None = None
     final_dir = pruned_dir
     if spec.finetune.enabled:
         if _wants_perplexity(spec):
@@ -254,10 +256,12 @@ def run_pipeline(
         if before_ft is not None:
             # The pruned model before finetuning, on the same samples: what finetuning recovered.
             # Appended after relativePerformance was computed, which stays about the final model.
-            label = "perplexity" if spec.evaluation.data is not None else "perplexity (finetune data)"
             results.benchmarks = [
                 *results.benchmarks,
-                benchmark_result(f"{label} before finetuning", *before_ft, metric="perplexity"),
+                *(
+                    benchmark_result(f"{label} before finetuning", b, p, metric="perplexity")
+                    for label, _domain, b, p in before_ft
+                ),
             ]
 
     # ---- 6. publish (or save) the model

@@ -338,14 +338,17 @@ def _check_data(data: DataSpec, where: str, report: ValidationReport) -> None:
     if path.startswith("builtin:"):
         from interlace import builtin
 
-        known = [b for b in builtin.BUILTINS if b.startswith("builtin:english")]
+        known = list(builtin.DATA_BUILTINS)
         if path not in known:
             report.error(f"{where}.path", f"unknown builtin data {path!r}; known: {', '.join(known)}")
             return
-        from interlace.data import english
+        from interlace.data import english, pydocs
 
         try:
-            english.source_files()
+            if path == "builtin:python-docs":
+                pydocs.source_files()
+            else:
+                english.source_files()
         except InterlaceError as err:
             report.add_error(f"{where}.path", err)
         return

@@ -141,6 +141,9 @@ def summary_table(results: Results, *, output_dir: Path | str, extra: dict[str, 
     for b in results.benchmarks:
         rel = f" ({b.relative:.1f}%)" if b.relative is not None else ""
         t.add_row(f"{b.name} [{b.metric}]", f"base {b.base:.4g} -> pruned {b.pruned:.4g}{rel}")
+    retention = results.retention_line()
+    if retention is not None:  # `retention (out of domain) X%, in domain Y%`
+        t.add_row("retention", retention.removeprefix("retention "))
     if results.relative_performance is not None:
         t.add_row("relative performance", f"{results.relative_performance:.1f}%")
     if results.prefill_speedup is not None:

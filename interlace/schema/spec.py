@@ -241,7 +241,8 @@ class DataSpec(_Spec):
             "x-kubernetes-validations": [_cel(f"!self.matches('{_cel_regex(DOTDOT)}')", "must not contain a '..' path segment")]
         },
         description="Hub dataset id (streamed), a local directory / glob of parquet or jsonl shards, "
-        "or `builtin:english` (real English text shipped with Debian packages).",
+        "`builtin:english` (real English text shipped with Debian packages) or `builtin:python-docs` "
+        "(Python standard library docstrings, out-of-domain evaluation text).",
     )
     subsets: list[Annotated[str, Field(min_length=1, max_length=256, pattern=NO_SPACE)]] = Field(
         default_factory=list, description="Subset (config) names; empty = all subsets.", max_length=512
@@ -452,6 +453,13 @@ class EvaluationSpec(_Spec):
         "(parquet/jsonl: image, question, choices, answer). Harness tasks: lmms-eval:<task>.",
     )
     data: DataSpec | None = Field(default=None, description="Held-out data for perplexity.")
+    out_of_domain_data: DataSpec | None = Field(
+        default=None,
+        description="Held-out text of another kind than the finetuning data, never trained on (e.g. "
+        "builtin:python-docs). With it, perplexity is scored on both: `perplexity (out of domain)` on this "
+        "is the headline (relativePerformance, retention targets, sweeps) and `perplexity (in domain)` on "
+        "`data` is reported beside it. Needs `perplexity` in benchmarks.",
+    )
     max_samples: int = Field(default=128, ge=1, le=INT32_MAX)
     batch_size: int = Field(default=4, ge=1, le=4096)
     max_new_tokens: int = Field(default=16, ge=1, le=65536)
@@ -955,6 +963,17 @@ class LayerPlan(_Model):
         return self
 
 
+def retention_line(out_of_domain: float | None, in_domain: float | None) -> str | None:
+    """The headline of a run with spec.evaluation.outOfDomainData, both retentions labelled."""
+
+    def pct(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.1f}%"
+
+    if out_of_domain is None and in_domain is None:
+        return None
+    return f"retention (out of domain) {pct(out_of_domain)}, in domain {pct(in_domain)}"
+
+
 class BenchmarkResult(_Model):
     name: str
     base: float
@@ -965,6 +984,11 @@ class BenchmarkResult(_Model):
         "is 0 (ratio undefined, left out of relativePerformance).",
     )
     metric: str = "accuracy"
+    domain: Literal["in", "out"] | None = Field(
+        default=None,
+        description="Perplexity with spec.evaluation.outOfDomainData: `out` (the headline) or `in` (the "
+        "finetuning domain, left out of relativePerformance).",
+    )
 
 
 class VariantResult(_Model):
@@ -1009,7 +1033,17 @@ class Results(_Model):
     layers_after: int | None = None
     params_before: int | None = None
     params_after: int | None = None
-    relative_performance: float | None = Field(default=None, description="Mean pruned/base, percent.")
+    relative_performance: float | None = Field(
+        default=None,
+        description="Mean pruned/base over the benchmarks, percent; with an out-of-domain perplexity, the "
+        "in-domain one is left out (it rewards adapting to the finetuning corpus).",
+    )
+    retention_out_of_domain: float | None = Field(
+        default=None, description="Perplexity retention (base/pruned, percent) on spec.evaluation.outOfDomainData."
+    )
+    retention_in_domain: float | None = Field(
+        default=None, description="Perplexity retention (percent) on held-out text of the finetuning domain."
+    )
     benchmarks: list[BenchmarkResult] = Field(default_factory=list)
     prefill_speedup: float | None = None
     decode_speedup: float | None = None
@@ -1022,6 +1056,10 @@ class Results(_Model):
         description="A sweep's variants or a target's search in one line, e.g. `0.1: 97.2%, 0.2: 93.7%` "
         "(kubectl column).",
     )
+
+    def retention_line(self) -> str | None:
+        """`retention (out of domain) 93.1%, in domain 104.2%` (None without the labelled perplexities)."""
+        return retention_line(self.retention_out_of_domain, self.retention_in_domain)
 
 
 class PruneJobStatus(_Model):

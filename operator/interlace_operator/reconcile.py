@@ -32,7 +32,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from interlace.schema.spec import API_GROUP, API_VERSION, KIND, Phase, PruneJob, SpecError, parse_prunejob
+from interlace.schema.spec import (
+    API_GROUP,
+    API_VERSION,
+    KIND,
+    Phase,
+    PruneJob,
+    SpecError,
+    parse_prunejob,
+    retention_line,
+)
 from interlace_operator import builders, names
 from interlace_operator.config import OperatorConfig
 from interlace_operator.kube import ConflictError, Kube
@@ -565,7 +574,10 @@ class Reconciler:
             bits.append(f"dropped layers {plan['drop']} of {plan.get('numLayers')}")
         if results.get("outputUri"):
             bits.append(f"output {results['outputUri']}")
-        if results.get("relativePerformance") is not None:
+        both = retention_line(results.get("retentionOutOfDomain"), results.get("retentionInDomain"))
+        if both is not None:  # spec.evaluation.outOfDomainData: both perplexity retentions, labelled
+            bits.append(both)
+        elif results.get("relativePerformance") is not None:
             bits.append(f"retention {results['relativePerformance']:.1f}%")
         return "; ".join(bits)
 

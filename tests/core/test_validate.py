@@ -88,6 +88,16 @@ INVALID: list[tuple[str, Callable[..., None], str]] = [
     ),
     ("fraction-zero", _set("spec.evaluation.data.fraction", 0), "spec.evaluation.data.fraction"),
     (
+        "ood-data-missing",
+        _set("spec.evaluation.outOfDomainData.path", "/no/such/shards"),
+        "spec.evaluation.outOfDomainData.path",
+    ),
+    (
+        "ood-builtin-unknown",
+        _set("spec.evaluation.outOfDomainData.path", "builtin:klingon"),
+        "spec.evaluation.outOfDomainData.path",
+    ),
+    (
         "benchmark-missing",
         _set("spec.evaluation.benchmarks", ["/no/such/vqa.jsonl"]),
         "spec.evaluation.benchmarks[0]",
@@ -278,3 +288,18 @@ def test_the_invalid_prunejob_corpus_when_present() -> None:
         assert not report.ok, case.id
         text = " ".join(f"{e.field} {e.message}" for e in report.errors)
         assert case.field in text, (case.id, case.field, text)
+
+
+def test_the_embedded_default_scores_out_of_domain_and_in_domain() -> None:
+    """examples/prunejob-local.yaml: finetunes on builtin:english, scores perplexity on held-out rows of it
+    (in domain) and on builtin:python-docs (out of domain, the headline), which nothing trains on."""
+    from interlace.schema.spec import parse_prunejob
+
+    for name in ("prunejob-local.yaml", "sweep.yaml", "target.yaml"):
+        spec = parse_prunejob(yaml.safe_load((REPO / "examples" / name).read_text())).spec
+        ev = spec.evaluation
+        assert "perplexity" in ev.benchmarks, name
+        assert ev.out_of_domain_data is not None and ev.out_of_domain_data.path == "builtin:python-docs", name
+        assert ev.data is not None and ev.data.path == "builtin:english-heldout", name
+        trained = {spec.finetune.data.path, (spec.calibration.data or spec.finetune.data).path}
+        assert trained == {"builtin:english"}, name

@@ -1,4 +1,5 @@
-"""The embedded defaults: builtin:english (Debian text) and builtin:smollm2-135m (GGUF -> safetensors)."""
+"""The embedded defaults: builtin:english (Debian text), builtin:python-docs (out-of-domain evaluation
+text) and builtin:smollm2-135m (GGUF -> safetensors)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_unknown_builtin_lists_the_known_ones() -> None:
-    with pytest.raises(InterlaceError, match=r"unknown builtin source 'builtin:gpt5'; known: builtin:smollm2-135m, builtin:english, builtin:english-heldout"):
+    with pytest.raises(InterlaceError, match=r"unknown builtin source 'builtin:gpt5'; known: builtin:smollm2-135m, builtin:english, builtin:english-heldout, builtin:python-docs"):
         resolve_source("builtin:gpt5")
 
 
@@ -126,3 +127,76 @@ def test_builtin_english_without_the_debian_packages(monkeypatch: pytest.MonkeyP
     with pytest.raises(InterlaceError, match=r"needs the Debian packages fortunes, fortunes-min, wordnet-base.*hack/system-deps\.sh"):
         check_source(DataSpec(path="builtin:english"))
     assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir())
+
+
+def _fake_stdlib(root: Path) -> Path:
+    """A tiny stand-in for /usr/lib/python3.N: public and private names, a skipped directory."""
+    (root / "json").mkdir(parents=True)
+    (root / "test").mkdir()
+    (root / "os.py").write_text(
+        '"""OS routines for NT or Posix depending on what system we are on, and a few more words."""\n'
+        'def _private():\n    """A private helper that must never become a row of the corpus at all."""\n'
+        'def makedirs(name):\n    """makedirs(name [, mode=0o777][, exist_ok=False])\n\n'
+        '    Super-mkdir; create a leaf directory and all intermediate ones."""\n'
+        'def short():\n    """Too short."""\n'
+    )
+    (root / "json" / "__init__.py").write_text(
+        'class JSONDecoder:\n    """Simple JSON decoder, performs the following translations in decoding."""\n'
+        '    def decode(self, s):\n        """Return the Python representation of s (a str instance containing a JSON document)."""\n'
+    )
+    (root / "test" / "test_os.py").write_text(
+        'def test_x():\n    """A test suite docstring that is long enough to count as a row."""\n'
+    )
+    return root
+
+
+def test_python_docs_rows_from_a_stdlib_tree(tmp_path: Path) -> None:
+    from interlace.data import pydocs
+
+    root = _fake_stdlib(tmp_path / "python3.11")
+    assert [p.relative_to(root).as_posix() for p in pydocs.source_files(root)] == ["json/__init__.py", "os.py"]
+    counts = pydocs.build(tmp_path / "a", root)
+    rows = [json.loads(line) for line in (tmp_path / "a" / "python-docs" / "rows.jsonl").open()]
+    assert counts == {"python-docs": 4} and len(rows) == 4
+    by_name = {r["texts"][0]["user"].split("`")[1]: r["texts"][0]["assistant"] for r in rows}
+    assert set(by_name) == {"os", "os.makedirs", "json.JSONDecoder", "json.JSONDecoder.decode"}
+    assert by_name["os.makedirs"].startswith("makedirs(name [, mode=0o777][, exist_ok=False])\n\nSuper-mkdir")
+    assert all(r["images"] == [] and r["source"].startswith("python:") for r in rows)
+    # deterministic: a second build writes the same bytes; the fingerprint follows the files
+    pydocs.build(tmp_path / "b", root)
+    first, second = (tmp_path / d / "python-docs" / "rows.jsonl" for d in ("a", "b"))
+    assert first.read_bytes() == second.read_bytes()
+    fp = pydocs.fingerprint(pydocs.source_files(root))
+    (root / "os.py").write_text((root / "os.py").read_text() + "\n")
+    assert pydocs.fingerprint(pydocs.source_files(root)) != fp
+
+
+def test_builtin_python_docs_is_cached_deterministic_and_disjoint_from_english(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The real corpus, from Debian's libpython3.11-stdlib: built once, the same bytes when rebuilt, and
+    not one row (or answer) shared with builtin:english, the finetuning corpus."""
+    from interlace.data import pydocs
+
+    monkeypatch.setenv("INTERLACE_CACHE", str(tmp_path / "cache"))
+    d = resolve_source("builtin:python-docs")
+    assert d.name == "python-docs" and d.parent.name.startswith("python-docs-")
+    manifest = json.loads((d.parent / "manifest.json").read_text())
+    assert manifest["package"] == "libpython3.11-stdlib" and manifest["rows"]["python-docs"] > 2000
+    stamp = (d / "rows.jsonl").stat().st_mtime_ns
+    assert resolve_source("builtin:python-docs") == d and (d / "rows.jsonl").stat().st_mtime_ns == stamp
+    pydocs.build(tmp_path / "again")
+    assert (tmp_path / "again" / "python-docs" / "rows.jsonl").read_bytes() == (d / "rows.jsonl").read_bytes()
+
+    def turns(p: Path) -> list[dict[str, str]]:
+        return [json.loads(line)["texts"][0] for line in (p / "rows.jsonl").open()]
+
+    docs = turns(d)
+    english = turns(resolve_source("builtin:english")) + turns(resolve_source("builtin:english-heldout"))
+    assert {(t["user"], t["assistant"]) for t in docs}.isdisjoint((t["user"], t["assistant"]) for t in english)
+    assert {t["assistant"] for t in docs}.isdisjoint(t["assistant"] for t in english)
+    assert len({t["assistant"] for t in docs}) == len(docs)  # no answer twice
+    # many modules in the first rows (shuffled once, seeded), so `first` takes a mix
+    assert len({t["user"].split("`")[1].split(".")[0] for t in docs[:64]}) > 20
+    samples = list(load_samples(DataSpec(path="builtin:python-docs", fraction=1.0, max_samples=16)))
+    assert len(samples) == 16 and all([t.role for t in s.turns] == ["user", "assistant"] for s in samples)

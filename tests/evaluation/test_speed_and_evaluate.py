@@ -96,3 +96,73 @@ def test_bad_benchmarks_fail_before_any_model_work(tmp_path: Path) -> None:
     for benchmarks, needle in cases:
         with pytest.raises(InterlaceError, match=needle):
             evaluate(EvaluationSpec(benchmarks=benchmarks), base=base, pruned=pruned, processor=tok)
+
+
+def _other_text(path: Path) -> DataSpec:
+    lines = [
+        {"text": "Return a list of the words in the string, using sep as the delimiter string."},
+        {"text": "Open file and return a stream. Raise OSError upon failure of the operation."},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return DataSpec(format="text", path=str(path), fraction=1.0)
+
+
+def test_out_of_domain_perplexity_is_the_headline_and_in_domain_is_beside_it(tmp_path: Path) -> None:
+    from interlace.stages.evaluate import perplexity, perplexity_sets
+
+    base, pruned, tok, _ = base_and_pruned("llama", drop=(2, 5))
+    spec = EvaluationSpec(
+        benchmarks=["perplexity"],
+        data=_text_data(tmp_path / "heldout.jsonl"),
+        out_of_domain_data=_other_text(tmp_path / "docs.jsonl"),
+        max_samples=8,
+        batch_size=2,
+        speed=False,
+    )
+    res = evaluate(spec, base=base, pruned=pruned, processor=tok)
+    assert [(b.name, b.domain) for b in res.benchmarks] == [
+        ("perplexity (out of domain)", "out"),
+        ("perplexity (in domain)", "in"),
+    ]
+    out, ind = res.benchmarks
+    # each is the perplexity of its own samples (not the same number twice)
+    (_, _, out_samples), (_, _, in_samples) = perplexity_sets(spec)
+    assert out.base == pytest.approx(perplexity(base, tok, out_samples, batch_size=2))
+    assert ind.pruned == pytest.approx(perplexity(pruned, tok, in_samples, batch_size=2))
+    assert out.base != pytest.approx(ind.base)
+    # the headline is the out-of-domain retention alone; the in-domain one is reported beside it
+    assert res.relative_performance == pytest.approx(out.relative)
+    assert res.retention_out_of_domain == pytest.approx(100 * out.base / out.pruned)
+    assert res.retention_in_domain == pytest.approx(100 * ind.base / ind.pruned)
+    assert res.retention_line() == (
+        f"retention (out of domain) {res.retention_out_of_domain:.1f}%, in domain {res.retention_in_domain:.1f}%"
+    )
+    # without outOfDomainData: one unlabelled perplexity, as before, and no retention line
+    plain = evaluate(spec.model_copy(update={"out_of_domain_data": None}), base=base, pruned=pruned, processor=tok)
+    assert [(b.name, b.domain) for b in plain.benchmarks] == [("perplexity", None)]
+    assert plain.benchmarks[0].base == pytest.approx(ind.base)
+    assert plain.retention_out_of_domain is None and plain.retention_line() is None
+
+
+def test_headline_leaves_out_in_domain_only_when_out_of_domain_is_there() -> None:
+    from interlace.schema.spec import BenchmarkResult
+    from interlace.stages.evaluate import headline, retention_fields
+
+    out = BenchmarkResult(name="perplexity (out of domain)", base=10, pruned=20, relative=50.0, metric="perplexity", domain="out")
+    ind = BenchmarkResult(name="perplexity (in domain)", base=10, pruned=8, relative=125.0, metric="perplexity", domain="in")
+    vqa = BenchmarkResult(name="shapes", base=0.5, pruned=0.4, relative=80.0)
+    assert headline([out, ind]) == pytest.approx(50.0)
+    assert headline([out, ind, vqa]) == pytest.approx(65.0)
+    assert headline([ind, vqa]) == pytest.approx(102.5)  # no out-of-domain figure: nothing is left out
+    assert retention_fields([out, ind, vqa]) == {"retention_out_of_domain": 50.0, "retention_in_domain": 125.0}
+
+
+def test_out_of_domain_data_needs_the_perplexity_benchmark(tmp_path: Path) -> None:
+    from interlace.stages.evaluate import check_benchmarks
+
+    vqa = _vqa_set(tmp_path / "shapes.jsonl")
+    spec = EvaluationSpec(benchmarks=[str(vqa)], out_of_domain_data=_other_text(tmp_path / "docs.jsonl"))
+    with pytest.raises(InterlaceError, match="outOfDomainData is scored by the perplexity benchmark"):
+        check_benchmarks(spec)
+    # out-of-domain text alone is enough for perplexity (no in-domain set then)
+    check_benchmarks(spec.model_copy(update={"benchmarks": ["perplexity"]}))

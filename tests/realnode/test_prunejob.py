@@ -129,6 +129,7 @@ def embedded_default_job(name: str, claim: str, *, steps: int = 4) -> dict[str, 
     spec["finetune"]["data"]["maxSamples"] = 256
     spec["evaluation"].update(maxSamples=16)
     spec["evaluation"]["data"]["maxSamples"] = 16
+    spec["evaluation"]["outOfDomainData"]["maxSamples"] = 16
     spec["output"] = {"uri": f"pvc://{claim}/{name}"}
     # The node has 2 cores: requests must fit beside CoreDNS and the operator.
     spec["resources"] = {
@@ -184,7 +185,9 @@ def test_prunejob_of_the_embedded_default_runs_on_a_head_and_two_worker_pods(
     assert results["layersBefore"] == 30 and results["layersAfter"] == 24
     assert st["stage"] in ("Publishing", "Succeeded"), st["stage"]  # the job's reporter wrote the last stage
     ppl = {b["name"]: b for b in results["benchmarks"]}
-    assert "perplexity" in ppl and ppl["perplexity"]["pruned"] > 0
+    # the embedded default scores out of domain (builtin:python-docs, the headline) and in domain
+    assert ppl["perplexity (out of domain)"]["pruned"] > 0 and ppl["perplexity (in domain)"]["pruned"] > 0
+    assert results["relativePerformance"] == pytest.approx(results["retentionOutOfDomain"])
 
     # The artifacts are on the volume (the host path behind the PV): plan, scores, checkpoints, model.
     out = volume_dir / "smollm2"
@@ -222,7 +225,7 @@ print(json.dumps({{"ppl": perplexity(model, tok, samples, batch_size=job.spec.ev
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     measured = json.loads(proc.stdout.strip().splitlines()[-1])["ppl"]
-    assert measured == pytest.approx(ppl["perplexity"]["pruned"], rel=1e-3)
+    assert measured == pytest.approx(ppl["perplexity (in domain)"]["pruned"], rel=1e-3)
     print(f"real-pod PruneJob: {wall:.0f} s from apply to Succeeded; operator installed in "
           f"{operator_release['installed_s']} s")
 

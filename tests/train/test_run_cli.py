@@ -203,3 +203,44 @@ def test_a_cluster_run_without_shared_storage_stops_before_any_work(tmp_path: Pa
     assert "spec.output.uri" in proc.stderr and "spec.resources.pvcName" in proc.stderr
     assert "HEAVY []" in proc.stdout
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache" / "runs").exists()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_run_reports_out_of_domain_and_in_domain_retention(
+    ray_session, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """spec.evaluation.outOfDomainData: both perplexities, labelled, in results.json (status.results), the
+    model card and the last line `interlace run` prints; the headline is the out-of-domain one."""
+    f = _tiny_job(tmp_path)
+    doc = yaml.safe_load(f.read_text())
+    other = ["Return the number of items in a container, counted once.", "Open the file and return a stream."] * 4
+    ood = _write_text_rows(tmp_path / "ood" / "docs.jsonl", other)
+    doc["spec"]["evaluation"]["outOfDomainData"] = {"format": "text", "path": str(ood), "fraction": 1.0}
+    doc["spec"]["finetune"]["maxSteps"] = 2
+    f.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "out"
+    assert main(["run", "-f", str(f), "--output", str(out)]) == 0
+
+    results = Results.model_validate(json.loads((out / "results.json").read_text()))
+    assert [(b.name, b.domain) for b in results.benchmarks] == [
+        ("perplexity (out of domain)", "out"),
+        ("perplexity (in domain)", "in"),
+        ("perplexity (out of domain) before finetuning", None),
+        ("perplexity (in domain) before finetuning", None),
+    ]
+    out_b, in_b, out_before, in_before = results.benchmarks
+    assert out_b.base == out_before.base and in_b.base == in_before.base and out_b.base != in_b.base
+    assert results.retention_out_of_domain == pytest.approx(out_b.relative)
+    assert results.retention_in_domain == pytest.approx(in_b.relative)
+    assert results.relative_performance == pytest.approx(out_b.relative)  # the headline: out of domain
+    wire = json.loads((out / "results.json").read_text())  # status.results carries the same camelCase keys
+    assert wire["retentionOutOfDomain"] == pytest.approx(out_b.relative)
+    assert wire["retentionInDomain"] == pytest.approx(in_b.relative)
+    line = (
+        f"retention (out of domain) {results.retention_out_of_domain:.1f}%, "
+        f"in domain {results.retention_in_domain:.1f}%"
+    )
+    printed = capsys.readouterr()
+    assert (printed.out + printed.err).rstrip().splitlines()[-1].strip() == line
+    assert line in (out / "model" / "README.md").read_text()

@@ -4,7 +4,10 @@ Benchmarks (spec.evaluation.benchmarks):
 
 * ``perplexity``: assistant-token perplexity on ``spec.evaluation.data`` (held out). If that is unset,
   the finetuning data is used and the benchmark is named ``perplexity (finetune data)`` so the status
-  never claims a held-out figure it does not have.
+  never claims a held-out figure it does not have. With ``spec.evaluation.outOfDomainData`` it is
+  scored twice: ``perplexity (out of domain)`` on that text (domain ``out``, the headline) and
+  ``perplexity (in domain)`` on the held-out text of the finetuning corpus (domain ``in``, reported
+  beside it and left out of relativePerformance: it rewards adapting to the finetuning corpus).
 * a path to a local VQA set (``.parquet``/``.jsonl`` file or a directory; ``vqa:`` prefix optional):
   accuracy by the built-in evaluator (interlace.stages.evaluate.vqa).
 * ``lmms-eval:<task>`` / ``vlmevalkit:<task>``: rejected with a clear message
@@ -18,7 +21,6 @@ the speed report times both models on the first prompts of the evaluation data.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +53,7 @@ def check_benchmarks(spec: EvaluationSpec, *, finetune_data: DataSpec | None = N
     for i, name in enumerate(spec.benchmarks):
         where = f"spec.evaluation.benchmarks[{i}]"
         if name == "perplexity":
-            if spec.data is None and finetune_data is None:
+            if spec.data is None and finetune_data is None and spec.out_of_domain_data is None:
                 raise InterlaceError(f"{where}: perplexity needs spec.evaluation.data (held-out conversations)")
         elif is_harness_benchmark(name):
             check_harness(name, where=where)
@@ -62,6 +64,11 @@ def check_benchmarks(spec: EvaluationSpec, *, finetune_data: DataSpec | None = N
                 raise InterlaceError(
                     f"{where}: {name!r} is not 'perplexity', a harness task, or a readable VQA set: {err}"
                 ) from None
+    if spec.out_of_domain_data is not None and "perplexity" not in spec.benchmarks:
+        raise InterlaceError(
+            "spec.evaluation.outOfDomainData is scored by the perplexity benchmark; add `perplexity` to "
+            "spec.evaluation.benchmarks or remove outOfDomainData"
+        )
 
 
 def heldout_samples(spec: EvaluationSpec, *, finetune_data: DataSpec | None = None) -> list[Sample]:
@@ -80,6 +87,45 @@ def heldout_samples(spec: EvaluationSpec, *, finetune_data: DataSpec | None = No
     if not samples:
         raise InterlaceError("spec.evaluation.data yields no samples; point it at readable conversations")
     return samples
+
+
+def perplexity_sets(
+    spec: EvaluationSpec, *, finetune_data: DataSpec | None = None
+) -> list[tuple[str, str | None, list[Sample]]]:
+    """(benchmark name, domain, samples) of every perplexity the `perplexity` benchmark reports:
+    one set (domain None) without spec.outOfDomainData, else out of domain first, then in domain."""
+    from interlace.data import load_samples
+
+    ood = spec.out_of_domain_data
+    if ood is None:
+        label = "perplexity" if spec.data is not None else "perplexity (finetune data)"
+        return [(label, None, heldout_samples(spec, finetune_data=finetune_data))]
+    out_samples = list(load_samples(ood, limit=spec.max_samples))
+    if not out_samples:
+        raise InterlaceError("spec.evaluation.outOfDomainData yields no samples; point it at readable conversations")
+    sets: list[tuple[str, str | None, list[Sample]]] = [("perplexity (out of domain)", "out", out_samples)]
+    if spec.data is not None or finetune_data is not None:
+        label = "perplexity (in domain)" if spec.data is not None else "perplexity (in domain, finetune data)"
+        sets.append((label, "in", heldout_samples(spec, finetune_data=finetune_data)))
+    return sets
+
+
+def headline(benchmarks: list[BenchmarkResult]) -> float | None:
+    """relativePerformance: the mean over the benchmarks, leaving out the in-domain perplexity when an
+    out-of-domain one is there (an in-domain gain is adaptation to the finetuning corpus)."""
+    has_out = any(b.domain == "out" for b in benchmarks)
+    return relative_performance([b for b in benchmarks if not (has_out and b.domain == "in")])
+
+
+def retention_fields(benchmarks: list[BenchmarkResult]) -> dict[str, float | None]:
+    """Results.retention_out_of_domain / retention_in_domain from the labelled perplexities."""
+    out: dict[str, float | None] = {"retention_out_of_domain": None, "retention_in_domain": None}
+    for b in benchmarks:
+        if b.domain == "out":
+            out["retention_out_of_domain"] = b.relative
+        elif b.domain == "in":
+            out["retention_in_domain"] = b.relative
+    return out
 
 
 def _speed_prompts(
@@ -136,27 +182,29 @@ def evaluate(
     all_items: list[Any] = []
     for name in spec.benchmarks:
         tick(f"evaluating {name}")
-        run: Callable[[Any], float]
         if name == "perplexity":
-            samples = heldout_samples(spec, finetune_data=finetune_data)
-            label = "perplexity" if spec.data is not None else "perplexity (finetune data)"
+            for label, domain, ppl_samples in perplexity_sets(spec, finetune_data=finetune_data):
+                if samples is None or domain == "in":  # speed prompts: the finetuning domain's text
+                    samples = ppl_samples
+                kw = {"batch_size": spec.batch_size, "max_length": max_length}
+                b, p = perplexity(base, processor, ppl_samples, **kw), perplexity(pruned, processor, ppl_samples, **kw)
+                result = benchmark_result(label, b, p, metric="perplexity").model_copy(update={"domain": domain})
+                log.info("%s: base %.4g, pruned %.4g (%s)", label, b, p,
+                         "n/a" if result.relative is None else f"{result.relative:.1f}%")
+                benchmarks.append(result)
+            done += 1
+            continue
+        path = vqa_path(name)
+        items = load_vqa(path, limit=spec.max_samples)
+        all_items.extend(items)
+        label = path.stem if path.is_file() else path.name
 
-            def run(model: Any, _s: list[Sample] = samples) -> float:
-                return perplexity(model, processor, _s, batch_size=spec.batch_size, max_length=max_length)
+        def run(model: Any, _i: list[Any] = items) -> float:
+            return score_vqa(
+                model, processor, _i, batch_size=spec.batch_size, max_new_tokens=spec.max_new_tokens
+            ).accuracy
 
-            metric = "perplexity"
-        else:
-            path = vqa_path(name)
-            items = load_vqa(path, limit=spec.max_samples)
-            all_items.extend(items)
-            label = path.stem if path.is_file() else path.name
-
-            def run(model: Any, _i: list[Any] = items) -> float:
-                return score_vqa(
-                    model, processor, _i, batch_size=spec.batch_size, max_new_tokens=spec.max_new_tokens
-                ).accuracy
-
-            metric = "accuracy"
+        metric = "accuracy"
         b, p = run(base), run(pruned)
         result = benchmark_result(label, b, p, metric=metric)
         log.info("%s: base %.4g, pruned %.4g (%s)", label, b, p,
@@ -166,7 +214,8 @@ def evaluate(
 
     results = Results(
         benchmarks=benchmarks,
-        relative_performance=relative_performance(benchmarks),
+        relative_performance=headline(benchmarks),
+        **retention_fields(benchmarks),
         layers_before=_num_layers(base),
         layers_after=_num_layers(pruned),
         params_before=sum(p.numel() for p in base.parameters()),

@@ -98,6 +98,8 @@ def _dataset_ids(spec: PruneJobSpec) -> list[str]:
         candidates.append(spec.finetune.data)
     if spec.evaluation.data is not None:
         candidates.append(spec.evaluation.data)
+    if spec.evaluation.out_of_domain_data is not None:
+        candidates.append(spec.evaluation.out_of_domain_data)
     for d in candidates:
         path = d.path.strip()
         if _HUB_ID.match(path) and not Path(path).exists() and path not in out:
@@ -116,7 +118,11 @@ def _eval_results(spec: PruneJobSpec | None, results: Results, multimodal: bool)
         if b.metric == "perplexity":
             data = None
             if spec is not None:
-                data = spec.evaluation.data or spec.finetune.data
+                data = (
+                    spec.evaluation.out_of_domain_data
+                    if b.domain == "out"
+                    else spec.evaluation.data or spec.finetune.data
+                )
             dataset = data.path if data is not None else b.name
             task = "text-generation"
         else:
@@ -250,8 +256,12 @@ def model_card(
             ]
     if results is not None:
         lines += ["", "## Results", ""]
+        retention = results.retention_line()
+        if retention is not None:  # out of domain (the headline) and in domain, each labelled
+            lines.append(f"Perplexity {retention} (base/pruned).  ")
         lines += [
-            f"Relative performance (mean of pruned/base over benchmarks): "
+            f"Relative performance (mean of pruned/base over benchmarks"
+            f"{', the in-domain perplexity left out' if results.retention_out_of_domain is not None else ''}): "
             f"**{_fmt(results.relative_performance, ' %', 1)}**  ",
             f"Time-to-first-token speedup: **{_fmt(results.prefill_speedup, 'x')}**, "
             f"decode speedup: **{_fmt(results.decode_speedup, 'x')}**",
