@@ -35,7 +35,7 @@ from typing import Any
 from interlace.schema.spec import API_GROUP, API_VERSION, KIND, Phase, PruneJob, SpecError, parse_prunejob
 from interlace_operator import builders, names
 from interlace_operator.config import OperatorConfig
-from interlace_operator.kube import ConflictError, Kube
+from interlace_operator.kube import ConflictError, Kube, KueueMissing
 from interlace_operator.metrics import Metrics
 from interlace_operator.status import (
     JDS_FINISHED,
@@ -84,6 +84,7 @@ class Ctx:
     status: dict[str, Any]
     now: datetime
     first: bool = False  # the first reconcile of this PruneJob in this process
+    recheck: float | None = None  # look again after this many seconds at the latest (e.g. while queued)
 
     @property
     def generation(self) -> int | None:
@@ -233,8 +234,14 @@ class Reconciler:
             self._event(ctx, "Warning", "RayJobMissing", f"RayJob {rj_name} disappeared before it finished; recreating it")
             return self._start_attempt(ctx, attempts, retry=False)
 
-        current = self._sync_suspend(ctx, current)
+        queued = None
+        if job.spec.resources.queue_name:
+            queued = self._sync_kueue(ctx, current)
+        else:
+            current = self._sync_suspend(ctx, current)
         outcome = observe_rayjob(current, stage=status.get("stage"), dry_run=job.spec.dry_run)
+        if queued is not None and not outcome.finished:
+            outcome = queued
         mirror = self._mirror(ctx, current, finished=outcome.finished)
         return self._settle(ctx, attempts, current, outcome, mirror)
 
@@ -383,6 +390,13 @@ class Reconciler:
                 self.metrics.retries.inc()
         if job.spec.suspend:
             outcome = Outcome(Phase.SUSPENDED.value, "Suspended", f"RayJob {rj_name} created suspended")
+        elif job.spec.resources.queue_name and (rayjob.get("spec") or {}).get("suspend"):
+            outcome = Outcome(
+                Phase.PENDING.value, "Queued",
+                f"RayJob {rj_name} created suspended for Kueue LocalQueue {job.spec.resources.queue_name}; "
+                "waiting for its Workload",
+            )
+            ctx.recheck = KUEUE_NO_WORKLOAD_RECHECK
         else:
             outcome = observe_rayjob(rayjob, stage=None, dry_run=job.spec.dry_run)
             if outcome.finished:  # an adopted attempt that already ended: settle on the next pass
@@ -403,6 +417,65 @@ class Reconciler:
             f"created RayJob {rj_name} (attempt {attempt} of {job.spec.backoff_limit + 1}, {gpus}; "
             f"{self._summary(job)})",
             key=f"attempt-{attempt}",
+        )
+
+    def _sync_kueue(self, ctx: Ctx, rayjob: dict[str, Any]) -> Outcome | None:
+        """A RayJob queued for Kueue (spec.resources.queueName): Kueue owns its spec.suspend. It was
+        created suspended; Kueue admits it by un-suspending it, and suspends again what it has not
+        admitted (or evicts), so the operator never writes that field. spec.suspend goes to the Kueue
+        Workload's spec.active instead: false -> Kueue evicts the RayJob (suspends it; KubeRay deletes
+        the Ray cluster) and releases its quota; true -> Kueue queues it again. (A suspend written on an
+        admitted RayJob would be undone by Kueue at once.)
+
+        Returns the Queued outcome while the RayJob waits for admission, None otherwise."""
+        st = rayjob.get("status") or {}
+        if st.get("jobDeploymentStatus") in JDS_FINISHED:
+            return None
+        name = rayjob["metadata"]["name"]
+        queue = ctx.job.spec.resources.queue_name
+        held = bool((rayjob.get("spec") or {}).get("suspend"))
+        try:
+            workload = self.kube.workload_of(rayjob)
+        except KueueMissing as err:
+            ctx.recheck = self.config.kuberay_retry_seconds
+            return Outcome(Phase.PENDING.value, "KueueMissing", str(err)) if held else None
+        if workload is None:
+            ctx.recheck = KUEUE_NO_WORKLOAD_RECHECK
+            if not held:
+                return None
+            return Outcome(
+                Phase.PENDING.value, "Queued",
+                f"RayJob {name} is suspended for Kueue LocalQueue {queue}; waiting for Kueue to create its Workload",
+            )
+        wl_name = workload["metadata"]["name"]
+        want_active = not ctx.job.spec.suspend
+        if bool((workload.get("spec") or {}).get("active", True)) != want_active:
+            self.kube.patch_workload(workload, {"spec": {"active": want_active}})
+            self._event(
+                ctx, "Normal", "Resuming" if want_active else "Suspending",
+                f"reactivated Kueue Workload {wl_name}: Kueue queues RayJob {name} again" if want_active else
+                f"deactivated Kueue Workload {wl_name}: Kueue evicts RayJob {name} (its Ray cluster is deleted) "
+                "and releases its quota",
+            )
+        if ctx.job.spec.suspend or not held:
+            return None
+        ctx.recheck = KUEUE_QUEUED_RECHECK  # the Workload's message changes without a RayJob event
+        conds = {c.get("type"): c for c in (workload.get("status") or {}).get("conditions") or []}
+        admitted = conds.get("Admitted") or {}
+        if admitted.get("status") == "True":
+            return Outcome(
+                Phase.PENDING.value, "Admitted",
+                f"Kueue admitted Workload {wl_name} ({admitted.get('message') or 'quota reserved'}); "
+                f"waiting for Kueue to start RayJob {name}",
+            )
+        why = next(
+            (c.get("message") for t in ("Evicted", "QuotaReserved", "Admitted")
+             if (c := conds.get(t)) and c.get("message") and (t != "Evicted" or c.get("status") == "True")),
+            None,
+        )
+        return Outcome(
+            Phase.PENDING.value, "Queued",
+            f"queued in Kueue LocalQueue {queue} (Workload {wl_name}): {why or 'waiting for admission'}",
         )
 
     def _sync_suspend(self, ctx: Ctx, rayjob: dict[str, Any]) -> dict[str, Any]:
@@ -432,7 +505,8 @@ class Reconciler:
     ) -> float | None:
         job = ctx.job
         if ctx.job.spec.suspend and not outcome.finished and outcome.phase != Phase.SUSPENDED.value:
-            outcome = Outcome(Phase.SUSPENDED.value, "Suspending", "waiting for KubeRay to suspend the RayJob")
+            who = "Kueue to evict" if job.spec.resources.queue_name else "KubeRay to suspend"
+            outcome = Outcome(Phase.SUSPENDED.value, "Suspending", f"waiting for {who} the RayJob")
         elif not ctx.job.spec.suspend and outcome.phase == Phase.SUSPENDED.value:
             outcome = Outcome(Phase.PENDING.value, "Resuming", "waiting for KubeRay to resume the RayJob")
 
@@ -505,11 +579,13 @@ class Reconciler:
         return max(0.05, (due - ctx.now).total_seconds())
 
     def _next_check(self, ctx: Ctx) -> float | None:
-        """While running, look again at the deadline (events cover everything else)."""
+        """While running, look again at the deadline (events cover everything else), sooner when
+        ctx.recheck asks (a queued job: its Workload's conditions change without a RayJob event)."""
         deadline = self._deadline(ctx)
-        if deadline is None:
-            return None
-        return max(0.05, (deadline - ctx.now).total_seconds())
+        until = None if deadline is None else max(0.05, (deadline - ctx.now).total_seconds())
+        if ctx.recheck is not None:
+            until = ctx.recheck if until is None else min(until, ctx.recheck)
+        return until
 
     # ================================================================== writing
 
@@ -574,7 +650,7 @@ class Reconciler:
             self._event(ctx, "Normal", "Suspended", outcome.message)
         elif phase in STAGE_VALUES and old_phase != phase:
             self._event(ctx, "Normal", phase, f"stage {phase} started")
-        elif phase == Phase.PENDING.value and outcome.reason in {"JobRunning", "JobSubmitted"}:
+        elif phase == Phase.PENDING.value and outcome.reason in {"JobRunning", "JobSubmitted", "Queued", "Admitted"}:
             self._event(ctx, "Normal", outcome.reason, outcome.message)
 
     def _success_message(self, ctx: Ctx, outcome: Outcome) -> str:
@@ -638,6 +714,11 @@ class Reconciler:
             amount = f"ratio {p.ratio}" if p.ratio is not None else f"{p.num_layers} layers"
         return f"{job.spec.model.source}, {p.strategy}, {amount}{', dry run' if job.spec.dry_run else ''}"
 
+
+# While a queued RayJob waits for Kueue: how soon to look again for its Workload (Kueue creates it
+# right after the RayJob) and at its conditions (their message says why it is not admitted yet).
+KUEUE_NO_WORKLOAD_RECHECK = 2.0
+KUEUE_QUEUED_RECHECK = 10.0
 
 # How far back a restarted operator re-posts the events of the recorded state (see _replay_events).
 REPLAY_WINDOW = timedelta(hours=1)
