@@ -35,8 +35,9 @@ from typing import Any
 from interlace.schema.spec import API_GROUP, API_VERSION, KIND, Phase, PruneJob, SpecError, parse_prunejob
 from interlace_operator import builders, names
 from interlace_operator.config import OperatorConfig
-from interlace_operator.kube import ConflictError, Kube
+from interlace_operator.kube import ConflictError, Kube, KueueMissing
 from interlace_operator.machine import (
+    KUEUE_NO_WORKLOAD_RECHECK,
     Accept,
     Expire,
     Finish,
@@ -45,6 +46,7 @@ from interlace_operator.machine import (
     Report,
     Retry,
     SetSuspend,
+    SetWorkloadActive,
     Start,
     Step,
     WaitRetry,
@@ -52,6 +54,7 @@ from interlace_operator.machine import (
 )
 from interlace_operator.metrics import Metrics
 from interlace_operator.status import (
+    JDS_FINISHED,
     STAGE_VALUES,
     TERMINAL_PHASES,
     Outcome,
@@ -98,6 +101,7 @@ class Ctx:
     now: datetime
     first: bool = False  # the first reconcile of this PruneJob in this process
     replayed: bool = False  # its events were replayed in this pass (see _replay_events)
+    recheck: float | None = None  # look again after this many seconds at the latest (e.g. while queued)
 
     @property
     def generation(self) -> int | None:
@@ -233,6 +237,16 @@ class Reconciler:
                         f"{'suspending' if want else 'resuming'} RayJob {rj}"
                         + (" (its Ray cluster is deleted)" if want else ""),
                     )
+                case SetWorkloadActive(want=want):
+                    assert obs.workload is not None and obs.rayjob is not None
+                    wl, rj = obs.workload["metadata"]["name"], obs.rayjob["metadata"]["name"]
+                    self.kube.patch_workload(obs.workload, {"spec": {"active": want}})
+                    self._event(
+                        ctx, "Normal", "Resuming" if want else "Suspending",
+                        f"reactivated Kueue Workload {wl}: Kueue queues RayJob {rj} again" if want else
+                        f"deactivated Kueue Workload {wl}: Kueue evicts RayJob {rj} (its Ray cluster is deleted) "
+                        "and releases its quota",
+                    )
                 case Expire():
                     if step.release and obs.rayjob is not None:
                         self.kube.delete_rayjob(namespace, obs.rayjob["metadata"]["name"])
@@ -251,6 +265,13 @@ class Reconciler:
         current = self.kube.get_rayjob(ctx.owner.namespace, rj_name) if rj_name else None
         if current is not None:
             self.kube.check_owner(current, ctx.owner.uid, deleting_ok=True)
+        queue = job.spec.resources.queue_name
+        workload, kueue_missing = None, None
+        if queue and current is not None and (current.get("status") or {}).get("jobDeploymentStatus") not in JDS_FINISHED:
+            try:
+                workload = self.kube.workload_of(current)
+            except KueueMissing as err:
+                kueue_missing = str(err)
         if ctx.first and status.get("startTime") and not ctx.replayed:
             ctx.replayed = True
             self._replay_events(ctx, attempts, current)
@@ -268,6 +289,10 @@ class Reconciler:
             deadline=self._deadline(ctx),
             retry_delay=self.config.backoff(attempts) if attempts else 0.0,
             now=ctx.now,
+            queue=queue,
+            workload=workload,
+            kueue_missing=kueue_missing,
+            kueue_retry=self.config.kuberay_retry_seconds,
         )
 
     def _carry_out(self, ctx: Ctx, obs: Observation, step: Step) -> float | None:
@@ -284,6 +309,7 @@ class Reconciler:
         match step:
             case Report():
                 self._write(ctx, step.outcome, step.mirror, attempts=obs.attempts)
+                ctx.recheck = step.recheck
                 return self._next_check(ctx)
             case Finish():
                 outcome = step.outcome
@@ -459,6 +485,13 @@ class Reconciler:
                 self.metrics.retries.inc()
         if job.spec.suspend:
             outcome = Outcome(Phase.SUSPENDED.value, "Suspended", f"RayJob {rj_name} created suspended")
+        elif job.spec.resources.queue_name and (rayjob.get("spec") or {}).get("suspend"):
+            outcome = Outcome(
+                Phase.PENDING.value, "Queued",
+                f"RayJob {rj_name} created suspended for Kueue LocalQueue {job.spec.resources.queue_name}; "
+                "waiting for its Workload",
+            )
+            ctx.recheck = KUEUE_NO_WORKLOAD_RECHECK
         else:
             outcome = observe_rayjob(rayjob, stage=None, dry_run=job.spec.dry_run)
             if outcome.finished:  # an adopted attempt that already ended: settle on the next pass
@@ -482,11 +515,13 @@ class Reconciler:
         )
 
     def _next_check(self, ctx: Ctx) -> float | None:
-        """While running, look again at the deadline (events cover everything else)."""
+        """While running, look again at the deadline (events cover everything else), sooner when
+        ctx.recheck asks (a queued job: its Workload's conditions change without a RayJob event)."""
         deadline = self._deadline(ctx)
-        if deadline is None:
-            return None
-        return max(0.05, (deadline - ctx.now).total_seconds())
+        until = None if deadline is None else max(0.05, (deadline - ctx.now).total_seconds())
+        if ctx.recheck is not None:
+            until = ctx.recheck if until is None else min(until, ctx.recheck)
+        return until
 
     # ================================================================== writing
 
@@ -551,7 +586,7 @@ class Reconciler:
             self._event(ctx, "Normal", "Suspended", outcome.message)
         elif phase in STAGE_VALUES and old_phase != phase:
             self._event(ctx, "Normal", phase, f"stage {phase} started")
-        elif phase == Phase.PENDING.value and outcome.reason in {"JobRunning", "JobSubmitted"}:
+        elif phase == Phase.PENDING.value and outcome.reason in {"JobRunning", "JobSubmitted", "Queued", "Admitted"}:
             self._event(ctx, "Normal", outcome.reason, outcome.message)
 
     def _success_message(self, ctx: Ctx, outcome: Outcome) -> str:
