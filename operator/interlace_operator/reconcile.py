@@ -224,6 +224,15 @@ class Reconciler:
             return None
 
         if attempts == 0:
+            queue = job.spec.resources.queue_name
+            if queue and job.spec.suspend:
+                # No RayJob yet, so no Workload Kueue could admit before the operator deactivates it.
+                self._write(ctx, Outcome(
+                    Phase.SUSPENDED.value, "Suspended",
+                    f"suspended before its first attempt: its RayJob is created for Kueue LocalQueue {queue} "
+                    "when spec.suspend is false",
+                ), None)
+                return self._next_check(ctx)
             return self._start_attempt(ctx, 1, retry=False)
 
         if current is None:
@@ -388,6 +397,8 @@ class Reconciler:
             self.metrics.rayjobs_created.inc()
             if retry:
                 self.metrics.retries.inc()
+        if job.spec.resources.queue_name:
+            ctx.recheck = KUEUE_NO_WORKLOAD_RECHECK  # to find its Workload (and carry spec.suspend to it)
         if job.spec.suspend:
             outcome = Outcome(Phase.SUSPENDED.value, "Suspended", f"RayJob {rj_name} created suspended")
         elif job.spec.resources.queue_name and (rayjob.get("spec") or {}).get("suspend"):
@@ -396,7 +407,6 @@ class Reconciler:
                 f"RayJob {rj_name} created suspended for Kueue LocalQueue {job.spec.resources.queue_name}; "
                 "waiting for its Workload",
             )
-            ctx.recheck = KUEUE_NO_WORKLOAD_RECHECK
         else:
             outcome = observe_rayjob(rayjob, stage=None, dry_run=job.spec.dry_run)
             if outcome.finished:  # an adopted attempt that already ended: settle on the next pass
