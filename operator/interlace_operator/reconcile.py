@@ -435,42 +435,62 @@ class Reconciler:
         admitted (or evicts), so the operator never writes that field. spec.suspend goes to the Kueue
         Workload's spec.active instead: false -> Kueue evicts the RayJob (suspends it; KubeRay deletes
         the Ray cluster) and releases its quota; true -> Kueue queues it again. (A suspend written on an
-        admitted RayJob would be undone by Kueue at once.)
+        admitted RayJob would be undone by Kueue at once.) The operator marks the Workloads it
+        deactivates (WORKLOAD_SUSPENDED_ANNOTATION) and only reactivates those: a Workload Kueue
+        deactivated itself (e.g. its requeuing limit) stays so, and the status says why.
 
-        Returns the Queued outcome while the RayJob waits for admission, None otherwise."""
+        Returns the Queued/Admitted/Deactivated outcome while Kueue holds the RayJob, None otherwise."""
         st = rayjob.get("status") or {}
         if st.get("jobDeploymentStatus") in JDS_FINISHED:
             return None
         name = rayjob["metadata"]["name"]
         queue = ctx.job.spec.resources.queue_name
         held = bool((rayjob.get("spec") or {}).get("suspend"))
+        suspend = bool(ctx.job.spec.suspend)
+        if not held and not suspend:
+            return None  # admitted and running: nothing to carry to the Workload, nothing to report
         try:
             workload = self.kube.workload_of(rayjob)
         except KueueMissing as err:
             ctx.recheck = self.config.kuberay_retry_seconds
-            return Outcome(Phase.PENDING.value, "KueueMissing", str(err)) if held else None
+            return None if suspend else Outcome(Phase.PENDING.value, "KueueMissing", str(err))
         if workload is None:
             ctx.recheck = KUEUE_NO_WORKLOAD_RECHECK
-            if not held:
+            if suspend:
                 return None
             return Outcome(
                 Phase.PENDING.value, "Queued",
                 f"RayJob {name} is suspended for Kueue LocalQueue {queue}; waiting for Kueue to create its Workload",
             )
         wl_name = workload["metadata"]["name"]
-        want_active = not ctx.job.spec.suspend
-        if bool((workload.get("spec") or {}).get("active", True)) != want_active:
-            self.kube.patch_workload(workload, {"spec": {"active": want_active}})
+        active = bool((workload.get("spec") or {}).get("active", True))
+        ours = (workload["metadata"].get("annotations") or {}).get(WORKLOAD_SUSPENDED_ANNOTATION) == "true"
+        conds = {c.get("type"): c for c in (workload.get("status") or {}).get("conditions") or []}
+        if suspend and active:
+            self.kube.patch_workload(
+                workload, {"metadata": {"annotations": {WORKLOAD_SUSPENDED_ANNOTATION: "true"}}, "spec": {"active": False}}
+            )
             self._event(
-                ctx, "Normal", "Resuming" if want_active else "Suspending",
-                f"reactivated Kueue Workload {wl_name}: Kueue queues RayJob {name} again" if want_active else
+                ctx, "Normal", "Suspending",
                 f"deactivated Kueue Workload {wl_name}: Kueue evicts RayJob {name} (its Ray cluster is deleted) "
                 "and releases its quota",
             )
-        if ctx.job.spec.suspend or not held:
+        elif not suspend and not active:
+            if not ours:
+                evicted = conds.get("Evicted") or {}
+                return Outcome(
+                    Phase.PENDING.value, "Deactivated",
+                    f"Kueue deactivated Workload {wl_name} ({evicted.get('reason') or 'spec.active is false'}: "
+                    f"{evicted.get('message') or 'no message'}); RayJob {name} does not run until the Workload's "
+                    "spec.active is true again",
+                )
+            self.kube.patch_workload(
+                workload, {"metadata": {"annotations": {WORKLOAD_SUSPENDED_ANNOTATION: None}}, "spec": {"active": True}}
+            )
+            self._event(ctx, "Normal", "Resuming", f"reactivated Kueue Workload {wl_name}: Kueue queues RayJob {name} again")
+        if suspend or not held:
             return None
         ctx.recheck = KUEUE_QUEUED_RECHECK  # the Workload's message changes without a RayJob event
-        conds = {c.get("type"): c for c in (workload.get("status") or {}).get("conditions") or []}
         admitted = conds.get("Admitted") or {}
         if admitted.get("status") == "True":
             return Outcome(
@@ -729,6 +749,8 @@ class Reconciler:
 # right after the RayJob) and at its conditions (their message says why it is not admitted yet).
 KUEUE_NO_WORKLOAD_RECHECK = 2.0
 KUEUE_QUEUED_RECHECK = 10.0
+# On the Kueue Workloads the operator deactivates for spec.suspend: only those it reactivates.
+WORKLOAD_SUSPENDED_ANNOTATION = "interlace.dev/suspended"
 
 # How far back a restarted operator re-posts the events of the recorded state (see _replay_events).
 REPLAY_WINDOW = timedelta(hours=1)

@@ -149,7 +149,7 @@ def test_user_suspend_and_resume_with_kueue(cluster: Cluster, queue: str, run_op
     wait_for(lambda: suspended(cluster, "pausy-1"), what="Kueue to suspend pausy-1")
     cluster.wait_phase("pausy", "Suspended")
     wl = cluster.get("workload", wl_name)
-    assert wl["spec"]["active"] is False
+    assert wl["spec"]["active"] is False and wl["metadata"]["annotations"]["interlace.dev/suspended"] == "true"
     assert condition(wl, "Evicted").get("reason") == "Deactivated"
     wait_for(lambda: (cluster.cp.kubectl_json("get", "clusterqueue", cq).get("status") or {})
              .get("admittedWorkloads") == 0, what="the quota to be released")
@@ -159,12 +159,29 @@ def test_user_suspend_and_resume_with_kueue(cluster: Cluster, queue: str, run_op
 
     cluster.kubectl("patch", "prunejob", "pausy", "--type=merge", "-p", '{"spec": {"suspend": false}}')
     wait_for(lambda: not suspended(cluster, "pausy-1"), timeout=60, what="Kueue to admit pausy-1 again")
-    assert cluster.get("workload", wl_name)["spec"]["active"] is True
+    wl = cluster.get("workload", wl_name)
+    assert wl["spec"]["active"] is True and "interlace.dev/suspended" not in (wl["metadata"].get("annotations") or {})
     wait_for(lambda: cluster.status("pausy").get("phase") == "Pending", what="pausy Pending after resume")
     assert cluster.condition("pausy", "Suspended")["status"] == "False"
     reasons = cluster.event_reasons("pausy")
     assert "Suspending" in reasons and "Resuming" in reasons
     assert rayjobs_of(cluster, "pausy") == ["pausy-1"]
+
+
+def test_a_workload_deactivated_by_someone_else_stays_deactivated(cluster: Cluster, queue: str, run_operator) -> None:
+    """Kueue itself deactivates Workloads (requeuing limit, maximum execution time), and so may an
+    admin: the operator does not reactivate a Workload it did not deactivate; the status says why."""
+    run_operator()
+    cluster.apply(queued_prunejob("stopped"))
+    wait_for(lambda: rayjobs_of(cluster, "stopped") and not suspended(cluster, "stopped-1"), what="admitted")
+    wl_name = workload(cluster, "stopped-1")["metadata"]["name"]
+    cluster.kubectl("patch", "workload", wl_name, "--type=merge", "-p", '{"spec": {"active": false}}')
+    wait_for(lambda: suspended(cluster, "stopped-1"), what="Kueue to evict stopped-1")
+    ready = wait_for(lambda: (c := cluster.condition("stopped", "Ready")).get("reason") == "Deactivated" and c,
+                     what="status reason Deactivated")
+    assert wl_name in ready["message"] and cluster.status("stopped")["phase"] == "Pending"
+    time.sleep(5)  # (the pass that wrote Deactivated already saw active: false and left it)
+    assert cluster.get("workload", wl_name)["spec"]["active"] is False and suspended(cluster, "stopped-1")
 
 
 def test_suspended_at_creation_with_kueue_waits_without_a_rayjob(cluster: Cluster, queue: str, run_operator) -> None:
