@@ -13,7 +13,9 @@ tested without a cluster (tests/operator/test_machine.py); nothing here calls th
     the attempt's RayJob is gone: ended (status.rayJob) --------> settle(recorded outcome)
                                   not ended --------------------> Start(same attempt, recreated)
     queued for Kueue (spec.resources.queueName): Kueue owns the RayJob's suspend;
-      its Workload's spec.active != not spec.suspend -----------> SetWorkloadActive
+      spec.suspend and its Workload active ---------------------> SetWorkloadActive(false), marked ours
+      resumed and the Workload inactive: ours ------------------> SetWorkloadActive(true)
+                                         Kueue's own -----------> settle(Deactivated)
       held by Kueue (RayJob suspended) -------------------------> settle(Queued / Admitted, from the Workload)
     not queued: RayJob suspend != spec.suspend (not finished) --> SetSuspend
     otherwise: settle(observe_rayjob(RayJob))
@@ -72,6 +74,9 @@ class Observation:
 # change without a RayJob event).
 KUEUE_NO_WORKLOAD_RECHECK = 2.0
 KUEUE_QUEUED_RECHECK = 10.0
+# On the Kueue Workloads the operator deactivates for spec.suspend: only those it reactivates (a
+# Workload Kueue deactivated itself, e.g. at its requeuing limit, stays so and the status says why).
+WORKLOAD_SUSPENDED_ANNOTATION = "interlace.dev/suspended"
 
 
 # ---------------------------------------------------------------- steps
@@ -101,8 +106,9 @@ class SetSuspend:
 @dataclass(frozen=True)
 class SetWorkloadActive:
     """Patch the Kueue Workload's spec.active to `want` (false: Kueue evicts the RayJob and releases its
-    quota; true: Kueue queues it again). The operator never writes a queued RayJob's suspend: Kueue
-    admits by un-suspending it and would undo any other write at once."""
+    quota; true: Kueue queues it again), marking it WORKLOAD_SUSPENDED_ANNOTATION while deactivated.
+    The operator never writes a queued RayJob's suspend: Kueue admits by un-suspending it and would
+    undo any other write at once."""
 
     want: bool
 
@@ -192,10 +198,10 @@ def decide(o: Observation) -> Step:
     queued: tuple[Outcome | None, float | None] = (None, None)
     if o.queue:
         if _jds(o.rayjob) not in JDS_FINISHED:
-            active = bool(((o.workload or {}).get("spec") or {}).get("active", True))
-            if o.workload is not None and active == o.suspend:
-                return SetWorkloadActive(not o.suspend)
-            queued = _kueue(o, held)
+            kueue = _kueue(o, held)
+            if isinstance(kueue, SetWorkloadActive):
+                return kueue
+            queued = kueue
     elif held != o.suspend and _jds(o.rayjob) not in JDS_FINISHED:
         return SetSuspend(o.suspend)
     outcome = observe_rayjob(o.rayjob, stage=o.stage, dry_run=o.dry_run)
@@ -206,24 +212,41 @@ def decide(o: Observation) -> Step:
     return _settle(o, outcome, mirror, recheck=recheck)
 
 
-def _kueue(o: Observation, held: bool) -> tuple[Outcome | None, float | None]:
-    """A queued RayJob that is not finished: what its status says while Kueue holds it (None: Kueue
-    admitted it, the RayJob's own status speaks), and how soon to look again."""
+def _kueue(o: Observation, held: bool) -> SetWorkloadActive | tuple[Outcome | None, float | None]:
+    """A queued RayJob that is not finished: carry spec.suspend to its Workload, or say what its
+    status is while Kueue holds it (None: Kueue admitted it, the RayJob's own status speaks) and how
+    soon to look again."""
     assert o.rayjob is not None
     name, queue = o.rayjob["metadata"]["name"], o.queue
+    if not held and not o.suspend:
+        return None, None  # admitted and running: nothing to carry to the Workload, nothing to report
     if o.kueue_missing:
-        return (Outcome(Phase.PENDING.value, "KueueMissing", o.kueue_missing) if held else None), o.kueue_retry
+        return (None if o.suspend else Outcome(Phase.PENDING.value, "KueueMissing", o.kueue_missing)), o.kueue_retry
     if o.workload is None:
-        if not held:
+        if o.suspend:
             return None, KUEUE_NO_WORKLOAD_RECHECK
         return Outcome(
             Phase.PENDING.value, "Queued",
             f"RayJob {name} is suspended for Kueue LocalQueue {queue}; waiting for Kueue to create its Workload",
         ), KUEUE_NO_WORKLOAD_RECHECK
+    wl_name = o.workload["metadata"]["name"]
+    active = bool((o.workload.get("spec") or {}).get("active", True))
+    ours = (o.workload["metadata"].get("annotations") or {}).get(WORKLOAD_SUSPENDED_ANNOTATION) == "true"
+    conds = {c.get("type"): c for c in (o.workload.get("status") or {}).get("conditions") or []}
+    if o.suspend and active:
+        return SetWorkloadActive(False)
+    if not o.suspend and not active:
+        if ours:
+            return SetWorkloadActive(True)
+        evicted = conds.get("Evicted") or {}
+        return Outcome(
+            Phase.PENDING.value, "Deactivated",
+            f"Kueue deactivated Workload {wl_name} ({evicted.get('reason') or 'spec.active is false'}: "
+            f"{evicted.get('message') or 'no message'}); RayJob {name} does not run until the Workload's "
+            "spec.active is true again",
+        ), None
     if o.suspend or not held:
         return None, None
-    wl_name = o.workload["metadata"]["name"]
-    conds = {c.get("type"): c for c in (o.workload.get("status") or {}).get("conditions") or []}
     admitted = conds.get("Admitted") or {}
     if admitted.get("status") == "True":
         return Outcome(

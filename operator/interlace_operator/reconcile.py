@@ -38,6 +38,7 @@ from interlace_operator.config import OperatorConfig
 from interlace_operator.kube import ConflictError, Kube, KueueMissing
 from interlace_operator.machine import (
     KUEUE_NO_WORKLOAD_RECHECK,
+    WORKLOAD_SUSPENDED_ANNOTATION,
     Accept,
     Expire,
     Finish,
@@ -240,7 +241,10 @@ class Reconciler:
                 case SetWorkloadActive(want=want):
                     assert obs.workload is not None and obs.rayjob is not None
                     wl, rj = obs.workload["metadata"]["name"], obs.rayjob["metadata"]["name"]
-                    self.kube.patch_workload(obs.workload, {"spec": {"active": want}})
+                    self.kube.patch_workload(obs.workload, {
+                        "metadata": {"annotations": {WORKLOAD_SUSPENDED_ANNOTATION: None if want else "true"}},
+                        "spec": {"active": want},
+                    })
                     self._event(
                         ctx, "Normal", "Resuming" if want else "Suspending",
                         f"reactivated Kueue Workload {wl}: Kueue queues RayJob {rj} again" if want else
@@ -267,7 +271,9 @@ class Reconciler:
             self.kube.check_owner(current, ctx.owner.uid, deleting_ok=True)
         queue = job.spec.resources.queue_name
         workload, kueue_missing = None, None
-        if queue and current is not None and (current.get("status") or {}).get("jobDeploymentStatus") not in JDS_FINISHED:
+        held = bool(((current or {}).get("spec") or {}).get("suspend"))
+        if (queue and current is not None and (held or job.spec.suspend)
+                and (current.get("status") or {}).get("jobDeploymentStatus") not in JDS_FINISHED):
             try:
                 workload = self.kube.workload_of(current)
             except KueueMissing as err:
@@ -483,6 +489,8 @@ class Reconciler:
             self.metrics.rayjobs_created.inc()
             if retry:
                 self.metrics.retries.inc()
+        if job.spec.resources.queue_name:
+            ctx.recheck = KUEUE_NO_WORKLOAD_RECHECK  # to find its Workload (and carry spec.suspend to it)
         if job.spec.suspend:
             outcome = Outcome(Phase.SUSPENDED.value, "Suspended", f"RayJob {rj_name} created suspended")
         elif job.spec.resources.queue_name and (rayjob.get("spec") or {}).get("suspend"):
@@ -491,7 +499,6 @@ class Reconciler:
                 f"RayJob {rj_name} created suspended for Kueue LocalQueue {job.spec.resources.queue_name}; "
                 "waiting for its Workload",
             )
-            ctx.recheck = KUEUE_NO_WORKLOAD_RECHECK
         else:
             outcome = observe_rayjob(rayjob, stage=None, dry_run=job.spec.dry_run)
             if outcome.finished:  # an adopted attempt that already ended: settle on the next pass

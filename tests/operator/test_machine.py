@@ -143,9 +143,12 @@ def test_success_and_dry_run_finish() -> None:
 # ---------------------------------------------------------------- Kueue (spec.resources.queueName)
 
 
-def workload(*, active: bool = True, **conditions: tuple[str, str]) -> dict[str, Any]:
+def workload(*, active: bool = True, ours: bool = False, **conditions: tuple[str, str]) -> dict[str, Any]:
     conds = [{"type": t, "status": s, "message": m} for t, (s, m) in conditions.items()]
-    return {"metadata": {"name": "rayjob-pj-1-abc12"}, "spec": {"active": active}, "status": {"conditions": conds}}
+    meta: dict[str, Any] = {"name": "rayjob-pj-1-abc12"}
+    if ours:
+        meta["annotations"] = {"interlace.dev/suspended": "true"}
+    return {"metadata": meta, "spec": {"active": active}, "status": {"conditions": conds}}
 
 
 def test_queued_and_suspended_before_the_first_attempt_creates_nothing() -> None:
@@ -174,8 +177,13 @@ def test_user_suspend_goes_to_the_workload_not_the_rayjob() -> None:
     running = rayjob("RUNNING", "Running")
     assert decide(obs(queue="team-a", suspend=True, rayjob=running, workload=workload())) == SetWorkloadActive(False)
     evicted = rayjob(None, "Suspended", suspend=True)
-    assert decide(obs(queue="team-a", rayjob=evicted, workload=workload(active=False))) == SetWorkloadActive(True)
-    step = decide(obs(queue="team-a", suspend=True, rayjob=running, workload=workload(active=False)))
+    assert decide(obs(queue="team-a", rayjob=evicted, workload=workload(active=False, ours=True))) == SetWorkloadActive(True)
+    # a Workload Kueue deactivated itself (its requeuing limit) is not the operator's to reactivate
+    kueues = decide(obs(queue="team-a", rayjob=evicted, workload=workload(
+        active=False, Evicted=("True", "exceeded the maximum number of re-queuing retries"))))
+    assert isinstance(kueues, Report) and kueues.outcome.reason == "Deactivated"
+    assert "re-queuing" in kueues.outcome.message
+    step = decide(obs(queue="team-a", suspend=True, rayjob=running, workload=workload(active=False, ours=True)))
     assert isinstance(step, Report) and step.outcome.reason == "Suspending" and "Kueue to evict" in step.outcome.message
 
 
