@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the pinned binaries of the test control plane from Go modules (no Docker, no release downloads).
 #
-#   bash hack/testbed/build.sh               # everything: kubernetes etcd kwok kuberay helm node coredns
+#   bash hack/testbed/build.sh               # everything: kubernetes etcd kwok kuberay helm node coredns kueue
 #   bash hack/testbed/build.sh etcd kwok     # only some components
 #   bash hack/testbed/build.sh --print-dir   # print the binary directory of every component
 #
@@ -20,7 +20,7 @@ OUT=${INTERLACE_TESTBED_DIR:-${INTERLACE_CACHE:-$HOME/.cache/interlace}/testbed}
 JOBS=${TESTBED_BUILD_JOBS:-2}
 export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:+$GOFLAGS }-mod=mod -buildvcs=false"
 GO=(nice -n "${TESTBED_NICE:-10}" go)
-ALL=(kubernetes etcd kwok kuberay helm node coredns)
+ALL=(kubernetes etcd kwok kuberay helm node coredns kueue)
 
 log() { printf '[testbed-build %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
@@ -33,6 +33,7 @@ component_dir() {  # name -> cache directory
     helm) echo "$OUT/helm-$HELM_VERSION" ;;
     node) echo "$OUT/kubernetes-node-$K8S_VERSION" ;;
     coredns) echo "$OUT/coredns-$COREDNS_VERSION" ;;
+    kueue) echo "$OUT/kueue-$KUEUE_VERSION" ;;
     *) echo "unknown component: $1 (known: ${ALL[*]})" >&2; return 1 ;;
   esac
 }
@@ -75,6 +76,8 @@ go_build() {
     [[ $got == "$want" ]] || mv "$tmp/$got" "$tmp/$want"
     [[ -x $tmp/$want ]] || { echo "$name: $want was not built" >&2; return 1; }
   done
+  # Files a component needs besides its binaries (e.g. CRDs from the module source).
+  [[ -z ${GO_BUILD_POST:-} ]] || (cd "$work" && "$GO_BUILD_POST" "$tmp")
   printf 'built %s in %ss with %s\n' "$(date -u +%FT%TZ)" "$((SECONDS - start))" "$(go version)" > "$tmp/BUILDINFO"
   chmod 755 "$tmp"
   mv -T "$tmp" "$dest"
@@ -171,6 +174,23 @@ import (
 func main() { coremain.Run() }
 '
   GO_BUILD_MAIN="$main" go_build coredns "$gomod" "" coredns=.
+}
+
+kueue_crds() {  # DEST: Kueue's CRDs from the module source the build used (the kueue controller
+  # installs none itself; tests/cluster/testbed.py applies DEST/crd/*.yaml)
+  local dir
+  dir=$(go list -m -f '{{.Dir}}' sigs.k8s.io/kueue)
+  mkdir -p "$1/crd"
+  cp "$dir"/config/components/crd/bases/*.yaml "$1/crd/"
+  chmod 644 "$1"/crd/*.yaml
+}
+
+build_kueue() {
+  # Kueue's controller manager (cmd/kueue) with every integration it links (ray.io/rayjob among
+  # them); the testbed turns on only what its Configuration names.
+  GO_BUILD_POST=kueue_crds go_build kueue "$(simple_gomod sigs.k8s.io/kueue "$KUEUE_VERSION")" \
+    "-X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION -X sigs.k8s.io/kueue/pkg/version.GitCommit=" \
+    kueue=sigs.k8s.io/kueue/cmd/kueue
 }
 
 main() {

@@ -742,8 +742,21 @@ _NODE_SELECTOR_RULE = _cel(
 )
 
 
+_MULTIKUEUE = "kueue.x-k8s.io/multikueue"
+_RESOURCES_RULES: list[JsonValue] = [
+    _cel(
+        f"!has(self.managedBy) || self.managedBy != '{_MULTIKUEUE}' || has(self.queueName)",
+        f"spec.resources.managedBy: {_MULTIKUEUE} needs spec.resources.queueName (MultiKueue dispatches "
+        "through a queue)",
+        ".managedBy",
+    ),
+]
+
+
 class ResourcesSpec(_Spec):
     """The Ray cluster KubeRay creates (ignored in local mode except `workers`/`gpusPerWorker`)."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _RESOURCES_RULES})
 
     image: str | None = Field(
         default=None, description="Runtime image; default from the operator.", min_length=1, max_length=512,
@@ -791,6 +804,11 @@ class ResourcesSpec(_Spec):
         default=None, description="Kueue LocalQueue (sets kueue.x-k8s.io/queue-name on the RayJob).",
         min_length=1, max_length=63, pattern=DNS1123_SUBDOMAIN,
     )
+    managed_by: Literal["ray.io/kuberay-operator", "kueue.x-k8s.io/multikueue"] | None = Field(
+        default=None,
+        description="RayJob spec.managedBy: the controller that runs the RayJob. kueue.x-k8s.io/multikueue "
+        "(needs queueName): a MultiKueue manager cluster dispatches it to a worker cluster. Default: KubeRay.",
+    )
     pvc_name: ObjectName | None = Field(
         default=None, description="PersistentVolumeClaim mounted at /data (model cache, pvc:// output)."
     )
@@ -804,6 +822,15 @@ class ResourcesSpec(_Spec):
         description="Pod overrides for the Ray head and/or workers (affinity, topology spread, volumes, env, "
         "labels, annotations, securityContext, imagePullSecrets, /dev/shm size), applied in order.",
     )
+
+    @model_validator(mode="after")
+    def _multikueue_needs_queue(self) -> ResourcesSpec:
+        if self.managed_by == _MULTIKUEUE and not self.queue_name:
+            raise ValueError(
+                f"spec.resources.managedBy: {_MULTIKUEUE} needs spec.resources.queueName (MultiKueue dispatches "
+                "through a queue)"
+            )
+        return self
 
 
 _SPEC_RULES: list[JsonValue] = [

@@ -336,7 +336,9 @@ def rayjob(
         "shutdownAfterJobFinishes": True,
         "ttlSecondsAfterFinished": job.spec.ttl_seconds_after_finished,
         "backoffLimit": 0,
-        "suspend": bool(job.spec.suspend),
+        # Queued for Kueue: created suspended, Kueue admits it by un-suspending it (and the operator
+        # never writes suspend again; spec.suspend goes to the Workload's spec.active instead).
+        "suspend": bool(job.spec.suspend or res.queue_name),
         "rayClusterSpec": {
             "headGroupSpec": {
                 # The head advertises exactly the GPUs the spec gives it (0 by default). Without GPUs
@@ -373,6 +375,8 @@ def rayjob(
         cluster = spec["rayClusterSpec"]
         apply_pod_overrides(cluster["headGroupSpec"]["template"], "head", overrides)
         apply_pod_overrides(cluster["workerGroupSpecs"][0]["template"], "workers", overrides)
+    if res.managed_by:
+        spec["managedBy"] = res.managed_by
     if active_deadline_seconds is not None:
         spec["activeDeadlineSeconds"] = max(1, int(active_deadline_seconds))
     return {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": meta, "spec": spec}

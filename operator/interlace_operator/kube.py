@@ -23,9 +23,24 @@ log = logging.getLogger(__name__)
 REQUEST_TIMEOUT = (10, 30)  # connect, read (seconds)
 MERGE_PATCH = "application/merge-patch+json"
 
+KUEUE_GROUP = "kueue.x-k8s.io"
+# v1beta2 since Kueue 0.15; v1beta1 for older releases (the fields read here are the same in both).
+KUEUE_VERSIONS = ("v1beta2", "v1beta1")
+KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
+
 
 class ConflictError(RuntimeError):
     """A child with our deterministic name exists but belongs to something else (or is being deleted)."""
+
+
+class KueueMissing(RuntimeError):
+    """spec.resources.queueName is set but the cluster serves no Kueue Workload API."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the RayJob is queued for Kueue (spec.resources.queueName), but this cluster serves no Kueue "
+            "Workload API (workloads.kueue.x-k8s.io): install Kueue with the ray.io/rayjob integration"
+        )
 
 
 def make_api_client(kubeconfig: str | None = None, pool_size: int = 32, *, in_cluster: bool = False) -> Any:
@@ -51,6 +66,7 @@ class Kube:
 
         self.api = api_client
         self.custom = client.CustomObjectsApi(api_client)
+        self._kueue_version: str | None = None  # the Workload API version that answered last
         self.core = client.CoreV1Api(api_client)
         self.rbac = client.RbacAuthorizationV1Api(api_client)
         self.component = component
@@ -129,6 +145,43 @@ class Kube:
         except ApiException as err:
             if err.status != 404:
                 raise
+
+    # ------------------------------------------------------------------ Kueue Workloads
+
+    def workload_of(self, rayjob: dict[str, Any]) -> dict[str, Any] | None:
+        """The Kueue Workload of a RayJob: the one labelled kueue.x-k8s.io/job-uid=<its uid> and
+        controlled by it (Kueue creates it; its name has a hash in it). None: none yet. Raises
+        KueueMissing when no Workload API is served (Kueue is not installed)."""
+        from kubernetes.client.exceptions import ApiException
+
+        meta = rayjob["metadata"]
+        for version in self._kueue_versions():
+            try:
+                items = self.custom.list_namespaced_custom_object(
+                    KUEUE_GROUP, version, meta["namespace"], "workloads",
+                    label_selector=f"{KUEUE_JOB_UID_LABEL}={meta['uid']}", _request_timeout=REQUEST_TIMEOUT,
+                ).get("items") or []
+            except ApiException as err:
+                if err.status == 404:
+                    continue
+                raise
+            self._kueue_version = version
+            owned = [w for w in items if _controller_uid(w) == meta["uid"]]
+            return owned[0] if owned else None
+        self._kueue_version = None
+        raise KueueMissing()
+
+    def _kueue_versions(self) -> tuple[str, ...]:
+        known = self._kueue_version
+        return (known, *(v for v in KUEUE_VERSIONS if v != known)) if known else KUEUE_VERSIONS
+
+    def patch_workload(self, workload: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+        group, _, version = workload["apiVersion"].partition("/")
+        meta = workload["metadata"]
+        return self.custom.patch_namespaced_custom_object(
+            group, version, meta["namespace"], "workloads", meta["name"], patch,
+            _content_type=MERGE_PATCH, _request_timeout=REQUEST_TIMEOUT,
+        )
 
     # ------------------------------------------------------------------ children (create or adopt)
 

@@ -8,10 +8,16 @@ tested without a cluster (tests/operator/test_machine.py); nothing here calls th
 
     not started ------------------------------------------------> Accept
     past spec.activeDeadlineSeconds ----------------------------> Expire
-    no attempt yet ---------------------------------------------> Start(1)
+    no attempt yet: queued for Kueue and suspended -------------> Report(Suspended), no RayJob yet
+                    otherwise ----------------------------------> Start(1)
     the attempt's RayJob is gone: ended (status.rayJob) --------> settle(recorded outcome)
                                   not ended --------------------> Start(same attempt, recreated)
-    RayJob suspend != spec.suspend (not finished) --------------> SetSuspend
+    queued for Kueue (spec.resources.queueName): Kueue owns the RayJob's suspend;
+      spec.suspend and its Workload active ---------------------> SetWorkloadActive(false), marked ours
+      resumed and the Workload inactive: ours ------------------> SetWorkloadActive(true)
+                                         Kueue's own -----------> settle(Deactivated)
+      held by Kueue (RayJob suspended) -------------------------> settle(Queued / Admitted, from the Workload)
+    not queued: RayJob suspend != spec.suspend (not finished) --> SetSuspend
     otherwise: settle(observe_rayjob(RayJob))
       failed, retryable, attempts <= backoffLimit: suspended ---> HoldSuspended
                                                    due ---------> Retry(next attempt)
@@ -57,6 +63,20 @@ class Observation:
     deadline: datetime | None  # startTime + deadline_seconds
     retry_delay: float  # seconds after attempt `attempts` failed before the next one starts
     now: datetime
+    queue: str | None = None  # spec.resources.queueName: Kueue admits the RayJob
+    workload: dict[str, Any] | None = None  # the RayJob's Kueue Workload (None: not created yet)
+    kueue_missing: str | None = None  # queued, but the cluster serves no Workload API: why
+    kueue_retry: float = 30.0  # how soon to look again when Kueue is missing
+
+
+# While a queued RayJob waits for Kueue: how soon to look again for its Workload (Kueue creates it
+# right after the RayJob) and at its conditions (their message says why it is not admitted yet: they
+# change without a RayJob event).
+KUEUE_NO_WORKLOAD_RECHECK = 2.0
+KUEUE_QUEUED_RECHECK = 10.0
+# On the Kueue Workloads the operator deactivates for spec.suspend: only those it reactivates (a
+# Workload Kueue deactivated itself, e.g. at its requeuing limit, stays so and the status says why).
+WORKLOAD_SUSPENDED_ANNOTATION = "interlace.dev/suspended"
 
 
 # ---------------------------------------------------------------- steps
@@ -84,6 +104,16 @@ class SetSuspend:
 
 
 @dataclass(frozen=True)
+class SetWorkloadActive:
+    """Patch the Kueue Workload's spec.active to `want` (false: Kueue evicts the RayJob and releases its
+    quota; true: Kueue queues it again), marking it WORKLOAD_SUSPENDED_ANNOTATION while deactivated.
+    The operator never writes a queued RayJob's suspend: Kueue admits by un-suspending it and would
+    undo any other write at once."""
+
+    want: bool
+
+
+@dataclass(frozen=True)
 class _Write:
     """A step that writes `outcome` and `mirror` (status.rayJob) to status; `conflict_event`: KubeRay's
     two statuses disagree in a way not reported before; `release`: delete the attempt's RayJob after
@@ -97,7 +127,9 @@ class _Write:
 
 @dataclass(frozen=True)
 class Report(_Write):
-    """Still going: record progress; look again at the deadline."""
+    """Still going: record progress; look again at the deadline, or after `recheck` seconds if sooner."""
+
+    recheck: float | None = None
 
 
 @dataclass(frozen=True)
@@ -129,7 +161,7 @@ class Retry(_Write):
     attempt: int = 0
 
 
-Step = Accept | Start | SetSuspend | Report | Finish | Expire | HoldSuspended | WaitRetry | Retry
+Step = Accept | Start | SetSuspend | SetWorkloadActive | Report | Finish | Expire | HoldSuspended | WaitRetry | Retry
 
 
 def _jds(rayjob: dict[str, Any] | None) -> str | None:
@@ -149,29 +181,103 @@ def decide(o: Observation) -> Step:
         )
         return Expire(outcome, mirror, release=o.rayjob is not None and _jds(o.rayjob) not in JDS_FINISHED)
     if o.attempts == 0:
+        if o.queue and o.suspend:
+            # No RayJob yet, so no Workload Kueue could admit before the operator deactivates it.
+            return Report(Outcome(
+                Phase.SUSPENDED.value, "Suspended",
+                f"suspended before its first attempt: its RayJob is created for Kueue LocalQueue {o.queue} "
+                "when spec.suspend is false",
+            ), None)
         return Start(1)
     if o.rayjob is None:
         recorded = o.recorded or {}
         if recorded.get("name") == o.rayjob_name and recorded.get("endTime"):
             return _settle(o, outcome_from_mirror(recorded, stage=o.stage, dry_run=o.dry_run), recorded)
         return Start(o.attempts, recreated=True)
-    have = bool((o.rayjob.get("spec") or {}).get("suspend"))
-    if have != o.suspend and _jds(o.rayjob) not in JDS_FINISHED:
+    held = bool((o.rayjob.get("spec") or {}).get("suspend"))
+    queued: tuple[Outcome | None, float | None] = (None, None)
+    if o.queue:
+        if _jds(o.rayjob) not in JDS_FINISHED:
+            kueue = _kueue(o, held)
+            if isinstance(kueue, SetWorkloadActive):
+                return kueue
+            queued = kueue
+    elif held != o.suspend and _jds(o.rayjob) not in JDS_FINISHED:
         return SetSuspend(o.suspend)
     outcome = observe_rayjob(o.rayjob, stage=o.stage, dry_run=o.dry_run)
-    return _settle(o, outcome, rayjob_mirror(o.rayjob, o.recorded, finished=outcome.finished, now=o.now))
+    override, recheck = queued
+    if override is not None and not outcome.finished:
+        outcome = override
+    mirror = rayjob_mirror(o.rayjob, o.recorded, finished=outcome.finished, now=o.now)
+    return _settle(o, outcome, mirror, recheck=recheck)
 
 
-def _settle(o: Observation, outcome: Outcome, mirror: dict[str, Any] | None) -> Step:
+def _kueue(o: Observation, held: bool) -> SetWorkloadActive | tuple[Outcome | None, float | None]:
+    """A queued RayJob that is not finished: carry spec.suspend to its Workload, or say what its
+    status is while Kueue holds it (None: Kueue admitted it, the RayJob's own status speaks) and how
+    soon to look again."""
+    assert o.rayjob is not None
+    name, queue = o.rayjob["metadata"]["name"], o.queue
+    if not held and not o.suspend:
+        return None, None  # admitted and running: nothing to carry to the Workload, nothing to report
+    if o.kueue_missing:
+        return (None if o.suspend else Outcome(Phase.PENDING.value, "KueueMissing", o.kueue_missing)), o.kueue_retry
+    if o.workload is None:
+        if o.suspend:
+            return None, KUEUE_NO_WORKLOAD_RECHECK
+        return Outcome(
+            Phase.PENDING.value, "Queued",
+            f"RayJob {name} is suspended for Kueue LocalQueue {queue}; waiting for Kueue to create its Workload",
+        ), KUEUE_NO_WORKLOAD_RECHECK
+    wl_name = o.workload["metadata"]["name"]
+    active = bool((o.workload.get("spec") or {}).get("active", True))
+    ours = (o.workload["metadata"].get("annotations") or {}).get(WORKLOAD_SUSPENDED_ANNOTATION) == "true"
+    conds = {c.get("type"): c for c in (o.workload.get("status") or {}).get("conditions") or []}
+    if o.suspend and active:
+        return SetWorkloadActive(False)
+    if not o.suspend and not active:
+        if ours:
+            return SetWorkloadActive(True)
+        evicted = conds.get("Evicted") or {}
+        return Outcome(
+            Phase.PENDING.value, "Deactivated",
+            f"Kueue deactivated Workload {wl_name} ({evicted.get('reason') or 'spec.active is false'}: "
+            f"{evicted.get('message') or 'no message'}); RayJob {name} does not run until the Workload's "
+            "spec.active is true again",
+        ), None
+    if o.suspend or not held:
+        return None, None
+    admitted = conds.get("Admitted") or {}
+    if admitted.get("status") == "True":
+        return Outcome(
+            Phase.PENDING.value, "Admitted",
+            f"Kueue admitted Workload {wl_name} ({admitted.get('message') or 'quota reserved'}); "
+            f"waiting for Kueue to start RayJob {name}",
+        ), KUEUE_QUEUED_RECHECK
+    why = next(
+        (c.get("message") for t in ("Evicted", "QuotaReserved", "Admitted")
+         if (c := conds.get(t)) and c.get("message") and (t != "Evicted" or c.get("status") == "True")),
+        None,
+    )
+    return Outcome(
+        Phase.PENDING.value, "Queued",
+        f"queued in Kueue LocalQueue {queue} (Workload {wl_name}): {why or 'waiting for admission'}",
+    ), KUEUE_QUEUED_RECHECK
+
+
+
+def _settle(o: Observation, outcome: Outcome, mirror: dict[str, Any] | None, recheck: float | None = None) -> Step:
     """What an attempt's outcome means for the PruneJob: report, retry (now or later), or finish."""
     if o.suspend and not outcome.finished and outcome.phase != Phase.SUSPENDED.value:
-        outcome = Outcome(Phase.SUSPENDED.value, "Suspending", "waiting for KubeRay to suspend the RayJob")
+        who = "Kueue to evict" if o.queue else "KubeRay to suspend"
+        outcome = Outcome(Phase.SUSPENDED.value, "Suspending", f"waiting for {who} the RayJob")
     elif not o.suspend and outcome.phase == Phase.SUSPENDED.value:
         outcome = Outcome(Phase.PENDING.value, "Resuming", "waiting for KubeRay to resume the RayJob")
     conflict = outcome.conflict and differs(o.recorded or {}, mirror or {})
     if not outcome.failed:
-        step = Finish if outcome.phase == Phase.SUCCEEDED.value else Report
-        return step(outcome, mirror, conflict_event=conflict)
+        if outcome.phase == Phase.SUCCEEDED.value:
+            return Finish(outcome, mirror, conflict_event=conflict)
+        return Report(outcome, mirror, conflict_event=conflict, recheck=recheck)
 
     release = o.rayjob is not None and _jds(o.rayjob) not in JDS_FINISHED
     if outcome.retryable and o.attempts <= o.backoff_limit:

@@ -10,6 +10,10 @@ Why each rule exists:
 * prunejobs/status get/patch: the operator writes phase, conditions, rayJob, attempts, times.
 * rayjobs get/list/watch/create/patch/delete: the KubeRay RayJob of each attempt (patch = suspend,
   delete = release a failed or overdue attempt's GPUs).
+* workloads get/list/patch (kueue.x-k8s.io): with spec.resources.queueName, the operator reads the
+  Kueue Workload of its RayJob (found by the kueue.x-k8s.io/job-uid label) for the queued status, and
+  sets its spec.active to carry spec.suspend (Kueue would undo a suspend written on the RayJob).
+  Without Kueue installed the rule grants nothing.
 * prunejobs/finalizers update: the children's ownerReferences set blockOwnerDeletion, which the
   OwnerReferencesPermissionEnforcement admission plugin (OpenShift's default) only allows to a user
   who may update the owner's finalizers; the operator adds no finalizer.
@@ -37,6 +41,7 @@ RULES: list[dict[str, list[str]]] = [
         "resources": ["rayjobs"],
         "verbs": ["get", "list", "watch", "create", "patch", "delete"],
     },
+    {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads"], "verbs": ["get", "list", "patch"]},
     {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "create", "update"]},
     {
         "apiGroups": ["rbac.authorization.k8s.io"],

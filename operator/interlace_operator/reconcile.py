@@ -44,8 +44,10 @@ from interlace.schema.spec import (
 )
 from interlace_operator import builders, names
 from interlace_operator.config import OperatorConfig
-from interlace_operator.kube import ConflictError, Kube
+from interlace_operator.kube import ConflictError, Kube, KueueMissing
 from interlace_operator.machine import (
+    KUEUE_NO_WORKLOAD_RECHECK,
+    WORKLOAD_SUSPENDED_ANNOTATION,
     Accept,
     Expire,
     Finish,
@@ -54,6 +56,7 @@ from interlace_operator.machine import (
     Report,
     Retry,
     SetSuspend,
+    SetWorkloadActive,
     Start,
     Step,
     WaitRetry,
@@ -61,6 +64,7 @@ from interlace_operator.machine import (
 )
 from interlace_operator.metrics import Metrics
 from interlace_operator.status import (
+    JDS_FINISHED,
     STAGE_VALUES,
     TERMINAL_PHASES,
     Outcome,
@@ -107,6 +111,7 @@ class Ctx:
     now: datetime
     first: bool = False  # the first reconcile of this PruneJob in this process
     replayed: bool = False  # its events were replayed in this pass (see _replay_events)
+    recheck: float | None = None  # look again after this many seconds at the latest (e.g. while queued)
 
     @property
     def generation(self) -> int | None:
@@ -242,6 +247,19 @@ class Reconciler:
                         f"{'suspending' if want else 'resuming'} RayJob {rj}"
                         + (" (its Ray cluster is deleted)" if want else ""),
                     )
+                case SetWorkloadActive(want=want):
+                    assert obs.workload is not None and obs.rayjob is not None
+                    wl, rj = obs.workload["metadata"]["name"], obs.rayjob["metadata"]["name"]
+                    self.kube.patch_workload(obs.workload, {
+                        "metadata": {"annotations": {WORKLOAD_SUSPENDED_ANNOTATION: None if want else "true"}},
+                        "spec": {"active": want},
+                    })
+                    self._event(
+                        ctx, "Normal", "Resuming" if want else "Suspending",
+                        f"reactivated Kueue Workload {wl}: Kueue queues RayJob {rj} again" if want else
+                        f"deactivated Kueue Workload {wl}: Kueue evicts RayJob {rj} (its Ray cluster is deleted) "
+                        "and releases its quota",
+                    )
                 case Expire():
                     if step.release and obs.rayjob is not None:
                         self.kube.delete_rayjob(namespace, obs.rayjob["metadata"]["name"])
@@ -260,6 +278,15 @@ class Reconciler:
         current = self.kube.get_rayjob(ctx.owner.namespace, rj_name) if rj_name else None
         if current is not None:
             self.kube.check_owner(current, ctx.owner.uid, deleting_ok=True)
+        queue = job.spec.resources.queue_name
+        workload, kueue_missing = None, None
+        held = bool(((current or {}).get("spec") or {}).get("suspend"))
+        if (queue and current is not None and (held or job.spec.suspend)
+                and (current.get("status") or {}).get("jobDeploymentStatus") not in JDS_FINISHED):
+            try:
+                workload = self.kube.workload_of(current)
+            except KueueMissing as err:
+                kueue_missing = str(err)
         if ctx.first and status.get("startTime") and not ctx.replayed:
             ctx.replayed = True
             self._replay_events(ctx, attempts, current)
@@ -277,6 +304,10 @@ class Reconciler:
             deadline=self._deadline(ctx),
             retry_delay=self.config.backoff(attempts) if attempts else 0.0,
             now=ctx.now,
+            queue=queue,
+            workload=workload,
+            kueue_missing=kueue_missing,
+            kueue_retry=self.config.kuberay_retry_seconds,
         )
 
     def _carry_out(self, ctx: Ctx, obs: Observation, step: Step) -> float | None:
@@ -293,6 +324,7 @@ class Reconciler:
         match step:
             case Report():
                 self._write(ctx, step.outcome, step.mirror, attempts=obs.attempts)
+                ctx.recheck = step.recheck
                 return self._next_check(ctx)
             case Finish():
                 outcome = step.outcome
@@ -466,8 +498,16 @@ class Reconciler:
             self.metrics.rayjobs_created.inc()
             if retry:
                 self.metrics.retries.inc()
+        if job.spec.resources.queue_name:
+            ctx.recheck = KUEUE_NO_WORKLOAD_RECHECK  # to find its Workload (and carry spec.suspend to it)
         if job.spec.suspend:
             outcome = Outcome(Phase.SUSPENDED.value, "Suspended", f"RayJob {rj_name} created suspended")
+        elif job.spec.resources.queue_name and (rayjob.get("spec") or {}).get("suspend"):
+            outcome = Outcome(
+                Phase.PENDING.value, "Queued",
+                f"RayJob {rj_name} created suspended for Kueue LocalQueue {job.spec.resources.queue_name}; "
+                "waiting for its Workload",
+            )
         else:
             outcome = observe_rayjob(rayjob, stage=None, dry_run=job.spec.dry_run)
             if outcome.finished:  # an adopted attempt that already ended: settle on the next pass
@@ -491,11 +531,13 @@ class Reconciler:
         )
 
     def _next_check(self, ctx: Ctx) -> float | None:
-        """While running, look again at the deadline (events cover everything else)."""
+        """While running, look again at the deadline (events cover everything else), sooner when
+        ctx.recheck asks (a queued job: its Workload's conditions change without a RayJob event)."""
         deadline = self._deadline(ctx)
-        if deadline is None:
-            return None
-        return max(0.05, (deadline - ctx.now).total_seconds())
+        until = None if deadline is None else max(0.05, (deadline - ctx.now).total_seconds())
+        if ctx.recheck is not None:
+            until = ctx.recheck if until is None else min(until, ctx.recheck)
+        return until
 
     # ================================================================== writing
 
@@ -560,7 +602,7 @@ class Reconciler:
             self._event(ctx, "Normal", "Suspended", outcome.message)
         elif phase in STAGE_VALUES and old_phase != phase:
             self._event(ctx, "Normal", phase, f"stage {phase} started")
-        elif phase == Phase.PENDING.value and outcome.reason in {"JobRunning", "JobSubmitted"}:
+        elif phase == Phase.PENDING.value and outcome.reason in {"JobRunning", "JobSubmitted", "Queued", "Admitted"}:
             self._event(ctx, "Normal", outcome.reason, outcome.message)
 
     def _success_message(self, ctx: Ctx, outcome: Outcome) -> str:

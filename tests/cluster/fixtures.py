@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.node import RealNode, host_ip, host_leftovers
-from tests.cluster.testbed import ControlPlane, TestbedError
+from tests.cluster.testbed import ControlPlane, Kueue, TestbedError
 
 _STATE: dict[str, object] = {}
 
@@ -131,6 +131,24 @@ def real_namespace(real_cluster: tuple[ControlPlane, RealNode], request: pytest.
     yield ns
     if cp.running:
         cp.delete_namespace(ns)
+
+
+@pytest.fixture(scope="module")
+def kueue(control_plane: ControlPlane) -> Iterator[Kueue]:
+    """Kueue's controller (ray.io/rayjob integration, webhooks on 127.0.0.1) beside the session's
+    control plane, for one test module: stopped afterwards, its webhook configurations and
+    ClusterQueues removed, so modules that do not ask for it see no Kueue. Build it once with
+    `bash hack/testbed/build.sh kueue`. `kueue.queue(namespace)` makes a ClusterQueue + LocalQueue."""
+    try:
+        control_plane.binaries.require("kueue", "kueue_crd_dir", "kueue_source")
+    except TestbedError as e:
+        pytest.fail(str(e), pytrace=False)
+    try:
+        started = control_plane.start_kueue()
+    except Exception as e:
+        pytest.fail(f"Kueue failed to start: {e}\n{control_plane.logs_report()}", pytrace=False)
+    yield started
+    control_plane.stop_kueue()
 
 
 @pytest.fixture(scope="session")

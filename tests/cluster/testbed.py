@@ -2,7 +2,8 @@
 
 Components (all pinned in hack/testbed/versions.env, built by hack/testbed/build.sh):
 etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok (fake GPU nodes whose pods reach
-Running without a kubelet) and the KubeRay operator run out of cluster. Everything listens on
+Running without a kubelet) and the KubeRay operator run out of cluster; Kueue's controller joins them on
+request (`ControlPlane(kueue=True)` or `cp.start_kueue()`, see Kueue below). Everything listens on
 127.0.0.1 on free ports; state, keys, kubeconfigs and one log file per component live in a temp dir.
 
 Stdlib only, so that `python tests/cluster/testbed.py up` (hack/testbed/up.sh) works with any Python.
@@ -107,6 +108,9 @@ class Binaries:
     ray_operator: Path
     helm: Path
     kuberay_crd_dir: Path
+    kueue: Path
+    kueue_crd_dir: Path
+    kueue_source: Path  # the module source (webhook manifests)
 
     @classmethod
     def locate(cls, root: Path | None = None) -> Binaries:
@@ -130,12 +134,15 @@ class Binaries:
             / "config"
             / "crd"
             / "bases",
+            kueue=root / f"kueue-{v['KUEUE_VERSION']}" / "kueue",
+            kueue_crd_dir=root / f"kueue-{v['KUEUE_VERSION']}" / "crd",
+            kueue_source=_gomodcache() / "sigs.k8s.io" / f"kueue@{v['KUEUE_VERSION']}",
         )
         return found
 
     def require(self, *names: str) -> Binaries:
         """Raise TestbedError naming every missing binary among `names` (default: all)."""
-        names = names or tuple(self.__dict__)
+        names = names or tuple(n for n in self.__dict__ if not n.startswith("kueue"))
         missing = [str(getattr(self, n)) for n in names if not getattr(self, n).exists()]
         if missing:
             raise TestbedError(
@@ -371,6 +378,7 @@ class ControlPlane:
         restricted_users: Iterable[str] = ("alice", "bob"),
         kwok: bool = True,
         kuberay: bool = True,
+        kueue: bool = False,
         gpu_nodes: int = 1,
         gpus_per_node: int = 8,
         log: Callable[[str], None] | None = None,
@@ -387,11 +395,14 @@ class ControlPlane:
         needed = ["etcd", "kube_apiserver", "kube_controller_manager", "kube_scheduler", "kubectl"]
         needed += ["kwok"] if kwok else []
         needed += ["ray_operator", "kuberay_crd_dir"] if kuberay else []
+        needed += list(KUEUE_BINARIES) if kueue else []
         self.binaries.require(*needed)
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="interlace-testbed-")).resolve()
         self.with_kwok = kwok
         self.with_kuberay = kuberay
+        self.with_kueue = kueue
+        self.kueue: Kueue | None = None
         self.gpu_nodes = gpu_nodes if kwok else 0
         self.gpus_per_node = gpus_per_node
         self.node_ip = node_ip
@@ -435,6 +446,7 @@ class ControlPlane:
             User("system:kube-scheduler", secrets.token_hex(16), ()),
             User("interlace:kwok", secrets.token_hex(16), ("system:masters",)),
             User("interlace:kuberay-operator", secrets.token_hex(16), ("system:masters",)),
+            User("interlace:kueue", secrets.token_hex(16), ("system:masters",)),
         ]
         if node_ip:
             internal += [
@@ -498,6 +510,8 @@ class ControlPlane:
                     ),
                 )
             )
+        if self.with_kueue:
+            steps.append(("Kueue", lambda: self.start_kueue(timeout=self._left(deadline))))
         try:
             for label, step in steps:
                 t = time.monotonic()
@@ -517,6 +531,8 @@ class ControlPlane:
             if self._stopped:
                 return
             self._stopped = True
+        if self.kueue is not None:
+            self.kueue.component.stop()
         for comp in reversed(list(self.components.values())):
             comp.stop()
         with contextlib.suppress(Exception):
@@ -768,6 +784,28 @@ class ControlPlane:
             ],
             env=env,
         )
+
+    # ----------------------------------------------------------------- Kueue (opt-in)
+
+    def start_kueue(self, timeout: float = 120.0) -> Kueue:
+        """Start Kueue's controller beside the running control plane (idempotent); see `Kueue`."""
+        if self.kueue is None:
+            self.binaries.require(*KUEUE_BINARIES)
+            kueue = Kueue(self)
+            try:
+                kueue.start(timeout)
+            except BaseException:
+                kueue.stop()
+                raise
+            self.kueue = kueue
+        return self.kueue
+
+    def stop_kueue(self) -> None:
+        """Stop Kueue and remove its webhook configurations and queues, so the control plane behaves
+        as without it (its CRDs stay: no controller acts on them)."""
+        if self.kueue is not None:
+            self.kueue.stop()
+            self.kueue = None
 
     def _wait_controllers(self, deadline: float) -> None:
         for name in ("kcm", "scheduler"):
@@ -1117,6 +1155,278 @@ class ControlPlane:
         return config.new_client_from_config(config_file=str(kubeconfig or self.admin_kubeconfig))
 
 
+# --------------------------------------------------------------------------- Kueue
+
+KUEUE_BINARIES = ("kueue", "kueue_crd_dir", "kueue_source")
+KUEUE_NAMESPACE = "kueue-system"
+# The integrations the testbed enables (Kueue's Configuration integrations.frameworks).
+KUEUE_FRAMEWORKS = ("ray.io/rayjob",)
+# CRDs that Kueue's own manifests (config/components/crd/kustomization.yaml) give a conversion webhook.
+KUEUE_CONVERTED_CRDS = ("localqueues", "clusterqueues", "cohorts", "workloads", "multikueueclusters")
+KUEUE_FLAVOR = "default-flavor"
+
+
+class Kueue:
+    """Kueue's controller manager as a host process next to KubeRay, with real admission webhooks.
+
+    In a cluster Kueue's webhooks are a Service in kueue-system with a certificate Kueue makes itself
+    (internalCertManagement). Here the controller runs on the host, so: internalCertManagement is off,
+    the webhook server listens on 127.0.0.1 with a self-signed certificate for that address (made with
+    openssl), and the webhook configurations and CRD conversion webhooks of Kueue's own manifests
+    (config/components/webhook/manifests.yaml; the CRDs from config/components/crd/bases, cached by
+    hack/testbed/build.sh) point at `url: https://127.0.0.1:<port>/<path>` with that certificate as
+    caBundle. Only the webhooks of Kueue's own kinds and of the enabled integrations
+    (KUEUE_FRAMEWORKS: ray.io/rayjob) are registered. Kueue runs with a system:masters token.
+
+    After start: the ResourceFlavor KUEUE_FLAVOR exists (created through Kueue's webhook, which proves
+    the webhooks answer); `queue(namespace, ...)` makes a ClusterQueue + LocalQueue for a test.
+    """
+
+    def __init__(self, cp: ControlPlane) -> None:
+        self.cp = cp
+        self.dir = cp.workdir / "kueue"
+        self.cert_dir = self.dir / "certs"
+        self.cert_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.ports = {"webhook": free_port(), "health": free_port(), "metrics": free_port()}
+        self.url = f"https://127.0.0.1:{self.ports['webhook']}"
+        self.component = Component("kueue", [], cp.workdir / "logs" / "kueue.log")  # replaced in start()
+        self.webhook_configs: list[tuple[str, str]] = []
+        self.queues: list[str] = []
+        self.timings: dict[str, float] = {}
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self, timeout: float = 120.0) -> Kueue:
+        deadline = time.monotonic() + timeout
+        steps: list[tuple[str, Callable[[], object]]] = [
+            ("Kueue certificate", self._make_cert),
+            ("Kueue CRDs", lambda: self._install_crds(deadline)),
+            ("Kueue controller", lambda: self._start_controller(deadline)),
+            ("Kueue webhooks", lambda: self._register_webhooks(deadline)),
+        ]
+        for label, step in steps:
+            t = time.monotonic()
+            step()
+            self.timings[label] = time.monotonic() - t
+            self.cp._log(f"{label}: {self.timings[label]:.1f}s")
+        return self
+
+    def stop(self) -> None:
+        """Delete the webhook configurations first (with Kueue gone, failurePolicy Fail would refuse
+        every RayJob), then the queues, then stop the controller."""
+        if self.cp.components["kube-apiserver"].running:
+            for kind, name in self.webhook_configs:
+                self.cp.kubectl("delete", kind, name, "--ignore-not-found", check=False)
+            for cq in self.queues:
+                self.cp.kubectl("delete", "clusterqueue", cq, "--ignore-not-found", "--wait=false", check=False)
+        self.component.stop()
+        self.cp.components.pop("kueue", None)
+
+    def check_running(self) -> None:
+        self.component.check_running()
+
+    # ----------------------------------------------------------------- steps
+
+    def _make_cert(self) -> None:
+        """A self-signed serving certificate for 127.0.0.1 (IP SAN): Kueue reads tls.crt/tls.key from
+        webhook.certDir; the same certificate is the caBundle of every webhook."""
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "7",
+             "-keyout", self.cert_dir / "tls.key", "-out", self.cert_dir / "tls.crt",
+             "-subj", "/CN=kueue-webhook.127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+             "-addext", "basicConstraints=critical,CA:TRUE"],
+            check=True, capture_output=True,
+        )
+        self.ca_bundle = base64.b64encode((self.cert_dir / "tls.crt").read_bytes()).decode()
+
+    def _client_config(self, path: str) -> dict[str, str]:
+        return {"url": self.url + path, "caBundle": self.ca_bundle}
+
+    def _as_json(self, *files: Path) -> list[dict[str, Any]]:
+        """Kueue's YAML manifests as objects (kubectl parses them: testbed.py is stdlib-only)."""
+        args = ["create", "--dry-run=client", "-o", "json"]
+        for f in files:
+            args += ["-f", str(f)]
+        text, objs, pos = self.cp.kubectl(*args, timeout=120).stdout, [], 0
+        decoder = json.JSONDecoder()
+        while (pos := len(text) - len(text[pos:].lstrip())) < len(text):  # one JSON document per object
+            obj, pos = decoder.raw_decode(text, pos)
+            objs += obj.get("items", []) if obj.get("kind") == "List" else [obj]
+        return objs
+
+    def _install_crds(self, deadline: float) -> None:
+        crds = self._as_json(*sorted(self.cp.binaries.kueue_crd_dir.glob("*.yaml")))
+        for crd in crds:
+            if crd["spec"]["names"]["plural"] in KUEUE_CONVERTED_CRDS:
+                crd["spec"]["conversion"] = {
+                    "strategy": "Webhook",
+                    "webhook": {"clientConfig": self._client_config("/convert"), "conversionReviewVersions": ["v1"]},
+                }
+        # (large: server-side apply, like the KubeRay CRDs)
+        for crd in crds:
+            self.cp.apply(crd, timeout=self.cp._left(deadline))
+        self.cp.wait_crds_established(*(c["metadata"]["name"] for c in crds), timeout=self.cp._left(deadline))
+        if not self.cp._exists("namespace", KUEUE_NAMESPACE):
+            self.cp.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": KUEUE_NAMESPACE}})
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "apiVersion": "config.kueue.x-k8s.io/v1beta2",
+            "kind": "Configuration",
+            "namespace": KUEUE_NAMESPACE,
+            "health": {"healthProbeBindAddress": f"127.0.0.1:{self.ports['health']}"},
+            "metrics": {"bindAddress": f"127.0.0.1:{self.ports['metrics']}"},
+            "webhook": {"host": "127.0.0.1", "port": self.ports["webhook"], "certDir": str(self.cert_dir)},
+            "leaderElection": {"leaderElect": False},
+            "internalCertManagement": {"enable": False},
+            "manageJobsWithoutQueueName": False,
+            "integrations": {"frameworks": list(KUEUE_FRAMEWORKS)},
+            # The visibility API is an aggregated API server (APIService -> Service): not reachable here.
+            "featureGates": {"VisibilityOnDemand": False},
+        }
+
+    def _start_controller(self, deadline: float) -> None:
+        config = self.dir / "config.yaml"
+        config.write_text(json.dumps(self.config(), indent=2) + "\n")  # JSON is YAML
+        env = dict(os.environ, KUBECONFIG=str(self.cp.kubeconfig("interlace:kueue")))
+        # With internalCertManagement off, Kueue v0.17 reads its metrics serving certificate from the
+        # fixed path /etc/kueue/metrics/certs (cmd/kueue/main.go; no flag or setting). Nothing is
+        # written to the host's /etc: Kueue runs in a private mount namespace whose /etc is a tmpfs
+        # holding only that directory (a static Go binary that reaches the apiserver by IP needs
+        # nothing else from /etc).
+        if not _can_unshare_mounts():
+            raise TestbedError(
+                "Kueue needs its metrics certificate at /etc/kueue/metrics/certs; the testbed mounts it in "
+                "a private mount namespace (`unshare --mount`, root or CAP_SYS_ADMIN), which is not "
+                "available here"
+            )
+        script = (
+            'set -e; mount -t tmpfs -o mode=0755 interlace-kueue-etc /etc; mkdir -p "$2"; '
+            'cp "$1/tls.crt" "$1/tls.key" "$2/"; shift 2; exec "$@"'
+        )
+        self.component = self.cp._spawn(
+            "kueue",
+            ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "kueue-etc",
+             self.cert_dir, "/etc/kueue/metrics/certs",
+             self.cp.binaries.kueue, f"--config={config}", "--zap-log-level=2"],
+            env=env,
+        )
+        self.cp._wait_http("kueue", f"http://127.0.0.1:{self.ports['health']}/readyz", deadline)
+
+    def _register_webhooks(self, deadline: float) -> None:
+        """Kueue's webhook configurations, limited to its own kinds and the enabled integrations,
+        pointing at the host process; then a ResourceFlavor created through them."""
+        manifests = self.cp.binaries.kueue_source / "config" / "components" / "webhook" / "manifests.yaml"
+        enabled = {tuple(f.split("/")) for f in KUEUE_FRAMEWORKS}  # ("ray.io", "rayjob")
+        for cfg in self._as_json(manifests):
+            hooks = []
+            for hook in cfg.get("webhooks") or []:
+                rules = hook.get("rules") or []
+                groups = {g for r in rules for g in r.get("apiGroups", [])}
+                kinds = {(g, res.rstrip("s")) for r in rules for g in r.get("apiGroups", []) for res in r["resources"]}
+                if groups != {"kueue.x-k8s.io"} and not kinds <= enabled:
+                    continue
+                hook["clientConfig"] = self._client_config(hook["clientConfig"]["service"]["path"])
+                hooks.append(hook)
+            name = "kueue-" + cfg["metadata"]["name"]
+            cfg["metadata"] = {"name": name}
+            cfg["webhooks"] = hooks
+            self.cp.apply(cfg)
+            self.webhook_configs.append((cfg["kind"].lower(), name))
+        # The configurations take effect a moment after they are written (the apiserver's informer):
+        # wait until Kueue's RayJob webhook suspends a queued RayJob (a server-side dry run).
+        self.cp.wait_for(
+            self._rayjob_webhook_answers, timeout=self.cp._left(deadline),
+            what="Kueue's RayJob webhook to suspend a queued RayJob", check=self.check_running,
+        )
+        self.cp.apply(
+            {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor", "metadata": {"name": KUEUE_FLAVOR}}
+        )
+
+    def _rayjob_webhook_answers(self) -> bool:
+        probe = {
+            "apiVersion": "ray.io/v1",
+            "kind": "RayJob",
+            "metadata": {"name": "kueue-webhook-probe", "labels": {"kueue.x-k8s.io/queue-name": "probe"}},
+            "spec": {
+                "entrypoint": "true",
+                "suspend": False,
+                "shutdownAfterJobFinishes": True,
+                "rayClusterSpec": {
+                    "headGroupSpec": {
+                        "rayStartParams": {},
+                        "template": {"spec": {"containers": [
+                            {"name": "ray-head", "image": "ray", "resources": {"requests": {"cpu": "1"}}}
+                        ]}},
+                    }
+                },
+            },
+        }
+        out = self.cp.kubectl(
+            "create", "--dry-run=server", "-n", "default", "-f", "-", "-o", "json", input=json.dumps(probe)
+        )
+        return json.loads(out.stdout)["spec"].get("suspend") is True
+
+    # ----------------------------------------------------------------- queues
+
+    def queue(
+        self,
+        namespace: str,
+        name: str = "gpu",
+        *,
+        quota: Mapping[str, str] | None = None,
+        cluster_queue: str | None = None,
+    ) -> str:
+        """A ClusterQueue (default quota: 2 nvidia.com/gpu, 64 cpu, 256Gi memory in KUEUE_FLAVOR)
+        admitting from `namespace` only, and a LocalQueue `name` in it. Returns the LocalQueue's name."""
+        quota = dict(quota or {"cpu": "64", "memory": "256Gi", "nvidia.com/gpu": "2"})
+        cq = cluster_queue or f"{namespace}-{name}"
+        self.cp.apply(
+            {
+                "apiVersion": "kueue.x-k8s.io/v1beta2",
+                "kind": "ClusterQueue",
+                "metadata": {"name": cq},
+                "spec": {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                    "resourceGroups": [
+                        {
+                            "coveredResources": sorted(quota),
+                            "flavors": [
+                                {
+                                    "name": KUEUE_FLAVOR,
+                                    "resources": [{"name": r, "nominalQuota": q} for r, q in sorted(quota.items())],
+                                }
+                            ],
+                        }
+                    ],
+                },
+            }
+        )
+        self.queues.append(cq)
+        self.cp.apply(
+            {
+                "apiVersion": "kueue.x-k8s.io/v1beta2",
+                "kind": "LocalQueue",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"clusterQueue": cq},
+            }
+        )
+
+        def active() -> bool:
+            conds = (self.cp.kubectl_json("get", "clusterqueue", cq).get("status") or {}).get("conditions") or []
+            return any(c.get("type") == "Active" and c.get("status") == "True" for c in conds)
+
+        self.cp.wait_for(active, timeout=60, what=f"ClusterQueue {cq} Active", check=self.check_running)
+        return name
+
+
+def _can_unshare_mounts() -> bool:
+    if not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True)
+    return probe.returncode == 0
+
+
 # --------------------------------------------------------------------------- CLI (hack/testbed/up.sh)
 
 
@@ -1129,6 +1439,7 @@ def _cli(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--workdir", help="state/log directory (default: a new temp dir)")
     up.add_argument("--no-kuberay", action="store_true")
     up.add_argument("--no-kwok", action="store_true")
+    up.add_argument("--kueue", action="store_true", help="also run Kueue (hack/testbed/build.sh kueue)")
     up.add_argument("--gpu-nodes", type=int, default=1)
     up.add_argument("--keep", action="store_true", help="keep the temp dir (logs, kubeconfigs) on exit")
     up.add_argument(
@@ -1158,7 +1469,8 @@ def _cli(argv: Sequence[str] | None = None) -> int:
         node = RealNode(cp, log=say)
     else:
         cp = ControlPlane(
-            args.workdir, kwok=not args.no_kwok, kuberay=not args.no_kuberay, gpu_nodes=args.gpu_nodes, log=say
+            args.workdir, kwok=not args.no_kwok, kuberay=not args.no_kuberay, kueue=args.kueue,
+            gpu_nodes=args.gpu_nodes, log=say,
         )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

@@ -55,7 +55,9 @@ def test_rayjob_resources_scheduling_and_labels() -> None:
     assert spec["shutdownAfterJobFinishes"] is True
     assert spec["ttlSecondsAfterFinished"] == 600
     assert spec["activeDeadlineSeconds"] == 3600
-    assert spec["backoffLimit"] == 0 and spec["suspend"] is False
+    # queued for Kueue: created suspended (Kueue admits it by un-suspending it); KubeRay manages it
+    assert spec["backoffLimit"] == 0 and spec["suspend"] is True
+    assert "managedBy" not in spec
     assert spec["entrypoint"] == "interlace run -f env:INTERLACE_PRUNEJOB_SPEC --output 's3://bucket/runs/qwen 20'"
 
     (group,) = spec["rayClusterSpec"]["workerGroupSpecs"]
@@ -119,6 +121,16 @@ def test_rayjob_cpu_only_spec_requests_no_gpu_anywhere() -> None:
         assert "nvidia.com/gpu" not in c["resources"]["limits"]
         assert g["rayStartParams"]["num-gpus"] == "0"
     assert group["replicas"] == 3
+
+
+def test_rayjob_without_queue_not_suspended_and_managed_by_passed_through() -> None:
+    assert builders.rayjob(job(resources={}), OWNER, attempt=1, image="i")["spec"]["suspend"] is False
+
+
+@pytest.mark.parametrize("managed_by", ["ray.io/kuberay-operator", "kueue.x-k8s.io/multikueue"])
+def test_rayjob_managed_by_passed_through(managed_by: str) -> None:
+    j = job(resources={"queueName": "team-a", "managedBy": managed_by})
+    assert builders.rayjob(j, OWNER, attempt=1, image="i")["spec"]["managedBy"] == managed_by
 
 
 def test_rayjob_defaults_image_cpu_workers_and_secrets() -> None:

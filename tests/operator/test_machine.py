@@ -15,6 +15,7 @@ from interlace_operator.machine import (
     Report,
     Retry,
     SetSuspend,
+    SetWorkloadActive,
     Start,
     WaitRetry,
     decide,
@@ -137,3 +138,61 @@ def test_success_and_dry_run_finish() -> None:
     assert decide(obs(rayjob=rayjob("SUCCEEDED", "Complete"))).outcome.reason == "Succeeded"  # type: ignore[union-attr]
     dry = decide(obs(dry_run=True, rayjob=rayjob("SUCCEEDED", "Complete")))
     assert isinstance(dry, Finish) and dry.outcome.reason == "DryRunCompleted"
+
+
+# ---------------------------------------------------------------- Kueue (spec.resources.queueName)
+
+
+def workload(*, active: bool = True, ours: bool = False, **conditions: tuple[str, str]) -> dict[str, Any]:
+    conds = [{"type": t, "status": s, "message": m} for t, (s, m) in conditions.items()]
+    meta: dict[str, Any] = {"name": "rayjob-pj-1-abc12"}
+    if ours:
+        meta["annotations"] = {"interlace.dev/suspended": "true"}
+    return {"metadata": meta, "spec": {"active": active}, "status": {"conditions": conds}}
+
+
+def test_queued_and_suspended_before_the_first_attempt_creates_nothing() -> None:
+    step = decide(obs(attempts=0, rayjob=None, rayjob_name=None, queue="team-a", suspend=True))
+    assert isinstance(step, Report) and step.outcome.phase == "Suspended" and "team-a" in step.outcome.message
+    assert decide(obs(attempts=0, rayjob=None, rayjob_name=None, queue="team-a")) == Start(1)
+
+
+def test_the_operator_never_unsuspends_a_rayjob_kueue_holds() -> None:
+    held = rayjob(None, "Suspended", suspend=True)
+    no_workload = decide(obs(queue="team-a", rayjob=held))
+    assert isinstance(no_workload, Report) and no_workload.outcome.reason == "Queued"
+    assert no_workload.recheck == 2.0  # Kueue creates the Workload right after the RayJob
+    full = workload(QuotaReserved=("False", "couldn't assign flavors to pod set workers: insufficient "
+                                            "unused quota for nvidia.com/gpu in flavor gpu, 4 more needed"))
+    step = decide(obs(queue="team-a", rayjob=held, workload=full))
+    assert isinstance(step, Report) and step.outcome.reason == "Queued" and step.outcome.phase == "Pending"
+    assert "insufficient unused quota for nvidia.com/gpu" in step.outcome.message and step.recheck == 10.0
+    admitted = decide(obs(queue="team-a", rayjob=held, workload=workload(Admitted=("True", "The workload is admitted"))))
+    assert isinstance(admitted, Report) and admitted.outcome.reason == "Admitted"
+    # without a queue the same RayJob would be resumed by the operator
+    assert decide(obs(rayjob=held)) == SetSuspend(False)
+
+
+def test_user_suspend_goes_to_the_workload_not_the_rayjob() -> None:
+    running = rayjob("RUNNING", "Running")
+    assert decide(obs(queue="team-a", suspend=True, rayjob=running, workload=workload())) == SetWorkloadActive(False)
+    evicted = rayjob(None, "Suspended", suspend=True)
+    assert decide(obs(queue="team-a", rayjob=evicted, workload=workload(active=False, ours=True))) == SetWorkloadActive(True)
+    # a Workload Kueue deactivated itself (its requeuing limit) is not the operator's to reactivate
+    kueues = decide(obs(queue="team-a", rayjob=evicted, workload=workload(
+        active=False, Evicted=("True", "exceeded the maximum number of re-queuing retries"))))
+    assert isinstance(kueues, Report) and kueues.outcome.reason == "Deactivated"
+    assert "re-queuing" in kueues.outcome.message
+    step = decide(obs(queue="team-a", suspend=True, rayjob=running, workload=workload(active=False, ours=True)))
+    assert isinstance(step, Report) and step.outcome.reason == "Suspending" and "Kueue to evict" in step.outcome.message
+
+
+def test_an_admitted_rayjob_reports_its_own_status() -> None:
+    step = decide(obs(queue="team-a", stage="Analyzing", workload=workload(Admitted=("True", "ok"))))
+    assert isinstance(step, Report) and step.outcome.phase == "Analyzing" and step.recheck is None
+
+
+def test_kueue_missing_is_reported_and_looked_at_again() -> None:
+    step = decide(obs(queue="team-a", rayjob=rayjob(None, "Suspended", suspend=True),
+                      kueue_missing="no Workload API", kueue_retry=30.0))
+    assert isinstance(step, Report) and step.outcome.reason == "KueueMissing" and step.recheck == 30.0

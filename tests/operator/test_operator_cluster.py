@@ -27,15 +27,15 @@ def test_apply_to_succeeded(cluster: Cluster, run_operator, control_plane) -> No
     """apply -> RayJob with the GPU resources -> KubeRay cluster + pods on the fake GPU node -> the
     RayJob moves forward -> phase, conditions, printer columns, events and metrics follow."""
     op = run_operator()
-    resources = {**prunejob("x", schedulable=True)["spec"]["resources"], "queueName": "team-a"}
-    cluster.apply(prunejob("life", schedulable=True, resources=resources))
+    cluster.apply(prunejob("life", schedulable=True))
     rj = _rayjob(cluster, "life-1")
     worker = rj["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
     assert worker["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
     assert worker["containers"][0]["image"] == RUNTIME_IMAGE
     assert worker["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert worker["nodeSelector"] == {"interlace.dev/node-pool": "gpu"}
-    assert rj["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert "kueue.x-k8s.io/queue-name" not in rj["metadata"]["labels"]  # queued jobs: test_kueue_cluster.py
+    assert not rj["spec"].get("suspend") and "managedBy" not in rj["spec"]
     assert rj["metadata"]["labels"]["interlace.dev/prunejob"] == "life"
     assert rj["spec"]["shutdownAfterJobFinishes"] is True
     assert rj["metadata"]["ownerReferences"][0]["controller"] is True
@@ -101,7 +101,7 @@ def test_apply_to_succeeded(cluster: Cluster, run_operator, control_plane) -> No
                if s.name == "interlace_prunejob_info" and s.labels["namespace"] == cluster.ns]
     assert info.value == 1.0 and info.labels == {
         "namespace": cluster.ns, "prunejob": "life", "phase": "Succeeded", "model": "Qwen/Qwen3-VL-4B-Instruct",
-        "strategy": "interlace", "dry_run": "false", "queue": "team-a", "rayjob": "life-1"}
+        "strategy": "interlace", "dry_run": "false", "queue": "", "rayjob": "life-1"}
     assert rayjobs_of(cluster, "life") == ["life-1"]
 
 
