@@ -36,15 +36,8 @@ from typing import Any
 from interlace.artifacts import atomic_write_json
 from interlace.errors import InterlaceError
 from interlace.runtime.progress import Reporter
-from interlace.schema.spec import (
-    DataSpec,
-    LayerPlan,
-    Phase,
-    Progress,
-    PruneJob,
-    PruneJobSpec,
-    Results,
-)
+from interlace.schema.spec import DataSpec, LayerPlan, PruneJob, PruneJobSpec, Results
+from interlace.schema.status import Phase, Progress
 from interlace.settings import settings
 from interlace.stages.plan import save_plan
 

@@ -36,7 +36,8 @@ from urllib.parse import urlparse
 from interlace.artifacts import atomic_write_json
 from interlace.errors import InterlaceError
 from interlace.runtime.progress import Reporter, SubRunReporter
-from interlace.schema.spec import LayerPlan, Phase, PruneJob, Results, VariantResult
+from interlace.schema.spec import LayerPlan, PruneJob, Results, VariantResult
+from interlace.schema.status import Phase
 from interlace.stages.analyze.scores import LayerScores
 from interlace.stages.plan import save_plan
 

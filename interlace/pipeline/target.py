@@ -32,7 +32,8 @@ from interlace.errors import InterlaceError
 from interlace.pipeline.sweep import amount_job, analyze_once, stage_plan
 from interlace.runtime.progress import Reporter, SubRunReporter
 from interlace.schema.limits import max_drop
-from interlace.schema.spec import LayerPlan, Phase, ProbeResult, PruneJob, Results, TargetResult
+from interlace.schema.spec import LayerPlan, ProbeResult, PruneJob, Results, TargetResult
+from interlace.schema.status import Phase
 
 
 def summary(t: TargetResult) -> str:

@@ -17,8 +17,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from interlace.schema.spec import LayerPlan, Phase, Results
-from interlace.schema.spec import Progress as ProgressModel
+from interlace.schema.spec import LayerPlan, Results
+from interlace.schema.status import Phase
+from interlace.schema.status import Progress as ProgressModel
 
 
 def _fmt_eta(seconds: float | None) -> str:

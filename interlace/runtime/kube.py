@@ -25,7 +25,8 @@ from typing import Any
 
 from interlace.errors import InterlaceError
 from interlace.runtime.progress import now_rfc3339
-from interlace.schema.spec import API_GROUP, API_VERSION, PLURAL, LayerPlan, Phase, Progress, Results
+from interlace.schema.spec import API_GROUP, API_VERSION, PLURAL, LayerPlan, Results
+from interlace.schema.status import Phase, Progress
 from interlace.settings import settings
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from interlace.schema.spec import LayerPlan, Phase, Progress, Results
+from interlace.schema.spec import LayerPlan, Results
+from interlace.schema.status import Phase, Progress
 
 
 def now_rfc3339() -> str:

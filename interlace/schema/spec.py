@@ -40,7 +40,9 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from interlace.errors import InterlaceError
+from interlace.schema.base import ApiModel as _Model
 from interlace.schema.limits import max_drop
+from interlace.schema.status import Condition, Phase, Progress, RayJobStatus
 
 API_GROUP = "interlace.dev"
 API_VERSION = "v1alpha1"
@@ -51,20 +53,6 @@ SHORT_NAMES = ["pj"]
 CATEGORIES = ["ml"]
 
 
-class _Model(BaseModel):
-    """Base: camelCase aliases on the wire, unknown fields rejected (typos are errors, not silence)."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        validate_assignment=True,
-        use_enum_values=True,
-    )
-
-    def to_wire(self) -> dict[str, Any]:
-        """JSON-ready dict with camelCase keys and no unset optional fields."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 # ------------------------------------------------------------------------------- bounds of the spec
@@ -882,75 +870,6 @@ class PruneJobSpec(_Spec):
 
 # ------------------------------------------------------------------------------------------- status
 
-
-class Phase(StrEnum):
-    PENDING = "Pending"
-    ANALYZING = "Analyzing"
-    PLANNING = "Planning"
-    FINETUNING = "Finetuning"
-    EVALUATING = "Evaluating"
-    PUBLISHING = "Publishing"
-    SUCCEEDED = "Succeeded"
-    FAILED = "Failed"
-    SUSPENDED = "Suspended"
-
-
-# The stages the job itself reports (a subset of phases, in pipeline order).
-STAGES: tuple[Phase, ...] = (
-    Phase.ANALYZING,
-    Phase.PLANNING,
-    Phase.FINETUNING,
-    Phase.EVALUATING,
-    Phase.PUBLISHING,
-)
-
-
-class Condition(_Model):
-    """A Kubernetes API convention condition."""
-
-    type: str
-    status: Literal["True", "False", "Unknown"]
-    reason: str = Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
-    message: str = ""
-    last_transition_time: str
-    observed_generation: int | None = None
-
-
-class RayJobStatus(_Model):
-    name: str
-    job_status: str | None = Field(default=None, description="KubeRay status.jobStatus, mirrored.")
-    job_deployment_status: str | None = Field(
-        default=None, description="KubeRay status.jobDeploymentStatus, mirrored."
-    )
-    reason: str | None = None
-    message: str | None = None
-    dashboard_url: str | None = None
-    start_time: str | None = Field(default=None, description="KubeRay status.startTime, mirrored.")
-    end_time: str | None = Field(
-        default=None,
-        description="When this attempt ended (KubeRay status.endTime, else when the operator saw it "
-        "end); the next attempt's backoff counts from here, so it survives operator restarts.",
-    )
-
-
-class Metric(_Model):
-    name: str
-    value: float
-
-
-class Progress(_Model):
-    """Pushed by the job (Kubeflow Trainer v2 style)."""
-
-    percent: float = Field(default=0.0, ge=0, le=100)
-    step: int | None = None
-    total_steps: int | None = None
-    loss: float | None = None
-    learning_rate: float | None = None
-    tokens_per_second: float | None = None
-    eta_seconds: float | None = None
-    message: str | None = None
-    metrics: list[Metric] = Field(default_factory=list)
-    last_update_time: str | None = None
 
 
 class LayerPlan(_Model):

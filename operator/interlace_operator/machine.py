@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from interlace.schema.spec import Phase
+from interlace.schema.status import Phase
 from interlace_operator.status import (
     JDS_FINISHED,
     Outcome,

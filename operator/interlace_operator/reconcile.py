@@ -36,12 +36,12 @@ from interlace.schema.spec import (
     API_GROUP,
     API_VERSION,
     KIND,
-    Phase,
     PruneJob,
     SpecError,
     parse_prunejob,
     retention_line,
 )
+from interlace.schema.status import Phase
 from interlace_operator import builders, names
 from interlace_operator.config import OperatorConfig
 from interlace_operator.kube import ConflictError, Kube, KueueMissing

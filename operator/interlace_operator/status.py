@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from interlace.schema.spec import STAGES, Phase
+from interlace.schema.status import STAGES, Phase
 
 TERMINAL_PHASES = frozenset({Phase.SUCCEEDED.value, Phase.FAILED.value})
 STAGE_VALUES = frozenset(p.value for p in STAGES)

@@ -13,7 +13,8 @@ import time
 import pytest
 
 from interlace.runtime.kube import KubeStatusReporter
-from interlace.schema.spec import LayerPlan, Phase, Progress, Results, VariantResult
+from interlace.schema.spec import LayerPlan, Results, VariantResult
+from interlace.schema.status import Phase, Progress
 from tests.operator.conftest import RUNTIME_IMAGE, Cluster, prunejob, rayjobs_of, wait_for
 
 pytestmark = pytest.mark.cluster

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from interlace.schema.spec import Phase
+from interlace.schema.status import Phase
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"

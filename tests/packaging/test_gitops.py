@@ -2,7 +2,7 @@
 
 Argo CD runs health scripts in gopher-lua, a Lua 5.1 implementation, so the script is executed in
 lupa's Lua 5.1 (and LuaJIT, also 5.1 semantics, plus Lua 5.4 to catch 5.1-only constructs that a
-future Argo CD might reject). Every phase of interlace.schema.spec.Phase and every condition type the
+future Argo CD might reject). Every phase of interlace.schema.status.Phase and every condition type the
 operator writes is covered; the sample statuses are validated with the real pydantic status model
 first, so they are objects the operator could actually write.
 """
@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from interlace.schema.spec import Phase, PruneJobStatus
+from interlace.schema.spec import PruneJobStatus
+from interlace.schema.status import Phase
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "manifests" / "gitops" / "argocd-health.lua"

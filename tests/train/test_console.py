@@ -9,7 +9,8 @@ from rich.console import Console
 
 from interlace.runtime.console import ConsoleReporter, describe, summary_table
 from interlace.runtime.progress import Reporter
-from interlace.schema.spec import BenchmarkResult, LayerPlan, Phase, Progress, Results
+from interlace.schema.spec import BenchmarkResult, LayerPlan, Results
+from interlace.schema.status import Phase, Progress
 
 
 def _p(step: int, total: int = 100) -> Progress:

@@ -27,7 +27,8 @@ from typing import Any
 from interlace.data.sample import Sample
 from interlace.errors import InterlaceError
 from interlace.runtime.progress import NullReporter, Reporter
-from interlace.schema.spec import BenchmarkResult, DataSpec, EvaluationSpec, Progress, Results
+from interlace.schema.spec import BenchmarkResult, DataSpec, EvaluationSpec, Results
+from interlace.schema.status import Progress
 from interlace.stages.evaluate.harness import check_harness, is_harness_benchmark
 from interlace.stages.evaluate.relative import benchmark_result, relative_performance
 

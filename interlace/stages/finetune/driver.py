@@ -58,7 +58,8 @@ from interlace.errors import InterlaceError
 from interlace.runtime.placement import TrainPlacement, placement_of
 from interlace.runtime.progress import NullReporter, Reporter
 from interlace.runtime.ray_cluster import start_ray
-from interlace.schema.spec import FinetuneSpec, LayerPlan, ModelSpec, Progress
+from interlace.schema.spec import FinetuneSpec, LayerPlan, ModelSpec
+from interlace.schema.status import Progress
 from interlace.settings import settings
 from interlace.stages.finetune.checkpoint import RUN_PREFIX, STATE_FILE, newest_checkpoint, run_fingerprint
 from interlace.stages.finetune.loop import WorkerConfig, train_loop_per_worker

@@ -21,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, SkipValidation
 from interlace.data.sample import Sample
 from interlace.errors import InterlaceError
 from interlace.runtime.progress import now_rfc3339
-from interlace.schema.spec import FinetuneSpec, LayerPlan, Metric, ModelSpec, Progress
+from interlace.schema.spec import FinetuneSpec, LayerPlan, ModelSpec
+from interlace.schema.status import Metric, Progress
 from interlace.stages.finetune.checkpoint import (
     TrainState,
     _load_checkpoint,
