@@ -5,8 +5,9 @@ Benchmarks (spec.evaluation.benchmarks):
 * ``perplexity``: assistant-token perplexity on ``spec.evaluation.data`` (held out). If that is unset,
   the finetuning data is used and the benchmark is named ``perplexity (finetune data)`` so the status
   never claims a held-out figure it does not have.
-* a path to a local VQA set (``.parquet``/``.jsonl`` file or a directory; ``vqa:`` prefix optional):
-  accuracy by the built-in evaluator (interlace.stages.evaluate.vqa).
+* a path to a local VQA set (``.parquet``/``.jsonl`` file or a directory; ``vqa:`` prefix optional),
+  or ``builtin:easy-vqa-test`` (easy-vqa's test split, 9,673 questions): accuracy by the built-in
+  evaluator (interlace.stages.evaluate.vqa).
 * ``lmms-eval:<task>`` / ``vlmevalkit:<task>``: rejected with a clear message
   (interlace.stages.evaluate.harness).
 
@@ -39,6 +40,12 @@ DEFAULT_SPEED_PROMPT = (
 
 
 def vqa_path(name: str) -> Path:
+    """A benchmark name -> its VQA file: `builtin:easy-vqa-test` (materialised once, see
+    interlace.data.easyvqa), else a path with an optional `vqa:` prefix."""
+    if name.startswith("builtin:"):
+        from interlace.builtin import vqa_set
+
+        return vqa_set(name)
     return Path(name[len("vqa:") :] if name.startswith("vqa:") else name).expanduser()
 
 
