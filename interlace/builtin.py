@@ -175,11 +175,11 @@ def vqa_set(name: str) -> Path:
 
 def easyvqa_vl_dir(name: str) -> Path:
     """builtin:easyvqa-vl(-tiny): a Qwen3-VL model trained here on builtin:easy-vqa (see
-    interlace.models.easyvqa_vl); trained once per recipe fingerprint, then loaded from the cache."""
+    interlace.easyvqa_vl); trained once per recipe fingerprint, then loaded from the cache."""
     import logging
 
     from interlace.data import easyvqa
-    from interlace.models import easyvqa_vl
+    from interlace import easyvqa_vl
 
     recipe = easyvqa_vl.RECIPES[name]
     target = cache_dir() / "models" / f"{name}-{recipe.fingerprint(easyvqa.fingerprint())}"

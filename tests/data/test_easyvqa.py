@@ -124,7 +124,7 @@ def test_tiny_builtin_vlm_builds_loads_by_id_and_answers(in_cache: Path) -> None
 def test_recipe_is_deterministic(in_cache: Path, tmp_path: Path) -> None:
     import torch
 
-    from interlace.models import easyvqa_vl
+    from interlace import easyvqa_vl
 
     recipe = easyvqa_vl.RECIPES["easyvqa-vl-tiny"]
     a = easyvqa_vl.build(tmp_path / "a", recipe)
@@ -138,7 +138,7 @@ def test_recipe_is_deterministic(in_cache: Path, tmp_path: Path) -> None:
 
 
 def test_full_recipe_is_a_qwen3_vl_with_deepstack_and_8_to_16_layers() -> None:
-    from interlace.models import easyvqa_vl
+    from interlace import easyvqa_vl
     from interlace.models.load import find_parts
 
     recipe = easyvqa_vl.RECIPES["easyvqa-vl"]
@@ -151,7 +151,7 @@ def test_full_recipe_is_a_qwen3_vl_with_deepstack_and_8_to_16_layers() -> None:
 
 def test_encoded_rows_label_only_the_answer(in_cache: Path) -> None:
     from interlace.data.encode import IGNORE_INDEX, encode_sample
-    from interlace.models import easyvqa_vl
+    from interlace import easyvqa_vl
 
     proc = easyvqa_vl.build_processor(easyvqa_vl.build_tokenizer())
     sample = next(iter(load_samples(DataSpec(path="builtin:easy-vqa", fraction=1.0, max_samples=1))))
