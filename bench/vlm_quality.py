@@ -6,7 +6,8 @@
 The model is builtin:easyvqa-vl, a 12-layer Qwen3-VL trained here from scratch on easy-vqa's train
 split (interlace.easyvqa_vl). It is analysed once on calibration rows of builtin:easy-vqa;
 for every ratio and strategy the same number of layers is planned from the same scores, the model is
-pruned (DeepStack `position` policy), its VQA accuracy on easy-vqa's test split measured by the
+pruned (DeepStack `protect` policy, the spec's default: layers 0-2, which receive the DeepStack
+features, are never dropped; `--deepstack-policy position` is the reference's behaviour), its VQA accuracy on easy-vqa's test split measured by the
 built-in evaluator (greedy short answer, exact match), then the plan's finetune layers are healed on
 Ray Train exactly as `interlace run` does (interlace.stages.finetune.train: next-token loss on
 builtin:easy-vqa's answers, the same rows and steps for every strategy and ratio) and the accuracy is
@@ -80,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--eval-batch", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0, help="seed of the random strategy")
+    ap.add_argument("--deepstack-policy", choices=["protect", "position"], default="protect",
+                    help="protect (the spec's default): the DeepStack receiving layers are never dropped")
     ap.add_argument("--no-heal", action="store_true", help="only the accuracy right after pruning")
     ap.add_argument("--json", type=Path, help="also write the table here")
     args = ap.parse_args(argv)
@@ -139,56 +142,67 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint_every_steps=args.steps,
         resume=False,
     )
+    protected = base.parts.deepstack_layers if args.deepstack_policy == "protect" else []
+    rows: list[dict[str, Any]] = []
+    plans = {}
+    # Pass 1: every plan's accuracy right after surgery (cheap); pass 2: healing (the slow part), so
+    # an interrupted run still has the whole pruned-only table.
+    for ratio in args.ratios:
+        n_drop = int(L * ratio)
+        for strategy in args.strategies:
+            plan = select_layers(
+                scores, n_drop=n_drop, strategy=strategy, seed=args.seed, ratio=ratio, protected=protected
+            )
+            pruned = prune_model(copy.deepcopy(base.model), plan, deepstack_policy=args.deepstack_policy)
+            before = acc(pruned)
+            del pruned
+            plans[(ratio, strategy)] = plan
+            rows.append({
+                "ratio": ratio,
+                "strategy": strategy,
+                "drop": plan.drop,
+                "finetune": plan.finetune,
+                "acc_pruned": before,
+                "retention_pruned": before / base_acc if base_acc else float("nan"),
+            })
+            print(f"ratio {ratio} {strategy}: drop {plan.drop}, finetune {plan.finetune}: {before:.1f}%", flush=True)
     if not args.no_heal:
         from interlace.runtime.ray_cluster import start_ray
+        from interlace.stages.finetune.train import finetune
 
         start_ray(local=True)
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="interlace-vlm-quality-") as tmp:
-        for ratio in args.ratios:
-            n_drop = int(L * ratio)
-            for strategy in args.strategies:
-                plan = select_layers(scores, n_drop=n_drop, strategy=strategy, seed=args.seed, ratio=ratio)
-                pruned = prune_model(copy.deepcopy(base.model), plan, deepstack_policy="position")
-                before = acc(pruned)
-                row: dict[str, Any] = {
-                    "ratio": ratio,
-                    "strategy": strategy,
-                    "drop": plan.drop,
-                    "finetune": plan.finetune,
-                    "acc_pruned": before,
-                    "retention_pruned": before / base_acc,
-                }
-                if not args.no_heal:
-                    from interlace.stages.finetune.train import finetune
 
-                    out = Path(tmp) / f"{ratio}-{strategy}"
-                    pruned_dir = save_model(pruned, proc, out / "pruned")
-                    del pruned
-                    gc.collect()
-                    t1 = time.monotonic()
-                    result = finetune(pruned_dir, plan, spec, output_dir=out, num_workers=args.workers)
-                    tuned = load_model(str(result.model_dir), dtype="float32", device="cpu").model
-                    after = acc(tuned)
-                    del tuned
-                    gc.collect()
-                    row.update(
-                        acc_healed=after,
-                        retention_healed=after / base_acc,
-                        heal_seconds=round(time.monotonic() - t1, 1),
-                        final_loss=result.final_loss,
-                    )
-                rows.append(row)
-                print(f"ratio {ratio} {strategy}: drop {plan.drop}, finetune {plan.finetune}: "
-                      f"{before:.1f}%" + (f" -> {row['acc_healed']:.1f}%" if "acc_healed" in row else ""),
-                      flush=True)
+        with tempfile.TemporaryDirectory(prefix="interlace-vlm-quality-") as tmp:
+            for row in rows:
+                ratio, strategy = row["ratio"], row["strategy"]
+                plan = plans[(ratio, strategy)]
+                out = Path(tmp) / f"{ratio}-{strategy}"
+                pruned = prune_model(copy.deepcopy(base.model), plan, deepstack_policy=args.deepstack_policy)
+                pruned_dir = save_model(pruned, proc, out / "pruned")
+                del pruned
+                gc.collect()
+                t1 = time.monotonic()
+                result = finetune(pruned_dir, plan, spec, output_dir=out, num_workers=args.workers)
+                tuned = load_model(str(result.model_dir), dtype="float32", device="cpu").model
+                after = acc(tuned)
+                del tuned
+                gc.collect()
+                row.update(
+                    acc_healed=after,
+                    retention_healed=after / base_acc if base_acc else float("nan"),
+                    heal_seconds=round(time.monotonic() - t1, 1),
+                    final_loss=result.final_loss,
+                )
+                print(f"ratio {ratio} {strategy}: healed {row['acc_pruned']:.1f}% -> {after:.1f}% "
+                      f"({row['heal_seconds']:.0f} s)", flush=True)
     if not args.no_heal:
         import ray
 
         ray.shutdown()
 
     print()
-    print(f"base accuracy {base_acc:.1f}% ({args.model}, {L} layers, {len(items)} easy-vqa test questions)")
+    print(f"base accuracy {base_acc:.1f}% ({args.model}, {L} layers, {len(items)} easy-vqa test questions, "
+          f"deepstack policy {args.deepstack_policy})")
     print("chance: " + "; ".join(f"{k} {v:.1f}%" for k, v in chance.items()))
     print("| ratio | strategy | dropped | healed layers | acc pruned | retention | acc healed | retention |")
     print("|---|---|---|---|---|---|---|---|")
