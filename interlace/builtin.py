@@ -178,8 +178,8 @@ def easyvqa_vl_dir(name: str) -> Path:
     interlace.easyvqa_vl); trained once per recipe fingerprint, then loaded from the cache."""
     import logging
 
-    from interlace.data import easyvqa
     from interlace import easyvqa_vl
+    from interlace.data import easyvqa
 
     recipe = easyvqa_vl.RECIPES[name]
     target = cache_dir() / "models" / f"{name}-{recipe.fingerprint(easyvqa.fingerprint())}"

@@ -172,7 +172,9 @@ def build_tokenizer() -> Any:
     )
     bpe.train_from_iterator(_corpus(), trainer=trainer)
     model = json.loads(bpe.to_str())["model"]
-    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    # (left, right) pairs, as the tiny test tokenizers pass them; transformers' annotation says
+    # list[str], but the tokenizers backend takes the pairs (and the strings would be re-split).
+    merges: Any = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
     tok = Qwen2Tokenizer(
         vocab=dict(model["vocab"]),
         merges=merges,

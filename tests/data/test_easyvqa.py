@@ -150,8 +150,8 @@ def test_full_recipe_is_a_qwen3_vl_with_deepstack_and_8_to_16_layers() -> None:
 
 
 def test_encoded_rows_label_only_the_answer(in_cache: Path) -> None:
-    from interlace.data.encode import IGNORE_INDEX, encode_sample
     from interlace import easyvqa_vl
+    from interlace.data.encode import IGNORE_INDEX, encode_sample
 
     proc = easyvqa_vl.build_processor(easyvqa_vl.build_tokenizer())
     sample = next(iter(load_samples(DataSpec(path="builtin:easy-vqa", fraction=1.0, max_samples=1))))
