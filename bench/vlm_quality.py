@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ratios", nargs="+", type=float, default=[0.1, 0.2, 0.3])
     ap.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
     ap.add_argument("--test-n", type=int, default=500, help="test questions, evenly spaced over the split")
+    ap.add_argument("--types", nargs="+", choices=["yes/no", "shape", "colour"],
+                    help="only these question types (colour: the questions a blind model cannot answer)")
     ap.add_argument("--calibration", type=int, default=64)
     ap.add_argument("--steps", type=int, default=40, help="healing optimizer steps per pruned model")
     ap.add_argument("--lr", type=float, default=5e-4)
@@ -106,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     proc = base.processor
     L = base.parts.num_layers
     every = load_vqa(vqa_set("builtin:easy-vqa-test"))
+    if args.types:
+        every = [it for it in every if qtype(it.answers[0]) in args.types]
     stride = max(1, len(every) // args.test_n)
     items = every[::stride][: args.test_n]
     chance = chance_levels(items)
