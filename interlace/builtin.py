@@ -161,14 +161,63 @@ def python_docs_dir() -> Path:
     return target / pydocs.SPLIT
 
 
+def easyvqa_root() -> Path:
+    from interlace.data import easyvqa
+
+    root = cache_dir() / "data" / f"easy-vqa-{easyvqa.fingerprint()}"
+    root.parent.mkdir(parents=True, exist_ok=True)
+    return _build_once(root, lambda tmp: easyvqa.build(tmp))
+
+
+def easyvqa_dir(split: str) -> Path:
+    return easyvqa_root() / split
+
+
+VQA_SETS = {"builtin:easy-vqa": "easy-vqa", "builtin:easy-vqa-test": "easy-vqa-test"}
+
+
+def vqa_set(name: str) -> Path:
+    """A builtin data name -> its questions in the built-in VQA evaluator's format (a jsonl file)."""
+    key = name.strip()
+    if key not in VQA_SETS:
+        raise InterlaceError(f"unknown builtin VQA set {name!r}; known: {', '.join(VQA_SETS)}")
+    return easyvqa_root() / "vqa" / f"{VQA_SETS[key]}.jsonl"
+
+
+# -------------------------------------------------------------------------- trained-here models
+
+
+def easyvqa_vl_dir(name: str) -> Path:
+    """builtin:easyvqa-vl(-tiny): a Qwen3-VL model trained here on builtin:easy-vqa (see
+    interlace.easyvqa_vl); trained once per recipe fingerprint, then loaded from the cache."""
+    import logging
+
+    from interlace import easyvqa_vl
+    from interlace.data import easyvqa
+
+    recipe = easyvqa_vl.RECIPES[name]
+    target = cache_dir() / "models" / f"{name}-{recipe.fingerprint(easyvqa.fingerprint())}"
+    if not target.is_dir():
+        logging.getLogger(__name__).warning(
+            "builtin:%s is not in the cache yet: training it now on CPU (%d steps)", name, recipe.steps
+        )
+    return _build_once(target, lambda tmp: easyvqa_vl.build(tmp, recipe))
+
+
 BUILTINS: dict[str, Callable[[], Path]] = {
     "builtin:smollm2-135m": smollm2_dir,
     "builtin:english": lambda: english_dir("english"),
     "builtin:english-heldout": lambda: english_dir("english-heldout"),
     "builtin:python-docs": python_docs_dir,
+    "builtin:easy-vqa": lambda: easyvqa_dir("easy-vqa"),
+    "builtin:easy-vqa-test": lambda: easyvqa_dir("easy-vqa-test"),
+    "builtin:easyvqa-vl": lambda: easyvqa_vl_dir("easyvqa-vl"),
+    "builtin:easyvqa-vl-tiny": lambda: easyvqa_vl_dir("easyvqa-vl-tiny"),
 }
 # Data builtins (the rest are models).
-DATA_BUILTINS = ("builtin:english", "builtin:english-heldout", "builtin:python-docs")
+DATA_BUILTINS = (
+    "builtin:english", "builtin:english-heldout", "builtin:python-docs", "builtin:easy-vqa", "builtin:easy-vqa-test",
+)
 
 
 def resolve_source(source: str) -> Path:

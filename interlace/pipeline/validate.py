@@ -250,10 +250,22 @@ def _check_model(spec: PruneJobSpec, report: ValidationReport) -> int | None:
     if source.startswith("builtin:"):
         from interlace import builtin
 
-        if source not in builtin.BUILTINS or not source.startswith("builtin:smollm2"):
-            models = [b for b in builtin.BUILTINS if b.startswith("builtin:smollm2")]
+        models = [b for b in builtin.BUILTINS if b.startswith(("builtin:smollm2", "builtin:easyvqa-vl"))]
+        if source not in models:
             report.error(where, f"unknown builtin model {source!r}; known: {', '.join(models)}")
             return None
+        if source.startswith("builtin:easyvqa-vl"):
+            # Trained on first use (minutes of CPU); validate checks its data package and the
+            # recipe's layer count without training it.
+            from interlace import easyvqa_vl
+            from interlace.data import easyvqa
+
+            try:
+                easyvqa.package_dir()
+            except InterlaceError as err:
+                report.add_error(where, err)
+                return None
+            return easyvqa_vl.RECIPES[source.removeprefix("builtin:")].layers
         converted = builtin.cache_dir() / "models" / builtin.SMOLLM2_DIR / "config.json"
         if converted.is_file():
             return _check_config(converted, where, spec, report)
@@ -342,11 +354,13 @@ def _check_data(data: DataSpec, where: str, report: ValidationReport) -> None:
         if path not in known:
             report.error(f"{where}.path", f"unknown builtin data {path!r}; known: {', '.join(known)}")
             return
-        from interlace.data import english, pydocs
+        from interlace.data import easyvqa, english, pydocs
 
         try:
             if path == "builtin:python-docs":
                 pydocs.source_files()
+            elif path.startswith("builtin:easy-vqa"):
+                easyvqa.package_dir()
             else:
                 english.source_files()
         except InterlaceError as err:

@@ -303,3 +303,25 @@ def test_the_embedded_default_scores_out_of_domain_and_in_domain() -> None:
         assert ev.data is not None and ev.data.path == "builtin:english-heldout", name
         trained = {spec.finetune.data.path, (spec.calibration.data or spec.finetune.data).path}
         assert trained == {"builtin:english"}, name
+
+
+def test_builtin_vlm_and_easy_vqa_validate_without_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("easy_vqa")
+    monkeypatch.setenv("INTERLACE_CACHE", str(tmp_path))
+    doc = copy.deepcopy(BASE)
+    doc["spec"]["model"]["source"] = "builtin:easyvqa-vl"
+    doc["spec"]["calibration"]["data"]["path"] = "builtin:easy-vqa"
+    doc["spec"]["finetune"]["data"]["path"] = "builtin:easy-vqa"
+    doc["spec"]["evaluation"]["benchmarks"] = ["builtin:easy-vqa-test"]
+    del doc["spec"]["evaluation"]["data"]
+    report = validate(doc)
+    assert report.ok, [str(e) for e in report.errors]
+    assert report.num_layers == 12 and report.layers_to_drop == 2
+    assert not (tmp_path / "models").exists()  # validate never trains the model
+    doc["spec"]["model"]["source"] = "builtin:easyvqa-vl-huge"
+    doc["spec"]["finetune"]["data"]["path"] = "builtin:easy-vqa-val"
+    fields = {e.field: e.message for e in validate(doc).errors}
+    assert "builtin:easyvqa-vl, builtin:easyvqa-vl-tiny" in fields["spec.model.source"]
+    assert "builtin:easy-vqa, builtin:easy-vqa-test" in fields["spec.finetune.data.path"]

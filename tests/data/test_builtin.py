@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_unknown_builtin_lists_the_known_ones() -> None:
-    with pytest.raises(InterlaceError, match=r"unknown builtin source 'builtin:gpt5'; known: builtin:smollm2-135m, builtin:english, builtin:english-heldout, builtin:python-docs"):
+    with pytest.raises(InterlaceError, match=r"unknown builtin source 'builtin:gpt5'; known: builtin:smollm2-135m, builtin:english, builtin:english-heldout, builtin:python-docs, builtin:easy-vqa, builtin:easy-vqa-test, builtin:easyvqa-vl"):
         resolve_source("builtin:gpt5")
 
 

@@ -8,8 +8,9 @@ Benchmarks (spec.evaluation.benchmarks):
   scored twice: ``perplexity (out of domain)`` on that text (domain ``out``, the headline) and
   ``perplexity (in domain)`` on the held-out text of the finetuning corpus (domain ``in``, reported
   beside it and left out of relativePerformance: it rewards adapting to the finetuning corpus).
-* a path to a local VQA set (``.parquet``/``.jsonl`` file or a directory; ``vqa:`` prefix optional):
-  accuracy by the built-in evaluator (interlace.stages.evaluate.vqa).
+* a path to a local VQA set (``.parquet``/``.jsonl`` file or a directory; ``vqa:`` prefix optional),
+  or ``builtin:easy-vqa-test`` (easy-vqa's test split, 9,673 questions): accuracy by the built-in
+  evaluator (interlace.stages.evaluate.vqa).
 * ``lmms-eval:<task>`` / ``vlmevalkit:<task>``: rejected with a clear message
   (interlace.stages.evaluate.harness).
 
@@ -42,6 +43,12 @@ DEFAULT_SPEED_PROMPT = (
 
 
 def vqa_path(name: str) -> Path:
+    """A benchmark name -> its VQA file: `builtin:easy-vqa-test` (materialised once, see
+    interlace.data.easyvqa), else a path with an optional `vqa:` prefix."""
+    if name.startswith("builtin:"):
+        from interlace.builtin import vqa_set
+
+        return vqa_set(name)
     return Path(name[len("vqa:") :] if name.startswith("vqa:") else name).expanduser()
 
 
