@@ -36,7 +36,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
 import resource
 import time
@@ -360,7 +359,6 @@ def build(out: Path, recipe: Recipe) -> dict[str, Any]:
         "data": "builtin:easy-vqa (PyPI easy-vqa==1.0, train split)",
         "training": stats,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "threads": int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or None,
     }
     (out / "interlace-builtin.json").write_text(json.dumps(info, indent=1) + "\n")
     log.info("built builtin:%s in %.0f s wall, %.0f s CPU", recipe.name, stats["wall_seconds"], stats["cpu_seconds"])
