@@ -9,7 +9,7 @@ for every ratio and strategy the same number of layers is planned from the same 
 pruned (DeepStack `protect` policy, the spec's default: layers 0-2, which receive the DeepStack
 features, are never dropped; `--deepstack-policy position` is the reference's behaviour), its VQA accuracy on easy-vqa's test split measured by the
 built-in evaluator (greedy short answer, exact match), then the plan's finetune layers are healed on
-Ray Train exactly as `interlace run` does (interlace.stages.finetune.train: next-token loss on
+Ray Train exactly as `interlace run` does (interlace.stages.finetune.driver: next-token loss on
 builtin:easy-vqa's answers, the same rows and steps for every strategy and ratio) and the accuracy is
 measured again.
 
@@ -171,9 +171,9 @@ def main(argv: list[str] | None = None) -> int:
             })
             print(f"ratio {ratio} {strategy}: drop {plan.drop}, finetune {plan.finetune}: {before:.1f}%", flush=True)
     if not args.no_heal:
-        from interlace.stages.finetune.train import finetune
-
+        from interlace.runtime.placement import placement_of
         from interlace.runtime.ray_cluster import start_ray
+        from interlace.stages.finetune.driver import finetune
 
         start_ray(local=True)
 
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                 del pruned
                 gc.collect()
                 t1 = time.monotonic()
-                result = finetune(pruned_dir, plan, spec, output_dir=out, num_workers=args.workers)
+                result = finetune(pruned_dir, plan, spec, output_dir=out, placement=placement_of(args.workers, 0))
                 tuned = load_model(str(result.model_dir), dtype="float32", device="cpu").model
                 after = acc(tuned)
                 del tuned
