@@ -48,6 +48,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from compare import checkout  # noqa: E402  (bench/compare.py, next to this script: the same git-archive checkout)
+
 from tests.cluster.testbed import ControlPlane, free_port  # noqa: E402  (stdlib-only module)
 
 GOALS = {"p50": 1.0, "p99": 3.0, "burst": 60.0, "rss_mb": 150.0}
@@ -159,14 +161,6 @@ class Operator:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 self.kill()
-
-
-def checkout(rev: str) -> Path:
-    """The repository at `rev` in a temporary directory (`git archive`), for --baseline."""
-    out = Path(tempfile.mkdtemp(prefix=f"interlace-bench-{rev[:12]}-"))
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
-    return out
 
 
 def measure(cp: Any, api_client: Any, args: argparse.Namespace, code: Path, label: str) -> dict[str, Any]:
