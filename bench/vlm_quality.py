@@ -13,6 +13,12 @@ Ray Train exactly as `interlace run` does (interlace.stages.finetune.driver: nex
 builtin:easy-vqa's answers, the same rows and steps for every strategy and ratio) and the accuracy is
 measured again.
 
+Two question sets are scored each time (one healing serves both): "all", `--test-n` questions evenly
+spaced over the test split (every type), and "colour", every colour question of the split (1,280):
+easy-vqa's yes/no and shape questions can mostly be answered from their wording, colour ones cannot,
+so the colour set is the one that says whether the model still uses the image. `--types` replaces both
+with one set of those types.
+
 Retention = pruned accuracy / base accuracy. Chance levels are printed with the table: the uniform
 guess over the 13 answers, the per-question-type majority answer (yes/no, shape, colour; from the
 train split), and the best blind guess per question text (the train split's majority answer to the
@@ -108,30 +114,40 @@ def main(argv: list[str] | None = None) -> int:
     proc = base.processor
     L = base.parts.num_layers
     every = load_vqa(vqa_set("builtin:easy-vqa-test"))
+
+    def spaced(pool: list[Any]) -> list[Any]:
+        stride = max(1, len(pool) // args.test_n)
+        return pool[::stride][: args.test_n]
+
     if args.types:
-        every = [it for it in every if qtype(it.answers[0]) in args.types]
-    stride = max(1, len(every) // args.test_n)
-    items = every[::stride][: args.test_n]
-    chance = chance_levels(items)
+        sets = {"+".join(args.types): spaced([it for it in every if qtype(it.answers[0]) in args.types])}
+    else:
+        sets = {"all": spaced(every), "colour": [it for it in every if qtype(it.answers[0]) == "colour"]}
+    chance = {name: chance_levels(items) for name, items in sets.items()}
 
-    def acc(model: Any) -> float:
-        return score_vqa(model, proc, items, batch_size=args.eval_batch, max_new_tokens=3).accuracy
+    def acc(model: Any) -> dict[str, float]:
+        return {
+            name: score_vqa(model, proc, items, batch_size=args.eval_batch, max_new_tokens=3).accuracy
+            for name, items in sets.items()
+        }
 
-    t0 = time.monotonic()
-    base_score = score_vqa(base.model, proc, items, batch_size=args.eval_batch, max_new_tokens=3)
-    base_acc = base_score.accuracy
-    eval_s = time.monotonic() - t0
-    print(f"{args.model}: {L} layers; base accuracy {base_acc:.1f}% on {len(items)} test questions "
-          f"({eval_s:.0f} s)", flush=True)
+    base_acc: dict[str, float] = {}
     per_type: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for it, pred in zip(items, base_score.predictions, strict=True):
-        t = per_type[qtype(it.answers[0])]
-        t[0] += is_correct(it, pred)
-        t[1] += 1
+    for name, items in sets.items():
+        t0 = time.monotonic()
+        base_score = score_vqa(base.model, proc, items, batch_size=args.eval_batch, max_new_tokens=3)
+        base_acc[name] = base_score.accuracy
+        print(f"{args.model}: {L} layers; base accuracy {base_acc[name]:.1f}% on {len(items)} test questions "
+              f"({name}, {time.monotonic() - t0:.0f} s)", flush=True)
+        if name == next(iter(sets)):
+            for it, pred in zip(items, base_score.predictions, strict=True):
+                t = per_type[qtype(it.answers[0])]
+                t[0] += is_correct(it, pred)
+                t[1] += 1
+        for k, v in chance[name].items():
+            print(f"  chance on {name}, {k}: {v:.1f}%", flush=True)
     for k, (c, n) in sorted(per_type.items()):
-        print(f"  base, {k} questions: {100.0 * c / n:.1f}% of {n}", flush=True)
-    for k, v in chance.items():
-        print(f"  chance, {k}: {v:.1f}%", flush=True)
+        print(f"  base, {k} questions of the first set: {100.0 * c / n:.1f}% of {n}", flush=True)
 
     cal = list(load_samples(DataSpec(path="builtin:easy-vqa", fraction=1.0, max_samples=args.calibration)))
     scores = analyze(base.model, calibration_batches(cal, proc, batch_size=8, max_length=96), show_progress=False)
@@ -149,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     protected = base.parts.deepstack_layers if args.deepstack_policy == "protect" else []
     rows: list[dict[str, Any]] = []
     plans = {}
+
+    def show(accs: dict[str, float]) -> str:
+        return ", ".join(f"{name} {a:.1f}%" for name, a in accs.items())
+
     # Pass 1: every plan's accuracy right after surgery (cheap); pass 2: healing (the slow part), so
     # an interrupted run still has the whole pruned-only table.
     for ratio in args.ratios:
@@ -167,9 +187,8 @@ def main(argv: list[str] | None = None) -> int:
                 "drop": plan.drop,
                 "finetune": plan.finetune,
                 "acc_pruned": before,
-                "retention_pruned": before / base_acc if base_acc else float("nan"),
             })
-            print(f"ratio {ratio} {strategy}: drop {plan.drop}, finetune {plan.finetune}: {before:.1f}%", flush=True)
+            print(f"ratio {ratio} {strategy}: drop {plan.drop}, finetune {plan.finetune}: {show(before)}", flush=True)
     if not args.no_heal:
         from interlace.runtime.placement import placement_of
         from interlace.runtime.ray_cluster import start_ray
@@ -192,13 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                 after = acc(tuned)
                 del tuned
                 gc.collect()
-                row.update(
-                    acc_healed=after,
-                    retention_healed=after / base_acc if base_acc else float("nan"),
-                    heal_seconds=round(time.monotonic() - t1, 1),
-                    final_loss=result.final_loss,
-                )
-                print(f"ratio {ratio} {strategy}: healed {row['acc_pruned']:.1f}% -> {after:.1f}% "
+                row.update(acc_healed=after, heal_seconds=round(time.monotonic() - t1, 1), final_loss=result.final_loss)
+                print(f"ratio {ratio} {strategy}: pruned {show(row['acc_pruned'])} -> healed {show(after)} "
                       f"({row['heal_seconds']:.0f} s)", flush=True)
     if not args.no_heal:
         import ray
@@ -206,19 +220,25 @@ def main(argv: list[str] | None = None) -> int:
         ray.shutdown()
 
     print()
-    print(f"base accuracy {base_acc:.1f}% ({args.model}, {L} layers, {len(items)} easy-vqa test questions, "
-          f"deepstack policy {args.deepstack_policy})")
-    print("chance: " + "; ".join(f"{k} {v:.1f}%" for k, v in chance.items()))
-    print("| ratio | strategy | dropped | healed layers | acc pruned | retention | acc healed | retention |")
-    print("|---|---|---|---|---|---|---|---|")
+    for name, items in sets.items():
+        print(f"base accuracy on {name} ({len(items)} easy-vqa test questions): {base_acc[name]:.1f}%; chance: "
+              + "; ".join(f"{k} {v:.1f}%" for k, v in chance[name].items()))
+    print(f"({args.model}, {L} layers, deepstack policy {args.deepstack_policy}; accuracy, and in brackets "
+          "retention = accuracy / base accuracy)")
+    head = " | ".join(f"{name}: pruned | {name}: healed" for name in sets)
+    print(f"| ratio | strategy | dropped | healed layers | {head} |")
+    print("|---|---|---|---|" + "---|---|" * len(sets))
     for r in rows:
-        healed = (f"{r['acc_healed']:.1f}% | {r['retention_healed']:.3f}" if "acc_healed" in r else "- | -")
-        print(f"| {r['ratio']:.0%} | {r['strategy']} | {r['drop']} | {r['finetune']} | {r['acc_pruned']:.1f}% | "
-              f"{r['retention_pruned']:.3f} | {healed} |")
+        cells = []
+        for name in sets:
+            for key in ("acc_pruned", "acc_healed"):
+                a = r.get(key, {}).get(name)
+                cells.append("-" if a is None else f"{a:.1f}% ({a / base_acc[name]:.3f})" if base_acc[name] else f"{a:.1f}%")
+        print(f"| {r['ratio']:.0%} | {r['strategy']} | {r['drop']} | {r['finetune']} | {' | '.join(cells)} |")
     print(f"(healing: {args.steps} steps, lr {args.lr}, batch {args.batch} x {args.workers} workers, "
           f"builtin:easy-vqa first {spec.data.max_samples} rows; total {time.monotonic() - t_start:.0f} s)")
     if args.json:
-        body = {"base_acc": base_acc, "n": len(items), "chance": chance, "per_type": dict(per_type), "rows": rows}
+        body = {"base_acc": base_acc, "n": {k: len(v) for k, v in sets.items()}, "chance": chance, "per_type": dict(per_type), "rows": rows}
         args.json.write_text(json.dumps(body, indent=2))
     return 0
 

@@ -40,7 +40,7 @@ def test_mean_spread_by_hand() -> None:
 
 def _row(strategy: str, arm: str, seed: int, ood: float, ind: float, drop: list[int]) -> dict:
     return {
-        "strategy": strategy, "arm": arm, "seed": seed, "drop": drop,
+        "strategy": strategy, "arm": arm, "seed": seed, "drop": drop, "steps": 30,
         "retention_ood_pruned": ood / 2, "retention_ood_finetuned": ood,
         "retention_in_pruned": ind / 2, "retention_in_finetuned": ind,
     }
@@ -69,7 +69,8 @@ def test_aggregate_groups_by_strategy_and_arm_over_seeds() -> None:
     assert rnd["ood_finetuned"].mean == pytest.approx(2.0) and rnd["in_finetuned"].sd == 0.0
     assert agg[("interlace", "distillation")]["ood_finetuned"].n == 1
     table = q.table(q.aggregate(rows))
-    assert "| interlace | next-token | 3 | 42.0 ± 2.0 [40.0, 44.0] | **84.0 ± 4.0 [80.0, 88.0]** |" in table
+    assert "| interlace | next-token | 30 | 3 | 42.0 ± 2.0 [40.0, 44.0] | **84.0 ± 4.0 [80.0, 88.0]** |" in table
+    assert agg[("interlace", "next-token")]["steps"] == [30]
 
 
 def test_arms_are_finetune_spec_overrides() -> None:
@@ -80,3 +81,30 @@ def test_arms_are_finetune_spec_overrides() -> None:
     assert "next-token" in q.ARMS
     for arm in q.ARMS.values():
         FinetuneSpec.model_validate({**FinetuneSpec().to_wire(), **arm.finetune})
+
+
+def test_seconds_per_step_reads_the_loops_eta() -> None:
+    """eta = per_step x (total - step): the last progress before the end gives the loop's mean step time."""
+    q = _bench()
+    progress = [
+        {"step": 1, "totalSteps": 4, "etaSeconds": 3 * 2.0},
+        {"step": 2, "totalSteps": 4, "etaSeconds": 2 * 2.5},
+        {"step": 3, "totalSteps": 4, "etaSeconds": 1 * 3.0},
+        {"step": 4, "totalSteps": 4, "etaSeconds": 0.0},  # the end: no step time left in it
+    ]
+    assert q.seconds_per_step(progress) == pytest.approx(3.0)
+    assert q.seconds_per_step(list(reversed(progress))) == pytest.approx(3.0)  # order of arrival does not matter
+    assert q.seconds_per_step(progress[:2]) == pytest.approx(2.5)
+    assert q.seconds_per_step([{"step": 1, "totalSteps": 1, "etaSeconds": 0.0}]) is None  # one step: nothing to read
+    assert q.seconds_per_step([{"step": 1, "totalSteps": 3}]) is None  # no eta sent
+
+
+def test_equal_time_steps() -> None:
+    q = _bench()
+    assert q.equal_time_steps(12, 1.0, 1.5) == 8  # 1.5x the cost per step: 2/3 of the steps
+    assert q.equal_time_steps(10, 2.0, 2.0) == 10
+    assert q.equal_time_steps(4, 1.0, 1.47) == 3
+    assert q.equal_time_steps(2, 1.0, 10.0) == 1  # never zero steps
+    assert q.equal_time_steps(6, 2.0, 1.0) == 12  # a cheaper arm gets more
+    with pytest.raises(ValueError, match="> 0"):
+        q.equal_time_steps(4, 0.0, 1.0)
