@@ -129,6 +129,7 @@ class MemoryEstimate:
     activations: float
     logits: float
     teacher: float = 0.0  # spec.finetune.distillation: the unpruned teacher's weights and logits
+    teacher_precomputed: bool = False  # distillation.topK: `teacher` is what the pass before training adds
 
     @property
     def total(self) -> float:
@@ -140,7 +141,12 @@ class MemoryEstimate:
             ("trainable weights + grads + AdamW", self.trainable_state),
             ("activations", self.activations),
             ("logits", self.logits),
-            *((("distillation teacher", self.teacher),) if self.teacher else ()),
+            *(
+                (("distillation teacher" + (" (precomputed before training)" if self.teacher_precomputed else ""),
+                  self.teacher),)
+                if self.teacher
+                else ()
+            ),
         )
         return f"{self.total / GIB:.1f} GiB (" + ", ".join(f"{n} {v / GIB:.1f}" for n, v in parts) + ")"
 
@@ -157,6 +163,7 @@ def memory_estimate(
     world_size: int = 1,
     sharded: bool = False,
     teacher_params: int = 0,
+    teacher_precomputed: bool = False,
 ) -> MemoryEstimate:
     """GPU bytes one worker needs to finetune a `num_layers` decoder (positions `trainable` train) of a
     model with `total_params` parameters, micro-batches of `tokens_per_micro_batch` tokens.
@@ -165,6 +172,9 @@ def memory_estimate(
     worker keeps a gradient bucket copy of the trainable parameters. `teacher_params` (distillation)
     adds the unpruned teacher: a full replica on every worker, never sharded, in the load dtype, plus
     its bf16 logits and the fp32 softened log-probabilities of teacher and student.
+    `teacher_precomputed` (distillation.topK): the teacher runs before training, next to the student's
+    weights only, so the peak is max(training, weights + the teacher's forward: its weights, bf16
+    logits and fp32 log-probabilities); `teacher` is then what that pass adds above training (often 0).
     """
     train = sorted(set(trainable))
     if not train:
@@ -188,8 +198,13 @@ def memory_estimate(
     acts = t * (span * 2.0 * shape.hidden + layer_act) if checkpointing else t * span * layer_act
     logits = t * shape.vocab * 2.0 * 2  # bf16 logits and their gradient
     teacher = teacher_params * float(weight_bytes) + t * shape.vocab * (2.0 + 2 * 4.0) if teacher_params else 0.0
+    if teacher_params and teacher_precomputed:
+        weights_only = frozen + n_train * 4.0 / (world_size if sharded and world_size > 1 else 1)
+        before_training = weights_only + teacher_params * float(weight_bytes) + t * shape.vocab * (2.0 + 4.0)
+        teacher = max(0.0, before_training - (frozen + state + acts + logits))
     return MemoryEstimate(
-        frozen_weights=frozen, trainable_state=state, activations=acts, logits=logits, teacher=teacher
+        frozen_weights=frozen, trainable_state=state, activations=acts, logits=logits, teacher=teacher,
+        teacher_precomputed=bool(teacher_params) and teacher_precomputed,
     )
 
 

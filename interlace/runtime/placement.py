@@ -194,6 +194,7 @@ def finetune_memory(
         world_size=placement.num_workers,
         sharded=ft.parallelism == "fsdp",
         teacher_params=unpruned if ft.distillation is not None else 0,
+        teacher_precomputed=ft.distillation is not None and ft.distillation.top_k is not None,
     )
 
 
@@ -216,7 +217,11 @@ def check_memory(
             f"spec.resources.gpuMemory is {spec.resources.gpu_memory} ({cap / GIB:.1f} GiB); lower "
             "spec.finetune.perDeviceBatchSize (raise gradientAccumulationSteps to keep the effective "
             "batch) or maxLength, keep gradientCheckpointing on, or shard with parallelism: fsdp"
-            + ("; the distillation teacher is a full copy per GPU: drop spec.finetune.distillation to "
-               "free it" if ft.distillation is not None else "")
+            + (
+                "; the distillation teacher is a full copy per GPU: set spec.finetune.distillation.topK to "
+                "run it once before training instead, or drop spec.finetune.distillation"
+                if ft.distillation is not None and ft.distillation.top_k is None
+                else ""
+            )
         )
     return est

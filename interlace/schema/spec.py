@@ -385,13 +385,27 @@ class PruningSpec(_Spec):
 class DistillationSpec(_Spec):
     """Distillation healing: the unpruned model (spec.model) is a frozen teacher on the finetuning
     workers; the loss is (1 - weight) x next-token cross-entropy + weight x T^2 x KL(teacher || student)
-    on temperature-T softened logits, over the trained (assistant) tokens only."""
+    on temperature-T softened logits, over the trained (assistant) tokens only. With topK the teacher
+    runs once before training instead of next to it (see top_k)."""
 
     weight: float = Field(
         default=0.5, gt=0, le=1, description="Share of the KL term in the loss, in (0, 1]; 1 = distillation only."
     )
     temperature: float = Field(
         default=2.0, gt=0, le=1000, description="Softmax temperature of teacher and student logits (> 0)."
+    )
+    top_k: int | None = Field(
+        default=None,
+        ge=1,
+        le=65536,
+        description=(
+            "Precompute the teacher when GPU memory is short: before training, every worker runs the "
+            "unpruned model once over the micro-batches it will train on, keeps the top-k softened "
+            "log-probabilities of each trained token in host memory and frees the teacher, so the teacher "
+            "never sits next to the optimizer state and activations; the KL then runs over those k tokens "
+            "(the teacher renormalised over them). Absent: the teacher stays on every worker, KL over the "
+            "whole vocabulary."
+        ),
     )
 
 

@@ -77,6 +77,16 @@ def test_memory_estimate_parts() -> None:
     assert distill.total == est.total + distill.teacher
     fsdp_distill = memory_estimate(SHAPE, checkpointing=True, world_size=2, sharded=True, teacher_params=12_000, **kw)
     assert fsdp_distill.teacher == distill.teacher
+    # distillation.topK: the teacher runs before training next to the student's weights only; the
+    # peak is max(training, weights + teacher pass), so it adds only what that pass needs above training.
+    pre = memory_estimate(SHAPE, checkpointing=True, teacher_params=12_000, teacher_precomputed=True, **kw)
+    weights = est.frozen_weights + 4 * n
+    teacher_pass = weights + 12_000 * 2 + 100 * 10 * (2 + 4)
+    assert pre.teacher == pytest.approx(max(0.0, teacher_pass - est.total))
+    assert pre.total == pytest.approx(max(est.total, teacher_pass)) and est.total <= pre.total < distill.total
+    assert "precomputed before training" in pre.describe() or pre.teacher == 0
+    small = memory_estimate(SHAPE, checkpointing=True, teacher_params=10, teacher_precomputed=True, **kw)
+    assert small.teacher == 0 and small.total == est.total  # a small teacher fits in what training frees
 
 
 @pytest.mark.parametrize(("q", "b"), [("80Gi", 80 * 2**30), ("141G", 141e9), ("81920Mi", 80 * 2**30), ("1024", 1024)])

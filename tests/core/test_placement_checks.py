@@ -73,8 +73,16 @@ def test_memory_estimate_counts_the_real_8b_and_refuses_what_cannot_fit() -> Non
     distill = finetune_memory(_spec(finetune={"distillation": {}}), config, total_params=n)
     assert distill.teacher > n * 2 and distill.total == pytest.approx(est.total + distill.teacher)
     assert "distillation teacher" in distill.describe()
-    with pytest.raises(InterlaceError, match=r"distillation teacher .*drop spec\.finetune\.distillation"):
+    with pytest.raises(InterlaceError, match=r"distillation teacher .*set spec\.finetune\.distillation\.topK"):
         check_memory(_spec(finetune={"distillation": {}}, resources={"gpuMemory": "60Gi"}), config, total_params=n)
+    # topK precomputes the teacher before training: the same 8B job then fits where it did not.
+    topk = finetune_memory(_spec(finetune={"distillation": {"topK": 64}}), config, total_params=n)
+    assert est.total <= topk.total < distill.total - 16 * 2**30
+    with pytest.raises(InterlaceError, match="distillation teacher"):
+        check_memory(_spec(finetune={"distillation": {}}, resources={"gpuMemory": "80Gi"}), config, total_params=n)
+    assert check_memory(
+        _spec(finetune={"distillation": {"topK": 64}}, resources={"gpuMemory": "80Gi"}), config, total_params=n
+    ) is not None
     # CPU workers, dry runs and disabled finetuning are not checked.
     assert check_memory(_spec(resources={"gpusPerWorker": 0}), config, total_params=n) is None
     assert check_memory(_spec(finetune={"enabled": False}), config, total_params=n) is None

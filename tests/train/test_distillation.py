@@ -4,7 +4,8 @@ The unpruned model is a frozen teacher; the loss over the trained (assistant) to
 (1 - w) x cross-entropy + w x T^2 x KL(teacher || student) on temperature-T softened logits.
 Without Ray: the KL term is zero when student = teacher and equals the formula otherwise, the mix is
 what the step minimises, and gradients reach only the trainable layers (never the teacher). On Ray
-Train: FSDP2 with a worker killed mid-run resumes and matches DDP step by step, the checkpoint
+Train: FSDP2 with a worker killed mid-run resumes and matches DDP step by step, so does the teacher
+precomputed before training (distillation.topK over the whole vocabulary), the checkpoint
 fingerprint keeps a run from resuming across a distillation change, and `interlace run -f` reports
 the loss parts.
 """
@@ -12,6 +13,7 @@ the loss parts.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -23,10 +25,10 @@ import yaml
 
 from interlace.errors import InterlaceError
 from interlace.runtime.placement import placement_of
-from interlace.schema.spec import DistillationSpec, ModelSpec, parse_prunejob
-from interlace.stages.finetune.checkpoint import STATE_FILE
+from interlace.schema.spec import DistillationSpec, ModelSpec, SpecError, parse_prunejob
+from interlace.stages.finetune.checkpoint import STATE_FILE, plan_fingerprint, run_fingerprint
 from interlace.stages.finetune.driver import FAULT_MARKER_ENV, FAULT_STEP_ENV, finetune
-from interlace.stages.finetune.step import accumulate_gradients, token_losses
+from interlace.stages.finetune.step import accumulate_gradients, teacher_top_k, token_losses
 from tests.train.conftest import hand_plan, pattern_samples, pattern_spec
 
 CPU = torch.device("cpu")
@@ -122,6 +124,81 @@ def test_gradients_reach_only_the_trainable_layers_with_distillation(unpruned: t
     assert {n for n, p in student.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0} == trainable
 
 
+def test_precomputed_top_k_is_the_full_kl_at_full_vocabulary_and_the_formula_below(unpruned: tuple[Any, Any]) -> None:
+    teacher, proc = unpruned
+    student = _pruned_student(teacher)
+    batch, _ = _batches(proc, n=1)[0]
+    t = 2.0
+    vocab = teacher.config.vocab_size
+    ce_full, kl_full = token_losses(student, batch, CPU, teacher=teacher, temperature=t)
+    everything = teacher_top_k(teacher, batch, CPU, temperature=t, k=vocab)
+    n_trained = int((batch["labels"][:, 1:] != -100).sum())
+    assert everything.log_p.shape == everything.ids.shape == (n_trained, vocab)
+    assert everything.ids.dtype == torch.int32 and everything.log_p.dtype == torch.float32
+    assert bool((everything.log_p[:, :-1] >= everything.log_p[:, 1:]).all())  # largest first
+    ce, kl = token_losses(student, batch, CPU, temperature=t, targets=everything)
+    assert kl is not None and kl_full is not None
+    assert ce.item() == pytest.approx(ce_full.item(), rel=1e-6)
+    assert kl.item() == pytest.approx(kl_full.item(), rel=1e-4)  # k = vocabulary: the same KL
+
+    # k < vocabulary: T^2 sum_k p (log p - log q), p the teacher renormalised over its top k, q the
+    # student's softened probabilities over the whole vocabulary at those ids.
+    k = 5
+    top = teacher_top_k(teacher, batch, CPU, temperature=t, k=k)
+    assert top.log_p.shape == (n_trained, k) and top.nbytes == n_trained * k * (4 + 4)
+    _, kl_k = token_losses(student, batch, CPU, temperature=t, targets=top)
+    with torch.no_grad():
+        mask = batch["labels"][:, 1:] != -100
+        inputs = {key: v for key, v in batch.items() if key != "labels"}
+        s = F.log_softmax(student(**inputs).logits[:, :-1][mask].float() / t, -1)
+        te = F.log_softmax(teacher(**inputs).logits[:, :-1][mask].float() / t, -1)
+        vals, ids = te.topk(k, dim=-1)
+        p = F.softmax(vals, dim=-1)
+        want = t * t * (p * (p.log() - s.gather(-1, ids))).sum()
+    assert kl_k is not None and kl_k.item() == pytest.approx(want.item(), rel=1e-4) and kl_k.item() > 0
+    # The student = the teacher: what remains is the mass outside the top k, -T^2 sum log(sum_k q) > 0.
+    _, kl_self = token_losses(copy.deepcopy(teacher), batch, CPU, temperature=t, targets=top)
+    outside = -(t * t) * torch.logsumexp(vals, dim=-1).sum()
+    assert kl_self is not None and kl_self.item() == pytest.approx(outside.item(), rel=1e-3)
+    # Targets of another micro-batch do not line up: refused, not silently misaligned.
+    other, _ = _batches(proc, n=2, batch=1)[1]
+    with pytest.raises(ValueError, match="other micro-batches"):
+        token_losses(student, other, CPU, temperature=t, targets=top)
+
+
+def test_precomputed_targets_train_only_the_trainable_layers(unpruned: tuple[Any, Any]) -> None:
+    teacher, proc = unpruned
+    student = _pruned_student(teacher)
+    group = _batches(proc, n=2)
+    d = DistillationSpec(weight=0.5, temperature=2.0, top_k=8)
+    targets = [teacher_top_k(teacher, b, CPU, temperature=2.0, k=8) for b, _ in group]
+    losses = accumulate_gradients(student, group, device=CPU, amp_dtype=None, world=1, distillation=d, targets=targets)
+    assert losses.kl is not None and losses.kl > 0
+    assert losses.loss == pytest.approx(0.5 * losses.ce + 0.5 * losses.kl, rel=1e-6)
+    trainable = {n for n, p in student.named_parameters() if p.requires_grad}
+    assert {n for n, p in student.named_parameters() if p.grad is not None} == trainable
+    assert all(teacher.get_parameter(n).grad is None for n, _ in teacher.named_parameters())
+    with pytest.raises(ValueError, match="1 precomputed teacher targets for 2 micro-batches"):
+        accumulate_gradients(student, group, device=CPU, amp_dtype=None, world=1, distillation=d, targets=targets[:1])
+
+
+def test_top_k_is_validated_and_part_of_the_resume_fingerprint() -> None:
+    base = {
+        "apiVersion": "interlace.dev/v1alpha1", "kind": "PruneJob", "metadata": {"name": "d"},
+        "spec": {"model": {"source": "builtin:smollm2-135m"}, "finetune": {"distillation": {"topK": 0}}},
+    }
+    with pytest.raises(SpecError, match=r"spec\.finetune\.distillation\.topK"):
+        parse_prunejob(base)
+    plan = hand_plan()
+    plain = DistillationSpec(weight=0.5, temperature=2.0)
+    # A setting without topK keeps its fingerprint: the formula before topK existed, so checkpoints
+    # written then still resume.
+    before = json.dumps({"plan": plan_fingerprint(plan), "distillation": {"weight": 0.5, "temperature": 2.0}},
+                        sort_keys=True)
+    assert run_fingerprint(plan, plain) == hashlib.sha256(before.encode()).hexdigest()[:16]
+    assert run_fingerprint(plan, DistillationSpec(weight=0.5, temperature=2.0, top_k=64)) != run_fingerprint(plan, plain)
+
+
 def test_a_spec_with_distillation_round_trips_and_absent_means_off() -> None:
     doc = {
         "apiVersion": "interlace.dev/v1alpha1",
@@ -191,6 +268,20 @@ def test_distillation_under_fsdp2_resumes_after_a_worker_dies_and_matches_ddp(
     assert fsdp.losses[-1] < fsdp.losses[0], fsdp.losses
     state = json.loads((fsdp.checkpoint_dir / STATE_FILE).read_text())
     assert len(state["kl_losses"]) == 6
+
+    # distillation.topK over the whole vocabulary: the teacher runs before training (and again from
+    # the resume position after the kill) instead of next to the student, and every step's losses are
+    # the teacher-on-workers run's: the precomputed targets line up with the batches they were made for.
+    monkeypatch.setenv(FAULT_STEP_ENV, "3")
+    monkeypatch.setenv(FAULT_MARKER_ENV, str(tmp_path / "crash-topk"))
+    vocab = json.loads((teacher_dir / "config.json").read_text())["vocab_size"]
+    spec = pattern_spec(parallelism="ddp", max_steps=6, max_failures=1, distillation={**distill, "topK": vocab})
+    topk = finetune(model_dir, plan, spec, output_dir=tmp_path / "topk", model=teacher, placement=two, samples=samples)
+    assert (tmp_path / "crash-topk").exists() and topk.attempt_starts == [0, 2]
+    assert topk.losses == pytest.approx(ddp.losses, rel=1e-4, abs=1e-5)
+    assert topk.kl_losses == pytest.approx(ddp.kl_losses, rel=1e-4, abs=1e-5)
+    monkeypatch.delenv(FAULT_STEP_ENV)
+    monkeypatch.delenv(FAULT_MARKER_ENV)
 
     # The distillation setting is part of what a checkpoint must match to be resumed.
     with pytest.raises(InterlaceError, match="distillation"):

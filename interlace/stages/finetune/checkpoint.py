@@ -68,7 +68,9 @@ def run_fingerprint(plan: LayerPlan, distillation: DistillationSpec | None) -> s
     fp = plan_fingerprint(plan)
     if distillation is None:
         return fp
-    key = json.dumps({"plan": fp, "distillation": distillation.model_dump(mode="json")}, sort_keys=True)
+    # exclude_none: a setting without topK keeps the fingerprint it had before topK existed.
+    setting = distillation.model_dump(mode="json", exclude_none=True)
+    key = json.dumps({"plan": fp, "distillation": setting}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 

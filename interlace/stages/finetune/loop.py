@@ -1,17 +1,21 @@
 """The loop every Ray Train worker runs (`train_loop_per_worker`) and the `WorkerConfig` it gets.
 
 Load the pruned model (and, with spec.distillation, the unpruned teacher), freeze all but the finetune
-layers, wrap, build AdamW and the schedule, resume from the newest checkpoint, then loop over this
-rank's share of the sample stream: accumulate, step, report progress, checkpoint. See
+layers, wrap, build AdamW and the schedule, resume from the newest checkpoint, (with distillation.topK:
+run the teacher once over the micro-batches still to train, keep its top-k, free it), then loop over
+this rank's share of the sample stream: accumulate, step, report progress, checkpoint. See
 interlace.stages.finetune.driver for the whole picture.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
+import logging
 import math
 import os
 import time
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -30,7 +34,15 @@ from interlace.stages.finetune.checkpoint import (
     _save_final_model,
     newest_checkpoint,
 )
-from interlace.stages.finetune.step import _wrap, accumulate_gradients, apply_gradients, wrapping_of
+from interlace.stages.finetune.step import (
+    TopKTargets,
+    _autocast,
+    _wrap,
+    accumulate_gradients,
+    apply_gradients,
+    teacher_top_k,
+    wrapping_of,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -94,7 +106,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     model = _wrap(model, spec.parallelism, device, amp_dtype, world)
     #    The teacher (spec.distillation): the unpruned model, in the student's load dtype, frozen, in
     #    eval mode, a full replica on every worker, never wrapped by DDP/FSDP (it has no gradients).
-    teacher = load_teacher(config, load_dtype, device) if spec.distillation is not None else None
+    #    With distillation.topK it is loaded only for the precomputation (4b) and freed before training.
+    distill = spec.distillation
+    teacher = load_teacher(config, load_dtype, device) if distill is not None and distill.top_k is None else None
 
     # 2. The optimizer holds the trainable parameters only.
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -134,6 +148,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     # 4. This worker's micro-batches, starting at the checkpointed data position.
     B, accum = spec.per_device_batch_size, spec.gradient_accumulation_steps
     batches = _micro_batches(config, processor, rank, world, skip=state.samples_consumed)
+    # 4b. distillation.topK: the teacher's top-k for exactly those micro-batches (the stream is
+    #     deterministic: a second iterator from the same position yields the same batches), computed
+    #     before the optimizer allocates its state; a restart recomputes from its own position.
+    targets: deque[TopKTargets] | None = None
+    if distill is not None and distill.top_k is not None:
+        micro = (total_steps - state.step) * accum
+        source = _micro_batches(config, processor, rank, world, skip=state.samples_consumed)
+        targets = precompute_top_k(config, source, micro, load_dtype, device, amp_dtype, rank)
     queue = loop_config["queue"] if rank == 0 else None
     t_start, steps_this_attempt, tokens_at_start = time.monotonic(), 0, state.tokens
 
@@ -148,7 +170,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             world=world,
             scaler=scaler,
             teacher=teacher,
-            distillation=spec.distillation,
+            distillation=distill,
+            targets=[targets.popleft() for _ in range(accum)] if targets is not None else None,
         )
         lr = apply_gradients(trainable, optimizer, scheduler, scaler, max_grad_norm=spec.max_grad_norm)
 
@@ -187,6 +210,40 @@ def _load(config: WorkerConfig, source: str, dtype: str, device: torch.device) -
         trust_remote_code=m.trust_remote_code if m else False,
         revision=m.revision if m and source == m.source else None,
     )
+
+
+def precompute_top_k(
+    config: WorkerConfig,
+    batches: Iterator[tuple[dict[str, torch.Tensor], int]],
+    micro_batches: int,
+    dtype: str,
+    device: torch.device,
+    amp_dtype: Any,
+    rank: int,
+) -> deque[TopKTargets]:
+    """spec.finetune.distillation.topK: load the teacher, run it over the next `micro_batches` of
+    `batches` (this rank's, from the resume position), keep each trained token's top-k softened
+    log-probabilities on the host, then free the teacher (and the GPU cache)."""
+    import torch
+
+    distill = config.spec.distillation
+    assert distill is not None and distill.top_k is not None
+    t0 = time.monotonic()
+    teacher = load_teacher(config, dtype, device)
+    out: deque[TopKTargets] = deque()
+    for _ in range(micro_batches):
+        batch, _tokens = next(batches)
+        with _autocast(device, amp_dtype):
+            out.append(teacher_top_k(teacher, batch, device, temperature=distill.temperature, k=distill.top_k))
+    del teacher
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    logging.getLogger(__name__).info(
+        "rank %d: teacher top-%d of %d micro-batches precomputed in %.1f s (%.1f MiB on the host); teacher freed",
+        rank, distill.top_k, micro_batches, time.monotonic() - t0, sum(t.nbytes for t in out) / 2**20,
+    )
+    return out
 
 
 def load_teacher(config: WorkerConfig, dtype: str, device: torch.device) -> nn.Module:

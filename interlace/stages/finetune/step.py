@@ -2,7 +2,8 @@
 
 `_wrap` puts the student under DDP or FSDP2; `accumulate_gradients` runs the micro-batches of one step
 (next-token cross-entropy over the assistant tokens, plus the distillation KL against a frozen teacher
-with spec.distillation; `token_losses`), scaled so DDP/FSDP's gradient average is the exact token mean
+with spec.distillation, or against its precomputed top-k log-probabilities with distillation.topK:
+`teacher_top_k`, `token_losses`), scaled so DDP/FSDP's gradient average is the exact token mean
 of the effective batch; `apply_gradients` clips and steps. See interlace.stages.finetune.driver.
 """
 
@@ -17,6 +18,20 @@ from interlace.schema.spec import DistillationSpec
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+
+@dataclass(frozen=True)
+class TopKTargets:
+    """The teacher's precomputed view of one micro-batch (spec.finetune.distillation.topK): for each
+    trained token, in the order `token_losses` gathers them (labels != -100, row-major), the k largest
+    temperature-softened log-probabilities over the whole vocabulary and their token ids."""
+
+    log_p: torch.Tensor  # [trained tokens, k] float32, log softmax(teacher logits / T)
+    ids: torch.Tensor  # [trained tokens, k] int32
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.log_p.numel() * self.log_p.element_size() + self.ids.numel() * self.ids.element_size())
 
 
 @dataclass(frozen=True)
@@ -41,19 +56,23 @@ def accumulate_gradients(
     scaler: Any = None,
     teacher: nn.Module | None = None,
     distillation: DistillationSpec | None = None,
+    targets: list[TopKTargets] | None = None,
 ) -> StepLosses:
     """Forward + backward over one optimizer step's micro-batches (the accumulation group).
 
     Each micro-batch's summed token loss is scaled by world / (assistant tokens in the whole step,
     all workers), so after DDP/FSDP average the gradients over workers they are the gradient of the
     token-mean loss of the effective batch. With `teacher` and `distillation` the summed token loss
-    is (1 - w) x cross-entropy + w x T^2 x KL(teacher || student) (see `token_losses`). Returns the
-    step's losses and counts, summed over all workers.
+    is (1 - w) x cross-entropy + w x T^2 x KL(teacher || student) (see `token_losses`); `targets`
+    (one per micro-batch, from `teacher_top_k`) stands in for the teacher with distillation.topK.
+    Returns the step's losses and counts, summed over all workers.
     """
     import torch
     import torch.distributed as dist
 
-    distill = distillation if teacher is not None else None
+    distill = distillation if teacher is not None or targets is not None else None
+    if targets is not None and len(targets) != len(group):
+        raise ValueError(f"{len(targets)} precomputed teacher targets for {len(group)} micro-batches")
     counts = torch.tensor(
         [sum(int((b["labels"][:, 1:] != -100).sum()) for b, _ in group), sum(n for _, n in group)],
         dtype=torch.float64,
@@ -70,6 +89,7 @@ def accumulate_gradients(
                 device,
                 teacher=teacher if distill else None,
                 temperature=distill.temperature if distill else 1.0,
+                targets=targets[i] if distill and targets is not None else None,
             )
         part = ce if kl is None or distill is None else (1 - distill.weight) * ce + distill.weight * kl
         loss = part * (world / n_labels)
@@ -175,10 +195,17 @@ def token_losses(
     *,
     teacher: nn.Module | None = None,
     temperature: float = 1.0,
+    targets: TopKTargets | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Summed next-token cross-entropy over assistant tokens (labels != -100) and, with a `teacher`,
     the summed T^2 x KL(teacher || student) of the temperature-T softened next-token distributions
     over the same tokens (None without a teacher).
+
+    With `targets` (the teacher's precomputed top-k, `teacher_top_k`) instead of a teacher, the KL
+    runs over each token's k teacher tokens: p = the teacher renormalised over them, q = the
+    student's softened probabilities over the whole vocabulary at those ids,
+    T^2 x sum_k p (log p - log q). It is >= 0, equals the full KL when k is the vocabulary, and for
+    k smaller it also pushes the student's mass into the teacher's top k.
 
     The logits are gathered at labelled positions before the softmax, so the float upcast of the
     vocabulary-sized logits covers only the tokens that count. The teacher runs without gradients.
@@ -193,13 +220,41 @@ def token_losses(
     mask = target != -100
     picked = logits[:, :-1][mask].float()
     ce = F.cross_entropy(picked, target[mask], reduction="sum")
+    t = float(temperature)
+    if targets is not None:
+        if targets.log_p.shape[0] != picked.shape[0]:
+            raise ValueError(
+                f"precomputed teacher targets cover {targets.log_p.shape[0]} tokens, the batch trains "
+                f"{picked.shape[0]}: they were computed for other micro-batches"
+            )
+        student_log_q = F.log_softmax(picked / t, dim=-1).gather(-1, targets.ids.to(device).long())
+        teacher_log_p = F.log_softmax(targets.log_p.to(device), dim=-1)  # renormalised over the k ids
+        kl = (teacher_log_p.exp() * (teacher_log_p - student_log_q)).sum()
+        return ce, kl * (t * t)
     if teacher is None:
         return ce, None
     with torch.no_grad():
         t_logits = teacher(**inputs, use_cache=False).logits[:, :-1][mask].float()
-    t = float(temperature)
     student_log_p = F.log_softmax(picked / t, dim=-1)
     teacher_log_p = F.log_softmax(t_logits / t, dim=-1)
     # KL(p_teacher || p_student) summed over the vocabulary and the tokens.
     kl = F.kl_div(student_log_p, teacher_log_p, log_target=True, reduction="sum")
     return ce, kl * (t * t)
+
+
+def teacher_top_k(
+    teacher: nn.Module, batch: dict[str, torch.Tensor], device: torch.device, *, temperature: float, k: int
+) -> TopKTargets:
+    """The teacher's top-k softened log-probabilities for the trained tokens of one micro-batch, on
+    the host: what `token_losses(targets=...)` needs instead of the teacher. Same inputs, same mask and
+    same order as `token_losses`, so the two line up token by token."""
+    import torch
+    import torch.nn.functional as F
+
+    inputs = {key: v.to(device) for key, v in batch.items() if key != "labels"}
+    mask = (batch["labels"][:, 1:] != -100).to(device)
+    with torch.no_grad():
+        logits = teacher(**inputs, use_cache=False).logits[:, :-1][mask].float()
+        log_p = F.log_softmax(logits / float(temperature), dim=-1)
+        top = log_p.topk(min(k, log_p.shape[-1]), dim=-1)
+    return TopKTargets(log_p=top.values.cpu(), ids=top.indices.to(torch.int32).cpu())
