@@ -26,7 +26,9 @@ for SmolLM2-135M at 20 % it is about 0.75x, so no implementation of this plan ca
 `--distillation` adds a third mode on the same batches: interleaved + distillation
 (spec.finetune.distillation: the unpruned model as a frozen teacher, one extra forward per
 micro-batch, the KL term on the trained tokens) and prints its step time, wall clock and process CPU
-(the steadier figure on a shared machine), next to plain interleaved.
+(the steadier figure on a shared machine), next to plain interleaved. `--top-k K` adds a fourth:
+distillation.topK, the teacher's top-K run once before training (`teacher_top_k` per micro-batch,
+timed apart and printed per step) and a step with no teacher forward.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -60,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         help="also run interleaved + distillation (spec.finetune.distillation, the unpruned model as the "
         "teacher) on the same batches and print its step-time ratio to plain interleaved",
     )
+    ap.add_argument(
+        "--top-k", type=int, default=None,
+        help="with --distillation: also run distillation.topK (the teacher precomputed before training)",
+    )
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args(argv)
 
@@ -73,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     from interlace.stages.analyze.calibration import calibration_batches
     from interlace.stages.analyze.similarity import analyze
     from interlace.stages.finetune.freeze import apply_freezing, enable_checkpointing
-    from interlace.stages.finetune.step import accumulate_gradients, apply_gradients
+    from interlace.stages.finetune.step import accumulate_gradients, apply_gradients, teacher_top_k
     from interlace.stages.plan import select_layers
     from interlace.stages.prune import prune_model
 
@@ -95,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.distillation:  # the unpruned model, frozen, as the workers hold it
         teacher = copy.deepcopy(model).eval().requires_grad_(False)
     distill = DistillationSpec(weight=0.5, temperature=2.0)
+    if args.top_k is not None and teacher is None:
+        ap.error("--top-k needs --distillation")
+    distill_k = DistillationSpec(weight=0.5, temperature=2.0, top_k=args.top_k) if args.top_k else None
     prune_model(model, plan, deepstack_policy="position")
     print(f"model {args.model}: {L} -> {L - n_drop} layers; finetune {plan.finetune} (original indices)")
 
@@ -130,6 +140,16 @@ def main(argv: list[str] | None = None) -> int:
     modes: tuple[str, ...] = ("interleaved", "all layers")
     if teacher is not None:
         modes = (*modes, "interleaved + distillation")
+    top_k_targets: list[Any] = []
+    precompute_cpu = 0.0
+    if distill_k is not None and teacher is not None:
+        modes = (*modes, "interleaved + distillation top-k")
+        c0 = time.process_time()
+        top_k_targets = [
+            teacher_top_k(teacher, b, torch.device("cpu"), temperature=distill_k.temperature, k=args.top_k)
+            for b, _ in batches
+        ]
+        precompute_cpu = (time.process_time() - c0) / (len(batches) / args.accum)  # per optimizer step
     state = {mode: prepare(mode) for mode in modes}
     times: dict[str, list[float]] = {m: [] for m in modes}
     cpu: dict[str, list[float]] = {m: [] for m in modes}  # process CPU seconds: robust to a busy machine
@@ -142,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             m, params, opt, sched = state[mode]
             t0, c0 = time.perf_counter(), time.process_time()
             with_teacher = mode == "interleaved + distillation"
+            with_top_k = mode == "interleaved + distillation top-k"
             accumulate_gradients(
                 m,
                 group,
@@ -149,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                 amp_dtype=None,
                 world=1,
                 teacher=teacher if with_teacher else None,
-                distillation=distill if with_teacher else None,
+                distillation=distill if with_teacher else distill_k if with_top_k else None,
+                targets=top_k_targets[step * args.accum : (step + 1) * args.accum] if with_top_k else None,
             )
             grad_bytes = sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None)
             apply_gradients(params, opt, sched, scaler, max_grad_norm=1.0)
@@ -176,11 +198,15 @@ def main(argv: list[str] | None = None) -> int:
     print("| mode | trainable params | median step (s) | grad + optimizer (MiB) |")
     print("|---|---|---|---|")
     rows = [("interleaved", t_i, m_i), ("all layers", t_a, m_a)]
-    t_d = None
+    t_d = t_k = None
     if teacher is not None:
         mode = "interleaved + distillation"
         t_d = statistics.median(times[mode])
         rows.append((mode, t_d, mem[mode]["grad_bytes"] + mem[mode]["optimizer_bytes"]))
+    if distill_k is not None:
+        mode = "interleaved + distillation top-k"
+        t_k = statistics.median(times[mode])
+        rows.append((mode, t_k, mem[mode]["grad_bytes"] + mem[mode]["optimizer_bytes"]))
     for mode, t, mb in rows:
         print(f"| {mode} | {mem[mode]['trainable_params']:,} | {t:.3f} | {mb / 2**20:.1f} |")
     print()
@@ -207,6 +233,16 @@ def main(argv: list[str] | None = None) -> int:
             f"weight {distill.weight}, temperature {distill.temperature}; the teacher holds "
             f"{teacher_mib:.0f} MiB of weights on every worker"
         )
+    if t_k is not None:
+        c_i = statistics.median(cpu["interleaved"])
+        c_k = statistics.median(cpu["interleaved + distillation top-k"])
+        held = sum(t.nbytes for t in top_k_targets) / (len(top_k_targets) / args.accum)
+        print(
+            f"distillation top-{args.top_k}: step {t_k / t_i:.3f}x the interleaved step time, {c_k / c_i:.3f}x its "
+            f"CPU time ({c_k:.3f} s vs {c_i:.3f} s), no teacher forward in the step; the teacher's pass before "
+            f"training costs {precompute_cpu:.3f} CPU s per optimizer step ({(c_k + precompute_cpu) / c_i:.3f}x "
+            f"in all) and its targets take {held / 2**20:.2f} MiB of host memory per optimizer step"
+        )
     print(
         f"({args.steps} measured steps per mode, batch {args.batch} x accum {args.accum}, "
         f"max length {args.max_length}, checkpointing {'off' if args.no_checkpointing else 'on'}, "
@@ -223,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
                     "structural_limit": limit,
                     "memory_ratio": m_i / m_a,
                     "distillation_time_ratio": t_d / t_i if t_d is not None else None,
+                    "top_k_time_ratio": t_k / t_i if t_k is not None else None,
+                    "top_k_precompute_cpu_seconds_per_step": precompute_cpu if t_k is not None else None,
                     "median_step_cpu_seconds": {m: statistics.median(v) for m, v in cpu.items()},
                 },
                 indent=2,
