@@ -1,8 +1,10 @@
 """Perplexity retention of INTERLACE vs consecutive, random and ShortGPT plans, out of domain and in domain,
-as mean and spread over seeds, at equal finetuning budget.
+as mean and spread over seeds, healed by next-token loss and by distillation, at equal finetuning
+budget and at equal wall time.
 
-    bash hack/in-venv.sh python bench/quality.py                          # the full run (see docs/method.md)
-    bash hack/in-venv.sh python bench/quality.py --steps 4 --heldout 16 --workers 1   # a reduced one
+    bash hack/in-venv.sh python bench/quality.py --arms next-token distill --equal-time   # the full run
+    bash hack/in-venv.sh python bench/quality.py --arms next-token distill --equal-time --steps 8 \
+        --heldout 16 --calibration 32 --workers 1 --train-samples 256 --max-length 64      # docs/method.md's
 
 The embedded default (SmolLM2-135M-Instruct, 30 layers) is analysed once on calibration text
 (builtin:english); every strategy then plans the same number of layers (20%) from the same scores,

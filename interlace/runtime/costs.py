@@ -173,8 +173,10 @@ def memory_estimate(
     adds the unpruned teacher: a full replica on every worker, never sharded, in the load dtype, plus
     its bf16 logits and the fp32 softened log-probabilities of teacher and student.
     `teacher_precomputed` (distillation.topK): the teacher runs before training, next to the student's
-    weights only, so the peak is max(training, weights + the teacher's forward: its weights, bf16
-    logits and fp32 log-probabilities); `teacher` is then what that pass adds above training (often 0).
+    weights and (after a resume) the loaded optimizer state, but not next to activations or the
+    student's logits, so the peak is max(training, weights + trainable state + the teacher's forward:
+    its weights, bf16 logits and fp32 log-probabilities); `teacher` is what that pass adds above
+    training.
     """
     train = sorted(set(trainable))
     if not train:
@@ -199,8 +201,7 @@ def memory_estimate(
     logits = t * shape.vocab * 2.0 * 2  # bf16 logits and their gradient
     teacher = teacher_params * float(weight_bytes) + t * shape.vocab * (2.0 + 2 * 4.0) if teacher_params else 0.0
     if teacher_params and teacher_precomputed:
-        weights_only = frozen + n_train * 4.0 / (world_size if sharded and world_size > 1 else 1)
-        before_training = weights_only + teacher_params * float(weight_bytes) + t * shape.vocab * (2.0 + 4.0)
+        before_training = frozen + state + teacher_params * float(weight_bytes) + t * shape.vocab * (2.0 + 4.0)
         teacher = max(0.0, before_training - (frozen + state + acts + logits))
     return MemoryEstimate(
         frozen_weights=frozen, trainable_state=state, activations=acts, logits=logits, teacher=teacher,

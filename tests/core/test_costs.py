@@ -77,10 +77,10 @@ def test_memory_estimate_parts() -> None:
     assert distill.total == est.total + distill.teacher
     fsdp_distill = memory_estimate(SHAPE, checkpointing=True, world_size=2, sharded=True, teacher_params=12_000, **kw)
     assert fsdp_distill.teacher == distill.teacher
-    # distillation.topK: the teacher runs before training next to the student's weights only; the
-    # peak is max(training, weights + teacher pass), so it adds only what that pass needs above training.
+    # distillation.topK: the teacher runs before training next to the student's weights and optimizer
+    # state, not its activations; the peak is max(training, that pass): it adds what the pass needs above.
     pre = memory_estimate(SHAPE, checkpointing=True, teacher_params=12_000, teacher_precomputed=True, **kw)
-    weights = est.frozen_weights + 4 * n
+    weights = est.frozen_weights + est.trainable_state
     teacher_pass = weights + 12_000 * 2 + 100 * 10 * (2 + 4)
     assert pre.teacher == pytest.approx(max(0.0, teacher_pass - est.total))
     assert pre.total == pytest.approx(max(est.total, teacher_pass)) and est.total <= pre.total < distill.total

@@ -79,9 +79,9 @@ def test_memory_estimate_counts_the_real_8b_and_refuses_what_cannot_fit() -> Non
     topk = finetune_memory(_spec(finetune={"distillation": {"topK": 64}}), config, total_params=n)
     assert est.total <= topk.total < distill.total - 16 * 2**30
     with pytest.raises(InterlaceError, match="distillation teacher"):
-        check_memory(_spec(finetune={"distillation": {}}, resources={"gpuMemory": "80Gi"}), config, total_params=n)
+        check_memory(_spec(finetune={"distillation": {}}, resources={"gpuMemory": "96Gi"}), config, total_params=n)
     assert check_memory(
-        _spec(finetune={"distillation": {"topK": 64}}, resources={"gpuMemory": "80Gi"}), config, total_params=n
+        _spec(finetune={"distillation": {"topK": 64}}, resources={"gpuMemory": "96Gi"}), config, total_params=n
     ) is not None
     # CPU workers, dry runs and disabled finetuning are not checked.
     assert check_memory(_spec(resources={"gpusPerWorker": 0}), config, total_params=n) is None

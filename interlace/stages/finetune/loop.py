@@ -150,10 +150,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     batches = _micro_batches(config, processor, rank, world, skip=state.samples_consumed)
     # 4b. distillation.topK: the teacher's top-k for exactly those micro-batches (the stream is
     #     deterministic: a second iterator from the same position yields the same batches), computed
-    #     before the optimizer allocates its state; a restart recomputes from its own position.
+    #     before the first step, so next to no activations or logits of the student; a restart
+    #     recomputes from its own position.
     targets: deque[TopKTargets] | None = None
-    if distill is not None and distill.top_k is not None:
-        micro = (total_steps - state.step) * accum
+    micro = (total_steps - state.step) * accum
+    if distill is not None and distill.top_k is not None and micro > 0:  # 0: a resume of a finished run
         source = _micro_batches(config, processor, rank, world, skip=state.samples_consumed)
         targets = precompute_top_k(config, source, micro, load_dtype, device, amp_dtype, rank)
     queue = loop_config["queue"] if rank == 0 else None
