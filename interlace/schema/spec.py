@@ -402,7 +402,7 @@ class DistillationSpec(_Spec):
             "Precompute the teacher when GPU memory is short: before training, every worker runs the "
             "unpruned model once over the micro-batches it will train on, keeps the top-k softened "
             "log-probabilities of each trained token in host memory and frees the teacher, so the teacher "
-            "never sits next to the optimizer state and activations; the KL then runs over those k tokens "
+            "never sits next to the student's activations and logits; the KL then runs over those k tokens "
             "(the teacher renormalised over them). Absent: the teacher stays on every worker, KL over the "
             "whole vocabulary."
         ),

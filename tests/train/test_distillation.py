@@ -28,7 +28,7 @@ from interlace.runtime.placement import placement_of
 from interlace.schema.spec import DistillationSpec, ModelSpec, SpecError, parse_prunejob
 from interlace.stages.finetune.checkpoint import STATE_FILE, plan_fingerprint, run_fingerprint
 from interlace.stages.finetune.driver import FAULT_MARKER_ENV, FAULT_STEP_ENV, finetune
-from interlace.stages.finetune.step import accumulate_gradients, teacher_top_k, token_losses
+from interlace.stages.finetune.step import TopKTargets, accumulate_gradients, teacher_top_k, token_losses
 from tests.train.conftest import hand_plan, pattern_samples, pattern_spec
 
 CPU = torch.device("cpu")
@@ -160,6 +160,14 @@ def test_precomputed_top_k_is_the_full_kl_at_full_vocabulary_and_the_formula_bel
     _, kl_self = token_losses(copy.deepcopy(teacher), batch, CPU, temperature=t, targets=top)
     outside = -(t * t) * torch.logsumexp(vals, dim=-1).sum()
     assert kl_self is not None and kl_self.item() == pytest.approx(outside.item(), rel=1e-3)
+    # An id the teacher gives no probability at all (-inf, e.g. a masked token) adds nothing: 0 log 0 = 0.
+    masked = TopKTargets(log_p=torch.cat([top.log_p[:, :-1], torch.full_like(top.log_p[:, -1:], -torch.inf)], -1),
+                         ids=top.ids)
+    first = TopKTargets(log_p=top.log_p[:, :-1], ids=top.ids[:, :-1])
+    _, kl_masked = token_losses(student, batch, CPU, temperature=t, targets=masked)
+    _, kl_first = token_losses(student, batch, CPU, temperature=t, targets=first)
+    assert kl_masked is not None and kl_first is not None and torch.isfinite(kl_masked)
+    assert kl_masked.item() == pytest.approx(kl_first.item(), rel=1e-5)
     # Targets of another micro-batch do not line up: refused, not silently misaligned.
     other, _ = _batches(proc, n=2, batch=1)[1]
     with pytest.raises(ValueError, match="other micro-batches"):

@@ -229,7 +229,9 @@ def token_losses(
             )
         student_log_q = F.log_softmax(picked / t, dim=-1).gather(-1, targets.ids.to(device).long())
         teacher_log_p = F.log_softmax(targets.log_p.to(device), dim=-1)  # renormalised over the k ids
-        kl = (teacher_log_p.exp() * (teacher_log_p - student_log_q)).sum()
+        p = teacher_log_p.exp()
+        # 0 x log 0 = 0: an id the teacher gives no probability (-inf, e.g. a masked token) adds nothing.
+        kl = torch.where(p > 0, p * (teacher_log_p - student_log_q), torch.zeros_like(p)).sum()
         return ce, kl * (t * t)
     if teacher is None:
         return ce, None
