@@ -321,9 +321,11 @@ def main(argv: list[str] | None = None) -> int:
                 return statistics.median(times)
 
             ref = args.arms[0]
+            t_ref = median_step(ref)
             for arm_name in args.arms[1:]:
-                equal_time[arm_name] = equal_time_steps(args.steps, median_step(ref), median_step(arm_name))
-                print(f"equal time: {arm_name} {median_step(arm_name):.2f} s/step vs {ref} {median_step(ref):.2f} "
+                t_arm = median_step(arm_name)
+                equal_time[arm_name] = equal_time_steps(args.steps, t_ref, t_arm)
+                print(f"equal time: {arm_name} {t_arm:.2f} s/step vs {ref} {t_ref:.2f} "
                       f"s/step (medians over {len(args.seeds) * len(args.strategies)} runs each) -> "
                       f"{equal_time[arm_name]} steps in the time of {args.steps}", flush=True)
             for seed, strategy, plan, before in prepared:

@@ -213,11 +213,8 @@ def token_losses(
     import torch
     import torch.nn.functional as F
 
-    inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-    labels = batch["labels"].to(device)
+    inputs, target, mask = _trained_tokens(batch, device)
     logits = model(**inputs, use_cache=False).logits
-    target = labels[:, 1:]
-    mask = target != -100
     picked = logits[:, :-1][mask].float()
     ce = F.cross_entropy(picked, target[mask], reduction="sum")
     t = float(temperature)
@@ -244,6 +241,16 @@ def token_losses(
     return ce, kl * (t * t)
 
 
+def _trained_tokens(
+    batch: dict[str, torch.Tensor], device: torch.device
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """The model inputs on `device`, the next-token targets and the mask of the trained ones (labels
+    != -100): one definition for `token_losses` and `teacher_top_k`, so their tokens line up."""
+    inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+    target = batch["labels"].to(device)[:, 1:]
+    return inputs, target, target != -100
+
+
 def teacher_top_k(
     teacher: nn.Module, batch: dict[str, torch.Tensor], device: torch.device, *, temperature: float, k: int
 ) -> TopKTargets:
@@ -253,8 +260,7 @@ def teacher_top_k(
     import torch
     import torch.nn.functional as F
 
-    inputs = {key: v.to(device) for key, v in batch.items() if key != "labels"}
-    mask = (batch["labels"][:, 1:] != -100).to(device)
+    inputs, _, mask = _trained_tokens(batch, device)
     with torch.no_grad():
         logits = teacher(**inputs, use_cache=False).logits[:, :-1][mask].float()
         log_p = F.log_softmax(logits / float(temperature), dim=-1)
