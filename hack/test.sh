@@ -13,7 +13,23 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 start=$(date +%s)
-step() { printf '\n=== [%4ss] %s\n' "$(( $(date +%s) - start ))" "$*"; }
+# Each phase's wall time, printed as a table when the script ends (also on a failure), so every CI log
+# shows where its minutes went (docs/testbed.md has the budget per phase and per test directory).
+phases=() phase_start=$start phase_name=""
+step() {
+  local now; now=$(date +%s)
+  [ -z "$phase_name" ] || phases+=("$(printf '%6ss  %s' "$(( now - phase_start ))" "$phase_name")")
+  phase_name="$*" phase_start=$now
+  printf '\n=== [%4ss] %s\n' "$(( now - start ))" "$*"
+}
+summary() {
+  local rc=$? now; now=$(date +%s)
+  [ -z "$phase_name" ] || phases+=("$(printf '%6ss  %s' "$(( now - phase_start ))" "$phase_name")")
+  printf '\n=== phase times (hack/test.sh, exit %s)\n' "$rc"
+  printf '%s\n' "${phases[@]}"
+  printf '%6ss  total\n' "$(( now - start ))"
+}
+trap summary EXIT
 
 step "control-plane binaries (cached in ${INTERLACE_TESTBED_DIR:-${INTERLACE_CACHE:-$HOME/.cache/interlace}/testbed})"
 bash hack/testbed/build.sh
@@ -45,12 +61,12 @@ step "pytest"
 unset PYTHONDONTWRITEBYTECODE
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 set +e
-python -m pytest "$@"
+# --durations: the slowest tests in every log (an argument given to this script comes after, and wins).
+python -m pytest --durations=40 "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then
   echo "pytest collected no tests: that is a failure" >&2
   exit 1
 fi
-step "done (pytest exit $rc)"
 exit "$rc"

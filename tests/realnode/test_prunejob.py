@@ -1,6 +1,10 @@
 """The product on real pods: `helm install` of the chart with the operator image this repo builds, then a
-PruneJob of the embedded default on a Ray head and two Ray worker pods, to a pruned model on a
-PersistentVolume.
+PruneJob of the embedded default on a Ray head and two Ray worker pods, its work files on a
+PersistentVolume, publishing the pruned model to an S3-compatible server that runs as a pod, with
+credentials from a Secret that never show up anywhere else.
+
+One PruneJob covers both the end-to-end path and S3 publishing (they were two runs of the same job:
+CI's time is spent once).
 
 Nothing in this module moves a status by hand: the operator runs as a pod (its probes, its
 ServiceAccount, the chart's read-only root filesystem), KubeRay creates the Ray cluster, `interlace
@@ -10,6 +14,7 @@ status field the test reads was written by the operator or by the job's reporter
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -19,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 import yaml
 
@@ -30,6 +36,9 @@ pytestmark = [pytest.mark.real_node, pytest.mark.cluster, pytest.mark.slow]
 CHART = REPO_ROOT / "charts" / "interlace-operator"
 RELEASE = "interlace"
 OPERATOR_NS = "interlace-system"
+
+ACCESS_KEY = "AKIAREALNODEPLANT7Q2X"
+SECRET_KEY = "realnode/Planted+Secret/x9QmZ7t3LkVw0PqR5sYbQ"
 
 
 def _image_args(ref: str) -> tuple[str, str]:
@@ -144,15 +153,45 @@ def _status(cp: ControlPlane, ns: str, name: str) -> dict[str, Any]:
     return cp.kubectl_json("get", "prunejob", name, "-n", ns).get("status", {})
 
 
-def test_prunejob_of_the_embedded_default_runs_on_a_head_and_two_worker_pods(
+def _s3_server(cp: ControlPlane, node: RealNode, ns: str, secret: str) -> Any:
+    """moto's S3 server in its own pod behind a Service, a bucket `models`, and the Secret a PruneJob
+    names in spec.output.s3Secret. Returns a boto3 client the test reaches the pod with (the node's
+    pod network, cni0 on this machine)."""
+    cp.create({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "s3"},
+        "spec": {"selector": {"matchLabels": {"app": "s3"}}, "template": {
+            "metadata": {"labels": {"app": "s3"}},
+            "spec": {"containers": [{"name": "s3", "image": node.images["s3"], "imagePullPolicy": "Never",
+                                     "ports": [{"containerPort": 5000}],
+                                     "readinessProbe": {"tcpSocket": {"port": 5000}, "periodSeconds": 2},
+                                     "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}}}]}}},
+    }, namespace=ns)
+    cp.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s3"},
+               "spec": {"selector": {"app": "s3"}, "ports": [{"port": 5000}]}}, namespace=ns)
+    cp.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": secret}, "type": "Opaque",
+               "stringData": {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+                              "AWS_ENDPOINT_URL": f"http://s3.{ns}.svc.cluster.local:5000",
+                              "AWS_REGION": "us-east-1"}}, namespace=ns)
+    cp.kubectl("rollout", "status", "deploy/s3", "-n", ns, "--timeout=180s", timeout=190)
+    pod_ip = cp.kubectl_json("get", "pods", "-n", ns, "-l", "app=s3")["items"][0]["status"]["podIP"]
+    s3 = boto3.client("s3", endpoint_url=f"http://{pod_ip}:5000", aws_access_key_id=ACCESS_KEY,
+                      aws_secret_access_key=SECRET_KEY, region_name="us-east-1")
+    s3.create_bucket(Bucket="models")
+    return s3
+
+
+def test_prunejob_of_the_embedded_default_on_a_head_and_two_worker_pods_publishes_to_s3(
     real_cluster: tuple[ControlPlane, RealNode], operator_release: dict[str, str], real_namespace: str,
+    tmp_path: Path,
 ) -> None:
     cp, node = real_cluster
     ns = real_namespace
+    s3 = _s3_server(cp, node, ns, "s3-creds")
     volume_dir = cp.workdir / "volumes" / ns
     cp.apply([_pv(f"pv-{ns}", volume_dir)])
     cp.create(_pvc("work", f"pv-{ns}"), namespace=ns)
     job = embedded_default_job("smollm2", "work")
+    job["spec"]["output"] = {"uri": "s3://models/smollm2-20", "s3Secret": "s3-creds"}
     cp.create(job, namespace=ns)
 
     # Watch the pods as the job runs: a Ray head and two workers, all on the real node.
@@ -181,6 +220,7 @@ def test_prunejob_of_the_embedded_default_runs_on_a_head_and_two_worker_pods(
 
     st = _status(cp, ns, "smollm2")
     plan, results = st["plan"], st["results"]
+    assert st["attempts"] == 1, st["attempts"]
     assert plan["numLayers"] == 30 and len(plan["drop"]) == 6 and len(plan["finetune"]) >= 1
     assert results["layersBefore"] == 30 and results["layersAfter"] == 24
     assert st["stage"] in ("Publishing", "Succeeded"), st["stage"]  # the job's reporter wrote the last stage
@@ -188,32 +228,63 @@ def test_prunejob_of_the_embedded_default_runs_on_a_head_and_two_worker_pods(
     # the embedded default scores out of domain (builtin:python-docs, the headline) and in domain
     assert ppl["perplexity (out of domain)"]["pruned"] > 0 and ppl["perplexity (in domain)"]["pruned"] > 0
     assert results["relativePerformance"] == pytest.approx(results["retentionOutOfDomain"])
+    assert results["outputUri"].startswith("s3://models/smollm2-20")
 
-    # The artifacts are on the volume (the host path behind the PV): plan, scores, checkpoints, model.
-    out = volume_dir / "smollm2"
+    # The model is in the bucket.
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket="models", Prefix="smollm2-20/").get("Contents", [])}
+    assert {"smollm2-20/model/config.json", "smollm2-20/model/model.safetensors",
+            "smollm2-20/model/README.md"} <= keys, keys
+
+    # The work files are on the claim every Ray pod mounts (INTERLACE_WORK_DIR, the host path behind
+    # the PV): plan, scores, checkpoints, the driver's event log.
+    work = [p.parent for p in (volume_dir / ".interlace-work").glob("*/plan.json")]
+    assert len(work) == 1, list((volume_dir / ".interlace-work").rglob("*"))[:20]
+    out = work[0]
     assert json.loads((out / "plan.json").read_text())["drop"] == plan["drop"]
-    assert (out / "model" / "config.json").is_file() and (out / "results.json").is_file()
+    assert (out / "results.json").is_file()
     ckpts = sorted((out / "checkpoints").rglob("state.json"))
     assert ckpts, list((out / "checkpoints").rglob("*"))[:20]
     last = max((json.loads(p.read_text()) for p in ckpts), key=lambda st: st["step"])
     # Ray Train ran one worker per worker pod, under DDP, and the checkpoint of the last step is shared.
     assert last["step"] == 4 and last["world_size"] == 2 and last["wrapping"] == "ddp", last
-    # The driver's event log on the volume: every stage, and finetuning progress up to the last step.
+    # The driver's event log: every stage, and finetuning progress up to the last step.
     events = [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()]
     stages = [e["data"]["stage"] for e in events if e["event"] == "stage"]
     assert stages[:2] == ["Analyzing", "Planning"] and "Finetuning" in stages and "Evaluating" in stages, stages
     assert any(e["event"] == "progress" and e["data"].get("step") == 4 and e["data"].get("totalSteps") == 4
                for e in events), events[-5:]
 
-    # The published model loads with transformers in a fresh process and its perplexity matches.
+    # Nothing secret anywhere a user or another tenant can read: status, events, ConfigMaps, logs.
+    where = {
+        "prunejob": json.dumps(cp.kubectl_json("get", "prunejob", "smollm2", "-n", ns)),
+        "events": cp.kubectl("get", "events", "-n", ns, "-o", "json").stdout,
+        "configmaps": cp.kubectl("get", "configmaps", "-n", ns, "-o", "json").stdout,
+        "rayjobs": cp.kubectl("get", "rayjobs", "-n", ns, "-o", "json").stdout,
+        "operator log": "".join(cp.kubectl("logs", p["metadata"]["name"], "-n", OPERATOR_NS, check=False).stdout
+                                for p in cp.kubectl_json("get", "pods", "-n", OPERATOR_NS)["items"]),
+        "job logs": "".join(cp.kubectl("logs", p["metadata"]["name"], "-n", ns, "--all-containers", check=False).stdout
+                            for p in cp.kubectl_json("get", "pods", "-n", ns)["items"]),
+    }
+    b64 = base64.b64encode(SECRET_KEY.encode()).decode()
+    for name, text in where.items():
+        assert SECRET_KEY not in text and b64 not in text, f"the secret key leaked into {name}"
+        assert ACCESS_KEY not in text, f"the access key id leaked into {name}"
+
+    # The published model, downloaded from the bucket, loads with transformers in a fresh process and
+    # its perplexity matches the one the job reported.
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    for key in keys:
+        if key.startswith("smollm2-20/model/") and key.count("/") == 2:
+            s3.download_file("models", key, str(model_dir / key.rsplit("/", 1)[1]))
     code = f"""
 import json, sys
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from interlace.stages.evaluate import heldout_samples, perplexity
 from interlace.schema.spec import load_prunejob
 job = load_prunejob(sys.argv[1])
-model = AutoModelForCausalLM.from_pretrained({str(out / 'model')!r})
-tok = AutoTokenizer.from_pretrained({str(out / 'model')!r})
+model = AutoModelForCausalLM.from_pretrained({str(model_dir)!r})
+tok = AutoTokenizer.from_pretrained({str(model_dir)!r})
 assert model.config.num_hidden_layers == 24, model.config.num_hidden_layers
 samples = heldout_samples(job.spec.evaluation, finetune_data=job.spec.finetune.data)
 print(json.dumps({{"ppl": perplexity(model, tok, samples, batch_size=job.spec.evaluation.batch_size, max_length=job.spec.finetune.max_length)}}))
