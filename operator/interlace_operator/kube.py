@@ -140,7 +140,10 @@ class Kube:
         try:
             self.custom.delete_namespaced_custom_object(
                 "ray.io", "v1", namespace, "rayjobs", name,
-                propagation_policy="Background", _request_timeout=REQUEST_TIMEOUT,
+                # Foreground: the RayJob stays (with a deletionTimestamp) until its RayCluster and the
+                # cluster's pods are gone, so "the RayJob is gone" means "its GPUs are free" (the
+                # next attempt waits for that: machine.py).
+                propagation_policy="Foreground", _request_timeout=REQUEST_TIMEOUT,
             )
         except ApiException as err:
             if err.status != 404:

@@ -20,10 +20,17 @@ tested without a cluster (tests/operator/test_machine.py); nothing here calls th
     not queued: RayJob suspend != spec.suspend (not finished) --> SetSuspend
     otherwise: settle(observe_rayjob(RayJob))
       failed, retryable, attempts <= backoffLimit: suspended ---> HoldSuspended
-                                                   due ---------> Retry(next attempt)
                                                    not due -----> WaitRetry(until due)
+                                                   due, RayJob still there -> WaitRetry(release)
+                                                   due, RayJob gone ------> Retry(next attempt)
       failed otherwise, or succeeded ---------------------------> Finish
       running / pending / suspended ----------------------------> Report
+
+A failed attempt's RayJob is always released (deleted, foreground: the object stays until its Ray
+cluster's pods are gone), whatever KubeRay's deployment status says: KubeRay keeps a finished RayJob's
+cluster for ttlSecondsAfterFinished, holding its GPUs. The next attempt's RayJob is created only once
+the failed one is gone, so one PruneJob never holds two Ray clusters (nor, under Kueue, GPUs whose
+quota was released).
 """
 
 from __future__ import annotations
@@ -79,6 +86,10 @@ KUEUE_QUEUED_RECHECK = 10.0
 WORKLOAD_SUSPENDED_ANNOTATION = "interlace.dev/suspended"
 
 
+# How soon to look again while a failed attempt's RayJob is being deleted (its pods terminating) and
+# the next attempt waits for it; the RayJob's deletion event usually comes first.
+RELEASE_RECHECK = 2.0
+
 # ---------------------------------------------------------------- steps
 
 
@@ -117,7 +128,7 @@ class SetWorkloadActive:
 class _Write:
     """A step that writes `outcome` and `mirror` (status.rayJob) to status; `conflict_event`: KubeRay's
     two statuses disagree in a way not reported before; `release`: delete the attempt's RayJob after
-    the write (it failed but KubeRay has not torn it down, so it still holds GPUs)."""
+    the write (it failed, and its Ray cluster holds GPUs until it is gone)."""
 
     outcome: Outcome
     mirror: dict[str, Any] | None
@@ -179,7 +190,7 @@ def decide(o: Observation) -> Step:
             f"the PruneJob ran longer than spec.activeDeadlineSeconds={o.deadline_seconds} (from status.startTime)",
             finished=True, failed=True,
         )
-        return Expire(outcome, mirror, release=o.rayjob is not None and _jds(o.rayjob) not in JDS_FINISHED)
+        return Expire(outcome, mirror, release=o.rayjob is not None)
     if o.attempts == 0:
         if o.queue and o.suspend:
             # No RayJob yet, so no Workload Kueue could admit before the operator deactivates it.
@@ -279,15 +290,27 @@ def _settle(o: Observation, outcome: Outcome, mirror: dict[str, Any] | None, rec
             return Finish(outcome, mirror, conflict_event=conflict)
         return Report(outcome, mirror, conflict_event=conflict, recheck=recheck)
 
-    release = o.rayjob is not None and _jds(o.rayjob) not in JDS_FINISHED
+    # Whatever KubeRay's deployment status says: a finished RayJob keeps its cluster (and GPUs) for
+    # ttlSecondsAfterFinished.
+    release = o.rayjob is not None
     if outcome.retryable and o.attempts <= o.backoff_limit:
         if o.suspend:
             held = Outcome(Phase.SUSPENDED.value, "Suspended", "suspended between attempts")
             return HoldSuspended(held, mirror, conflict_event=conflict, release=release)
         ended = parse_time((mirror or {}).get("endTime")) or o.now
         due = ended + timedelta(seconds=o.retry_delay)
+        if o.now >= due and o.rayjob is None:
+            return Retry(outcome, mirror, conflict_event=conflict, attempt=o.attempts + 1)
         if o.now >= due:
-            return Retry(outcome, mirror, conflict_event=conflict, release=release, attempt=o.attempts + 1)
+            assert o.rayjob is not None
+            releasing = Outcome(
+                Phase.PENDING.value, "ReleasingAttempt",
+                f"attempt {o.attempts} failed ({outcome.reason}: {outcome.message}); attempt {o.attempts + 1} of "
+                f"{o.backoff_limit + 1} starts once RayJob {o.rayjob['metadata']['name']} and its Ray cluster "
+                "are deleted (they hold the failed attempt's GPUs until then)",
+            )
+            return WaitRetry(releasing, mirror, conflict_event=conflict, release=True,
+                             due=o.now + timedelta(seconds=RELEASE_RECHECK))
         waiting = Outcome(
             Phase.PENDING.value, "BackoffRetry",
             f"attempt {o.attempts} failed ({outcome.reason}: {outcome.message}); attempt {o.attempts + 1} of "

@@ -55,8 +55,11 @@ def test_past_the_deadline_expires_and_releases_a_live_rayjob() -> None:
     assert isinstance(step, Expire) and step.release
     assert step.outcome.reason == "DeadlineExceeded" and "activeDeadlineSeconds=60" in step.outcome.message
     assert step.mirror is not None and step.mirror["endTime"] == rfc3339(NOW)
+    # KubeRay marked it finished, but keeps its cluster for ttlSecondsAfterFinished: released too
     finished = decide(obs(deadline=NOW, rayjob=rayjob("FAILED", "Failed")))
-    assert isinstance(finished, Expire) and not finished.release  # KubeRay already tore it down
+    assert isinstance(finished, Expire) and finished.release
+    gone = decide(obs(deadline=NOW, rayjob=None))
+    assert isinstance(gone, Expire) and not gone.release
     assert isinstance(decide(obs(deadline=NOW + timedelta(seconds=1))), Report)
 
 
@@ -90,20 +93,28 @@ def test_running_reports_the_stage() -> None:
     assert not step.release and not step.conflict_event
 
 
-def test_a_failed_attempt_waits_for_its_backoff_then_retries() -> None:
+def test_a_failed_attempt_is_released_waits_for_its_backoff_then_retries_once_gone() -> None:
     failed = rayjob("FAILED", "Failed", end=NOW - timedelta(seconds=4))
     step = decide(obs(rayjob=failed, retry_delay=10.0))
     assert isinstance(step, WaitRetry) and step.due == NOW + timedelta(seconds=6)
     assert step.outcome.reason == "BackoffRetry" and "attempt 2 of 3" in step.outcome.message
-    assert not step.release  # KubeRay tore it down (Failed)
-    later = decide(obs(rayjob=failed, retry_delay=10.0, now=NOW + timedelta(seconds=6)))
-    assert isinstance(later, Retry) and later.attempt == 2
+    # KubeRay marked the deployment Failed but keeps its Ray cluster for ttlSecondsAfterFinished
+    assert step.release
+    # due, but the failed RayJob is still being deleted (its pods terminating): no second cluster yet
+    later = NOW + timedelta(seconds=6)
+    waiting = decide(obs(rayjob=failed, retry_delay=10.0, now=later))
+    assert isinstance(waiting, WaitRetry) and waiting.release and waiting.outcome.reason == "ReleasingAttempt"
+    assert waiting.due == later + timedelta(seconds=2) and "pj-1" in waiting.outcome.message
+    # gone: the recorded end of the attempt settles it, and the next attempt starts
+    gone = decide(obs(rayjob=None, recorded=step.mirror, retry_delay=10.0, now=later))
+    assert isinstance(gone, Retry) and gone.attempt == 2 and not gone.release
 
 
-def test_a_failed_attempt_kuberay_did_not_tear_down_is_released() -> None:
+def test_a_failed_attempt_kuberay_did_not_tear_down_is_released_before_the_retry() -> None:
     # the Ray job failed but KubeRay still reports the deployment Running: its pods hold the GPUs
     step = decide(obs(rayjob=rayjob("FAILED", "Running"), retry_delay=0.0))
-    assert isinstance(step, Retry) and step.release and step.conflict_event
+    assert isinstance(step, WaitRetry) and step.release and step.conflict_event
+    assert step.outcome.reason == "ReleasingAttempt"
 
 
 def test_the_conflict_event_is_posted_once() -> None:

@@ -96,7 +96,19 @@ def test_operator_worker_and_head_pods_killed_mid_run(
                 newest = state
         return newest
 
+    # Observed at every poll, not assumed: never two Ray clusters of this PruneJob at once (a failed
+    # attempt's RayJob, its RayCluster and its pods are gone before the next attempt's RayJob exists).
+    clusters_seen: list[list[str]] = []
+
+    def ray_clusters() -> None:
+        names = {c["metadata"]["name"] for c in cp.kubectl_json("get", "rayclusters", "-n", ns)["items"]}
+        names |= {p["metadata"]["labels"]["ray.io/cluster"]
+                  for p in cp.kubectl_json("get", "pods", "-n", ns, "-l", "ray.io/cluster")["items"]}
+        if len(names) > 1 or not clusters_seen or clusters_seen[-1] != sorted(names):
+            clusters_seen.append(sorted(names))
+
     def inject(st: dict[str, Any]) -> None:
+        ray_clusters()
         if "operator" not in done and st.get("stage") in ("Analyzing", "Planning", "Finetuning"):
             op = cp.kubectl_json("get", "pods", "-n", OPERATOR_NS, "-l", "app.kubernetes.io/component=operator")
             cp.kubectl("delete", "pod", "-n", OPERATOR_NS, op["items"][0]["metadata"]["name"], "--wait=false")
@@ -120,6 +132,7 @@ def test_operator_worker_and_head_pods_killed_mid_run(
 
     st = _wait_job(cp, ns, "faults", timeout=2400, while_running=inject)
     assert {"operator", "worker", "head"} <= set(done), done
+    assert all(len(names) <= 1 for names in clusters_seen), clusters_seen
     rayjobs = sorted(r["metadata"]["name"] for r in cp.kubectl_json("get", "rayjobs", "-n", ns)["items"])
     # One RayJob per attempt, named by the attempt (finished ones may already be collected).
     expected = {f"faults-{i}" for i in range(1, st["attempts"] + 1)}
