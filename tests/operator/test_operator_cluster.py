@@ -107,14 +107,17 @@ def test_apply_to_succeeded(cluster: Cluster, run_operator, control_plane) -> No
 
 
 def test_status_conflict_fails_and_retries_with_backoff_until_the_limit(cluster: Cluster, run_operator) -> None:
-    """jobStatus RUNNING but jobDeploymentStatus Failed -> the attempt failed; retries make a new RayJob
-    per attempt after a backoff; the budget ends in Failed without a further RayJob."""
+    """jobStatus RUNNING but jobDeploymentStatus Failed -> the attempt failed; its RayJob is deleted and
+    the retry makes a new RayJob only once it is gone (never two Ray clusters of one PruneJob); the
+    budget ends in Failed without a further RayJob."""
     run_operator()
     cluster.apply(prunejob("flaky", backoffLimit=1))
     _rayjob(cluster, "flaky-1")
     cluster.patch_rayjob_status("flaky-1", jobDeploymentStatus="Failed", jobStatus="RUNNING",
                                 reason="AppFailed", message="worker OOM")
-    _rayjob(cluster, "flaky-2", timeout=30)
+    # the foreground deletion of flaky-1 (its RayCluster first) comes before flaky-2
+    _rayjob(cluster, "flaky-2", timeout=90)
+    assert rayjobs_of(cluster, "flaky") == ["flaky-2"]
     st = cluster.status("flaky")
     assert st["attempts"] == 2
     reasons = cluster.event_reasons("flaky")
@@ -129,7 +132,7 @@ def test_status_conflict_fails_and_retries_with_backoff_until_the_limit(cluster:
     assert stalled["status"] == "True" and stalled["reason"] == failed["reason"]
     assert cluster.condition("flaky", "Ready")["status"] == "False"
     time.sleep(2)  # longer than the backoff: no third attempt may appear
-    assert rayjobs_of(cluster, "flaky") == ["flaky-1", "flaky-2"]
+    assert "flaky-3" not in rayjobs_of(cluster, "flaky")
     assert cluster.kubectl("wait", "--for=condition=Failed", "prunejob/flaky", "--timeout=5s").returncode == 0
 
 
@@ -143,13 +146,13 @@ def test_operator_killed_and_restarted_mid_job(cluster: Cluster, run_operator) -
     # While the operator is down the attempt fails; the restarted operator retries exactly once.
     cluster.patch_rayjob_status("crashy-1", jobDeploymentStatus="Failed", jobStatus="FAILED", reason="AppFailed")
     op.start()
-    _rayjob(cluster, "crashy-2")
+    _rayjob(cluster, "crashy-2", timeout=90)
     op.kill()
     op.start()
     op.kill()
     op.start()
     time.sleep(2)
-    assert rayjobs_of(cluster, "crashy") == ["crashy-1", "crashy-2"]
+    assert rayjobs_of(cluster, "crashy") == ["crashy-2"]  # the failed attempt's RayJob was released
     assert wait_for(lambda: cluster.status("crashy").get("attempts") == 2, what="attempts=2")
 
     # Kill right after a status change, before the operator can have reacted.
@@ -162,7 +165,7 @@ def test_operator_killed_and_restarted_mid_job(cluster: Cluster, run_operator) -
     op.start()
     st = cluster.wait_phase("crashy", "Succeeded")
     assert st["attempts"] == 2 and st["rayJob"]["name"] == "crashy-2"
-    assert rayjobs_of(cluster, "crashy") == ["crashy-1", "crashy-2"]
+    assert rayjobs_of(cluster, "crashy") == ["crashy-2"]  # the failed attempt's RayJob was released
     assert op.starts == 6
     # no duplicate transition events across restarts
     assert cluster.event_reasons("crashy").count("Succeeded") == 1
