@@ -146,5 +146,5 @@ def annotation_violations(annotations: dict[str, str], where: str) -> list[str]:
     p = []
     for k, v in annotations.items():
         if k.startswith(APPARMOR_ANNOTATION) and v != "runtime/default" and not v.startswith("localhost/"):
-            p.append(f"{where}[{k}]: AppArmor profile {v!r} breaks Pod Security baseline (use runtime/default)")
+            p.append(f"{where}: {k}: AppArmor profile {v!r} breaks Pod Security baseline (use runtime/default)")
     return p

@@ -1115,6 +1115,12 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> str:
             # list indices as Kubernetes writes them: spec.resources.tolerations[0].key
             loc += f"[{p}]" if isinstance(p, int) else (f".{p}" if loc else str(p))
         loc = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "document"
+        # A model validator that names deeper fields itself ("Value error, <loc>.x[0].y: ...", one line
+        # each, as the Pod Security policy does): those paths, as they are.
+        inner = e["msg"].removeprefix("Value error, ").splitlines()
+        if e["msg"].startswith("Value error, ") and all(line.startswith(loc) for line in inner):
+            lines += inner
+            continue
         lines.append(f"{loc}: {e['msg']}")
     return "\n".join(lines)
 
