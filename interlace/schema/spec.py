@@ -40,9 +40,9 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from interlace.errors import InterlaceError
+from interlace.schema import podpolicy
 from interlace.schema.base import ApiModel as _Model
 from interlace.schema.limits import max_drop
-from interlace.schema import podpolicy
 from interlace.schema.status import Condition, Phase, Progress, RayJobStatus
 
 API_GROUP = "interlace.dev"
