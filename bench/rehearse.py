@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import logging
 import random
 import sys
 import time

@@ -73,14 +73,16 @@ def accumulate_gradients(
     distill = distillation if teacher is not None or targets is not None else None
     if targets is not None and len(targets) != len(group):
         raise ValueError(f"{len(targets)} precomputed teacher targets for {len(group)} micro-batches")
+    # Both reductions run on the training device: the process group Ray Train makes for GPUs is NCCL,
+    # which has no CPU backend (a CPU tensor there fails at the first step; bench/rehearse.py shows it).
     counts = torch.tensor(
         [sum(int((b["labels"][:, 1:] != -100).sum()) for b, _ in group), sum(n for _, n in group)],
-        dtype=torch.float64,
+        dtype=torch.float64, device=device,
     )
     if world > 1:
         dist.all_reduce(counts)
     n_labels, n_tokens = max(counts[0].item(), 1.0), int(counts[1].item())
-    sums = torch.zeros(3, dtype=torch.float64)  # loss, ce, kl (summed over tokens)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, ce, kl (summed over tokens)
     for i, (batch, _) in enumerate(group):
         with _no_sync(model, i == len(group) - 1), _autocast(device, amp_dtype):
             ce, kl = token_losses(
@@ -95,7 +97,7 @@ def accumulate_gradients(
         loss = part * (world / n_labels)
         (scaler.scale(loss) if scaler is not None else loss).backward()
         kl_part = kl.detach() if kl is not None else ce.new_zeros(())
-        sums += torch.stack([part.detach(), ce.detach(), kl_part]).double().cpu()
+        sums += torch.stack([part.detach(), ce.detach(), kl_part]).double()  # no host sync per micro-batch
     if world > 1:
         dist.all_reduce(sums)
     loss_mean, ce_mean, kl_mean = (sums / n_labels).tolist()
