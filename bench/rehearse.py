@@ -1,12 +1,12 @@
 """Rehearse one finetune step of a PruneJob on CPU, without a GPU, weights or the hub.
 
 WORK IN PROGRESS (issue 24; not run by CI, no figure from it is claimed in docs/). Where it stands:
-on the code before the step's collectives moved to the training device, pass 1 fails with "No
-backend type associated with device type cpu" (the bug it is meant to catch); after that fix the
-collective goes through and pass 1 stops at a value read from a fake tensor
-(DataDependentOutputException in aten._local_scalar_dense, not yet traced); pass 2 runs, and the
-job's estimate is below its simulated peak (8B example, world 8: 71.6 vs 78.23 GiB, the first
-step's peak, before AdamW's state exists), so the verdict is FAIL either way.
+on the code before the step's collectives moved to the training device, pass 1 fails at the first
+all-reduce with "No backend type associated with device type cpu" (the bug it is meant to catch);
+after that fix the all-reduce goes through and pass 1 stops later, in the model's forward on fake
+CUDA tensors ("CUDA driver version is insufficient": a real CUDA call under FakeTensorMode, not yet
+traced); pass 2 runs, and the job's estimate is below its simulated peak (8B example, world 8:
+71.6 vs 78.23 GiB, the first step's peak, before AdamW's state exists), so the verdict is FAIL.
 
     python bench/rehearse.py -f manifests/examples/qwen3-vl-8b-25.yaml --world 8
 
@@ -123,10 +123,25 @@ class RealBatch:
             return x
 
         if getattr(func, "namespace", None) in ("c10d", "_c10d_functional", "c10d_functional"):
-            # A collective never runs on a shadow: it goes to the fake process group with the tensor the
-            # library gave it, so a CPU tensor on a CUDA-only group fails as under NCCL. (Ranks are
-            # symmetric; the shadow keeps this rank's value, which only scales the logged losses.)
-            return func(*args, **kwargs)
+            # A collective reaches the process group on a tensor of the device the library chose:
+            # a fake accelerator tensor as it is (the fake group accepts it), a CPU tensor (fake or
+            # not) as a real CPU tensor, so that the group's own device dispatch refuses it on a
+            # CUDA-only group exactly as NCCL's does. Never on a CPU shadow of an accelerator tensor.
+            # (Ranks are symmetric; a shadow keeps this rank's value, which only scales logged losses.)
+            flat, _ = tree_flatten((args, kwargs))
+            if all(x.device.type != "cpu" for x in flat if isinstance(x, torch.Tensor)):
+                return func(*args, **kwargs)
+
+            def real_cpu(x: Any) -> Any:
+                if isinstance(x, FakeTensor):
+                    shadow = real_of(x)
+                    with unset_fake_temporarily():
+                        return shadow if shadow is not None else torch.zeros(x.shape, dtype=x.dtype)
+                return x
+
+            r_args, r_kwargs = tree_map(real_cpu, (args, kwargs))
+            with unset_fake_temporarily():
+                return func(*r_args, **r_kwargs)
         flat, _ = tree_flatten((args, kwargs))
         tensors = [x for x in flat if isinstance(x, torch.Tensor)]
         known = all(real_of(x) is not None for x in tensors)
@@ -141,6 +156,8 @@ class RealBatch:
                 target is None or torch.device(target).type == "cpu"
             ):
                 return real_out  # a plain CPU op on the batch
+            if func is torch.ops.aten._local_scalar_dense.default:
+                return real_out  # .item() of a tensor whose real value is known (the label counts)
             out = func(*args, **kwargs)  # the fake value on the fake device, real value kept beside
             if isinstance(out, FakeTensor) and isinstance(real_out, torch.Tensor):
                 self.shadow[id(out)] = real_out
@@ -373,14 +390,14 @@ def main(argv: list[str] | None = None) -> int:
     if not coll["ok"]:
         failed = True
         print("    " + coll["error"])
-        print("    " + "\n    ".join(coll["traceback"].strip().splitlines()[-12:]))
+        print("    " + "\n    ".join(coll["traceback"].strip().splitlines()[-40:]))
     mem = simulate(spec, entry, world=world, device_type="cpu", tiny=args.tiny, measure=True)
     print(f"[2] memory, one full step on fake CPU tensors: {'ok' if mem['ok'] else 'FAILED'}; "
           f"collectives {mem['collectives']}")
     if not mem["ok"]:
         failed = True
         print("    " + mem["error"])
-        print("    " + "\n    ".join(mem["traceback"].strip().splitlines()[-12:]))
+        print("    " + "\n    ".join(mem["traceback"].strip().splitlines()[-40:]))
     else:
         from gpu import qwen3_vl_config
 
