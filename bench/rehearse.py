@@ -266,7 +266,7 @@ def simulate(spec: Any, entry: dict[str, Any], *, world: int, device_type: str, 
     from transformers import Qwen3VLForConditionalGeneration, get_scheduler
 
     from interlace.models.load import find_parts
-    from interlace.stages.finetune.freeze import apply_freezing, enable_checkpointing
+    from interlace.stages.finetune.freeze import prepare_student
     from interlace.stages.finetune.step import _wrap, accumulate_gradients, apply_gradients
     from interlace.stages.prune import prune_model
 
@@ -305,13 +305,8 @@ def simulate(spec: Any, entry: dict[str, Any], *, world: int, device_type: str, 
             parts = find_parts(model)
             plan = make_plan(spec, len(parts.layers), list(parts.deepstack_layers))
             prune_model(model, plan, deepstack_policy=str(spec.pruning.deepstack_policy))
-            summary = apply_freezing(model, plan, freeze_lm_head=spec.pruning.freeze_lm_head)
-            for p in model.parameters():
-                if p.requires_grad and p.dtype != torch.float32:
-                    p.data = p.data.float()
-            if ft.gradient_checkpointing:
-                enable_checkpointing(model, summary.lowest_position)
-            model.train()
+            summary = prepare_student(model, plan, freeze_lm_head=spec.pruning.freeze_lm_head,
+                                      gradient_checkpointing=ft.gradient_checkpointing)
             out["plan"] = {"drop": plan.drop, "finetune": plan.finetune, "positions": summary.positions}
             weights = {
                 "frozen": sum(p.numel() * p.element_size() for p in model.parameters() if not p.requires_grad),
@@ -383,22 +378,19 @@ def main(argv: list[str] | None = None) -> int:
           f"{ft.parallelism}, micro-batch {ft.per_device_batch_size} x {ft.max_length}, precision {ft.precision}, "
           f"checkpointing {ft.gradient_checkpointing}, distillation {ft.distillation is not None}")
     t0 = time.perf_counter()
-    failed = False
-    coll = simulate(spec, entry, world=world, device_type="cuda", tiny=args.tiny, measure=False)
-    print(f"[1] collectives on a CUDA-only fake group (fake CUDA tensors, no backward): "
-          f"{'ok' if coll['ok'] else 'FAILED'}; issued {coll['collectives']}")
-    if not coll["ok"]:
-        failed = True
-        print("    " + coll["error"])
-        print("    " + "\n    ".join(coll["traceback"].strip().splitlines()[-40:]))
-    mem = simulate(spec, entry, world=world, device_type="cpu", tiny=args.tiny, measure=True)
-    print(f"[2] memory, one full step on fake CPU tensors: {'ok' if mem['ok'] else 'FAILED'}; "
-          f"collectives {mem['collectives']}")
-    if not mem["ok"]:
-        failed = True
-        print("    " + mem["error"])
-        print("    " + "\n    ".join(mem["traceback"].strip().splitlines()[-40:]))
-    else:
+
+    def run_pass(label: str, device_type: str, measure: bool) -> dict[str, Any]:
+        result = simulate(spec, entry, world=world, device_type=device_type, tiny=args.tiny, measure=measure)
+        print(f"{label}: {'ok' if result['ok'] else 'FAILED'}; collectives issued {result['collectives']}")
+        if not result["ok"]:
+            print("    " + result["error"])
+            print("    " + "\n    ".join(result["traceback"].strip().splitlines()[-40:]))
+        return result
+
+    coll = run_pass("[1] collectives on a CUDA-only fake group (fake CUDA tensors, no backward)", "cuda", False)
+    mem = run_pass("[2] memory, one full step on fake CPU tensors", "cpu", True)
+    failed = not (coll["ok"] and mem["ok"])
+    if mem["ok"]:
         from gpu import qwen3_vl_config
 
         peak = mem["peak"]

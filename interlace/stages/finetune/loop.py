@@ -81,7 +81,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import torch
     from transformers import get_scheduler
 
-    from interlace.stages.finetune.freeze import apply_freezing, enable_checkpointing
+    from interlace.stages.finetune.freeze import prepare_student
 
     config: WorkerConfig = loop_config["config"]
     ctx = ray.train.get_context()
@@ -96,13 +96,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     load_dtype = "float32" if amp_dtype is None or device.type == "cpu" else "bfloat16"
     loaded = _load(config, str(config.model_dir), load_dtype, device)
     model, processor = loaded.model, loaded.processor
-    summary = apply_freezing(model, plan, freeze_lm_head=config.freeze_lm_head)
-    for p in model.parameters():
-        if p.requires_grad and p.dtype != torch.float32:
-            p.data = p.data.float()
-    if spec.gradient_checkpointing:
-        enable_checkpointing(model, summary.lowest_position)
-    model.train()
+    summary = prepare_student(
+        model, plan, freeze_lm_head=config.freeze_lm_head, gradient_checkpointing=spec.gradient_checkpointing
+    )
     model = _wrap(model, spec.parallelism, device, amp_dtype, world)
     #    The teacher (spec.distillation): the unpruned model, in the student's load dtype, frozen, in
     #    eval mode, a full replica on every worker, never wrapped by DDP/FSDP (it has no gradients).
