@@ -20,7 +20,11 @@ Memory (`memory_estimate`, bytes per GPU, the worst case: every micro-batch full
 frozen weights in the load dtype; trainable parameters as fp32 master weights + fp32 gradients + AdamW
 exp_avg/exp_avg_sq (16 bytes each), plus a gradient bucket copy under DDP with more than one worker;
 activations of one micro-batch (the checkpointed layers' inputs, one layer's full activations while
-it is recomputed, or every trainable-range layer's without checkpointing) and its bf16 logits.
+it is recomputed, or every trainable-range layer's without checkpointing); the logits at the labelled
+positions only and their gradient (bf16), and the float32 temporaries of one cross-entropy chunk
+(`LOSS_CHUNK_TOKENS` tokens: the upcast logits, their log-softmax and its gradient, 18 bytes x vocab
+per token); under FSDP2 the shards plus the unsharded parameters of the layer being computed and of
+the next one (prefetched).
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ from dataclasses import dataclass
 from typing import Any
 
 GIB = 2**30
+# Tokens per chunk of the training loss's float32 cross-entropy (interlace.stages.finetune.step).
+LOSS_CHUNK_TOKENS = 512
+LOSS_CHUNK_BYTES_PER_LOGIT = 18.0  # fp32 upcast 4 + log-softmax 4 + its gradient 4 + input gradient 4 + bf16 2
 
 
 def _get(cfg: Any, key: str, default: Any = None) -> Any:
@@ -190,6 +197,7 @@ def memory_estimate(
     if sharded and world_size > 1:
         frozen /= world_size
         state /= world_size
+        frozen += 2.0 * per_layer * weight_bytes  # one layer all-gathered, the next one prefetched
     q = shape.heads * shape.head_dim
     kv = shape.kv_heads * shape.head_dim
     # Saved tensors of one decoder layer per token (bf16): norms' inputs, q/k/v, attention output,
@@ -198,7 +206,9 @@ def memory_estimate(
     span = num_layers - train[0]  # layers the backward pass goes through
     t = float(tokens_per_micro_batch)
     acts = t * (span * 2.0 * shape.hidden + layer_act) if checkpointing else t * span * layer_act
-    logits = t * shape.vocab * 2.0 * 2  # bf16 logits and their gradient
+    # bf16 logits at the labelled positions (worst case: every token) and their gradient, plus one
+    # float32 chunk of the cross-entropy.
+    logits = t * shape.vocab * 2.0 * 2 + min(t, LOSS_CHUNK_TOKENS) * shape.vocab * LOSS_CHUNK_BYTES_PER_LOGIT
     teacher = teacher_params * float(weight_bytes) + t * shape.vocab * (2.0 + 2 * 4.0) if teacher_params else 0.0
     if teacher_params and teacher_precomputed:
         before_training = frozen + state + teacher_params * float(weight_bytes) + t * shape.vocab * (2.0 + 4.0)

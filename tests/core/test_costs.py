@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from interlace.runtime.costs import (
+    LOSS_CHUNK_TOKENS,
     DecoderShape,
     memory_estimate,
     parse_quantity,
@@ -59,14 +60,18 @@ def test_memory_estimate_parts() -> None:
     est = memory_estimate(SHAPE, checkpointing=True, **kw)
     assert est.trainable_state == 16 * n  # fp32 weights + grads + AdamW's two moments
     assert est.frozen_weights == (10_000 - n) * 2
-    assert est.logits == 100 * 10 * 4
+    # bf16 logits and their gradient at every (labelled) token, plus one float32 cross-entropy chunk
+    assert est.logits == 100 * 10 * 4 + min(100, LOSS_CHUNK_TOKENS) * 10 * 18
+    long = memory_estimate(SHAPE, checkpointing=True, **{**kw, "tokens_per_micro_batch": 4 * LOSS_CHUNK_TOKENS})
+    assert long.logits == 4 * LOSS_CHUNK_TOKENS * 10 * 4 + LOSS_CHUNK_TOKENS * 10 * 18  # one chunk, not four
     assert est.total == est.frozen_weights + est.trainable_state + est.activations + est.logits
     no_ckpt = memory_estimate(SHAPE, checkpointing=False, **kw)
     assert no_ckpt.activations > 0 and est.activations > 0
     ddp = memory_estimate(SHAPE, checkpointing=True, world_size=2, **kw)
     assert ddp.trainable_state == 20 * n  # + the DDP gradient buckets
     fsdp = memory_estimate(SHAPE, checkpointing=True, world_size=2, sharded=True, **kw)
-    assert fsdp.trainable_state == 8 * n and fsdp.frozen_weights == est.frozen_weights / 2
+    # FSDP2: shards, plus the all-gathered parameters of the layer being computed and the prefetched next
+    assert fsdp.trainable_state == 8 * n and fsdp.frozen_weights == est.frozen_weights / 2 + 2 * n * 2
     # A lower trainable layer means a longer backward: more activations kept.
     low = memory_estimate(SHAPE, checkpointing=True, **{**kw, "trainable": [0]})
     assert low.activations > est.activations

@@ -13,6 +13,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from interlace.runtime import costs
 from interlace.schema.spec import DistillationSpec
 
 if TYPE_CHECKING:
@@ -249,8 +250,9 @@ def token_losses(
 
 # Tokens per chunk of the cross-entropy: its float32 temporaries (the upcast logits, their log-softmax
 # and its gradient) exist for one chunk at a time, about 18 bytes x LOSS_CHUNK_TOKENS x vocabulary
-# (1.4 GB at Qwen3-VL's 151,936), not for every trained token of the micro-batch.
-LOSS_CHUNK_TOKENS = 512
+# (1.4 GB at Qwen3-VL's 151,936), not for every trained token of the micro-batch. The memory estimate
+# (interlace.runtime.costs) counts the same chunk.
+LOSS_CHUNK_TOKENS = costs.LOSS_CHUNK_TOKENS
 
 
 def cross_entropy_sum(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
