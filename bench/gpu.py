@@ -628,6 +628,9 @@ def bench_model(name: str, spec: dict[str, Any], args: argparse.Namespace, devic
             runs[mode] = finetune_steps(model, batch, n_tokens, sizes, clock, amp_dtype=amp_dtype)
         except torch.OutOfMemoryError as err:
             runs[mode] = {"error": f"out of memory: {str(err).splitlines()[0]}"}
+        if "error" in runs[mode]:  # outside the except block: its traceback no longer holds the step's frames
+            for prm in model.parameters():
+                prm.grad = None
             gc.collect()
             torch.cuda.empty_cache()
         runs[mode]["positions"] = positions
