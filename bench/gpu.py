@@ -460,22 +460,6 @@ def wrap_for_collectives(model: Any, device: Any, amp_dtype: Any) -> tuple[Any, 
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None), True
 
 
-def step_reductions_stand_in(device: Any) -> None:
-    """BENCH STAND-IN, not the library's code: `accumulate_gradients` all-reduces two float64 tensors
-    on the training device (the step's label/token counts, shape [2], and its loss sums, shape [3])
-    only when world > 1. At world 1 the bench issues the same two all-reduces (same dtype, shape and
-    device) right after the step, so NCCL sees them and their cost is in the timed step.
-    TODO(step.py): `accumulate_gradients(..., always_reduce=True)` (reduce even at world 1) would
-    replace this function with the library's own two calls."""
-    import torch
-    import torch.distributed as dist
-
-    if dist.get_world_size() > 1:
-        return  # the library reduced them itself
-    dist.all_reduce(torch.zeros(2, dtype=torch.float64, device=device))
-    dist.all_reduce(torch.zeros(3, dtype=torch.float64, device=device))
-
-
 COLLECTIVE_NAMES = ("all_reduce", "allreduce", "all_gather", "allgather", "reduce_scatter", "broadcast")
 
 
@@ -519,9 +503,9 @@ def finetune_steps(model: Any, batch: dict[str, Any], n_tokens: int, sizes: Size
         sink: list[float] = []
         prof = profile(activities=[ProfilerActivity.CPU]) if step == 0 else contextlib.nullcontext()
         with prof, clock.time(sink):
+            # reduce=True: the step's own two all-reduces go over NCCL even at world 1
             out = accumulate_gradients(wrapped, group, device=dev, amp_dtype=amp_dtype,
-                                       world=torch.distributed.get_world_size(), scaler=scaler)
-            step_reductions_stand_in(dev)
+                                       world=torch.distributed.get_world_size(), scaler=scaler, reduce=True)
             grad_bytes = sum(p.grad.numel() * p.grad.element_size() for p in trainable if p.grad is not None)
             apply_gradients(trainable, opt, scheduler, scaler, max_grad_norm=1.0)
         if step == 0:
@@ -551,8 +535,7 @@ def finetune_steps(model: Any, batch: dict[str, Any], n_tokens: int, sizes: Size
         "tokens_per_step": n_tokens,
         "collectives_per_step": collectives,
         "ddp_wrapped_by": "bench (world 1; TODO _wrap always_wrap)" if bench_wrapped else "interlace _wrap",
-        "step_reductions": "bench stand-in (world 1; TODO accumulate_gradients always_reduce)"
-        if torch.distributed.get_world_size() == 1 else "interlace accumulate_gradients",
+        "step_reductions": "interlace accumulate_gradients (reduce=True)",
     }
 
 

@@ -58,6 +58,7 @@ def accumulate_gradients(
     teacher: nn.Module | None = None,
     distillation: DistillationSpec | None = None,
     targets: list[TopKTargets] | None = None,
+    reduce: bool | None = None,
 ) -> StepLosses:
     """Forward + backward over one optimizer step's micro-batches (the accumulation group).
 
@@ -66,7 +67,9 @@ def accumulate_gradients(
     token-mean loss of the effective batch. With `teacher` and `distillation` the summed token loss
     is (1 - w) x cross-entropy + w x T^2 x KL(teacher || student) (see `token_losses`); `targets`
     (one per micro-batch, from `teacher_top_k`) stands in for the teacher with distillation.topK.
-    Returns the step's losses and counts, summed over all workers.
+    Returns the step's losses and counts, summed over all workers. `reduce` (default: world > 1)
+    all-reduces the counts and sums over the process group; True at world 1 puts the same two
+    collectives on the wire (bench/gpu.py, so that one GPU exercises the multi-GPU path).
     """
     import torch
     import torch.distributed as dist
@@ -80,7 +83,8 @@ def accumulate_gradients(
         [sum(int((b["labels"][:, 1:] != -100).sum()) for b, _ in group), sum(n for _, n in group)],
         dtype=torch.float64, device=device,
     )
-    if world > 1:
+    reduce = world > 1 if reduce is None else reduce
+    if reduce:
         dist.all_reduce(counts)
     n_labels, n_tokens = max(counts[0].item(), 1.0), int(counts[1].item())
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, ce, kl (summed over tokens)
@@ -99,7 +103,7 @@ def accumulate_gradients(
         (scaler.scale(loss) if scaler is not None else loss).backward()
         kl_part = kl.detach() if kl is not None else ce.new_zeros(())
         sums += torch.stack([part.detach(), ce.detach(), kl_part]).double()  # no host sync per micro-batch
-    if world > 1:
+    if reduce:
         dist.all_reduce(sums)
     loss_mean, ce_mean, kl_mean = (sums / n_labels).tolist()
     return StepLosses(
