@@ -1,12 +1,10 @@
 """Rehearse one finetune step of a PruneJob on CPU, without a GPU, weights or the hub.
 
-WORK IN PROGRESS (issue 24; not run by CI, no figure from it is claimed in docs/). Where it stands:
-on the code before the step's collectives moved to the training device, pass 1 fails at the first
-all-reduce with "No backend type associated with device type cpu" (the bug it is meant to catch);
-after that fix the all-reduce goes through and pass 1 stops later, in the model's forward on fake
-CUDA tensors ("CUDA driver version is insufficient": a real CUDA call under FakeTensorMode, not yet
-traced); pass 2 runs, and the job's estimate is below its simulated peak (8B example, world 8:
-71.6 vs 78.23 GiB, the first step's peak, before AdamW's state exists), so the verdict is FAIL.
+What it catches, at the shipped examples' own settings: a collective the step issues on a tensor of
+the wrong device (before the fix in interlace.stages.finetune.step, its label counts were all-reduced on
+the CPU and pass 1 failed with "No backend type associated with device type cpu", as NCCL would at
+the first multi-GPU step); a step whose peak memory exceeds the job's own estimate
+(interlace.runtime.costs, the pre-launch check). Figures and what it cannot see: docs/gpu.md.
 
     python bench/rehearse.py -f manifests/examples/qwen3-vl-8b-25.yaml --world 8
 
@@ -21,21 +19,30 @@ Two passes (why: autograd's engine asks the CUDA driver for a primary context on
 "hasPrimaryContext expects a valid device index" on a machine without a GPU, so a backward pass on
 fake CUDA tensors cannot run here):
 
-1. collectives: the model on fake "cuda" tensors, the process group bound to CUDA only
+1. collectives: the step on fake "cuda" tensors, the process group bound to CUDA only
    (`backend="cuda:fake"`), so a collective on a CPU tensor fails exactly as under NCCL ("No backend
-   type associated with device type cpu"). `torch.Tensor.backward` is a no-op in this pass (the one
-   thing patched, and only torch's: the library's code runs unchanged); DDP's / FSDP's gradient
-   collectives are therefore checked by pass 2 only.
-2. memory: the same step on fake CPU tensors with a CPU-bound fake group ("cpu:fake"), forward and
-   backward and the optimizer step, measured by torch.distributed._tools.mem_tracker.MemTracker.
+   type associated with device type cpu"). `torch.Tensor.backward` is a no-op in this pass and the
+   model is not wrapped (DDP's C++ reducer and FSDP2 ask the CUDA driver for the current device);
+   the wrappers' own collectives are issued and counted by pass 2.
+2. memory: two steps (the second is the steady state, AdamW's moments alive through its backward) on
+   fake CPU tensors with a CPU-bound fake group ("cpu:fake"), wrapped as the job wraps (DDP or FSDP2),
+   forward, backward and optimizer step, measured by torch.distributed._tools.mem_tracker.MemTracker.
    CPU autocast casts the same matmuls to bf16 as CUDA autocast.
+
+What is patched is torch's, never the library's: DDP's cross-rank shape check and bucket rebuild
+(they read parameter data, which fake tensors have none of), FSDP2's default mesh (built before the
+fake mode), gradient hooks on frozen parameters (MemTracker's), DDP's communication hook (a Python
+all-reduce: the fake backend's future carries no tensor). Data-dependent reads of the batch (label
+counts, boolean gathers) are answered from the real batch (`RealBatch`).
 
 The plan: INTERLACE windows over fixed pseudo-random scores (seed 0; the real scores need weights),
 DeepStack layers protected as the spec says; the micro-batch is the worst case the job's estimate
 assumes: perDeviceBatchSize rows of maxLength tokens, every token labelled.
 
 Exit status 0 when both passes run and the job's estimate (interlace.runtime.placement.finetune_memory)
-is at least the simulated peak; 1 otherwise.
+is at least the simulated peak; 1 otherwise. An estimate more than 15% above the peak is reported
+(the job would reserve more than it needs) without failing: at tiny sizes what the estimate leaves
+out is small in bytes but large in share.
 """
 
 from __future__ import annotations
@@ -211,6 +218,30 @@ def fake_friendly_ddp() -> Iterator[None]:
         ddp._verify_param_shape_across_processes = orig
 
 
+def _real_device_mesh(device_type: str, world: int) -> Any:
+    import torch
+    from torch.distributed.device_mesh import DeviceMesh
+
+    # DeviceMesh, not init_device_mesh: the latter also binds the rank to a CUDA device.
+    return DeviceMesh(device_type, torch.arange(world))
+
+
+@contextlib.contextmanager
+def default_mesh(mesh: Any) -> Iterator[None]:
+    """fully_shard without a mesh argument (as the library calls it) gets `mesh` as its default."""
+    if mesh is None:
+        yield
+        return
+    from torch.distributed.fsdp._fully_shard import _fully_shard
+
+    orig = _fully_shard._init_default_mesh
+    _fully_shard._init_default_mesh = lambda: mesh
+    try:
+        yield
+    finally:
+        _fully_shard._init_default_mesh = orig
+
+
 @contextlib.contextmanager
 def hooks_on_frozen_params() -> Iterator[None]:
     """MemTracker registers a gradient hook on every parameter of a module, which torch refuses for
@@ -313,6 +344,9 @@ def simulate(spec: Any, entry: dict[str, Any], *, world: int, device_type: str, 
         dist.destroy_process_group()
     dist.init_process_group(f"{device_type}:fake", store=FakeStore(), rank=0, world_size=world)
     comm = CommDebugMode()
+    # FSDP2 builds its default device mesh (a rank layout) from tensors: made here, before the fake
+    # mode, and handed to fully_shard in place of the one it would build under fake tensors.
+    mesh = _real_device_mesh(device_type, world) if ft.parallelism == "fsdp" else None
     # The batch is real (the library counts its labels with .item()); with propagate_real_tensors the
     # fake mode keeps those real values, so data-dependent shapes (the labelled-token gather) resolve.
     B, T = ft.per_device_batch_size, ft.max_length
@@ -343,14 +377,16 @@ def simulate(spec: Any, entry: dict[str, Any], *, world: int, device_type: str, 
                 "trainable": sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad),
                 "teacher": sum(p.numel() * p.element_size() for p in teacher.parameters()) if teacher else 0,
             }
-            if measure or ft.parallelism == "fsdp":
-                with fake_friendly_ddp():
+            if measure:
+                with fake_friendly_ddp(), default_mesh(mesh):
                     wrapped = _wrap(model, ft.parallelism, device, amp_dtype, world)
             else:
-                # DDP's reducer is C++ that asks the CUDA driver for the device at every forward
-                # (prepare_for_forward), which no machine without a GPU answers. Pass 1 checks the
-                # library's own collectives, so it runs the step on the unwrapped model; DDP's bucket
-                # all-reduces are issued (and counted) by pass 2.
+                # DDP's reducer (C++) asks the CUDA driver for the device at every forward
+                # (prepare_for_forward), FSDP2 for the current CUDA device and its streams: no machine
+                # without a GPU answers either. Pass 1 checks the library's own collectives, so it
+                # runs the step on the unwrapped model; the wrappers' collectives (DDP's buckets,
+                # FSDP2's all-gathers and reduce-scatters, on the parameters' own device) are issued,
+                # and counted, by pass 2.
                 wrapped = model
             if hasattr(wrapped, "reducer"):
                 wrapped.reducer = _NoBucketRebuild(wrapped.reducer)
@@ -455,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
         if est.total < total:
             failed = True
             print("    the estimate is BELOW the simulated peak")
+        elif ratio > 1.15:
+            print("    the estimate is more than 15% above the simulated peak (the job would over-reserve)")
     print(f"verdict: {'FAIL' if failed else 'PASS'} ({time.perf_counter() - t0:.1f} s)")
     return 1 if failed else 0
 
