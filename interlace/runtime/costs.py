@@ -25,7 +25,7 @@ loss (the logits at the labelled positions only and their gradient, bf16, the fl
 one cross-entropy chunk of `LOSS_CHUNK_TOKENS` tokens, 18 bytes x vocab per token) and the layers
 (the trainable layers' fp32 gradients, one checkpointed layer's full activations while it is
 recomputed). Under FSDP2: the shards plus the unsharded parameters of the layer being computed and
-of the next one (prefetched). bench/rehearse.py measures the same step's peak under fake tensors.
+of the next one (prefetched) and of the root group (embeddings, vision tower, head). bench/rehearse.py measures the same step's peak under fake tensors.
 """
 
 from __future__ import annotations
@@ -192,7 +192,8 @@ def memory_estimate(
     their fp32 gradients (4) appear during the layer phase of the backward. DDP with more than one
     worker adds a gradient bucket copy (4). `sharded` (FSDP2) divides weights, state and gradients by
     `world_size` and adds the unsharded parameters of two layers (the one computed, the next one
-    prefetched). The two phases of the backward (see MemoryEstimate) count as the larger.
+    prefetched) and of the root group (everything outside the decoder layers), which stays gathered
+    from its forward to its backward. The two phases of the backward (see MemoryEstimate) count as the larger.
     `teacher_params` (distillation) adds the unpruned teacher: a full replica on every worker, never
     sharded, in the load dtype, plus its bf16 logits and the fp32 softened log-probabilities of teacher
     and student. `teacher_precomputed` (distillation.topK): the teacher runs before training, next to
@@ -216,6 +217,10 @@ def memory_estimate(
         state /= world_size
         grads /= world_size
         frozen += 2.0 * per_layer * weight_bytes  # one layer all-gathered, the next one prefetched
+        # The root group (embeddings, vision tower, a frozen head: all outside the decoder layers)
+        # stays unsharded from its forward to its backward.
+        outside = max(total_params - num_layers * per_layer, 0)
+        frozen += outside * weight_bytes * (1.0 - 1.0 / world_size)
     q = shape.heads * shape.head_dim
     kv = shape.kv_heads * shape.head_dim
     # Saved tensors of one decoder layer per token (bf16): norms' inputs, q/k/v, attention output,
