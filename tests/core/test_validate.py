@@ -234,7 +234,9 @@ def test_cluster_mode_requires_shared_storage_for_the_work_files(tmp_path: Path,
     doc["spec"]["output"] = {"uri": uri}
     assert validate(doc).ok
     report = validate(doc, cluster=True)
-    assert [(e.field, e.message) for e in report.errors] == [("spec.resources.pvcName", SHARED_WORK_DIR_MESSAGE)]
+    assert [(e.field, e.message) for e in report.errors] == [
+        ("spec.resources.pvcName", SHARED_WORK_DIR_MESSAGE)
+    ]
     path = tmp_path / "shared.yaml"
     path.write_text(yaml.safe_dump(doc))
     r, _ = _run("--cluster", "-f", str(path))
