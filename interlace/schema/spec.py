@@ -1087,12 +1087,33 @@ DURABLE_OUTPUT_MESSAGE = (
 )
 
 
+SHARED_WORK_DIR_MESSAGE = (
+    "a PruneJob on a Ray cluster writes files every Ray pod must read (the pruned model the workers "
+    "finetune, their checkpoints), and an s3:// or hf:// spec.output.uri is only uploaded at the end, "
+    "so it needs shared storage for them: set spec.output.uri: pvc://<claim>/<path> with "
+    "spec.resources.pvcName: <claim>, or keep the s3:// / hf:// output and set spec.resources.pvcName "
+    "to a ReadWriteMany claim for the work files"
+)
+
+
+def shared_work_dir_error(spec: PruneJobSpec) -> str | None:
+    """SHARED_WORK_DIR_MESSAGE when a PruneJob on a Ray cluster of several pods has nowhere every pod
+    can read the stages' files: its output is not on a claim (pvc://) and spec.resources.pvcName (the
+    claim the operator mounts as INTERLACE_WORK_DIR) is unset. None when it has. The one rule behind
+    `interlace validate --cluster`, the operator's InvalidSpec and `interlace run`'s refusal."""
+    if spec.output.uri.startswith("pvc://") or spec.resources.pvc_name:
+        return None
+    return SHARED_WORK_DIR_MESSAGE
+
+
 def cluster_spec_errors(spec: PruneJobSpec) -> list[str]:
     """What a PruneJob run by the operator needs beyond a local `interlace run` (the CRD states the
     same rules; the operator and `interlace run` inside the RayJob check them again)."""
     errors = []
     if spec.output.uri.partition("://")[0] not in DURABLE_SCHEMES or "://" not in spec.output.uri:
         errors.append(f"spec.output.uri: {DURABLE_OUTPUT_MESSAGE}")
+    elif (shared := shared_work_dir_error(spec)) is not None:
+        errors.append(f"spec.resources.pvcName: {shared}")
     return errors
 
 

@@ -167,7 +167,8 @@ def _env(job: PruneJob, owner: Owner) -> tuple[list[dict[str, Any]], list[dict[s
         env.append(_secret_env(HUB_TOKEN_ENV, publish_secret))
     if job.spec.resources.pvc_name:
         # Work files of remote (s3://, hf://) outputs go to the claim every Ray pod mounts, not into
-        # the head's container (interlace.cli.run checks that a cluster run has shared storage).
+        # the head's container (shared_work_dir_error: a cluster PruneJob needs this claim or a pvc://
+        # output; the operator refuses one without as InvalidSpec, interlace.cli.run checks again).
         env.append({"name": "INTERLACE_WORK_DIR", "value": f"{DATA_MOUNT_DIR}/.interlace-work"})
     env_from: list[dict[str, Any]] = []
     if job.spec.output.s3_secret:
