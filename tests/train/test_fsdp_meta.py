@@ -3,8 +3,8 @@
 Each rank builds the pruned student on the meta device, prepares and wraps it, and only then loads
 the weights: no parameter has storage before the load, afterwards each rank holds about half of
 every parameter, only rank 0 read the checkpoint, and the result (every tensor, the buffers, the
-loss of a batch) equals the whole-model path's. Untied, tied-and-frozen (one shared parameter) and
-tied-with-a-trainable-head (untied by prepare_student) embeddings are all checked.
+loss of a batch) equals the whole-model path's. Tied-and-frozen (one shared parameter) and
+tied-with-a-trainable-head (untied by prepare_student) embeddings are checked, and a Qwen3-VL.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 import torch.multiprocessing as mp
 
 from interlace.schema.spec import LayerPlan
+from tests.train.conftest import save_pruned
 
 WORLD = 2
 
@@ -41,7 +42,7 @@ def _rank(rank: int, init: str, cases: list[tuple[Path, bool, str]], plan: Layer
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from torch.distributed.tensor import DTensor
 
-    from interlace.models.load import load_model
+    from interlace.models.load import find_parts, load_model
     from interlace.stages.finetune import shard
     from interlace.stages.finetune.freeze import prepare_student
     from interlace.stages.finetune.step import _wrap
@@ -49,8 +50,8 @@ def _rank(rank: int, init: str, cases: list[tuple[Path, bool, str]], plan: Layer
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD)
     cpu = torch.device("cpu")
     reads: list[Path] = []
-    read = shard._read_checkpoint
-    shard._read_checkpoint = lambda m, d, t: (reads.append(d), read(m, d, t))[1]  # type: ignore[assignment]
+    read = shard._full_state_dict
+    shard._full_state_dict = lambda d, t, r: (reads.append(d), read(d, t, r))[1]  # type: ignore[assignment]
     torch.manual_seed(0)
     batch = {"input_ids": torch.randint(0, 200, (2, 12))}
     batch["labels"] = batch["input_ids"].clone()
@@ -66,13 +67,14 @@ def _rank(rank: int, init: str, cases: list[tuple[Path, bool, str]], plan: Layer
             assert all(isinstance(p, DTensor) and p.to_local().is_meta for p in params.values())
 
             reads.clear()
-            shard.load_sharded(model, model_dir, cpu, dtype=getattr(torch, dtype))
+            shard.load_sharded(model, model_dir, cpu, dtype=dtype)
             assert reads == ([model_dir] if rank == 0 else [])
             full_numel = sum(p.numel() for p in params.values())
             local = sum(p.to_local().untyped_storage().nbytes() // p.element_size() for p in params.values())
             assert local <= 0.55 * full_numel, (local, full_numel)  # about 1/world of the model
             tied = model.config.tie_word_embeddings
-            assert (model.lm_head.weight is model.model.embed_tokens.weight) == tied
+            parts = find_parts(model)
+            assert (parts.lm_head.weight is parts.embed_tokens.weight) == tied
 
             ref = load_model(str(model_dir), dtype=dtype).model
             prepare_student(ref, plan, freeze_lm_head=freeze_head, gradient_checkpointing=True)
@@ -93,8 +95,13 @@ def _rank(rank: int, init: str, cases: list[tuple[Path, bool, str]], plan: Layer
 def test_fsdp2_builds_on_meta_and_loads_each_rank_its_shard(pruned_llama, tmp_path: Path) -> None:
     model_dir, plan = pruned_llama
     tied = _tied_copy(model_dir, tmp_path / "tied")
+    vlm = save_pruned("qwen3_vl", plan, tmp_path / "qwen3_vl")  # stored in the hub's older key layout
     # bf16: the frozen weights stay bf16, the trainable ones become fp32 master copies of bf16 values.
-    cases = [(model_dir, True, "float32"), (tied, True, "float32"), (tied, False, "bfloat16")]
+    cases = [
+        (tied, True, "float32"),
+        (tied, False, "bfloat16"),
+        (vlm, True, "bfloat16"),
+    ]
     mp.spawn(_rank, args=(f"file://{tmp_path / 'pg'}", cases, plan), nprocs=WORLD, join=True)
 
 
@@ -108,4 +115,4 @@ def test_load_sharded_refuses_meta_buffers(pruned_llama) -> None:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
     with pytest.raises(InterlaceError, match="inv_freq"):
-        load_sharded(model, model_dir, torch.device("cpu"), dtype=torch.float32)
+        load_sharded(model, model_dir, torch.device("cpu"), dtype="float32")

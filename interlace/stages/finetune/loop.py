@@ -106,7 +106,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     )
     model = _wrap(model, spec.parallelism, device, amp_dtype, world)
     if fsdp:
-        load_sharded(model, config.model_dir, device, dtype=getattr(torch, load_dtype))
+        trust = config.model.trust_remote_code if config.model else False
+        load_sharded(model, config.model_dir, device, dtype=load_dtype, trust_remote_code=trust)
     #    The teacher (spec.distillation): the unpruned model, in the student's load dtype, frozen, in
     #    eval mode, a full replica on every worker, never wrapped by DDP/FSDP (it has no gradients).
     #    With distillation.topK it is loaded only for the precomputation (4b) and freed before training.
