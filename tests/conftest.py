@@ -5,4 +5,4 @@ from the plugin in tests/cluster/fixtures.py; it is started once per session, la
 test that asks for it.
 """
 
-pytest_plugins = ["tests.cluster.fixtures"]
+pytest_plugins = ["tests.cluster.fixtures", "tests.budget"]
