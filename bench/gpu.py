@@ -59,6 +59,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from interlace import easyvqa_vl as _easyvqa_vl  # noqa: E402 - after the path above
+
 # Transcribed from Qwen/Qwen3-VL-8B-Instruct and Qwen/Qwen3-VL-4B-Instruct config.json.
 QWEN3_VL_TOKENS = {
     "image_token_id": 151655,
@@ -235,18 +237,9 @@ def build(name: str, spec: dict[str, Any], *, tiny: bool, device: Any, dtype: An
     return model.eval()
 
 
-# ChatML as Qwen renders it (the released template's structure for images and turns, without tools).
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+# ChatML as Qwen renders it: the library's own template for Qwen3-VL (interlace.easyvqa_vl imports only
+# the standard library at module level, so the bare GPU host can import it).
+CHAT_TEMPLATE = _easyvqa_vl.CHAT_TEMPLATE
 # Qwen2/Qwen3's special-token ids (the released tokenizer's added tokens).
 QWEN_SPECIAL_IDS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645}
 
