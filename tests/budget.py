@@ -50,7 +50,7 @@ class DirectoryTimes:
             shown = "-" if limit is None else f"{limit:.0f}"
             lines.append(f"{where:<20} {len(self.tests[where]):>5} {self.seconds[where]:>8.0f} {shown:>7}{mark}")
         lines.append(f"{'all':<20} {sum(len(t) for t in self.tests.values()):>5} "
-                     f"{sum(self.seconds.values()):>8.0f} {sum(budget.values()):>7.0f}")
+                     f"{sum(self.seconds.values()):>8.0f} {sum(budget.get(w, 0.0) for w in self.seconds):>7.0f}")
         return lines
 
     @pytest.hookimpl
