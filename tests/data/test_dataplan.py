@@ -1,0 +1,111 @@
+"""The data plan (interlace.data.dataplan) and reading it by row index (interlace.data.reader)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from interlace.data.dataplan import build_plan
+from interlace.data.reader import RowReader
+from interlace.schema.spec import DataSpec
+from tests.fixtures.finevision import FineVisionShards, write_finevision_shards
+
+
+def _jsonl_source(root: Path, sizes: dict[str, int]) -> Path:
+    """Conversation rows as jsonl, one directory per subset (cheap: the plan reads only line counts)."""
+    for name, n in sizes.items():
+        (root / name).mkdir(parents=True)
+        lines = [
+            json.dumps({"texts": [{"user": f"[{name}#{i}] q", "assistant": "a"}]}) for i in range(n)
+        ]
+        (root / name / "train.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    sizes = {f"s{i:02d}": 200 + 37 * i for i in range(20)}
+    return _jsonl_source(tmp_path_factory.mktemp("many"), sizes)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> FineVisionShards:
+    return write_finevision_shards(tmp_path_factory.mktemp("fvplan"), {"alpha": 30, "beta": 22, "gamma": 14})
+
+
+def test_same_seed_same_plan_other_seed_other_order(many: Path) -> None:
+    spec = DataSpec(path=str(many), fraction=0.5, seed=3)
+    a, b = build_plan(spec, calibration=50), build_plan(spec, calibration=50)  # two ranks / a restart
+    assert a.to_wire() == b.to_wire() and a.fingerprint() == b.fingerprint()
+    other = build_plan(spec.model_copy(update={"seed": 4}), calibration=50)
+    assert [s.finetune for s in other.subsets] == [s.finetune for s in a.subsets]  # sampling: first
+    assert other.order(0) != a.order(0) and sorted(other.order(0)) == sorted(a.order(0))
+    assert a.order(1) != a.order(0) and sorted(a.order(1)) == sorted(a.order(0))  # each epoch reshuffled
+
+
+def test_first_percent_of_training_draws_from_most_subsets(many: Path) -> None:
+    p = build_plan(DataSpec(path=str(many), fraction=1.0))
+    head = p.order(0)[: p.num_finetune // 100]
+    names = {p.subsets[i].name for i, _ in head}
+    assert len(names) >= 15, names  # table order would give one subset only
+
+
+def test_calibration_is_a_proportional_seeded_share_of_the_finetuning_rows(many: Path) -> None:
+    spec = DataSpec(path=str(many), fraction=0.5, sampling="random", seed=1)
+    p = build_plan(spec, calibration=0, calibration_seed=42)
+    n = p.num_finetune // 10  # the paper: 10% of the finetuning set
+    p = build_plan(spec, calibration=n, calibration_seed=42)
+    assert len(p.calibration) == n and len(set(p.calibration)) == n
+    for s in p.subsets:
+        assert set(s.calibration) <= set(s.finetune)
+        assert abs(len(s.calibration) - len(s.finetune) * n / p.num_finetune) < 1
+    assert build_plan(spec, calibration=n, calibration_seed=7).calibration != p.calibration
+    # Spread over the batches: the first calibration batches already mix subsets.
+    assert len({i for i, _ in p.calibration[:8]}) >= 5
+
+
+def test_ranks_read_disjoint_slices_and_a_resume_reads_nothing_before_its_position(
+    shards: FineVisionShards,
+) -> None:
+    spec = DataSpec(path=str(shards.root), fraction=1.0, seed=5, max_images=8)  # no row is skipped
+    plan = build_plan(spec)
+    B, world, steps = 2, 3, 11  # 66 positions: one epoch of the 66 rows
+    seen: Counter[str] = Counter()
+    for rank in range(world):
+        reader = RowReader(spec)
+        batches = plan.rank_rows(rank, world, B, 0, steps)
+        for rows in batches:
+            samples = reader.samples(plan, rows)
+            assert [s.source for s in samples] == [plan.row_id(r) for r in rows]
+            # the row really is that one: the fixture writes the id into the first user turn
+            assert all(s.turns[0].text.startswith(f"[{s.source}]") for s in samples)
+            seen.update(s.source for s in samples)
+        assert reader.stats.rows_read == B * steps  # only its own rows
+    assert sum(seen.values()) == plan.num_finetune == 66 and max(seen.values()) == 1
+
+    # A resume at position 18 (3 global micro-batches done): rank 1's first rows are its slice of
+    # micro-batch 4, and it reads exactly the rows it trains on.
+    reader = RowReader(spec)
+    resumed = plan.rank_rows(1, world, B, 18, 2)
+    assert resumed == plan.rank_rows(1, world, B, 0, 5)[3:]
+    for rows in resumed:
+        reader.samples(plan, rows)
+    assert reader.stats.rows_read == 4
+
+
+def test_reader_matches_the_streaming_loader(shards: FineVisionShards) -> None:
+    from interlace.data import load_samples
+
+    spec = DataSpec(path=str(shards.root), fraction=0.5, sampling="random", seed=2)
+    plan = build_plan(spec)
+    streamed = {s.source: s for s in load_samples(spec)}
+    rows = sorted(plan.order(0))
+    got = RowReader(spec).samples(plan, rows)
+    assert [s.source for s in got] == sorted(streamed, key=lambda k: (k.split("#")[0], int(k.split("#")[1])))
+    for s in got:
+        ref = streamed[s.source]
+        assert [(t.role, t.text) for t in s.turns] == [(t.role, t.text) for t in ref.turns]
+        assert [im.size for im in s.images] == [im.size for im in ref.images]
