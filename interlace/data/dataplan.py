@@ -31,7 +31,7 @@ from typing import Any
 
 from interlace.data.sampling import share_cap, subset_seed
 from interlace.errors import InterlaceError
-from interlace.schema.spec import DataSpec
+from interlace.schema.spec import DataSpec, PruneJobSpec
 
 Row = tuple[int, int]  # (subset index in DataPlan.subsets, row within the subset)
 
@@ -165,3 +165,32 @@ def _calibration(subsets: list[SubsetRows], n: int, seed: int) -> list[Row]:
         rows.extend((i, r) for r in s.calibration)
     random.Random(subset_seed(seed, "calibration-order")).shuffle(rows)
     return rows
+
+
+@dataclass
+class JobDataPlan:
+    """A PruneJob's plans: finetuning, and calibration (the same plan when calibration.data is unset)."""
+
+    finetune: DataPlan
+    calibration: DataPlan
+
+    def to_wire(self, *, head: int | None = None) -> dict[str, Any]:
+        ft = self.finetune.to_wire(head=head)
+        if self.calibration is self.finetune:
+            return {"finetune": ft, "calibration": {"sameAsFinetune": True}}
+        cal = self.calibration.to_wire(head=0)
+        cal.pop("trainingIds")
+        return {"finetune": ft, "calibration": cal}
+
+
+def job_plan(spec: PruneJobSpec) -> JobDataPlan:
+    """The data plan of a PruneJobSpec: spec.finetune.data's rows and order, and
+    spec.calibration.numSamples calibration rows drawn from them (or from spec.calibration.data's own
+    share when it is set), seeded by the calibration data's seed."""
+    cal = spec.calibration
+    n = cal.num_samples
+    if cal.data is None:
+        p = build_plan(spec.finetune.data, calibration=n, where="spec.finetune.data")
+        return JobDataPlan(p, p)
+    ft = build_plan(spec.finetune.data, where="spec.finetune.data")
+    return JobDataPlan(ft, build_plan(cal.data, calibration=n, where="spec.calibration.data"))

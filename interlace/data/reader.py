@@ -70,11 +70,17 @@ class RowReader:
 
     def samples(self, plan: DataPlan, rows: Sequence[Row]) -> list[Sample]:
         """The Samples of `rows` (plan rows), in order; malformed rows are skipped (see self.stats)."""
+        return self.samples_of([plan.row_id(r) for r in rows])
+
+    def samples_of(self, ids: Sequence[str]) -> list[Sample]:
+        """The Samples of ids `<subset>#<row>`, in order; malformed rows are skipped (see self.stats)."""
         out = []
-        for i, r in rows:
-            name = plan.subsets[i].name
-            raw, base = self.row(name, r)
-            s = row_to_sample(raw, self.spec, source=f"{name}#{r}", base_dir=base, stats=self.stats)
+        for row_id in ids:
+            name, _, index = row_id.rpartition("#")
+            if not name or not index.isdigit():
+                raise InterlaceError(f"data plan id {row_id!r} is not <subset>#<row>")
+            raw, base = self.row(name, int(index))
+            s = row_to_sample(raw, self.spec, source=row_id, base_dir=base, stats=self.stats)
             if s is not None:
                 out.append(s)
         return out

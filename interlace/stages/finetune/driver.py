@@ -14,10 +14,13 @@ Facts from the paper (method notes section 4): AdamW lr 1e-5, weight decay 0, co
 3% warmup, grad-norm clip 1.0, bf16, gradient checkpointing, per-device batch 16 x accumulation 2,
 one epoch, next-token cross-entropy on assistant tokens only.
 
-Data: every worker reads the same deterministic sample stream (interlace.data.load_samples, or the
-samples the caller passes) and keeps its share: global micro-batch m is samples
-[m*B*W, (m+1)*B*W) of the stream (B = per-device batch, W = workers) and rank r takes the r-th slice
-of B. The stream repeats for more than one epoch. Every rank therefore runs exactly the same number
+Data: the data plan (interlace.data.dataplan, made here once for local shards and builtin corpora)
+orders the finetuning rows, shuffled across subsets with a seed per epoch; global micro-batch m is
+positions [m*B*W, (m+1)*B*W) of that order (B = per-device batch, W = workers) and rank r reads
+(by row index, interlace.data.reader) and decodes only the r-th slice of B. Hub sources and
+samples the caller passes keep the older path: every worker walks the same deterministic sample
+stream (interlace.data.load_samples, table order) and keeps the same slice. Both repeat for more
+than one epoch. Every rank therefore runs exactly the same number
 of forward/backward passes (no DDP hang at the end of the data), and the data position in a
 checkpoint is one number: samples consumed.
 
@@ -53,6 +56,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from interlace.data.dataplan import DataPlan
 from interlace.data.sample import Sample
 from interlace.errors import InterlaceError
 from interlace.runtime.placement import TrainPlacement, placement_of
@@ -108,6 +112,7 @@ def finetune(
     num_samples: int | None = None,
     max_steps: int | None = None,
     final_model_dir: str | Path | None = None,
+    data_plan: DataPlan | None = None,
 ) -> FinetuneResult:
     """Finetune the pruned model in `model_dir` (made from `plan` by interlace.stages.prune) on Ray Train.
 
@@ -121,6 +126,9 @@ def finetune(
     `num_samples` (samples in one epoch) sets the schedule length when max_steps is not given; by
     default it is counted by reading the data once. `max_steps` overrides spec.maxSteps.
     Rank 0 writes the whole finetuned model to `final_model_dir` (default <output>/finetuned).
+    `data_plan` (interlace.data.dataplan.build_plan of spec.data): the rows and their order; made here
+    when spec.data is local shards (or builtin) and no `samples` are given. With a plan each worker
+    reads only its own rows, by index, and the epoch is the plan's rows.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
@@ -142,6 +150,16 @@ def finetune(
     precision = _resolve_precision(str(spec.precision), placement.use_gpu)
     if precision == "fp16" and spec.parallelism == "fsdp":
         raise InterlaceError("spec.finetune.precision fp16 needs a sharded grad scaler under FSDP; use bf16")
+
+    if data_plan is None and samples is None:
+        from interlace.data.reader import plan_readable
+
+        if plan_readable(spec.data):
+            from interlace.data.dataplan import build_plan
+
+            data_plan = build_plan(spec.data, where="spec.finetune.data")
+    if data_plan is not None and num_samples is None and samples is None:
+        num_samples = data_plan.num_finetune
 
     # The schedule: total optimizer steps and the samples one step consumes (all workers).
     per_step = spec.per_device_batch_size * spec.gradient_accumulation_steps * num_workers
@@ -189,6 +207,7 @@ def finetune(
         resume_root=storage if spec.resume else storage / run_name,
         run_dir=storage / run_name,
         samples=samples,
+        data_plan=data_plan if samples is None else None,
         fault_step=env.fault_crash_at_step,
         fault_marker=Path(env.fault_marker) if env.fault_marker else None,
     )
