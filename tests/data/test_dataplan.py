@@ -109,3 +109,26 @@ def test_reader_matches_the_streaming_loader(shards: FineVisionShards) -> None:
         ref = streamed[s.source]
         assert [(t.role, t.text) for t in s.turns] == [(t.role, t.text) for t in ref.turns]
         assert [im.size for im in s.images] == [im.size for im in ref.images]
+
+
+def test_interlace_data_cli_prints_the_plan(many: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from interlace.cli import main
+
+    job = yaml.safe_load(Path("examples/prunejob-local.yaml").read_text())
+    job["spec"]["finetune"]["data"] = {"path": str(many), "fraction": 0.1, "seed": 9}
+    job["spec"]["calibration"] = {"numSamples": 40}
+    f = tmp_path / "job.yaml"
+    f.write_text(yaml.safe_dump(job))
+    assert main(["data", "-f", str(f), "--json", "--head", "7"]) == 0
+    wire = json.loads(capsys.readouterr().out)
+    ft = wire["finetune"]
+    expected = build_plan(DataSpec(path=str(many), fraction=0.1, seed=9), calibration=40)
+    assert wire["calibration"] == {"sameAsFinetune": True}
+    assert ft["trainingIds"] == [expected.row_id(r) for r in expected.order(0)[:7]]
+    assert ft["numFinetune"] == sum(int(0.1 * (200 + 37 * i)) for i in range(20))  # the fraction's arithmetic
+    assert ft["numCalibration"] == 40 == sum(s["calibration"] for s in ft["subsets"])
+    assert main(["data", "-f", str(f), "--head", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "s00" in text and "total" in text and text.count(f"{many.name}") == 1
