@@ -132,3 +132,33 @@ def test_interlace_data_cli_prints_the_plan(many: Path, tmp_path: Path, capsys: 
     assert main(["data", "-f", str(f), "--head", "3"]) == 0
     text = capsys.readouterr().out
     assert "s00" in text and "total" in text and text.count(f"{many.name}") == 1
+
+
+def test_training_loop_rank_reads_only_its_rows_from_the_resume_position(
+    shards: FineVisionShards, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The finetune loop's own data path (loop._rank_samples): a rank resuming at position 12 decodes
+    exactly its slices of the following global micro-batches, nothing before and nothing of the others."""
+    import interlace.data.loader as loader
+    from interlace.schema.spec import FinetuneSpec
+    from interlace.stages.finetune.loop import WorkerConfig, _rank_samples
+
+    decoded: list[str] = []
+    real = loader.finevision_row_to_sample
+
+    def counting(row, **kw):  # type: ignore[no-untyped-def]
+        decoded.append(kw["source"])
+        return real(row, **kw)
+
+    monkeypatch.setattr(loader, "finevision_row_to_sample", counting)
+    data = DataSpec(path=str(shards.root), fraction=1.0, seed=1, max_images=8)
+    plan = build_plan(data)
+    spec = FinetuneSpec(data=data, per_device_batch_size=2)
+    config = WorkerConfig.model_construct(spec=spec, samples=None, data_plan=plan)
+    it = _rank_samples(config, 1, 3, skip=12)
+    got = [[s.source for s in next(it)] for _ in range(3)]
+    want = [[plan.row_id(r) for r in rows] for rows in plan.rank_rows(1, 3, 2, 0, 5)[2:5]]
+    assert got == want and decoded == [i for rows in want for i in rows]
+    # wraps into the next epoch's (reshuffled) order: 66 rows, position 66 is epoch 1's first row
+    it = _rank_samples(config, 0, 3, skip=66)
+    assert [s.source for s in next(it)] == [plan.row_id(r) for r in plan.order(1)[:2]]
