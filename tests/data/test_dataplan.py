@@ -162,3 +162,18 @@ def test_training_loop_rank_reads_only_its_rows_from_the_resume_position(
     # wraps into the next epoch's (reshuffled) order: 66 rows, position 66 is epoch 1's first row
     it = _rank_samples(config, 0, 3, skip=66)
     assert [s.source for s in next(it)] == [plan.row_id(r) for r in plan.order(1)[:2]]
+
+
+def test_finevision_table_sizes_the_paper_one_percent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plan of the table's sized FineVision subsets is the paper's max(1, int(0.01 * rows)) each,
+    from the shipped table alone (no hub request: sizes never come from hub metadata for FineVision)."""
+    from interlace.data import sources
+
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(sources, "_hub_split_rows", lambda *a: pytest.fail("asked the hub"))
+    table = {k: v for k, v in sources.finevision_table().items() if v is not None}
+    p = build_plan(DataSpec(subsets=sorted(table)), calibration=100)
+    assert {s.name: len(s.finetune) for s in p.subsets} == {k: max(1, int(0.01 * v)) for k, v in table.items()}
+    assert p.num_finetune == sum(max(1, int(0.01 * v)) for v in table.values())
+    assert len(p.calibration) == 100
