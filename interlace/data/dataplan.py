@@ -186,10 +186,10 @@ class JobDataPlan:
 def job_plan(spec: PruneJobSpec) -> JobDataPlan:
     """The data plan of a PruneJobSpec: spec.finetune.data's rows and order, and
     spec.calibration.numSamples calibration rows drawn from them (or from spec.calibration.data's own
-    share when it is set), seeded by the calibration data's seed."""
+    share when it is set to other data), seeded by the calibration data's seed."""
     cal = spec.calibration
     n = cal.num_samples
-    if cal.data is None:
+    if cal.data is None or cal.data == spec.finetune.data:
         p = build_plan(spec.finetune.data, calibration=n, where="spec.finetune.data")
         return JobDataPlan(p, p)
     ft = build_plan(spec.finetune.data, where="spec.finetune.data")
