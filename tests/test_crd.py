@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from interlace.schema import crd
-from interlace.schema.spec import PruneJobSpec, PruneJobStatus
+from interlace.schema.spec import SHARED_WORK_DIR_MESSAGE, PruneJobSpec, PruneJobStatus
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -142,6 +142,10 @@ def test_cel_rules(root: dict[str, Any]) -> None:
         "(has(self.ratio) ? 1 : 0) + (has(self.numLayers) ? 1 : 0) + (has(self.ratios) ? 1 : 0)"
         " + (has(self.target) ? 1 : 0) == 1"
     )
+    # a cluster PruneJob's work files on a claim every Ray pod mounts (shared_work_dir_error)
+    shared = next(r for r in root["properties"]["spec"]["x-kubernetes-validations"] if r.get("fieldPath") == ".resources.pvcName")
+    assert shared["rule"] == "self.output.uri.startsWith('pvc://') || has(self.resources.pvcName)"
+    assert shared["message"] == SHARED_WORK_DIR_MESSAGE
     (immutable,) = root["x-kubernetes-validations"]
     rule = immutable["rule"]
     assert "oldSelf.status.startTime" in rule

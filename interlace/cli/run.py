@@ -115,18 +115,25 @@ def _require_shared_work_dir(job: Any, output_dir: Path, *, local: bool) -> None
     writes. A pvc:// output is such a place (the claim is mounted in every Ray pod); an s3:// or hf://
     output is staged in INTERLACE_WORK_DIR, which the operator points at the claim when
     spec.resources.pvcName is set. Without either, the workers could not read the pruned model:
-    fail now, before any work, rather than after the analysis."""
+    fail now, before any work, rather than after the analysis. The spec rule is
+    `shared_work_dir_error`, which `interlace validate --cluster` and the operator apply before any
+    pod starts; this is the last line of defence (a RayJob not made by the operator), plus the one
+    case only the run sees: pvcName set but INTERLACE_WORK_DIR unset. Dry runs are not exempt: the
+    workers are used whenever Ray is up."""
     if local or not settings().ray_address:
         return  # one machine: every path is shared
-    if job.spec.output.uri.startswith("pvc://"):
-        return
-    if settings().work_dir and job.spec.resources.pvc_name:
+    from interlace.schema.spec import shared_work_dir_error
+
+    message = shared_work_dir_error(job.spec)
+    if message is not None:
+        raise InterlaceError(message)
+    if job.spec.output.uri.startswith("pvc://") or settings().work_dir:
         return
     raise InterlaceError(
-        f"spec.output.uri {job.spec.output.uri!r}: a Ray cluster's worker pods cannot read files the "
-        f"driver writes to {output_dir} (a path inside the head pod). Write to shared storage: "
-        "spec.output.uri: pvc://<claim>/<path> with spec.resources.pvcName: <claim>, or keep an s3:// / "
-        "hf:// output and set spec.resources.pvcName to a ReadWriteMany claim for the work files"
+        f"spec.resources.pvcName {job.spec.resources.pvc_name!r} is set but INTERLACE_WORK_DIR is not, so "
+        f"the driver would stage an s3:// / hf:// output in {output_dir} (a path inside the head pod) that "
+        "the Ray worker pods cannot read: set INTERLACE_WORK_DIR to the claim's mount in every Ray pod "
+        "(the operator sets it when it builds the RayJob)"
     )
 
 

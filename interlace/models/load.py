@@ -285,6 +285,7 @@ def load_model(
     revision: str | None = None,
     trust_remote_code: bool = False,
     processor_optional: bool = False,
+    empty: bool = False,
 ) -> LoadedModel:
     """Load model + processor (VLM) or tokenizer (text) from a directory, a hub id or builtin:<name>.
 
@@ -293,6 +294,10 @@ def load_model(
     With `processor_optional` (surgery needs only the weights), a checkpoint without processor or
     tokenizer files (e.g. a training checkpoint) loads with `processor=None` and the reason in
     `processor_error`.
+    With `empty`, no weights are read: the model is built from its config with every parameter on
+    the meta device (a shape and dtype, no storage) and its buffers computed for real on the CPU
+    (the rotary embedding's inv_freq is not in the checkpoint); `device` is ignored. FSDP2 shards
+    such a model before anything is allocated, see interlace.stages.finetune.shard.
     """
     target, local = resolve_source(source)  # bad sources fail here, before the heavy imports
     from transformers import (
@@ -316,7 +321,15 @@ def load_model(
         kwargs["attn_implementation"] = attn_implementation
     processor_error: str | None = None
     try:
-        model = model_cls.from_pretrained(target, config=cfg, **kwargs)
+        if not empty:
+            model = model_cls.from_pretrained(target, config=cfg, **kwargs)
+        else:
+            from accelerate import init_empty_weights  # type: ignore[import-untyped]
+
+            with init_empty_weights(include_buffers=False):
+                del kwargs["revision"]  # the config is already read
+                model = model_cls.from_config(cfg, **kwargs)
+            model.tie_weights()  # init_empty_weights re-creates every assigned parameter: tie again
         proc_cls = AutoProcessor if is_vlm else AutoTokenizer
         try:
             processor = proc_cls.from_pretrained(target, revision=revision, trust_remote_code=trust_remote_code)
@@ -331,7 +344,8 @@ def load_model(
             first = str(err).strip().splitlines()[0]
             raise InterlaceError(f"model directory {source}: {first}") from None
         raise _hub_error(source, err) from None
-    model.to(dev)  # type: ignore[arg-type]  # transformers' wrapper of .to() mistypes its argument
+    if not empty:
+        model.to(dev)  # type: ignore[arg-type]  # transformers' wrapper of .to() mistypes its argument
     model.eval()
     parts = find_parts(model)
     return LoadedModel(

@@ -15,7 +15,8 @@ Two layers of checks, every problem collected (not only the first), each naming 
    * ``spec.output``: the URI scheme, the PVC claim against ``spec.resources.pvcName``, the Hub repo id.
 
 With ``cluster=True`` (``--cluster``) the checks are those of a job the operator runs: the output must
-be durable (pvc://, s3://, hf://: the Ray pods' filesystems go away with the cluster), and local paths
+be durable (pvc://, s3://, hf://: the Ray pods' filesystems go away with the cluster), an s3:// or hf://
+output needs ``spec.resources.pvcName`` (a claim every Ray pod reads the work files from), and local paths
 name the pods' filesystem, so a path missing here is a warning, not an error.
 
 What cannot be checked offline (a hub model or dataset that is not cached here) is a warning.

@@ -16,11 +16,16 @@ FLOPs (per token, decoder-only view; embeddings, norms and the loss are left out
 step-time ratio a perfectly compute-bound implementation would reach. It is a limit, not a
 prediction: memory-bound kernels, the optimizer step and launch overheads do not shrink with it.
 
-Memory (`memory_estimate`, bytes per GPU, the worst case: every micro-batch full at maxLength):
-frozen weights in the load dtype; trainable parameters as fp32 master weights + fp32 gradients + AdamW
-exp_avg/exp_avg_sq (16 bytes each), plus a gradient bucket copy under DDP with more than one worker;
-activations of one micro-batch (the checkpointed layers' inputs, one layer's full activations while
-it is recomputed, or every trainable-range layer's without checkpointing) and its bf16 logits.
+Memory (`memory_estimate`, bytes per GPU, the worst case: every micro-batch full at maxLength, every
+token labelled): frozen weights in the load dtype; trainable parameters as fp32 master weights + AdamW
+exp_avg/exp_avg_sq (12 bytes each), plus a gradient bucket copy under DDP with more than one worker;
+the activations one micro-batch keeps for the backward (the checkpointed layers' inputs, or every
+trainable-range layer's without checkpointing); then the larger of the backward's two phases: the
+loss (the logits at the labelled positions only and their gradient, bf16, the float32 temporaries of
+one cross-entropy chunk of `LOSS_CHUNK_TOKENS` tokens, 18 bytes x vocab per token) and the layers
+(the trainable layers' fp32 gradients, one checkpointed layer's full activations while it is
+recomputed). Under FSDP2: the shards plus the unsharded parameters of the layer being computed and
+of the next one (prefetched) and of the root group (embeddings, vision tower, head). bench/rehearse.py measures the same step's peak under fake tensors.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ from dataclasses import dataclass
 from typing import Any
 
 GIB = 2**30
+# Tokens per chunk of the training loss's float32 cross-entropy (interlace.stages.finetune.step).
+LOSS_CHUNK_TOKENS = 512
+LOSS_CHUNK_BYTES_PER_LOGIT = 18.0  # fp32 upcast 4 + log-softmax 4 + its gradient 4 + input gradient 4 + bf16 2
 
 
 def _get(cfg: Any, key: str, default: Any = None) -> Any:
@@ -124,23 +132,34 @@ def structural_ratio(
 
 @dataclass(frozen=True)
 class MemoryEstimate:
+    """A worker's peak GPU bytes by part. The backward pass has two phases that never overlap: first
+    the loss (`logits`: the logits at the labelled positions, their gradient, one float32 chunk of the
+    cross-entropy, the hidden states the head reads), then the decoder layers (`backward`: the
+    trainable layers' gradients as they appear, one checkpointed layer recomputed); the peak counts
+    the larger next to what lives through both."""
+
     frozen_weights: float
-    trainable_state: float
-    activations: float
-    logits: float
+    trainable_state: float  # fp32 master weights + AdamW's two moments (+ DDP's gradient buckets)
+    activations: float  # what the forward keeps for the backward
+    logits: float  # the loss phase
+    backward: float = 0.0  # the layer phase: trainable gradients + one recomputed layer
     teacher: float = 0.0  # spec.finetune.distillation: the unpruned teacher's weights and logits
     teacher_precomputed: bool = False  # distillation.topK: `teacher` is what the pass before training adds
 
     @property
     def total(self) -> float:
-        return self.frozen_weights + self.trainable_state + self.activations + self.logits + self.teacher
+        return (
+            self.frozen_weights + self.trainable_state + self.activations + max(self.logits, self.backward)
+            + self.teacher
+        )
 
     def describe(self) -> str:
         parts = (
             ("frozen weights", self.frozen_weights),
-            ("trainable weights + grads + AdamW", self.trainable_state),
+            ("trainable weights + AdamW", self.trainable_state),
             ("activations", self.activations),
-            ("logits", self.logits),
+            ("then the larger of logits + loss", self.logits),
+            ("gradients + recompute", self.backward),
             *(
                 (("distillation teacher" + (" (precomputed before training)" if self.teacher_precomputed else ""),
                   self.teacher),)
@@ -166,17 +185,22 @@ def memory_estimate(
     teacher_precomputed: bool = False,
 ) -> MemoryEstimate:
     """GPU bytes one worker needs to finetune a `num_layers` decoder (positions `trainable` train) of a
-    model with `total_params` parameters, micro-batches of `tokens_per_micro_batch` tokens.
+    model with `total_params` parameters, micro-batches of `tokens_per_micro_batch` tokens (every one
+    labelled: the worst case).
 
-    `sharded` (FSDP) divides weights and optimizer state by `world_size`; DDP with more than one
-    worker keeps a gradient bucket copy of the trainable parameters. `teacher_params` (distillation)
-    adds the unpruned teacher: a full replica on every worker, never sharded, in the load dtype, plus
-    its bf16 logits and the fp32 softened log-probabilities of teacher and student.
-    `teacher_precomputed` (distillation.topK): the teacher runs before training, next to the student's
-    weights and (after a resume) the loaded optimizer state, but not next to activations or the
-    student's logits, so the peak is max(training, weights + trainable state + the teacher's forward:
-    its weights, bf16 logits and fp32 log-probabilities); `teacher` is what that pass adds above
-    training.
+    Trainable parameters: fp32 master weights and AdamW's two moments (12 bytes each) live throughout;
+    their fp32 gradients (4) appear during the layer phase of the backward. DDP with more than one
+    worker adds a gradient bucket copy (4). `sharded` (FSDP2) divides weights, state and gradients by
+    `world_size` and adds the unsharded parameters of two layers (the one computed, the next one
+    prefetched) and of the root group (everything outside the decoder layers), which stays gathered
+    from its forward to its backward. The two phases of the backward (see MemoryEstimate) count as the larger.
+    `teacher_params` (distillation) adds the unpruned teacher: a full replica on every worker, never
+    sharded, in the load dtype, plus its bf16 logits and the fp32 softened log-probabilities of teacher
+    and student. `teacher_precomputed` (distillation.topK): the teacher runs before training, next to
+    the student's weights and (after a resume) the loaded optimizer state, but not next to activations
+    or the student's logits, so the peak is max(training, weights + trainable state + the teacher's
+    forward: its weights, bf16 logits and fp32 log-probabilities); `teacher` is what that pass adds
+    above training.
     """
     train = sorted(set(trainable))
     if not train:
@@ -184,12 +208,19 @@ def memory_estimate(
     per_layer = shape.layer_matmul_params
     n_train = per_layer * len(train)
     frozen = float(max(total_params - n_train, 0) * weight_bytes)
-    state = n_train * 16.0  # fp32 master weights, fp32 grads, AdamW exp_avg + exp_avg_sq
+    state = n_train * 12.0  # fp32 master weights, AdamW exp_avg + exp_avg_sq
+    grads = n_train * 4.0
     if world_size > 1 and not sharded:
         state += n_train * 4.0  # DDP gradient buckets
     if sharded and world_size > 1:
         frozen /= world_size
         state /= world_size
+        grads /= world_size
+        frozen += 2.0 * per_layer * weight_bytes  # one layer all-gathered, the next one prefetched
+        # The root group (embeddings, vision tower, a frozen head: all outside the decoder layers)
+        # stays unsharded from its forward to its backward.
+        outside = max(total_params - num_layers * per_layer, 0)
+        frozen += outside * weight_bytes * (1.0 - 1.0 / world_size)
     q = shape.heads * shape.head_dim
     kv = shape.kv_heads * shape.head_dim
     # Saved tensors of one decoder layer per token (bf16): norms' inputs, q/k/v, attention output,
@@ -197,15 +228,22 @@ def memory_estimate(
     layer_act = 2.0 * (6 * shape.hidden + 2 * q + 2 * kv + 4 * shape.intermediate)
     span = num_layers - train[0]  # layers the backward pass goes through
     t = float(tokens_per_micro_batch)
-    acts = t * (span * 2.0 * shape.hidden + layer_act) if checkpointing else t * span * layer_act
-    logits = t * shape.vocab * 2.0 * 2  # bf16 logits and their gradient
+    acts = t * span * 2.0 * shape.hidden if checkpointing else t * span * layer_act
+    # The loss phase: bf16 logits at the labelled positions and their gradient, one float32 chunk of
+    # the cross-entropy, the final hidden states and their labelled gather (bf16).
+    logits = (
+        t * shape.vocab * 2.0 * 2
+        + min(t, LOSS_CHUNK_TOKENS) * shape.vocab * LOSS_CHUNK_BYTES_PER_LOGIT
+        + t * shape.hidden * 2.0 * 2
+    )
+    backward = grads + (t * layer_act if checkpointing else 0.0)
     teacher = teacher_params * float(weight_bytes) + t * shape.vocab * (2.0 + 2 * 4.0) if teacher_params else 0.0
     if teacher_params and teacher_precomputed:
         before_training = frozen + state + teacher_params * float(weight_bytes) + t * shape.vocab * (2.0 + 4.0)
-        teacher = max(0.0, before_training - (frozen + state + acts + logits))
+        teacher = max(0.0, before_training - (frozen + state + acts + max(logits, backward)))
     return MemoryEstimate(
-        frozen_weights=frozen, trainable_state=state, activations=acts, logits=logits, teacher=teacher,
-        teacher_precomputed=bool(teacher_params) and teacher_precomputed,
+        frozen_weights=frozen, trainable_state=state, activations=acts, logits=logits, backward=backward,
+        teacher=teacher, teacher_precomputed=bool(teacher_params) and teacher_precomputed,
     )
 
 

@@ -248,6 +248,17 @@ def _spec_schema() -> dict[str, Any]:
     uri.setdefault("x-kubernetes-validations", []).append(
         {"rule": "self.matches('^(" + "|".join(S.DURABLE_SCHEMES) + ")://')", "message": S.DURABLE_OUTPUT_MESSAGE}
     )
+    # ... and shared storage for the work files every Ray pod reads (shared_work_dir_error): a pvc://
+    # output or spec.resources.pvcName. Cluster-only too, so here and not in PruneJobSpec's own rules.
+    schema["x-kubernetes-validations"] = [  # a new list: the models' own rules stay as they are
+        *schema.get("x-kubernetes-validations", ()),
+        {
+            "rule": "self.output.uri.startsWith('pvc://') || has(self.resources.pvcName)",
+            "message": S.SHARED_WORK_DIR_MESSAGE,
+            "reason": "FieldValueRequired",
+            "fieldPath": ".resources.pvcName",
+        },
+    ]
     pruning = schema["properties"]["pruning"]
     pruning["x-kubernetes-validations"] = [
         {

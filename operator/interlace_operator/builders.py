@@ -20,7 +20,6 @@ from typing import Any
 
 import yaml
 
-from interlace.schema import podpolicy
 from interlace.schema.spec import (
     API_GROUP,
     API_VERSION,
@@ -168,7 +167,8 @@ def _env(job: PruneJob, owner: Owner) -> tuple[list[dict[str, Any]], list[dict[s
         env.append(_secret_env(HUB_TOKEN_ENV, publish_secret))
     if job.spec.resources.pvc_name:
         # Work files of remote (s3://, hf://) outputs go to the claim every Ray pod mounts, not into
-        # the head's container (interlace.cli.run checks that a cluster run has shared storage).
+        # the head's container (shared_work_dir_error: a cluster PruneJob needs this claim or a pvc://
+        # output; the operator refuses one without as InvalidSpec, interlace.cli.run checks again).
         env.append({"name": "INTERLACE_WORK_DIR", "value": f"{DATA_MOUNT_DIR}/.interlace-work"})
     env_from: list[dict[str, Any]] = []
     if job.spec.output.s3_secret:
@@ -183,11 +183,6 @@ def _volumes(job: PruneJob, owner: Owner) -> tuple[list[dict[str, Any]], list[di
         volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": job.spec.resources.pvc_name}})
         mounts.append({"name": "data", "mountPath": DATA_MOUNT_DIR})
     return volumes, mounts
-
-
-def _restricted_container(c: dict[str, Any]) -> dict[str, Any]:
-    """A user's container (an init container) with the policy's defaults under its securityContext."""
-    return {**c, "securityContext": podpolicy.merged(podpolicy.CONTAINER_SECURITY_CONTEXT, c.get("securityContext"))}
 
 
 def apply_pod_overrides(template: dict[str, Any], group: str, overrides: list[PodTemplateOverride]) -> None:
@@ -213,9 +208,7 @@ def apply_pod_overrides(template: dict[str, Any], group: str, overrides: list[Po
                 meta["annotations"] = {**(meta.get("annotations") or {}), **o.metadata.annotations}
         if o.spec:
             ps = o.spec
-            if ps.security_context is not None:
-                pod["securityContext"] = podpolicy.merged(podpolicy.POD_SECURITY_CONTEXT, ps.security_context)
-            for key, value in (("affinity", ps.affinity),
+            for key, value in (("affinity", ps.affinity), ("securityContext", ps.security_context),
                                ("priorityClassName", ps.priority_class_name),
                                ("schedulerName", ps.scheduler_name), ("runtimeClassName", ps.runtime_class_name),
                                ("terminationGracePeriodSeconds", ps.termination_grace_period_seconds)):
@@ -225,7 +218,7 @@ def apply_pod_overrides(template: dict[str, Any], group: str, overrides: list[Po
                                ("volumes", ps.volumes),
                                ("imagePullSecrets", [r.to_wire() for r in ps.image_pull_secrets]),
                                ("tolerations", [t.to_wire() for t in ps.tolerations]),
-                               ("initContainers", [_restricted_container(c) for c in ps.init_containers])):
+                               ("initContainers", ps.init_containers)):
                 if items:
                     pod[key] = [*pod.get(key, []), *(dict(i) for i in items)]
             if ps.node_selector:
@@ -238,8 +231,7 @@ def apply_pod_overrides(template: dict[str, Any], group: str, overrides: list[Po
                     if items:
                         ray[key] = [*ray.get(key, []), *(dict(i) for i in items)]
                 if c.security_context is not None:
-                    ray["securityContext"] = podpolicy.merged(podpolicy.CONTAINER_SECURITY_CONTEXT,
-                                                              c.security_context)
+                    ray["securityContext"] = c.security_context
         if o.shm_size:
             # A memory-backed /dev/shm of this size; KubeRay adds its own (sized to the memory limit)
             # only when the Ray container has no /dev/shm mount.
@@ -287,7 +279,6 @@ def rayjob(
             "image": image,
             "env": [dict(e) for e in env],
             "resources": {"requests": dict(limits), "limits": dict(limits)},
-            "securityContext": podpolicy.merged(podpolicy.CONTAINER_SECURITY_CONTEXT, None),
         }
         if mounts:
             c["volumeMounts"] = [dict(m) for m in mounts]
@@ -298,7 +289,6 @@ def rayjob(
     def pod_spec(containers: list[dict[str, Any]], *, gpu: bool) -> dict[str, Any]:
         spec: dict[str, Any] = {
             "serviceAccountName": sa,
-            "securityContext": podpolicy.merged(podpolicy.POD_SECURITY_CONTEXT, None),
             "containers": containers,
         }
         if volumes:
@@ -334,13 +324,11 @@ def rayjob(
             "metadata": {"labels": names.labels(owner.name, "submitter")},
             "spec": {
                 "restartPolicy": "Never",
-                "securityContext": podpolicy.merged(podpolicy.POD_SECURITY_CONTEXT, None),
                 "containers": [
                     {
                         "name": "ray-job-submitter",
                         "image": image,
                         "resources": {"requests": dict(SUBMITTER_RESOURCES), "limits": {"memory": "512Mi"}},
-                        "securityContext": podpolicy.merged(podpolicy.CONTAINER_SECURITY_CONTEXT, None),
                     }
                 ],
             },

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from interlace.runtime.costs import (
+    LOSS_CHUNK_TOKENS,
     DecoderShape,
     memory_estimate,
     parse_quantity,
@@ -57,16 +58,28 @@ def test_memory_estimate_parts() -> None:
     n = SHAPE.layer_matmul_params
     kw = {"total_params": 10_000, "num_layers": 4, "trainable": [2], "tokens_per_micro_batch": 100}
     est = memory_estimate(SHAPE, checkpointing=True, **kw)
-    assert est.trainable_state == 16 * n  # fp32 weights + grads + AdamW's two moments
+    assert est.trainable_state == 12 * n  # fp32 weights + AdamW's two moments, through the whole step
     assert est.frozen_weights == (10_000 - n) * 2
-    assert est.logits == 100 * 10 * 4
-    assert est.total == est.frozen_weights + est.trainable_state + est.activations + est.logits
+    # The loss phase: bf16 logits and their gradient at every (labelled) token, one float32
+    # cross-entropy chunk, the final hidden states and their labelled gather.
+    assert est.logits == 100 * 10 * 4 + min(100, LOSS_CHUNK_TOKENS) * 10 * 18 + 100 * 8 * 4
+    long = memory_estimate(SHAPE, checkpointing=True, **{**kw, "tokens_per_micro_batch": 4 * LOSS_CHUNK_TOKENS})
+    assert long.logits == 4 * LOSS_CHUNK_TOKENS * (10 * 4 + 8 * 4) + LOSS_CHUNK_TOKENS * 10 * 18  # one chunk
+    # The layer phase: the trainable gradients (fp32) and one checkpointed layer recomputed; the two
+    # phases never overlap, so the total counts the larger.
+    assert est.backward > 4 * n
+    assert est.total == est.frozen_weights + est.trainable_state + est.activations + max(est.logits, est.backward)
     no_ckpt = memory_estimate(SHAPE, checkpointing=False, **kw)
-    assert no_ckpt.activations > 0 and est.activations > 0
+    assert no_ckpt.activations > est.activations > 0 and no_ckpt.backward == 4 * n
     ddp = memory_estimate(SHAPE, checkpointing=True, world_size=2, **kw)
-    assert ddp.trainable_state == 20 * n  # + the DDP gradient buckets
+    assert ddp.trainable_state == 16 * n  # + the DDP gradient buckets
     fsdp = memory_estimate(SHAPE, checkpointing=True, world_size=2, sharded=True, **kw)
-    assert fsdp.trainable_state == 8 * n and fsdp.frozen_weights == est.frozen_weights / 2
+    # FSDP2: shards, plus the all-gathered parameters of the layer being computed and the prefetched next
+    # and the root group (everything outside the 4 decoder layers), gathered from forward to backward
+    outside = 10_000 - 4 * n
+    assert fsdp.trainable_state == 6 * n
+    assert fsdp.frozen_weights == est.frozen_weights / 2 + 2 * n * 2 + max(outside, 0) * 2 * (1 - 1 / 2)
+    assert fsdp.backward == est.backward - 2 * n
     # A lower trainable layer means a longer backward: more activations kept.
     low = memory_estimate(SHAPE, checkpointing=True, **{**kw, "trainable": [0]})
     assert low.activations > est.activations

@@ -216,10 +216,33 @@ def test_cluster_mode_requires_a_durable_output(tmp_path: Path) -> None:
     assert "durable" in report.errors[0].message
     doc = copy.deepcopy(BASE)
     doc["spec"]["output"] = {"uri": "s3://bucket/run"}
+    doc["spec"]["resources"]["pvcName"] = "work"  # the work files every Ray pod reads
     doc["spec"]["finetune"]["data"]["path"] = "/data/shards"  # a path in the pods: a warning here
     report = validate(doc, cluster=True)
     assert report.ok, [str(e) for e in report.errors]
     assert {"spec.output.s3Secret", "spec.finetune.data.path"} <= {w.field for w in report.warnings}
+
+
+@pytest.mark.parametrize("uri", ["s3://bucket/run", "hf://my-org/smollm2-pruned"])
+def test_cluster_mode_requires_shared_storage_for_the_work_files(tmp_path: Path, uri: str) -> None:
+    """An s3:// / hf:// output without spec.resources.pvcName: the Ray workers could not read the
+    pruned model. `validate --cluster` refuses it (exit 2, the field named) with the very message
+    the operator's InvalidSpec and `interlace run` give; a local validate accepts it."""
+    from interlace.schema.spec import SHARED_WORK_DIR_MESSAGE
+
+    doc = copy.deepcopy(BASE)
+    doc["spec"]["output"] = {"uri": uri}
+    assert validate(doc).ok
+    report = validate(doc, cluster=True)
+    assert [(e.field, e.message) for e in report.errors] == [
+        ("spec.resources.pvcName", SHARED_WORK_DIR_MESSAGE)
+    ]
+    path = tmp_path / "shared.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    r, _ = _run("--cluster", "-f", str(path))
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "error: spec.resources.pvcName:" in r.stderr and "ReadWriteMany" in r.stderr, r.stderr
+    assert _run("-f", str(path))[0].returncode == 0
 
 
 def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
@@ -273,6 +296,7 @@ def test_hub_output_without_a_token_is_a_warning_locally(
     assert report.ok and [w.field for w in report.warnings] == ["spec.output.uri"]
     monkeypatch.setenv("HF_TOKEN", "hf_someToken123")
     assert validate(doc).warnings == []
+    doc["spec"]["resources"]["pvcName"] = "work"
     assert validate(doc, cluster=True).ok  # the operator mounts the token Secret
 
 

@@ -199,6 +199,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 # but never submits, and leaves the statuses the test writes alone.
 HELD = {"interlace.dev/node-pool": "held-by-test"}
 
+# A PruneJob on a Ray cluster with an s3:// or hf:// output needs a claim for its work files
+# (interlace.schema.spec.shared_work_dir_error: the CRD, the operator and `interlace run` refuse one
+# without). Held pods never schedule, so their claim need not exist; a test whose pods must land on
+# the fake GPU node creates it bound first (Cluster.work_claim: the scheduler's VolumeBinding plugin
+# places no pod whose claim is unbound).
+WORK_CLAIM = "interlace-work"
+
 
 def prunejob(name: str, *, schedulable: bool = False, **spec: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
@@ -212,6 +219,7 @@ def prunejob(name: str, *, schedulable: bool = False, **spec: Any) -> dict[str, 
             "memory": "16Gi",
             "headCpu": "1",
             "headMemory": "2Gi",
+            "pvcName": WORK_CLAIM,
             "nodeSelector": {"interlace.dev/node-pool": "gpu"} if schedulable else dict(HELD),
             "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
         },
@@ -240,6 +248,30 @@ class Cluster:
 
     def apply(self, obj: dict[str, Any]) -> None:
         self.cp.apply(obj, namespace=self.ns)
+
+    def work_claim(self, name: str = WORK_CLAIM) -> None:
+        """A ReadWriteMany claim bound to a static hostPath PersistentVolume (the controller-manager's
+        binder binds them; nothing mounts it: kwok pods run nothing). The volume is owned by the
+        namespace, so the garbage collector deletes it with the test's namespace."""
+        ns = self.cp.kubectl_json("get", "namespace", self.ns)
+        pv = f"{self.ns}-{name}"
+        self.cp.apply({
+            "apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": pv, "ownerReferences": [
+                {"apiVersion": "v1", "kind": "Namespace", "name": self.ns, "uid": ns["metadata"]["uid"]}]},
+            "spec": {
+                "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
+                "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": f"/tmp/{pv}"},
+                "claimRef": {"namespace": self.ns, "name": name},
+            },
+        })
+        self.apply({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": name},
+            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
+                     "resources": {"requests": {"storage": "1Gi"}}},
+        })
+        wait_for(lambda: ((self.get("pvc", name) or {}).get("status") or {}).get("phase") == "Bound",
+                 timeout=60, what=f"PersistentVolumeClaim {name} to be Bound")
 
     def status(self, name: str) -> dict[str, Any]:
         pj = self.get("prunejob", name) or {}

@@ -18,7 +18,7 @@ from interlace.schema.spec import load_prunejob, parse_prunejob
 OWNER = builders.Owner(name="qwen-20", namespace="ml", uid="1234-5678")
 
 
-def job(**spec_overrides: Any):
+def job(*, work_claim: str | None = None, **spec_overrides: Any):
     spec: dict[str, Any] = {
         "model": {"source": "Qwen/Qwen3-VL-4B-Instruct"},
         "pruning": {"ratio": 0.2},
@@ -34,6 +34,8 @@ def job(**spec_overrides: Any):
             "queueName": "team-a",
         },
     }
+    if work_claim:  # what a cluster PruneJob with an s3:// output needs (shared_work_dir_error)
+        spec["resources"]["pvcName"] = work_claim
     spec.update(spec_overrides)
     return parse_prunejob({"apiVersion": "interlace.dev/v1alpha1", "kind": "PruneJob", "spec": spec})
 
@@ -174,7 +176,7 @@ def test_the_head_takes_no_ray_work() -> None:
 
 
 def test_the_rayjob_carries_a_loadable_prunejob(monkeypatch: pytest.MonkeyPatch) -> None:
-    j = job()
+    j = job(work_claim="work")
     rj = builders.rayjob(j, OWNER, attempt=1, image="img:1")
     argv = shlex.split(rj["spec"]["entrypoint"])
     assert argv[:4] == ["interlace", "run", "-f", f"env:{builders.ENV_SPEC}"]

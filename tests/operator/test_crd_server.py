@@ -50,7 +50,7 @@ def test_invalid_prunejobs_are_rejected_naming_the_field(cluster: Cluster, spec_
 
 def test_defaults_are_applied_by_the_server(cluster: Cluster) -> None:
     obj = prunejob("defaults")
-    obj["spec"]["resources"] = {}
+    obj["spec"]["resources"] = {"pvcName": "work"}  # only what an s3:// output needs on a cluster
     cluster.apply(obj)
     spec = cluster.get("prunejob", "defaults")["spec"]
     assert spec["pruning"]["strategy"] == "interlace"

@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _resources(**fields: Any) -> Any:
-    spec = {"model": {"source": "a/b"}, "pruning": {"ratio": 0.2}, "output": {"uri": "s3://b/p"}, "resources": fields}
+    spec = {"model": {"source": "a/b"}, "pruning": {"ratio": 0.2}, "output": {"uri": "s3://b/p"},
+            "resources": {"pvcName": "work", **fields}}  # a work claim: a cluster PruneJob needs one
     return parse_prunejob({"spec": spec}, cluster=True).spec.resources
 
 

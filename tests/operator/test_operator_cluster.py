@@ -28,6 +28,7 @@ def test_apply_to_succeeded(cluster: Cluster, run_operator, control_plane) -> No
     """apply -> RayJob with the GPU resources -> KubeRay cluster + pods on the fake GPU node -> the
     RayJob moves forward -> phase, conditions, printer columns, events and metrics follow."""
     op = run_operator()
+    cluster.work_claim()  # the pods mount it: bound before they can schedule
     cluster.apply(prunejob("life", schedulable=True))
     rj = _rayjob(cluster, "life-1")
     worker = rj["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]

@@ -45,6 +45,7 @@ def _env(container: dict[str, Any]) -> dict[str, Any]:
 def test_overrides_reach_the_rayjob_and_the_pods(cluster: Cluster, run_operator, control_plane) -> None:
     # The overrides' toleration key must be in the operator's allow-list like any other toleration.
     run_operator(INTERLACE_ALLOWED_TOLERATION_KEYS="nvidia.com/gpu,example.com/dedicated")
+    cluster.work_claim()  # the pods mount it: bound before they can schedule
     body = prunejob("ovr", schedulable=True)
     body["spec"]["resources"]["podTemplateOverrides"] = OVERRIDES
     cluster.apply(body)

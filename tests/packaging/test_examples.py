@@ -147,6 +147,8 @@ def test_examples_accepted_by_the_api_server(control_plane: Any, namespace: str)
             assert proc.returncode != 0 and "spec.output.uri" in proc.stderr, proc.stderr
             assert "durable output" in proc.stderr, proc.stderr
             doc["spec"]["output"]["uri"] = "s3://models/smoke"
+            # ... and, with an s3:// output, a claim for the work files every Ray pod reads
+            doc["spec"].setdefault("resources", {})["pvcName"] = "interlace-work"
         proc = control_plane.kubectl(
             "create", "--dry-run=server", "-n", namespace, "-f", "-", "-o", "json", input=json.dumps(doc)
         )

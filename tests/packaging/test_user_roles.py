@@ -97,7 +97,8 @@ def test_namespace_editor_and_viewer_on_the_api_server(control_plane: Any, names
         # and for real: the editor creates and deletes a PruneJob with their own credentials
         body = {"apiVersion": "interlace.dev/v1alpha1", "kind": "PruneJob", "metadata": {"name": "mine"},
                 "spec": {"model": {"source": "builtin:smollm2-135m"}, "pruning": {"numLayers": 2}, "dryRun": True,
-                         "output": {"uri": "s3://bucket/mine"}}}  # a cluster PruneJob needs a durable output
+                         "output": {"uri": "s3://bucket/mine"},  # a cluster PruneJob needs a durable output
+                         "resources": {"pvcName": "work"}}}  # ... and a claim for its work files
         cp.kubectl("create", "-n", namespace, "-f", "-", user=editor, input=json.dumps(body))
         assert cp.kubectl("get", "prunejob", "mine", "-n", namespace, "-o", "name", user=viewer).stdout.strip()
         denied = cp.kubectl("delete", "prunejob", "mine", "-n", namespace, user=viewer, check=False)

@@ -162,3 +162,21 @@ def enable_checkpointing(model: nn.Module, lowest_position: int) -> list[int]:
         if on:
             enabled.append(pos)
     return enabled
+
+
+def prepare_student(
+    model: nn.Module, plan: LayerPlan, *, freeze_lm_head: bool, gradient_checkpointing: bool
+) -> FreezeSummary:
+    """The pruned model as every training worker trains it: the plan's freezing, fp32 master copies of
+    the trainable weights (a bf16 load stays bf16 where frozen; autocast runs the math in bf16),
+    activation checkpointing from the lowest trainable layer up, train mode."""
+    import torch
+
+    summary = apply_freezing(model, plan, freeze_lm_head=freeze_lm_head)
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    if gradient_checkpointing:
+        enable_checkpointing(model, summary.lowest_position)
+    model.train()
+    return summary

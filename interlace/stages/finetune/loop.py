@@ -85,7 +85,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import torch
     from transformers import get_scheduler
 
-    from interlace.stages.finetune.freeze import apply_freezing, enable_checkpointing
+    from interlace.stages.finetune.freeze import prepare_student
+    from interlace.stages.finetune.shard import load_sharded
 
     config: WorkerConfig = loop_config["config"]
     ctx = ray.train.get_context()
@@ -97,17 +98,20 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     # 1. The pruned model, frozen except the finetune layers. On GPU the frozen weights stay in
     #    bf16; the trainable ones are fp32 master weights and autocast runs the math in bf16.
+    #    Under FSDP2 the model is built on the meta device, prepared and sharded first, and only then
+    #    are its weights loaded, each rank keeping its shards (interlace.stages.finetune.shard): no GPU
+    #    ever holds the whole model. Under DDP every rank loads the whole model (it keeps a replica).
     load_dtype = "float32" if amp_dtype is None or device.type == "cpu" else "bfloat16"
-    loaded = _load(config, str(config.model_dir), load_dtype, device)
+    fsdp = spec.parallelism == "fsdp"
+    loaded = _load(config, str(config.model_dir), load_dtype, device, empty=fsdp)
     model, processor = loaded.model, loaded.processor
-    summary = apply_freezing(model, plan, freeze_lm_head=config.freeze_lm_head)
-    for p in model.parameters():
-        if p.requires_grad and p.dtype != torch.float32:
-            p.data = p.data.float()
-    if spec.gradient_checkpointing:
-        enable_checkpointing(model, summary.lowest_position)
-    model.train()
+    summary = prepare_student(
+        model, plan, freeze_lm_head=config.freeze_lm_head, gradient_checkpointing=spec.gradient_checkpointing
+    )
     model = _wrap(model, spec.parallelism, device, amp_dtype, world)
+    if fsdp:
+        trust = config.model.trust_remote_code if config.model else False
+        load_sharded(model, config.model_dir, device, dtype=load_dtype, trust_remote_code=trust)
     #    The teacher (spec.distillation): the unpruned model, in the student's load dtype, frozen, in
     #    eval mode, a full replica on every worker, never wrapped by DDP/FSDP (it has no gradients).
     #    With distillation.topK it is loaded only for the precomputation (4b) and freed before training.
@@ -201,9 +205,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     _save_final_model(model, processor, config.final_model_dir, rank, load_dtype)
 
 
-def _load(config: WorkerConfig, source: str, dtype: str, device: torch.device) -> Any:
+def _load(config: WorkerConfig, source: str, dtype: str, device: torch.device, *, empty: bool = False) -> Any:
     """A model as the spec says to load it: its attention kernel and trust_remote_code, both for the
-    pruned copy and for the teacher (the revision only for the unpruned source itself)."""
+    pruned copy and for the teacher (the revision only for the unpruned source itself). `empty`:
+    built on the meta device, weights not read (see load_model)."""
     from interlace.models.load import load_model
 
     m = config.model
@@ -214,6 +219,7 @@ def _load(config: WorkerConfig, source: str, dtype: str, device: torch.device) -
         attn_implementation=m.attn_implementation if m else "sdpa",
         trust_remote_code=m.trust_remote_code if m else False,
         revision=m.revision if m and source == m.source else None,
+        empty=empty,
     )
 
 

@@ -13,6 +13,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from interlace.runtime import costs
 from interlace.schema.spec import DistillationSpec
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ def accumulate_gradients(
     teacher: nn.Module | None = None,
     distillation: DistillationSpec | None = None,
     targets: list[TopKTargets] | None = None,
+    reduce: bool | None = None,
 ) -> StepLosses:
     """Forward + backward over one optimizer step's micro-batches (the accumulation group).
 
@@ -65,7 +67,9 @@ def accumulate_gradients(
     token-mean loss of the effective batch. With `teacher` and `distillation` the summed token loss
     is (1 - w) x cross-entropy + w x T^2 x KL(teacher || student) (see `token_losses`); `targets`
     (one per micro-batch, from `teacher_top_k`) stands in for the teacher with distillation.topK.
-    Returns the step's losses and counts, summed over all workers.
+    Returns the step's losses and counts, summed over all workers. `reduce` (default: world > 1)
+    all-reduces the counts and sums over the process group; True at world 1 puts the same two
+    collectives on the wire (bench/gpu.py, so that one GPU exercises the multi-GPU path).
     """
     import torch
     import torch.distributed as dist
@@ -73,14 +77,17 @@ def accumulate_gradients(
     distill = distillation if teacher is not None or targets is not None else None
     if targets is not None and len(targets) != len(group):
         raise ValueError(f"{len(targets)} precomputed teacher targets for {len(group)} micro-batches")
+    # Both reductions run on the training device: the process group Ray Train makes for GPUs is NCCL,
+    # which has no CPU backend (a CPU tensor there fails at the first step; bench/rehearse.py shows it).
     counts = torch.tensor(
         [sum(int((b["labels"][:, 1:] != -100).sum()) for b, _ in group), sum(n for _, n in group)],
-        dtype=torch.float64,
+        dtype=torch.float64, device=device,
     )
-    if world > 1:
+    reduce = world > 1 if reduce is None else reduce
+    if reduce:
         dist.all_reduce(counts)
     n_labels, n_tokens = max(counts[0].item(), 1.0), int(counts[1].item())
-    sums = torch.zeros(3, dtype=torch.float64)  # loss, ce, kl (summed over tokens)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, ce, kl (summed over tokens)
     for i, (batch, _) in enumerate(group):
         with _no_sync(model, i == len(group) - 1), _autocast(device, amp_dtype):
             ce, kl = token_losses(
@@ -95,8 +102,8 @@ def accumulate_gradients(
         loss = part * (world / n_labels)
         (scaler.scale(loss) if scaler is not None else loss).backward()
         kl_part = kl.detach() if kl is not None else ce.new_zeros(())
-        sums += torch.stack([part.detach(), ce.detach(), kl_part]).double().cpu()
-    if world > 1:
+        sums += torch.stack([part.detach(), ce.detach(), kl_part]).double()  # no host sync per micro-batch
+    if reduce:
         dist.all_reduce(sums)
     loss_mean, ce_mean, kl_mean = (sums / n_labels).tolist()
     return StepLosses(
@@ -207,17 +214,22 @@ def token_losses(
     T^2 x sum_k p (log p - log q). It is >= 0, equals the full KL when k is the vocabulary, and for
     k smaller it also pushes the student's mass into the teacher's top k.
 
-    The logits are gathered at labelled positions before the softmax, so the float upcast of the
-    vocabulary-sized logits covers only the tokens that count. The teacher runs without gradients.
+    Logits exist only at the labelled positions: the model projects just those hidden states onto the
+    vocabulary (`logits_to_keep`), and the cross-entropy runs in float32 chunk by chunk
+    (`cross_entropy_sum`), so neither the [batch, length, vocab] logits nor a float32 copy of the
+    trained ones is ever materialised for the loss. The teacher runs without gradients.
     """
     import torch
     import torch.nn.functional as F
 
     inputs, target, mask = _trained_tokens(batch, device)
-    logits = model(**inputs, use_cache=False).logits
-    picked = logits[:, :-1][mask].float()
-    ce = F.cross_entropy(picked, target[mask], reduction="sum")
+    keep = _logit_positions(mask)
+    logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits  # [trained tokens, vocab]
+    ce = cross_entropy_sum(logits, target[mask])
     t = float(temperature)
+    if targets is None and teacher is None:
+        return ce, None
+    picked = logits.float()
     if targets is not None:
         if targets.log_p.shape[0] != picked.shape[0]:
             raise ValueError(
@@ -230,15 +242,53 @@ def token_losses(
         # 0 x log 0 = 0: an id the teacher gives no probability (-inf, e.g. a masked token) adds nothing.
         kl = torch.where(p > 0, p * (teacher_log_p - student_log_q), torch.zeros_like(p)).sum()
         return ce, kl * (t * t)
-    if teacher is None:
-        return ce, None
+    assert teacher is not None
     with torch.no_grad():
-        t_logits = teacher(**inputs, use_cache=False).logits[:, :-1][mask].float()
+        t_logits = teacher(**inputs, use_cache=False, logits_to_keep=keep).logits.float()
     student_log_p = F.log_softmax(picked / t, dim=-1)
     teacher_log_p = F.log_softmax(t_logits / t, dim=-1)
     # KL(p_teacher || p_student) summed over the vocabulary and the tokens.
     kl = F.kl_div(student_log_p, teacher_log_p, log_target=True, reduction="sum")
     return ce, kl * (t * t)
+
+
+# Tokens per chunk of the cross-entropy: its float32 temporaries (the upcast logits, their log-softmax
+# and its gradient) exist for one chunk at a time, about 18 bytes x LOSS_CHUNK_TOKENS x vocabulary
+# (1.4 GB at Qwen3-VL's 151,936), not for every trained token of the micro-batch. The memory estimate
+# (interlace.runtime.costs) counts the same chunk.
+LOSS_CHUNK_TOKENS = costs.LOSS_CHUNK_TOKENS
+
+
+def cross_entropy_sum(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of `logits` [tokens, vocab] (the model's dtype) against `target` [tokens],
+    in float32, chunk by chunk: each chunk's float32 work is recomputed in the backward pass (activation
+    checkpointing) instead of being kept, so only the model's own logits and their gradient span all
+    the tokens. Equal to F.cross_entropy(logits.float(), target, reduction="sum") to float rounding."""
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    total = torch.zeros((), dtype=torch.float32, device=logits.device)
+    # split (not slicing) so the backward pass assembles one gradient of the logits, not one per chunk
+    for x, y in zip(logits.split(LOSS_CHUNK_TOKENS), target.split(LOSS_CHUNK_TOKENS), strict=True):
+        total = total + checkpoint(_cross_entropy_chunk, x, y, use_reentrant=False)
+    return total
+
+
+def _cross_entropy_chunk(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    import torch.nn.functional as F
+
+    return F.cross_entropy(x.float(), y, reduction="sum")
+
+
+def _logit_positions(mask: torch.Tensor) -> torch.Tensor:
+    """The positions whose logits the loss reads, as the boolean [batch, length] mask transformers'
+    `logits_to_keep` takes: position t predicts token t + 1, so the mask of trained next tokens
+    (`_trained_tokens`, [batch, length - 1]) shifted into place. The model then projects only those
+    hidden states onto the vocabulary and returns [trained tokens, vocab], row-major, the order
+    `target[mask]` has."""
+    import torch.nn.functional as F
+
+    return F.pad(mask, (0, 1), value=False)
 
 
 def _trained_tokens(
@@ -262,7 +312,7 @@ def teacher_top_k(
 
     inputs, _, mask = _trained_tokens(batch, device)
     with torch.no_grad():
-        logits = teacher(**inputs, use_cache=False).logits[:, :-1][mask].float()
+        logits = teacher(**inputs, use_cache=False, logits_to_keep=_logit_positions(mask)).logits.float()
         log_p = F.log_softmax(logits / float(temperature), dim=-1)
         top = log_p.topk(min(k, log_p.shape[-1]), dim=-1)
     return TopKTargets(log_p=top.values.cpu(), ids=top.indices.to(torch.int32).cpu())
