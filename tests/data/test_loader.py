@@ -229,12 +229,14 @@ def test_hub_source_offline_table_and_unknown_sizes(monkeypatch: pytest.MonkeyPa
     assert plans[0].indices == list(range(1182))
     with pytest.raises(InterlaceError, match=r"data\.subsets: unknown subset\(s\) \['nope'\]"):
         check_source(DataSpec(subsets=["nope"]))
-    # FineVision: the shipped table only; a subset it cannot size fails clearly, maxSamples or not,
-    # and the hub's metadata is never asked
+    # FineVision: the shipped table only; a subset it cannot size (none now: a table with one count
+    # removed) fails clearly, maxSamples or not, and the hub's metadata is never asked
     def no_metadata(*a: object) -> None:
         raise AssertionError("FineVision sizes must not come from hub metadata")
 
     monkeypatch.setattr(sources, "_hub_split_rows", no_metadata)
+    real_table = sources.finevision_table
+    monkeypatch.setattr(sources, "finevision_table", lambda: {**real_table(), "ai2d_merged": None})
     for cap in (None, 10):
         with pytest.raises(InterlaceError, match=r"data\.path: the shipped FineVision table .* \['ai2d_merged'\]"):
             check_source(DataSpec(subsets=["ai2d_merged", "chartqa"], max_samples=cap))
@@ -259,10 +261,9 @@ def test_finevision_table_is_well_formed() -> None:
     from interlace.data.sources import finevision_table
 
     table = finevision_table()
-    assert len(table) >= 180
-    known = {k: v for k, v in table.items() if v is not None}
-    assert known["coco_colors"] == 118287 and known["densefusion_1m"] == 1058751
-    assert all(isinstance(v, int) and v > 0 for v in known.values())
+    assert len(table) == 185 and "visualwebinstruct(filtered)" in table
+    assert table["coco_colors"] == 118287 and table["densefusion_1m"] == 1058751
+    assert all(type(v) is int and v > 0 for v in table.values())  # every subset sized
 
 
 def test_sampling_helpers() -> None:
