@@ -298,8 +298,9 @@ def _check_gpu_memory(
 
 def _data_plan(spec: PruneJobSpec, out: Path) -> JobDataPlan | None:
     """The data plan (interlace.data.dataplan), made once here before any worker and written to
-    <output>/data_plan.json, when both sources are local shards or builtin corpora (rows read by
-    index); None for hub sources, which keep the streaming path."""
+    <output>/data_plan.json, when both sources can be read by row index (local shards, builtin
+    corpora, hub subsets of known size: FineVision); None for a hub subset of unknown size (another
+    dataset without split metadata, read through the stream with maxSamples)."""
     from interlace.data.dataplan import job_plan
     from interlace.data.reader import plan_readable
 

@@ -201,8 +201,9 @@ def test_finevision_table_is_whole_and_sizes_the_paper_one_percent(hub_online: N
 
 
 def test_finevision_text_subsets_sit_in_the_tail_of_table_order_not_of_the_plan(hub_online: None) -> None:
-    """Issue 25's finding, with the whole table: read subset after subset in table order (the stream:
-    hub sources still train on it, the plan is for local shards), the 16 text-only `text_*` subsets are one run from 58.3% to 93.0% of the
+    """Issue 25's finding, with the whole table: read subset after subset in table order (the stream,
+    which hub sources trained on before they followed the plan; load_samples still reads that way),
+    the 16 text-only `text_*` subsets are one run from 58.3% to 93.0% of the
     epoch (`text_openorca` alone 74.1-91.6%), so the cosine tail trains on text only. (The issue's
     58.8-94.0% and 74.9-92.5% were measured on the 184-name table without visualwebinstruct(filtered).)
     The seeded plan's first 1% of training already draws from most subsets, text at its overall share."""

@@ -4,7 +4,8 @@ The calibration samples (the data plan's calibration ids, interlace.data.datapla
 order) are cut into batches of `batch_size` in order; batch j goes to worker j % num_workers. Every
 worker loads the model itself (on a GPU when the placement has them: one per worker, like Ray
 Train's), reads and decodes only the rows of its own batches by index (so no sample travels through
-the driver; hub sources without a plan: the first numSamples of the stream, read by every worker),
+the driver; a source without a plan, i.e. a hub subset of unknown size: the first numSamples of the
+stream, read by every worker),
 encodes only its own batches and returns interlace.stages.analyze.similarity.AnalysisSums;
 the driver adds them up. Scores are means over samples of per-sample values, so the merged scores
 equal a single-process run up to float rounding (tests/train/test_ray_analysis.py checks it on 2
@@ -40,8 +41,9 @@ def score_shard(
     """The sums of batches shard, shard + num_shards, ... of the calibration samples.
 
     `ids` (the data plan's calibration rows, `<subset>#<row>`): this worker reads and decodes only the
-    rows of its own batches, by index. None (hub sources): the first `num_samples` samples of the
-    stream, read by every worker, which keeps its batches."""
+    rows of its own batches, by index (local files or the hub's parquet row groups). None (a source
+    without a plan): the first `num_samples` samples of the stream, read by every worker, which keeps
+    its batches."""
     from interlace.models.load import load_model
     from interlace.stages.analyze.calibration import calibration_batches
     from interlace.stages.analyze.similarity import analysis_sums

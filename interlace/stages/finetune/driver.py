@@ -14,11 +14,12 @@ Facts from the paper (method notes section 4): AdamW lr 1e-5, weight decay 0, co
 3% warmup, grad-norm clip 1.0, bf16, gradient checkpointing, per-device batch 16 x accumulation 2,
 one epoch, next-token cross-entropy on assistant tokens only.
 
-Data: the data plan (interlace.data.dataplan, made here once for local shards and builtin corpora)
-orders the finetuning rows, shuffled across subsets with a seed per epoch; global micro-batch m is
-positions [m*B*W, (m+1)*B*W) of that order (B = per-device batch, W = workers) and rank r reads
-(by row index, interlace.data.reader) and decodes only the r-th slice of B. Hub sources and
-samples the caller passes keep the older path: every worker walks the same deterministic sample
+Data: the data plan (interlace.data.dataplan, made here once for local shards, builtin corpora and
+hub sources of known size, FineVision included) orders the finetuning rows, shuffled across subsets
+with a seed per epoch; global micro-batch m is positions [m*B*W, (m+1)*B*W) of that order (B =
+per-device batch, W = workers) and rank r reads (by row index, interlace.data.reader: local files, or
+the hub's parquet row groups) and decodes only the r-th slice of B. Samples the caller passes and a
+hub subset of unknown size keep the older path: every worker walks the same deterministic sample
 stream (interlace.data.load_samples, table order) and keeps the same slice. Both repeat for more
 than one epoch. Every rank therefore runs exactly the same number
 of forward/backward passes (no DDP hang at the end of the data), and the data position in a
@@ -127,7 +128,8 @@ def finetune(
     default it is counted by reading the data once. `max_steps` overrides spec.maxSteps.
     Rank 0 writes the whole finetuned model to `final_model_dir` (default <output>/finetuned).
     `data_plan` (interlace.data.dataplan.build_plan of spec.data): the rows and their order; made here
-    when spec.data is local shards (or builtin) and no `samples` are given. With a plan each worker
+    when spec.data can be read by index (local shards, builtin, sized hub subsets) and no `samples`
+    are given. With a plan each worker
     reads only its own rows, by index, and the epoch is the plan's rows.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig

@@ -72,7 +72,8 @@ class WorkerConfig(BaseModel):
     # Samples the caller already holds (small sets, tests); they are not validated again.
     samples: SkipValidation[list[Sample] | None] = None
     # The data plan of spec.data (interlace.data.dataplan), made once by the driver: each rank reads
-    # only its rows, by index. None: the sample stream of load_samples (hub sources) or `samples`.
+    # only its rows, by index. None: `samples`, or the sample stream of load_samples (only a hub
+    # subset of unknown size has no plan).
     data_plan: SkipValidation[DataPlan | None] = None
     fault_step: int | None = None  # fault injection, see the module docstring
     fault_marker: Path | None = None
@@ -310,9 +311,10 @@ def _micro_batches(
 def _rank_samples(config: WorkerConfig, rank: int, world: int, *, skip: int) -> Iterator[list[Sample]]:
     """This rank's samples of each global micro-batch, the first one starting at position `skip`.
 
-    With a data plan: the rank reads (and decodes) only its own slice of each global micro-batch of
-    the plan's order, by row index; nothing before `skip` is read. Without (hub sources, `samples`):
-    every rank walks the repeating stream from its start and keeps its slice."""
+    With a data plan (local shards, builtin corpora, hub sources of known size: FineVision): the rank
+    reads (and decodes) only its own slice of each global micro-batch of the plan's order, by row
+    index; nothing before `skip` is read. Without (`samples`, a hub subset of unknown size): every
+    rank walks the repeating stream from its start and keeps its slice."""
     import itertools
 
     B = config.spec.per_device_batch_size
@@ -320,7 +322,7 @@ def _rank_samples(config: WorkerConfig, rank: int, world: int, *, skip: int) -> 
     if config.samples is None and plan is not None:
         from interlace.data.reader import RowReader
 
-        reader = RowReader(config.spec.data, where="spec.finetune.data")
+        reader = RowReader(config.spec.data, where="spec.finetune.data", plan=plan)
         position = skip
         while True:
             (rows,) = plan.rank_rows(rank, world, B, position, 1)
