@@ -58,7 +58,10 @@ def run(args: argparse.Namespace) -> int:
         f"  {'total':<{width}} {sum(s.num_rows for s in ft.subsets):>10} {ft.num_finetune:>9} "
         f"{len(cp.calibration):>7}"
     )
-    print(f"calibration seed {cp.calibration_seed}; plan fingerprint {ft.fingerprint()}")
+    print(
+        f"calibration seed {cp.calibration_seed}; plan fingerprint {ft.fingerprint()}; "
+        f"finetune fingerprint {ft.finetune_fingerprint()} (recorded in checkpoints)"
+    )
     head = ft.order(0)[: args.head]
     print(f"first {len(head)} training ids (epoch 0 order):")
     for r in head:

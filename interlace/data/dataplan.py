@@ -101,6 +101,7 @@ class DataPlan:
             "numFinetune": self.num_finetune,
             "numCalibration": len(self.calibration),
             "fingerprint": self.fingerprint(),
+            "finetuneFingerprint": self.finetune_fingerprint(),
             "subsets": [
                 {
                     "name": s.name,
@@ -114,6 +115,16 @@ class DataPlan:
             "trainingIds": [self.row_id(r) for r in shown],
             "calibrationIds": [self.row_id(r) for r in self.calibration],
         }
+
+    def finetune_fingerprint(self) -> str:
+        """sha256 over what decides which row is trained at each position: the source, the seed (the
+        order) and each subset's size and finetuning rows; not the calibration rows. Checkpoints record
+        it, so a resume with another plan is refused (interlace.stages.finetune.checkpoint)."""
+        h = hashlib.sha256()
+        h.update(json.dumps(["finetune", self.source, self.seed]).encode())
+        for s in self.subsets:
+            h.update(json.dumps([s.name, s.num_rows, s.finetune]).encode())
+        return h.hexdigest()[:16]
 
     def fingerprint(self) -> str:
         """sha256 over the rows, the first epoch's order and the calibration rows."""

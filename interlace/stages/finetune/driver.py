@@ -33,7 +33,7 @@ assistant tokens fall across micro-batches.
 Checkpoints (every spec.checkpointEverySteps optimizer steps and at the end) go through
 `ray.train.report(checkpoint=...)` into ``<output>/checkpoints/finetune-<time>/step-<N>/``: the
 trainable parameters (safetensors), optimizer and scheduler state, and `state.json` (written last:
-step, samples consumed, tokens, losses, plan fingerprint). Ray Train restarts the worker group after a
+step, samples consumed, tokens, losses, plan fingerprint, data plan fingerprint). Ray Train restarts the worker group after a
 worker failure (FailureConfig.max_failures) and `ray.train.get_checkpoint()` hands the newest
 checkpoint of the run to the new workers. A restart of the whole job (same output directory) starts a
 new run whose workers load the newest complete checkpoint on disk (found by its state.json) when
@@ -66,7 +66,13 @@ from interlace.runtime.ray_cluster import start_ray
 from interlace.schema.spec import FinetuneSpec, LayerPlan, ModelSpec
 from interlace.schema.status import Progress
 from interlace.settings import settings
-from interlace.stages.finetune.checkpoint import RUN_PREFIX, STATE_FILE, newest_checkpoint, run_fingerprint
+from interlace.stages.finetune.checkpoint import (
+    RUN_PREFIX,
+    STATE_FILE,
+    check_resumable,
+    newest_checkpoint,
+    run_fingerprint,
+)
 from interlace.stages.finetune.loop import WorkerConfig, train_loop_per_worker
 
 FAULT_STEP_ENV = "INTERLACE_FAULT_CRASH_AT_STEP"
@@ -182,13 +188,9 @@ def finetune(
     storage.mkdir(parents=True, exist_ok=True)
     fingerprint = run_fingerprint(plan, spec.distillation)
     newest = newest_checkpoint(storage) if spec.resume else None
+    data_fingerprint = data_plan.finetune_fingerprint() if data_plan is not None and samples is None else ""
     if newest is not None:
-        state = json.loads((newest / STATE_FILE).read_text())
-        if state.get("plan_fingerprint") != fingerprint:
-            raise InterlaceError(
-                f"{newest} was written for a different layer plan or distillation setting; set "
-                "spec.finetune.resume: false to start over or use another output directory"
-            )
+        check_resumable(newest, json.loads((newest / STATE_FILE).read_text()), fingerprint, data_fingerprint)
     run_name = f"{RUN_PREFIX}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}"
 
     start_ray()
@@ -205,6 +207,7 @@ def finetune(
         total_steps=steps,
         precision=cast("Literal['fp32', 'bf16', 'fp16']", precision),
         fingerprint=fingerprint,
+        data_fingerprint=data_fingerprint,
         final_model_dir=final_model_dir,
         resume_root=storage if spec.resume else storage / run_name,
         run_dir=storage / run_name,

@@ -66,6 +66,7 @@ class WorkerConfig(BaseModel):
     total_steps: int
     precision: Literal["fp32", "bf16", "fp16"]
     fingerprint: str  # see run_fingerprint: what a checkpoint must match to be resumed
+    data_fingerprint: str = ""  # data_plan.finetune_fingerprint(): a resume must match it too
     final_model_dir: Path
     resume_root: Path  # where a (re)starting worker group looks for the newest complete checkpoint
     run_dir: Path  # this run's checkpoints
@@ -134,6 +135,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     state = TrainState(
         total_steps=total_steps,
         plan_fingerprint=config.fingerprint,
+        data_fingerprint=config.data_fingerprint,
         trainable_params=summary.trainable_params,
         total_params=summary.total_params,
         trainable_positions=summary.positions,
