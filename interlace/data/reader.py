@@ -56,6 +56,23 @@ def plan_readable(spec: DataSpec) -> bool:
     return all(s.hub_id is None or s.num_rows is not None for s in resolve_subsets(effective_spec(spec)))
 
 
+def check_hub_files(spec: DataSpec, plan: DataPlan, *, where: str = "data") -> None:
+    """List the parquet files of every hub subset the plan reads (one listing each, in parallel), so a
+    subset the reader could not find fails before any GPU time, naming `<where>.path`. Local sources:
+    nothing to do."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from interlace.data.hubfiles import hub_filesystem, subset_files
+
+    subsets = {s.name: s for s in resolve_subsets(effective_spec(spec), where=where)}
+    hub = [subsets[s.name] for s in plan.subsets if subsets[s.name].hub_id and (s.finetune or s.calibration)]
+    if not hub:
+        return
+    fs, root = hub_filesystem(str(hub[0].hub_id))
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(lambda s: subset_files(fs, root, str(s.hub_id), s.name, s.split, where=where), hub))
+
+
 def hub_cache_root() -> Path:
     """Where planned hub rows are kept once fetched (see the module docstring)."""
     from interlace.settings import settings

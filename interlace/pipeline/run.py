@@ -302,12 +302,15 @@ def _data_plan(spec: PruneJobSpec, out: Path) -> JobDataPlan | None:
     corpora, hub subsets of known size: FineVision); None for a hub subset of unknown size (another
     dataset without split metadata, read through the stream with maxSamples)."""
     from interlace.data.dataplan import job_plan
-    from interlace.data.reader import plan_readable
+    from interlace.data.reader import check_hub_files, plan_readable
 
     sources = [spec.finetune.data] + ([spec.calibration.data] if spec.calibration.data else [])
     if not all(plan_readable(d) for d in sources):
         return None
     dp = job_plan(spec)
+    check_hub_files(spec.finetune.data, dp.finetune, where="spec.finetune.data")
+    if dp.calibration is not dp.finetune and spec.calibration.data is not None:
+        check_hub_files(spec.calibration.data, dp.calibration, where="spec.calibration.data")
     atomic_write_json(out / "data_plan.json", dp.to_wire())
     return dp
 

@@ -228,7 +228,8 @@ class DataSpec(_Spec):
         json_schema_extra={
             "x-kubernetes-validations": [_cel(f"!self.matches('{_cel_regex(DOTDOT)}')", "must not contain a '..' path segment")]
         },
-        description="Hub dataset id (streamed), a local directory / glob of parquet or jsonl shards, "
+        description="Hub dataset id (finetuning and calibration read their planned rows from its parquet "
+        "files by index, evaluation streams it), a local directory / glob of parquet or jsonl shards, "
         "`builtin:english` (real English text shipped with Debian packages) or `builtin:python-docs` "
         "(Python standard library docstrings, out-of-domain evaluation text).",
     )

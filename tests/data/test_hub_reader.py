@@ -185,6 +185,13 @@ def test_unlistable_subset_is_a_clear_error_not_a_stream(
     spec = DataSpec(fraction=1.0, max_images=8)
     plan = build_plan(spec)
     reader = RowReader(spec, where="spec.finetune.data")
+    # before any GPU time: the pipeline and the driver list every planned hub subset's files
+    from interlace.data.reader import check_hub_files
+
+    with pytest.raises(InterlaceError, match=r"spec\.finetune\.data\.path: subset 'geo170k\(qa\)' .* no parquet"):
+        check_hub_files(spec, plan, where="spec.finetune.data")
+    check_hub_files(DataSpec(subsets=["chartqa", "coco_colors"], fraction=1.0), build_plan(DataSpec(
+        subsets=["chartqa", "coco_colors"], fraction=1.0)))
     with pytest.raises(
         InterlaceError,
         match=r"spec\.finetune\.data\.path: subset 'geo170k\(qa\)' of 'HuggingFaceM4/FineVision' has no parquet "

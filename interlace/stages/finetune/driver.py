@@ -160,12 +160,13 @@ def finetune(
         raise InterlaceError("spec.finetune.precision fp16 needs a sharded grad scaler under FSDP; use bf16")
 
     if data_plan is None and samples is None:
-        from interlace.data.reader import plan_readable
+        from interlace.data.reader import check_hub_files, plan_readable
 
         if plan_readable(spec.data):
             from interlace.data.dataplan import build_plan
 
             data_plan = build_plan(spec.data, where="spec.finetune.data")
+            check_hub_files(spec.data, data_plan, where="spec.finetune.data")
     if data_plan is not None and num_samples is None and samples is None:
         num_samples = data_plan.num_finetune
 
