@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from interlace.errors import InterlaceError
 
 # Subcommand name -> module in interlace.cli. A module listed here but not yet present is skipped.
-COMMANDS: tuple[str, ...] = ("analyze", "plan", "prune", "run", "evaluate", "publish", "validate", "sweep")
+COMMANDS: tuple[str, ...] = ("analyze", "data", "plan", "prune", "run", "evaluate", "publish", "validate", "sweep")
 
 
 def build_parser() -> argparse.ArgumentParser:

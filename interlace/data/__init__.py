@@ -1,6 +1,7 @@
 """Conversation data for calibration, finetuning and evaluation.
 
-* `load_samples(spec)`: FineVision (hub, streamed), local parquet/jsonl shards in its row schema,
+* `load_samples(spec)`: FineVision (hub, streamed; finetuning and calibration instead read the data
+  plan's rows by index, interlace.data.dataplan and interlace.data.reader), local parquet/jsonl shards in its row schema,
   plain text (`format: text`) or `builtin:english`, sampled per subset (`first` or seeded `random`),
   filtered (maxImages, maxTurns, maxPixels), malformed rows skipped and counted in `DataStats`.
 * `check_source(spec)`: everything about the source that can fail, checked before any GPU time.

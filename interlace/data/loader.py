@@ -97,32 +97,41 @@ def _generate(plans: list[SubsetPlan], spec: DataSpec, limit: int | None, stats:
         return
     for p in plans:
         for index, row, base_dir in _picked_rows(p, spec):
-            stats.rows_read += 1
-            source = f"{p.subset.name}#{index}"
-            try:
-                if isinstance(row, _Bad):
-                    raise MalformedRow(row.reason)
-                if spec.format == "text":
-                    text = row.get("text") if isinstance(row, dict) else None
-                    sample = text_to_sample(text, source=source)
-                else:
-                    sample = finevision_row_to_sample(
-                        row,
-                        max_images=spec.max_images,
-                        max_turns=spec.max_turns,
-                        max_pixels=spec.max_pixels,
-                        source=source,
-                        base_dir=base_dir,
-                    )
-            except MalformedRow as err:
-                stats.skip(err.reason)
-                log.debug("skipped %s: %s", source, err)
+            sample = row_to_sample(row, spec, source=f"{p.subset.name}#{index}", base_dir=base_dir, stats=stats)
+            if sample is None:
                 continue
-            stats.samples += 1
             yield sample
             emitted += 1
             if limit is not None and emitted >= limit:
                 return
+
+
+def row_to_sample(
+    row: Any, spec: DataSpec, *, source: str, base_dir: Path | None, stats: DataStats
+) -> Sample | None:
+    """One raw row -> a Sample (decoding its images), or None with the reason counted in `stats`."""
+    stats.rows_read += 1
+    try:
+        if isinstance(row, _Bad):
+            raise MalformedRow(row.reason)
+        if spec.format == "text":
+            text = row.get("text") if isinstance(row, dict) else None
+            sample = text_to_sample(text, source=source)
+        else:
+            sample = finevision_row_to_sample(
+                row,
+                max_images=spec.max_images,
+                max_turns=spec.max_turns,
+                max_pixels=spec.max_pixels,
+                source=source,
+                base_dir=base_dir,
+            )
+    except MalformedRow as err:
+        stats.skip(err.reason)
+        log.debug("skipped %s: %s", source, err)
+        return None
+    stats.samples += 1
+    return sample
 
 
 def _picked_rows(p: SubsetPlan, spec: DataSpec) -> Iterator[tuple[int, Any, Path | None]]:

@@ -115,7 +115,8 @@ def finevision_row_to_sample(
 
     Order matters for cost: the image count and the text structure are checked before any image is
     decoded, so rows that will be skipped anyway cost no decoding. `max_turns` counts FineVision turns
-    (one user message plus its assistant answer), as the paper's "at most 5 turns" does.
+    (one user message plus its assistant answer; a system message does not count). The reference's
+    preparation stops a conversation at 5 messages, i.e. 3 turns, hence the default maxTurns 3.
     """
     if not isinstance(row, Mapping):
         raise MalformedRow("bad_row", f"row of type {type(row).__name__}")

@@ -2,9 +2,10 @@
 
 Three kinds of `path`:
 
-* a hub dataset id (`HuggingFaceM4/FineVision`): each subset is a config streamed with `datasets`;
-  row counts come from the shipped table `finevision_subsets.json`, else the dataset's split metadata,
-  else `maxSamples` must be set (streaming cannot tell a subset's size);
+* a hub dataset id: each subset is a config streamed with `datasets`. FineVision's row counts come
+  from the shipped table `finevision_subsets.json` only (a selected subset without a count there is an
+  InterlaceError); another dataset's from its split metadata on the hub (a failing request is an
+  error), else `maxSamples` must be set (streaming cannot tell a subset's size);
 * a local directory or glob of `.parquet` / `.jsonl` (and `.txt` for `format: text`) shards: files
   directly in the directory form one subset named after the directory, files below a subdirectory form
   the subset named after that subdirectory (FineVision's own layout, `<root>/<subset>/train-*.parquet`);
@@ -192,27 +193,43 @@ def _hub_subsets(hub_id: str, spec: DataSpec, where: str) -> list[Subset]:
             ) from None
     subsets = [Subset(name=n, num_rows=table.get(n), hub_id=hub_id, split=spec.split) for n in table]
     selected = _select(subsets, spec, where)
+    if hub_id == FINEVISION_ID:
+        # The shipped table is the only source of FineVision's sizes: no silent fallback to the hub's
+        # metadata (or to equal shares of maxSamples), since the paper's 1% needs the true counts.
+        unsized = [s.name for s in selected if s.num_rows is None]
+        if unsized:
+            raise InterlaceError(
+                f"{where}.path: the shipped FineVision table (interlace/data/finevision_subsets.json) has "
+                f"no row count for {len(unsized)} selected subset(s) {unsized[:8]}"
+                f"{' ...' if len(unsized) > 8 else ''}, so their 1% cannot be sized; download the "
+                f"subsets' parquet shards and set {where}.path to the local directory (local counts are "
+                f"exact), or list only sized subsets in {where}.subsets"
+            )
+        return subsets
     for s in selected:
         if s.num_rows is None:
-            s.num_rows = _hub_split_rows(hub_id, s.name, spec.split)
+            s.num_rows = _hub_split_rows(hub_id, s.name, spec.split, where)
     missing = [s.name for s in selected if s.num_rows is None]
     if missing and spec.max_samples is None:
         raise InterlaceError(
             f"{where}.maxSamples: the row count of subset(s) {missing[:10]}"
-            f"{' ...' if len(missing) > 10 else ''} of {hub_id!r} is unknown (not in the shipped "
-            "table, no split metadata), so the fraction cannot be sized while streaming; set "
-            f"{where}.maxSamples"
+            f"{' ...' if len(missing) > 10 else ''} of {hub_id!r} is unknown (no split metadata on the "
+            f"hub), so the fraction cannot be sized while streaming; set {where}.maxSamples"
         )
     return subsets
 
 
-def _hub_split_rows(hub_id: str, name: str, split: str) -> int | None:
-    """num_examples from the dataset's metadata (the card's dataset_info), or None."""
-    try:
-        import datasets
+def _hub_split_rows(hub_id: str, name: str, split: str, where: str = "data") -> int | None:
+    """num_examples from the dataset's metadata (the card's dataset_info); None when the metadata has
+    no count for the split. A metadata request that fails is an InterlaceError, not a silent None."""
+    import datasets
 
+    try:
         info = datasets.load_dataset_builder(hub_id, name=name).info
-        splits = info.splits or {}
-        return int(splits[split].num_examples) if split in splits and splits[split].num_examples else None
-    except Exception:
-        return None
+    except Exception as err:
+        raise InterlaceError(
+            f"{where}.path: cannot read the metadata of subset {name!r} of {hub_id!r} "
+            f"({type(err).__name__}: {err}); check the id, your network and HF_TOKEN"
+        ) from None
+    splits = info.splits or {}
+    return int(splits[split].num_examples) if split in splits and splits[split].num_examples else None

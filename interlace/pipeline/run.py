@@ -4,6 +4,7 @@
 function of another module over plain data; this module only orders them, decides where they run,
 writes the artifacts and reports the stages:
 
+    <output>/data_plan.json   the data plan: rows per subset, training order, calibration ids
     <output>/scores.json      layer similarity scores (interlace.stages.analyze.similarity)
     <output>/plan.json        the chosen layers (interlace.stages.plan)
     <output>/heatmap.png      scores with the plan drawn on (interlace.stages.analyze.heatmap)
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from interlace.artifacts import atomic_write_json
+from interlace.data.dataplan import JobDataPlan
 from interlace.errors import InterlaceError
 from interlace.runtime.progress import Reporter
 from interlace.schema.spec import DataSpec, LayerPlan, PruneJob, PruneJobSpec, Results
@@ -151,8 +153,9 @@ def run_pipeline(
     num_layers = facts.num_layers
     n_drop = _layers_to_drop(spec, num_layers)
     plan = _reusable_plan(out, spec, num_layers, n_drop)
+    data_plan = _data_plan(spec, out)
     if plan is None:
-        scores = _analyze(spec, reporter, placement, driver_device(spec.resources))
+        scores = _analyze(spec, reporter, placement, driver_device(spec.resources), data_plan)
         scores.save(out / "scores.json")
         # ---- 2. plan
         reporter.stage(Phase.PLANNING, f"{spec.pruning.strategy}: drop {n_drop} of {num_layers} layers")
@@ -227,8 +230,9 @@ def run_pipeline(
             placement=placement,
             freeze_lm_head=spec.pruning.freeze_lm_head,
             reporter=reporter,
-            num_samples=_epoch_size(spec.finetune.data),
+            num_samples=data_plan.finetune.num_finetune if data_plan else _epoch_size(spec.finetune.data),
             final_model_dir=out / "finetuned",
+            data_plan=data_plan.finetune if data_plan else None,
         )
         final_dir = ft.model_dir
 
@@ -292,14 +296,40 @@ def _check_gpu_memory(
     check_memory(spec, config, positions=positions, total_params=total_params)
 
 
-def _analyze(spec: PruneJobSpec, reporter: Reporter, placement: Any, device: str) -> Any:
+def _data_plan(spec: PruneJobSpec, out: Path) -> JobDataPlan | None:
+    """The data plan (interlace.data.dataplan), made once here before any worker and written to
+    <output>/data_plan.json, when both sources can be read by row index (local shards, builtin
+    corpora, hub subsets of known size: FineVision); None for a hub subset of unknown size (another
+    dataset without split metadata, read through the stream with maxSamples)."""
+    from interlace.data.dataplan import job_plan
+    from interlace.data.reader import check_hub_files, plan_readable
+
+    sources = [spec.finetune.data] + ([spec.calibration.data] if spec.calibration.data else [])
+    if not all(plan_readable(d) for d in sources):
+        return None
+    dp = job_plan(spec)
+    check_hub_files(spec.finetune.data, dp.finetune, where="spec.finetune.data")
+    if dp.calibration is not dp.finetune and spec.calibration.data is not None:
+        check_hub_files(spec.calibration.data, dp.calibration, where="spec.calibration.data")
+    atomic_write_json(out / "data_plan.json", dp.to_wire())
+    return dp
+
+
+def _analyze(
+    spec: PruneJobSpec, reporter: Reporter, placement: Any, device: str, data_plan: JobDataPlan | None = None
+) -> Any:
     """Layer scores: data-parallel on the Ray workers when Ray is up (interlace.stages.analyze.sharded: one
-    shard of the calibration batches per worker, the sums merged here), else in this process."""
+    shard of the calibration batches per worker, the sums merged here), else in this process. With a
+    data plan the calibration rows are its calibration ids, each read only by the worker scoring it."""
     from interlace.pipeline.remote import ray_is_up
     from interlace.stages.analyze.sharded import analyze_on_ray, score_shard
 
     cal = spec.calibration
     data = cal.data or spec.finetune.data
+    ids = None
+    if data_plan is not None:
+        cp = data_plan.calibration
+        ids = [cp.row_id(r) for r in cp.calibration]
     if ray_is_up():
         from interlace.runtime.placement import describe
 
@@ -311,6 +341,7 @@ def _analyze(spec: PruneJobSpec, reporter: Reporter, placement: Any, device: str
             batch_size=cal.batch_size,
             max_length=cal.max_length,
             placement=placement,
+            ids=ids,
         )
         n = int(scores.meta["num_samples"])
         _stage_progress(reporter, n, n, f"calibration sample {n}/{n}")
@@ -331,6 +362,7 @@ def _analyze(spec: PruneJobSpec, reporter: Reporter, placement: Any, device: str
         max_window=3,
         device=device,
         progress=progress,
+        ids=ids,
     )
     if sums.num_samples == 0:
         raise InterlaceError("spec.calibration.data yields no samples; point it at readable data")

@@ -228,7 +228,8 @@ class DataSpec(_Spec):
         json_schema_extra={
             "x-kubernetes-validations": [_cel(f"!self.matches('{_cel_regex(DOTDOT)}')", "must not contain a '..' path segment")]
         },
-        description="Hub dataset id (streamed), a local directory / glob of parquet or jsonl shards, "
+        description="Hub dataset id (finetuning and calibration read their planned rows from its parquet "
+        "files by index, evaluation streams it), a local directory / glob of parquet or jsonl shards, "
         "`builtin:english` (real English text shipped with Debian packages) or `builtin:python-docs` "
         "(Python standard library docstrings, out-of-domain evaluation text).",
     )
@@ -247,7 +248,13 @@ class DataSpec(_Spec):
     )
     seed: int = Field(default=0, ge=0, le=SEED_MAX)
     max_images: int = Field(default=3, ge=0, le=1024, description="Skip samples with more images than this.")
-    max_turns: int = Field(default=5, ge=1, le=1024, description="Truncate conversations to this many turns.")
+    max_turns: int = Field(
+        default=3,
+        ge=1,
+        le=1024,
+        description="Keep at most this many turns (a user message and its answer) per conversation. The "
+        "reference caps 5 messages, which is 3 turns (2 when a system message counts).",
+    )
     max_pixels: int = Field(
         default=50176, ge=784, le=INT32_MAX, description="Cap on pixels per image (paper: 50,176, about 224x224)."
     )

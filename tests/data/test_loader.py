@@ -217,6 +217,7 @@ def test_check_source_errors_are_clear(tmp_path: Path, shards: FineVisionShards)
 def test_hub_source_offline_table_and_unknown_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
     from interlace.data import loader, sources
 
+    real_split_rows = sources._hub_split_rows
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(InterlaceError, match=r"hub dataset id, but the hub is offline.*local directory"):
         check_source(DataSpec(subsets=["coco_colors"]))
@@ -228,24 +229,41 @@ def test_hub_source_offline_table_and_unknown_sizes(monkeypatch: pytest.MonkeyPa
     assert plans[0].indices == list(range(1182))
     with pytest.raises(InterlaceError, match=r"data\.subsets: unknown subset\(s\) \['nope'\]"):
         check_source(DataSpec(subsets=["nope"]))
-    # a subset the table cannot size and the metadata does not either: maxSamples is required
-    monkeypatch.setattr(sources, "_hub_split_rows", lambda *a: None)
-    with pytest.raises(InterlaceError, match=r"data\.maxSamples: the row count of subset\(s\) \['ai2d_merged'\]"):
-        check_source(DataSpec(subsets=["ai2d_merged"]))
-    plans = loader.plan(DataSpec(subsets=["ai2d_merged", "chartqa"], max_samples=10))
-    assert [(p.subset.name, p.quota, p.indices is None) for p in plans] == [
-        ("ai2d_merged", 5, True), ("chartqa", 5, False),
-    ]  # fmt: skip
+    # FineVision: the shipped table only; a subset it cannot size (none now: a table with one count
+    # removed) fails clearly, maxSamples or not, and the hub's metadata is never asked
+    def no_metadata(*a: object) -> None:
+        raise AssertionError("FineVision sizes must not come from hub metadata")
+
+    monkeypatch.setattr(sources, "_hub_split_rows", no_metadata)
+    real_table = sources.finevision_table
+    monkeypatch.setattr(sources, "finevision_table", lambda: {**real_table(), "ai2d_merged": None})
+    for cap in (None, 10):
+        with pytest.raises(InterlaceError, match=r"data\.path: the shipped FineVision table .* \['ai2d_merged'\]"):
+            check_source(DataSpec(subsets=["ai2d_merged", "chartqa"], max_samples=cap))
+    # another hub dataset: its split metadata; unsized without maxSamples is an error, with it a share
+    monkeypatch.setattr(sources, "_hub_split_rows", lambda *a: {"a": 400}.get(a[1]))
+    import datasets
+
+    monkeypatch.setattr(datasets, "get_dataset_config_names", lambda hub_id: ["a", "b"])
+    with pytest.raises(InterlaceError, match=r"data\.maxSamples: the row count of subset\(s\) \['b'\]"):
+        check_source(DataSpec(path="someone/other"))
+    plans = loader.plan(DataSpec(path="someone/other", max_samples=3))
+    assert [(p.subset.name, p.quota, p.indices is None) for p in plans] == [("a", 2, False), ("b", 1, True)]
+    # a metadata request that fails is reported, not swallowed
+    monkeypatch.setattr(
+        datasets, "load_dataset_builder", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("down"))
+    )
+    with pytest.raises(InterlaceError, match=r"cannot read the metadata of subset 'a'.*ConnectionError: down"):
+        real_split_rows("someone/other", "a", "train")
 
 
 def test_finevision_table_is_well_formed() -> None:
     from interlace.data.sources import finevision_table
 
     table = finevision_table()
-    assert len(table) >= 180
-    known = {k: v for k, v in table.items() if v is not None}
-    assert known["coco_colors"] == 118287 and known["densefusion_1m"] == 1058751
-    assert all(isinstance(v, int) and v > 0 for v in known.values())
+    assert len(table) == 185 and "visualwebinstruct(filtered)" in table
+    assert table["coco_colors"] == 118287 and table["densefusion_1m"] == 1058751
+    assert all(type(v) is int and v > 0 for v in table.values())  # every subset sized
 
 
 def test_sampling_helpers() -> None:

@@ -56,7 +56,7 @@ def test_paper_settings(name: str, model: str, ratio: float, n_drop: int) -> Non
     assert spec.pruning.layers_to_drop(QWEN3_VL_LAYERS) == n_drop
     ft = spec.finetune
     assert ft.enabled and ft.data.path == "HuggingFaceM4/FineVision" and ft.data.fraction == 0.01
-    assert ft.data.sampling == "first" and ft.data.max_images == 3 and ft.data.max_turns == 5
+    assert ft.data.sampling == "first" and ft.data.max_images == 3 and ft.data.max_turns == 3
     assert ft.data.max_pixels == 50176
     assert ft.learning_rate == 1e-5 and ft.lr_scheduler == "cosine" and ft.warmup_ratio == 0.03
     assert ft.weight_decay == 0 and ft.max_grad_norm == 1.0 and ft.epochs == 1

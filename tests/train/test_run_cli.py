@@ -113,8 +113,15 @@ def test_dry_run_stops_after_the_plan(tmp_path: Path) -> None:
         p.name: "0o644" for p in out.iterdir()
     }
     assert sorted(p.name for p in out.iterdir()) == [
-        "heatmap.png", "plan.json", "progress.jsonl", "results.json", "scores.json",
+        "data_plan.json", "heatmap.png", "plan.json", "progress.jsonl", "results.json", "scores.json",
     ]
+    # the data plan: all 48 rows in a shuffled order, 8 calibration rows drawn from them
+    dp = json.loads((out / "data_plan.json").read_text())
+    assert dp["calibration"] == {"sameAsFinetune": True}
+    ft = dp["finetune"]
+    assert ft["numFinetune"] == 48 and sorted(ft["trainingIds"]) == sorted(f"data#{i}" for i in range(48))
+    assert ft["trainingIds"] != [f"data#{i}" for i in range(48)]
+    assert len(ft["calibrationIds"]) == 8 == ft["numCalibration"] and set(ft["calibrationIds"]) <= set(ft["trainingIds"])
     scores = json.loads((out / "scores.json").read_text())
     assert scores["num_layers"] == 8 and len(scores["scores"]["3"]) == 5
     results = Results.model_validate(json.loads((out / "results.json").read_text()))

@@ -1,9 +1,12 @@
 """Data-parallel layer analysis on Ray: each worker scores a shard of the calibration batches.
 
-The calibration samples are cut into batches of `batch_size` in order; batch j goes to worker
-j % num_workers. Every worker loads the model itself (on a GPU when the placement has them: one per
-worker, like Ray Train's), reads the calibration data itself (so no sample travels through the
-driver), encodes only its own batches and returns interlace.stages.analyze.similarity.AnalysisSums;
+The calibration samples (the data plan's calibration ids, interlace.data.dataplan, in their seeded
+order) are cut into batches of `batch_size` in order; batch j goes to worker j % num_workers. Every
+worker loads the model itself (on a GPU when the placement has them: one per worker, like Ray
+Train's), reads and decodes only the rows of its own batches by index (so no sample travels through
+the driver; a source without a plan, i.e. a hub subset of unknown size: the first numSamples of the
+stream, read by every worker),
+encodes only its own batches and returns interlace.stages.analyze.similarity.AnalysisSums;
 the driver adds them up. Scores are means over samples of per-sample values, so the merged scores
 equal a single-process run up to float rounding (tests/train/test_ray_analysis.py checks it on 2
 workers).
@@ -33,17 +36,30 @@ def score_shard(
     max_window: int,
     device: str,
     progress: Any = None,
+    ids: list[str] | None = None,
 ) -> AnalysisSums:
-    """The sums of batches shard, shard + num_shards, ... of the first `num_samples` samples."""
-    from interlace.data import load_samples
+    """The sums of batches shard, shard + num_shards, ... of the calibration samples.
+
+    `ids` (the data plan's calibration rows, `<subset>#<row>`): this worker reads and decodes only the
+    rows of its own batches, by index (local files or the hub's parquet row groups). None (a source
+    without a plan): the first `num_samples` samples of the stream, read by every worker, which keeps
+    its batches."""
     from interlace.models.load import load_model
     from interlace.stages.analyze.calibration import calibration_batches
     from interlace.stages.analyze.similarity import analysis_sums
 
     m = ModelSpec.model_validate(model)
-    samples = load_samples(DataSpec.model_validate(data), limit=num_samples)
-    groups = _batches_of(samples, batch_size)
-    mine = [s for j, group in enumerate(groups) if j % num_shards == shard for s in group]
+    spec = DataSpec.model_validate(data)
+    if ids is not None:
+        from interlace.data.reader import RowReader
+
+        own = [i for j, group in enumerate(_batches_of(ids, batch_size)) if j % num_shards == shard for i in group]
+        mine = RowReader(spec, where="spec.calibration.data").samples_of(own)
+    else:
+        from interlace.data import load_samples
+
+        groups = _batches_of(load_samples(spec, limit=num_samples), batch_size)
+        mine = [s for j, group in enumerate(groups) if j % num_shards == shard for s in group]
     loaded = load_model(
         m.source,
         dtype=m.dtype,
@@ -73,6 +89,7 @@ def analyze_on_ray(
     max_length: int,
     placement: TrainPlacement,
     max_window: int = 3,
+    ids: list[str] | None = None,
 ) -> LayerScores:
     """Score the calibration set on `placement.num_workers` Ray tasks and merge their sums."""
     import ray
@@ -93,6 +110,7 @@ def analyze_on_ray(
             num_shards=n,
             max_window=max_window,
             device="cuda" if placement.use_gpu else "cpu",
+            ids=ids,
         )
         for w in range(n)
     ]

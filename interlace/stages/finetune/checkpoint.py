@@ -5,7 +5,10 @@ parameters and rank 0 writes them, the optimizer and scheduler state and `state.
 step, samples consumed, tokens, losses, the run fingerprint) through `ray.train.report` into
 ``<output>/checkpoints/finetune-<time>/step-<N>/``, then marks it COMPLETE. A (re)starting worker group
 loads the newest complete checkpoint on disk whose fingerprint (`run_fingerprint`: the plan's layers
-and the distillation setting) matches. See interlace.stages.finetune.driver for the whole picture.
+and the distillation setting) matches, and whose data plan fingerprint (`data_fingerprint`:
+interlace.data.dataplan.DataPlan.finetune_fingerprint, the rows and their order) is the run's: a
+checkpoint's data position (samples consumed) names a row only under the plan it was trained with.
+See interlace.stages.finetune.driver for the whole picture.
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ class TrainState:
     total_steps: int = 0
     losses: list[float] = field(default_factory=list)
     plan_fingerprint: str = ""
+    # DataPlan.finetune_fingerprint of spec.finetune.data's plan; "" without a plan (samples passed
+    # in, or a stream). Absent in checkpoints written before it existed.
+    data_fingerprint: str = ""
     trainable_params: int = 0
     total_params: int = 0
     trainable_positions: list[int] = field(default_factory=list)
@@ -72,6 +78,29 @@ def run_fingerprint(plan: LayerPlan, distillation: DistillationSpec | None) -> s
     setting = distillation.model_dump(mode="json", exclude_none=True)
     key = json.dumps({"plan": fp, "distillation": setting}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def check_resumable(path: Path, saved: dict[str, Any], fingerprint: str, data_fingerprint: str) -> None:
+    """Refuse to resume checkpoint `path` (its state.json `saved`) with another layer plan,
+    distillation setting or data plan. A checkpoint without a data fingerprint (written before it was
+    recorded) is resumed as before."""
+    if saved.get("plan_fingerprint") != fingerprint:
+        raise InterlaceError(
+            f"{path} was written for a different layer plan or distillation setting; set "
+            "spec.finetune.resume: false to start over or use another output directory"
+        )
+    old = saved.get("data_fingerprint")
+    if old is not None and old != data_fingerprint:
+
+        def what(fp: str) -> str:
+            return f"data plan {fp}" if fp else "no data plan (a sample stream)"
+
+        raise InterlaceError(
+            f"{path} was trained on {what(old)}, this run has {what(data_fingerprint)}: "
+            "spec.finetune.data changed (seed, sampling, fraction, subsets or maxSamples, or the source's "
+            "rows), so its data position would name other rows; restore spec.finetune.data, or set "
+            "spec.finetune.resume: false to start over, or use another output directory"
+        )
 
 
 def newest_checkpoint(root: Path) -> Path | None:
@@ -139,8 +168,7 @@ def _load_checkpoint(
     )
 
     saved = json.loads((d / STATE_FILE).read_text())
-    if saved["plan_fingerprint"] != fresh.plan_fingerprint:
-        raise InterlaceError(f"{d} was written for a different layer plan or distillation setting")
+    check_resumable(d, saved, fresh.plan_fingerprint, fresh.data_fingerprint)
     opts = StateDictOptions(full_state_dict=True, strict=False)
     inner = _unwrap(model)
     # torch's stub wants dict[str, ValueType] (invariant), a dict of tensors is one.

@@ -14,10 +14,14 @@ Facts from the paper (method notes section 4): AdamW lr 1e-5, weight decay 0, co
 3% warmup, grad-norm clip 1.0, bf16, gradient checkpointing, per-device batch 16 x accumulation 2,
 one epoch, next-token cross-entropy on assistant tokens only.
 
-Data: every worker reads the same deterministic sample stream (interlace.data.load_samples, or the
-samples the caller passes) and keeps its share: global micro-batch m is samples
-[m*B*W, (m+1)*B*W) of the stream (B = per-device batch, W = workers) and rank r takes the r-th slice
-of B. The stream repeats for more than one epoch. Every rank therefore runs exactly the same number
+Data: the data plan (interlace.data.dataplan, made here once for local shards, builtin corpora and
+hub sources of known size, FineVision included) orders the finetuning rows, shuffled across subsets
+with a seed per epoch; global micro-batch m is positions [m*B*W, (m+1)*B*W) of that order (B =
+per-device batch, W = workers) and rank r reads (by row index, interlace.data.reader: local files, or
+the hub's parquet row groups) and decodes only the r-th slice of B. Samples the caller passes and a
+hub subset of unknown size keep the older path: every worker walks the same deterministic sample
+stream (interlace.data.load_samples, table order) and keeps the same slice. Both repeat for more
+than one epoch. Every rank therefore runs exactly the same number
 of forward/backward passes (no DDP hang at the end of the data), and the data position in a
 checkpoint is one number: samples consumed.
 
@@ -29,7 +33,7 @@ assistant tokens fall across micro-batches.
 Checkpoints (every spec.checkpointEverySteps optimizer steps and at the end) go through
 `ray.train.report(checkpoint=...)` into ``<output>/checkpoints/finetune-<time>/step-<N>/``: the
 trainable parameters (safetensors), optimizer and scheduler state, and `state.json` (written last:
-step, samples consumed, tokens, losses, plan fingerprint). Ray Train restarts the worker group after a
+step, samples consumed, tokens, losses, plan fingerprint, data plan fingerprint). Ray Train restarts the worker group after a
 worker failure (FailureConfig.max_failures) and `ray.train.get_checkpoint()` hands the newest
 checkpoint of the run to the new workers. A restart of the whole job (same output directory) starts a
 new run whose workers load the newest complete checkpoint on disk (found by its state.json) when
@@ -53,6 +57,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from interlace.data.dataplan import DataPlan
 from interlace.data.sample import Sample
 from interlace.errors import InterlaceError
 from interlace.runtime.placement import TrainPlacement, placement_of
@@ -61,7 +66,13 @@ from interlace.runtime.ray_cluster import start_ray
 from interlace.schema.spec import FinetuneSpec, LayerPlan, ModelSpec
 from interlace.schema.status import Progress
 from interlace.settings import settings
-from interlace.stages.finetune.checkpoint import RUN_PREFIX, STATE_FILE, newest_checkpoint, run_fingerprint
+from interlace.stages.finetune.checkpoint import (
+    RUN_PREFIX,
+    STATE_FILE,
+    check_resumable,
+    newest_checkpoint,
+    run_fingerprint,
+)
 from interlace.stages.finetune.loop import WorkerConfig, train_loop_per_worker
 
 FAULT_STEP_ENV = "INTERLACE_FAULT_CRASH_AT_STEP"
@@ -108,6 +119,7 @@ def finetune(
     num_samples: int | None = None,
     max_steps: int | None = None,
     final_model_dir: str | Path | None = None,
+    data_plan: DataPlan | None = None,
 ) -> FinetuneResult:
     """Finetune the pruned model in `model_dir` (made from `plan` by interlace.stages.prune) on Ray Train.
 
@@ -121,6 +133,10 @@ def finetune(
     `num_samples` (samples in one epoch) sets the schedule length when max_steps is not given; by
     default it is counted by reading the data once. `max_steps` overrides spec.maxSteps.
     Rank 0 writes the whole finetuned model to `final_model_dir` (default <output>/finetuned).
+    `data_plan` (interlace.data.dataplan.build_plan of spec.data): the rows and their order; made here
+    when spec.data can be read by index (local shards, builtin, sized hub subsets) and no `samples`
+    are given. With a plan each worker
+    reads only its own rows, by index, and the epoch is the plan's rows.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
@@ -143,6 +159,17 @@ def finetune(
     if precision == "fp16" and spec.parallelism == "fsdp":
         raise InterlaceError("spec.finetune.precision fp16 needs a sharded grad scaler under FSDP; use bf16")
 
+    if data_plan is None and samples is None:
+        from interlace.data.reader import check_hub_files, plan_readable
+
+        if plan_readable(spec.data):
+            from interlace.data.dataplan import build_plan
+
+            data_plan = build_plan(spec.data, where="spec.finetune.data")
+            check_hub_files(spec.data, data_plan, where="spec.finetune.data")
+    if data_plan is not None and num_samples is None and samples is None:
+        num_samples = data_plan.num_finetune
+
     # The schedule: total optimizer steps and the samples one step consumes (all workers).
     per_step = spec.per_device_batch_size * spec.gradient_accumulation_steps * num_workers
     steps = max_steps or spec.max_steps
@@ -162,13 +189,9 @@ def finetune(
     storage.mkdir(parents=True, exist_ok=True)
     fingerprint = run_fingerprint(plan, spec.distillation)
     newest = newest_checkpoint(storage) if spec.resume else None
+    data_fingerprint = data_plan.finetune_fingerprint() if data_plan is not None and samples is None else ""
     if newest is not None:
-        state = json.loads((newest / STATE_FILE).read_text())
-        if state.get("plan_fingerprint") != fingerprint:
-            raise InterlaceError(
-                f"{newest} was written for a different layer plan or distillation setting; set "
-                "spec.finetune.resume: false to start over or use another output directory"
-            )
+        check_resumable(newest, json.loads((newest / STATE_FILE).read_text()), fingerprint, data_fingerprint)
     run_name = f"{RUN_PREFIX}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}"
 
     start_ray()
@@ -185,10 +208,12 @@ def finetune(
         total_steps=steps,
         precision=cast("Literal['fp32', 'bf16', 'fp16']", precision),
         fingerprint=fingerprint,
+        data_fingerprint=data_fingerprint,
         final_model_dir=final_model_dir,
         resume_root=storage if spec.resume else storage / run_name,
         run_dir=storage / run_name,
         samples=samples,
+        data_plan=data_plan if samples is None else None,
         fault_step=env.fault_crash_at_step,
         fault_marker=Path(env.fault_marker) if env.fault_marker else None,
     )

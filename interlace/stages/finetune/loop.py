@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, SkipValidation
 
+from interlace.data.dataplan import DataPlan
 from interlace.data.sample import Sample
 from interlace.errors import InterlaceError
 from interlace.runtime.progress import now_rfc3339
@@ -65,11 +66,16 @@ class WorkerConfig(BaseModel):
     total_steps: int
     precision: Literal["fp32", "bf16", "fp16"]
     fingerprint: str  # see run_fingerprint: what a checkpoint must match to be resumed
+    data_fingerprint: str = ""  # data_plan.finetune_fingerprint(): a resume must match it too
     final_model_dir: Path
     resume_root: Path  # where a (re)starting worker group looks for the newest complete checkpoint
     run_dir: Path  # this run's checkpoints
     # Samples the caller already holds (small sets, tests); they are not validated again.
     samples: SkipValidation[list[Sample] | None] = None
+    # The data plan of spec.data (interlace.data.dataplan), made once by the driver: each rank reads
+    # only its rows, by index. None: `samples`, or the sample stream of load_samples (only a hub
+    # subset of unknown size has no plan).
+    data_plan: SkipValidation[DataPlan | None] = None
     fault_step: int | None = None  # fault injection, see the module docstring
     fault_marker: Path | None = None
 
@@ -129,6 +135,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     state = TrainState(
         total_steps=total_steps,
         plan_fingerprint=config.fingerprint,
+        data_fingerprint=config.data_fingerprint,
         trainable_params=summary.trainable_params,
         total_params=summary.total_params,
         trainable_positions=summary.positions,
@@ -266,14 +273,13 @@ def load_teacher(config: WorkerConfig, dtype: str, device: torch.device) -> nn.M
 def _micro_batches(
     config: WorkerConfig, processor: Any, rank: int, world: int, *, skip: int
 ) -> Iterator[tuple[dict[str, torch.Tensor], int]]:
-    """This rank's micro-batches: slice r of every global micro-batch of the repeating stream.
+    """This rank's micro-batches: slice r of every global micro-batch (see _rank_samples).
 
     Yields (batch, number of real tokens). A sample this model cannot encode (EncodeError: e.g. an
     image cut by maxLength) is skipped and logged. If a whole slice is unusable, the previous good
     example is sent again with every label masked: it adds nothing to the loss, but keeps this rank
     in step with the others (DDP needs every rank to run every backward pass).
     """
-    import itertools
     import logging
 
     import torch
@@ -283,15 +289,12 @@ def _micro_batches(
 
     log = logging.getLogger(__name__)
     spec = config.spec
-    B = spec.per_device_batch_size
     tokenizer = tokenizer_of(processor)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    stream = itertools.islice(_repeat_samples(config.samples, spec), skip, None)
     last_good: dict[str, Any] | None = None
-    while True:
-        chunk = list(itertools.islice(stream, B * world))
+    for mine in _rank_samples(config, rank, world, skip=skip):
         examples = []
-        for s in chunk[rank * B : (rank + 1) * B]:
+        for s in mine:
             try:
                 examples.append(encode_sample(s, processor, max_length=spec.max_length))
             except EncodeError as err:
@@ -304,6 +307,33 @@ def _micro_batches(
             raise InterlaceError("spec.finetune.data: the first samples cannot be encoded for this model")
         n_tokens = sum(int(ex["input_ids"].shape[0]) for ex in examples)
         yield collate(examples, pad_id, packing=spec.packing, max_length=spec.max_length), n_tokens
+    raise AssertionError("the sample stream repeats forever")
+
+
+def _rank_samples(config: WorkerConfig, rank: int, world: int, *, skip: int) -> Iterator[list[Sample]]:
+    """This rank's samples of each global micro-batch, the first one starting at position `skip`.
+
+    With a data plan (local shards, builtin corpora, hub sources of known size: FineVision): the rank
+    reads (and decodes) only its own slice of each global micro-batch of the plan's order, by row
+    index; nothing before `skip` is read. Without (`samples`, a hub subset of unknown size): every
+    rank walks the repeating stream from its start and keeps its slice."""
+    import itertools
+
+    B = config.spec.per_device_batch_size
+    plan = config.data_plan
+    if config.samples is None and plan is not None:
+        from interlace.data.reader import RowReader
+
+        reader = RowReader(config.spec.data, where="spec.finetune.data", plan=plan)
+        position = skip
+        while True:
+            (rows,) = plan.rank_rows(rank, world, B, position, 1)
+            position += B * world
+            yield reader.samples(plan, rows)
+    stream = itertools.islice(_repeat_samples(config.samples, config.spec), skip, None)
+    while True:
+        chunk = list(itertools.islice(stream, B * world))
+        yield chunk[rank * B : (rank + 1) * B]
 
 
 def _repeat_samples(samples: list[Sample] | None, spec: FinetuneSpec) -> Iterator[Sample]:
