@@ -23,7 +23,7 @@ from tests.realnode.test_prunejob import (
     operator_release,  # noqa: F401 - the module-scoped fixture
 )
 
-pytestmark = [pytest.mark.real_node, pytest.mark.cluster, pytest.mark.slow]
+pytestmark = [pytest.mark.real_node, pytest.mark.cluster, pytest.mark.slow, pytest.mark.pod_security("restricted")]
 
 def _wait_job(cp: ControlPlane, ns: str, name: str, *, timeout: float = 1500,
               while_running: Any = None) -> dict[str, Any]:
