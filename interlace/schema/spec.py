@@ -40,6 +40,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from interlace.errors import InterlaceError
+from interlace.schema import podpolicy
 from interlace.schema.base import ApiModel as _Model
 from interlace.schema.limits import max_drop
 from interlace.schema.status import Condition, Phase, Progress, RayJobStatus
@@ -745,6 +746,29 @@ def check_pod_overrides(overrides: list[PodTemplateOverride]) -> list[PodTemplat
     return overrides
 
 
+def pod_override_violations(overrides: list[PodTemplateOverride], level: str) -> list[str]:
+    """Every Pod Security problem of the overrides (interlace.schema.podpolicy), one line each, named by
+    its full field path under spec.resources."""
+    p: list[str] = []
+    for j, o in enumerate(overrides):
+        where = f"spec.resources.podTemplateOverrides[{j}]"
+        if o.metadata:
+            p += podpolicy.annotation_violations(o.metadata.annotations, f"{where}.metadata.annotations")
+        if o.spec is None:
+            continue
+        ws = f"{where}.spec"
+        p += podpolicy.pod_security_context_violations(o.spec.security_context, f"{ws}.securityContext", level)
+        for i, v in enumerate(o.spec.volumes):
+            p += podpolicy.volume_violations(v, f"{ws}.volumes[{i}]", level)
+        for i, ic in enumerate(o.spec.init_containers):
+            p += podpolicy.container_violations(ic, f"{ws}.initContainers[{i}]", level)
+        for i, c in enumerate(o.spec.containers):
+            p += podpolicy.container_security_context_violations(
+                c.security_context, f"{ws}.containers[{i}].securityContext", level
+            )
+    return p
+
+
 _NODE_SELECTOR_RULE = _cel(
     f"self.all(k, k.size() <= 316 && k.matches('{_cel_regex(LABEL_KEY)}'))",
     "keys must be label keys ([prefix/]name)",
@@ -831,6 +855,20 @@ class ResourcesSpec(_Spec):
         description="Pod overrides for the Ray head and/or workers (affinity, topology spread, volumes, env, "
         "labels, annotations, securityContext, imagePullSecrets, /dev/shm size), applied in order.",
     )
+
+    pod_security: Literal["restricted", "baseline"] = Field(
+        default="restricted",
+        description="Pod Security level every pod the operator creates meets (head, workers, submitter, "
+        "init containers): restricted (default) or baseline. Baseline always holds; overrides that break "
+        "the level are refused.",
+    )
+
+    @model_validator(mode="after")
+    def _pod_security(self) -> ResourcesSpec:
+        problems = pod_override_violations(self.pod_template_overrides, self.pod_security)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
 
     @model_validator(mode="after")
     def _multikueue_needs_queue(self) -> ResourcesSpec:
@@ -1084,6 +1122,12 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> str:
             # list indices as Kubernetes writes them: spec.resources.tolerations[0].key
             loc += f"[{p}]" if isinstance(p, int) else (f".{p}" if loc else str(p))
         loc = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "document"
+        # A model validator that names deeper fields itself ("Value error, <loc>.x[0].y: ...", one line
+        # each, as the Pod Security policy does): those paths, as they are.
+        inner = e["msg"].removeprefix("Value error, ").splitlines()
+        if e["msg"].startswith("Value error, ") and all(line.startswith(loc) for line in inner):
+            lines += inner
+            continue
         lines.append(f"{loc}: {e['msg']}")
     return "\n".join(lines)
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from interlace.schema import podpolicy
 from interlace.schema.spec import (
     API_GROUP,
     API_VERSION,
@@ -185,6 +186,11 @@ def _volumes(job: PruneJob, owner: Owner) -> tuple[list[dict[str, Any]], list[di
     return volumes, mounts
 
 
+def _restricted_container(c: dict[str, Any]) -> dict[str, Any]:
+    """A user's container (an init container) with the policy's defaults under its securityContext."""
+    return {**c, "securityContext": podpolicy.merged(podpolicy.CONTAINER_SECURITY_CONTEXT, c.get("securityContext"))}
+
+
 def apply_pod_overrides(template: dict[str, Any], group: str, overrides: list[PodTemplateOverride]) -> None:
     """Merge spec.resources.podTemplateOverrides aimed at `group` (head or workers) into a pod template,
     in order. Maps merge (the override's keys win), lists append, single objects (affinity, the
@@ -208,7 +214,9 @@ def apply_pod_overrides(template: dict[str, Any], group: str, overrides: list[Po
                 meta["annotations"] = {**(meta.get("annotations") or {}), **o.metadata.annotations}
         if o.spec:
             ps = o.spec
-            for key, value in (("affinity", ps.affinity), ("securityContext", ps.security_context),
+            if ps.security_context is not None:
+                pod["securityContext"] = podpolicy.merged(podpolicy.POD_SECURITY_CONTEXT, ps.security_context)
+            for key, value in (("affinity", ps.affinity),
                                ("priorityClassName", ps.priority_class_name),
                                ("schedulerName", ps.scheduler_name), ("runtimeClassName", ps.runtime_class_name),
                                ("terminationGracePeriodSeconds", ps.termination_grace_period_seconds)):
@@ -218,7 +226,7 @@ def apply_pod_overrides(template: dict[str, Any], group: str, overrides: list[Po
                                ("volumes", ps.volumes),
                                ("imagePullSecrets", [r.to_wire() for r in ps.image_pull_secrets]),
                                ("tolerations", [t.to_wire() for t in ps.tolerations]),
-                               ("initContainers", ps.init_containers)):
+                               ("initContainers", [_restricted_container(c) for c in ps.init_containers])):
                 if items:
                     pod[key] = [*pod.get(key, []), *(dict(i) for i in items)]
             if ps.node_selector:
@@ -231,7 +239,8 @@ def apply_pod_overrides(template: dict[str, Any], group: str, overrides: list[Po
                     if items:
                         ray[key] = [*ray.get(key, []), *(dict(i) for i in items)]
                 if c.security_context is not None:
-                    ray["securityContext"] = c.security_context
+                    ray["securityContext"] = podpolicy.merged(podpolicy.CONTAINER_SECURITY_CONTEXT,
+                                                              c.security_context)
         if o.shm_size:
             # A memory-backed /dev/shm of this size; KubeRay adds its own (sized to the memory limit)
             # only when the Ray container has no /dev/shm mount.
@@ -279,6 +288,7 @@ def rayjob(
             "image": image,
             "env": [dict(e) for e in env],
             "resources": {"requests": dict(limits), "limits": dict(limits)},
+            "securityContext": podpolicy.merged(podpolicy.CONTAINER_SECURITY_CONTEXT, None),
         }
         if mounts:
             c["volumeMounts"] = [dict(m) for m in mounts]
@@ -289,6 +299,7 @@ def rayjob(
     def pod_spec(containers: list[dict[str, Any]], *, gpu: bool) -> dict[str, Any]:
         spec: dict[str, Any] = {
             "serviceAccountName": sa,
+            "securityContext": podpolicy.merged(podpolicy.POD_SECURITY_CONTEXT, None),
             "containers": containers,
         }
         if volumes:
@@ -324,11 +335,13 @@ def rayjob(
             "metadata": {"labels": names.labels(owner.name, "submitter")},
             "spec": {
                 "restartPolicy": "Never",
+                "securityContext": podpolicy.merged(podpolicy.POD_SECURITY_CONTEXT, None),
                 "containers": [
                     {
                         "name": "ray-job-submitter",
                         "image": image,
                         "resources": {"requests": dict(SUBMITTER_RESOURCES), "limits": {"memory": "512Mi"}},
+                        "securityContext": podpolicy.merged(podpolicy.CONTAINER_SECURITY_CONTEXT, None),
                     }
                 ],
             },

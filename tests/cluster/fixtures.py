@@ -124,10 +124,17 @@ def real_cluster(request: pytest.FixtureRequest) -> Iterator[tuple[ControlPlane,
 
 @pytest.fixture
 def real_namespace(real_cluster: tuple[ControlPlane, RealNode], request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace on the real-node cluster, deleted afterwards."""
+    """A fresh namespace on the real-node cluster, deleted afterwards. With `@pytest.mark.pod_security(level)`
+    the namespace enforces that Pod Security level (the apiserver's PodSecurity admission refuses any
+    pod that breaks it: the test's own, the operator's Ray pods, KubeRay's submitter)."""
     cp, _ = real_cluster
     prefix = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:30].strip("-") or "t"
-    ns = cp.create_namespace(prefix=prefix, labels={"interlace.dev/test": "true"})
+    labels = {"interlace.dev/test": "true"}
+    marker = request.node.get_closest_marker("pod_security")
+    if marker is not None:
+        level = marker.args[0]
+        labels |= {f"pod-security.kubernetes.io/{mode}": level for mode in ("enforce", "warn", "audit")}
+    ns = cp.create_namespace(prefix=prefix, labels=labels)
     yield ns
     if cp.running:
         cp.delete_namespace(ns)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from interlace_operator import builders, names
 
+from interlace.schema import podpolicy
 from interlace.schema.spec import SpecError, parse_prunejob
 
 OWNER = builders.Owner(name="qwen-20", namespace="ml", uid="1234-5678")
@@ -90,10 +91,11 @@ def test_head_and_workers_get_their_own_overrides() -> None:
         assert CACHE_VOLUME in pod["volumes"]
         assert {"name": "HF_HOME", "value": "/cache"} in c["env"]
         assert pod["imagePullSecrets"] == [{"name": "regcred"}]
-        assert pod["securityContext"] == {"runAsNonRoot": True, "fsGroup": 1000}
+        # the override merged over the restricted defaults (interlace.schema.podpolicy)
+        assert pod["securityContext"] == {**podpolicy.POD_SECURITY_CONTEXT, "fsGroup": 1000}
     assert {"name": "hf-cache", "mountPath": "/cache"} in hc["volumeMounts"]
     assert {"name": "hf-cache", "mountPath": "/cache", "readOnly": True} in wc["volumeMounts"]
-    assert wc["securityContext"] == {"allowPrivilegeEscalation": False} and "securityContext" not in hc
+    assert wc["securityContext"] == hc["securityContext"] == podpolicy.CONTAINER_SECURITY_CONTEXT
 
     # workers only
     assert wp["affinity"] == AFFINITY and "affinity" not in hp
@@ -109,7 +111,8 @@ def test_head_and_workers_get_their_own_overrides() -> None:
 
     # head only
     assert hp["nodeSelector"] == {"node-role": "cpu"}
-    assert hp["initContainers"] == [{"name": "warm-cache", "image": "busybox:1.36", "command": ["true"]}]
+    assert hp["initContainers"] == [{"name": "warm-cache", "image": "busybox:1.36", "command": ["true"],
+                                     "securityContext": podpolicy.CONTAINER_SECURITY_CONTEXT}]
     assert "initContainers" not in wp
 
     # /dev/shm per group

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from interlace.schema import podpolicy
 from tests.cluster.node import NODE_LABEL, RealNode
 from tests.cluster.testbed import FAKE_NODE_TAINT, ControlPlane
 
@@ -65,8 +66,41 @@ def test_a_pod_of_the_runtime_image_runs_python_with_the_project(
     assert _wait_phase(cp, real_namespace, "py", ("Succeeded", "Failed"), timeout=300) == "Succeeded"
     out = cp.kubectl("logs", "py", "-n", real_namespace).stdout
     assert out.startswith("OK 2.14.1") and " True " in out, out
+    assert out.split()[-1] == str(podpolicy.RUN_AS_USER), out  # the image's own user, with no securityContext
     pod = cp.kubectl_json("get", "pod", "py", "-n", real_namespace)
     assert pod["spec"]["nodeName"] == node.name
+
+
+@pytest.mark.pod_security("restricted")
+def test_the_runtime_image_works_as_the_operators_restricted_pods_run_it(
+    real_cluster: tuple[ControlPlane, RealNode], real_namespace: str
+) -> None:
+    """The securityContexts the operator writes on every Ray pod (podpolicy), in a namespace that
+    enforces Pod Security restricted: the user has a name, HOME, the interlace cache and /tmp are
+    writable, and the embedded default's data (builtin:english, builtin:python-docs) and model are
+    prebuilt in the image (nothing to build in the pod)."""
+    cp, node = real_cluster
+    code = (
+        "import os, getpass, pathlib, tempfile\n"
+        "from interlace import builtin\n"
+        "data = builtin.cache_dir() / 'data'\n"
+        "before = sorted(p.name for p in data.iterdir())\n"
+        "built = [builtin.python_docs_dir(), builtin.english_dir('english'), builtin.smollm2_dir()]\n"
+        "after = sorted(p.name for p in data.iterdir())\n"
+        "for d in (pathlib.Path.home(), builtin.cache_dir(), pathlib.Path(tempfile.gettempdir()), pathlib.Path.cwd()):\n"
+        "    (d / 'probe').write_text('ok')\n"
+        "print('ID', os.getuid(), os.getgid(), getpass.getuser(), os.environ['HOME'], os.getcwd())\n"
+        "print('PREBUILT', before == after, all(p.is_dir() for p in built), before)\n"
+    )
+    pod = _pod("restricted", node.images["runtime"], ["python", "-c", code],
+               securityContext=podpolicy.merged(podpolicy.POD_SECURITY_CONTEXT, None))
+    pod["spec"]["containers"][0]["securityContext"] = podpolicy.merged(podpolicy.CONTAINER_SECURITY_CONTEXT, None)
+    cp.create(pod, namespace=real_namespace)
+    phase = _wait_phase(cp, real_namespace, "restricted", ("Succeeded", "Failed"), timeout=300)
+    out = cp.kubectl("logs", "restricted", "-n", real_namespace).stdout
+    assert phase == "Succeeded", out
+    assert f"ID {podpolicy.RUN_AS_USER} {podpolicy.RUN_AS_GROUP} ray /home/ray /home/ray" in out, out
+    assert "PREBUILT True True" in out, out
 
 
 def test_service_dns_and_the_apiserver_are_reachable_from_a_pod(

@@ -1,7 +1,9 @@
 """The product on real pods: `helm install` of the chart with the operator image this repo builds, then a
 PruneJob of the embedded default on a Ray head and two Ray worker pods, its work files on a
 PersistentVolume, publishing the pruned model to an S3-compatible server that runs as a pod, with
-credentials from a Secret that never show up anywhere else.
+credentials from a Secret that never show up anywhere else. The namespace enforces Pod Security
+"restricted": every pod in it (the Ray head and workers, KubeRay's submitter, the S3 server) runs as a
+non-root uid with no capabilities, no privilege escalation and the runtime's seccomp profile.
 
 One PruneJob covers the end-to-end path, S3 publishing and the faults a real cluster has (the operator
 pod deleted, a worker pod killed mid-finetune, the head pod killed): they were three, then two runs of
@@ -29,10 +31,11 @@ import boto3
 import pytest
 import yaml
 
+from interlace.schema import podpolicy
 from tests.cluster.node import RealNode
 from tests.cluster.testbed import REPO_ROOT, ControlPlane
 
-pytestmark = [pytest.mark.real_node, pytest.mark.cluster, pytest.mark.slow]
+pytestmark = [pytest.mark.real_node, pytest.mark.cluster, pytest.mark.slow, pytest.mark.pod_security("restricted")]
 
 CHART = REPO_ROOT / "charts" / "interlace-operator"
 RELEASE = "interlace"
@@ -110,6 +113,11 @@ def test_helm_install_runs_the_operator_pod_with_probes_and_metrics(
 
 
 def _pv(name: str, path: Path, size: str = "20Gi") -> dict[str, Any]:
+    """A hostPath PersistentVolume at `path`, which is made here owned by the uid the operator runs the
+    Ray pods as (kubelet's DirectoryOrCreate would make it root's, 0755: the job could not write)."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chown(path, podpolicy.RUN_AS_USER, podpolicy.RUN_AS_GROUP)
+    path.chmod(0o775)
     return {
         "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name},
         "spec": {
@@ -162,7 +170,11 @@ def _s3_server(cp: ControlPlane, node: RealNode, ns: str, secret: str) -> Any:
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "s3"},
         "spec": {"selector": {"matchLabels": {"app": "s3"}}, "template": {
             "metadata": {"labels": {"app": "s3"}},
-            "spec": {"containers": [{"name": "s3", "image": node.images["s3"], "imagePullPolicy": "Never",
+            # Pod Security restricted, as the namespace enforces (the image's user is 65532).
+            "spec": {"securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+                     "containers": [{"name": "s3", "image": node.images["s3"], "imagePullPolicy": "Never",
+                                     "securityContext": {"allowPrivilegeEscalation": False,
+                                                         "capabilities": {"drop": ["ALL"]}},
                                      "ports": [{"containerPort": 5000}],
                                      "readinessProbe": {"tcpSocket": {"port": 5000}, "periodSeconds": 2},
                                      "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}}}]}}},
@@ -240,10 +252,15 @@ def test_prunejob_of_the_embedded_default_survives_operator_worker_and_head_faul
     clusters_seen: list[list[str]] = []
     done: list[str] = []
 
+    every_pod: dict[str, dict[str, Any]] = {}  # and KubeRay's submitter, the S3 server
+
     def observe() -> None:
-        pods = cp.kubectl_json("get", "pods", "-n", ns, "-l", "ray.io/is-ray-node=yes")["items"]
-        for p in pods:
-            seen[p["metadata"]["name"]] = p
+        pods = []
+        for p in cp.kubectl_json("get", "pods", "-n", ns)["items"]:
+            every_pod[p["metadata"]["name"]] = p
+            if p["metadata"].get("labels", {}).get("ray.io/is-ray-node") == "yes":
+                seen[p["metadata"]["name"]] = p
+                pods.append(p)
         names = {c["metadata"]["name"] for c in cp.kubectl_json("get", "rayclusters", "-n", ns)["items"]}
         names |= {p["metadata"]["labels"]["ray.io/cluster"] for p in pods}
         if len(names) > 1 or not clusters_seen or clusters_seen[-1] != sorted(names):
@@ -302,6 +319,22 @@ def test_prunejob_of_the_embedded_default_survives_operator_worker_and_head_faul
     assert all(p["spec"].get("nodeName") == node.name for p in seen.values())
     assert by_cluster and all(roles.count("worker") >= 2 for roles in by_cluster.values()), by_cluster
     assert sum(roles.count("head") for roles in by_cluster.values()) >= 2, by_cluster  # the killed one and its heir
+    # Pod Security restricted, enforced by the namespace (the apiserver admitted every pod): the Ray
+    # pods and the submitter run as the runtime image's uid, every container (KubeRay's wait-gcs-ready
+    # init container included) without privilege escalation or capabilities.
+    labels = cp.kubectl_json("get", "namespace", ns)["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted", labels
+    submitters = [p for p in every_pod.values()
+                  if p["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "submitter"]
+    assert submitters, sorted(every_pod)
+    for p in [*seen.values(), *submitters]:
+        psc = p["spec"]["securityContext"]
+        assert psc["runAsNonRoot"] is True and psc["runAsUser"] == podpolicy.RUN_AS_USER, (p["metadata"]["name"], psc)
+    for p in every_pod.values():
+        for c in [*p["spec"].get("initContainers", []), *p["spec"]["containers"]]:
+            sc = c.get("securityContext") or {}
+            assert sc.get("allowPrivilegeEscalation") is False and sc["capabilities"]["drop"] == ["ALL"], (
+                p["metadata"]["name"], c["name"], sc)
 
     plan, results = st["plan"], st["results"]
     assert plan["numLayers"] == 30 and len(plan["drop"]) == 6 and len(plan["finetune"]) >= 1
