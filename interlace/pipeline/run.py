@@ -308,9 +308,15 @@ def _data_plan(spec: PruneJobSpec, out: Path) -> JobDataPlan | None:
     if not all(plan_readable(d) for d in sources):
         return None
     dp = job_plan(spec)
-    check_hub_files(spec.finetune.data, dp.finetune, where="spec.finetune.data")
+    # The hub files of what this run reads (as _data_specs: a dry run reads no finetuning rows, so its
+    # plan of them is ids only, from the table, and needs no hub).
+    finetunes = spec.finetune.enabled and not spec.dry_run
+    if finetunes:
+        check_hub_files(spec.finetune.data, dp.finetune, where="spec.finetune.data")
     if dp.calibration is not dp.finetune and spec.calibration.data is not None:
         check_hub_files(spec.calibration.data, dp.calibration, where="spec.calibration.data")
+    elif not finetunes:  # calibration drawn from the finetuning data, which nothing else lists here
+        check_hub_files(spec.finetune.data, dp.calibration, where="spec.calibration.data")
     atomic_write_json(out / "data_plan.json", dp.to_wire())
     return dp
 

@@ -12,7 +12,7 @@ from interlace_operator.config import OperatorConfig
 from interlace_operator.kube import ConflictError, Kube
 from interlace_operator.rbac import OPERATOR_STATUS_FIELDS, RULES, status_policy
 
-from interlace.schema.spec import PruneJobStatus, parse_prunejob
+from interlace.schema.spec import PruneJobStatus, SpecError, parse_prunejob
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,24 +43,39 @@ def test_default_allow_lists_allow_only_the_per_job_account_and_the_gpu_taint() 
 
 def test_pod_overrides_cannot_get_around_the_allow_lists() -> None:
     """spec.resources.podTemplateOverrides reaches the same pod fields: the same allow-lists apply, and
-    what reaches the node itself (hostPath, privileged, added capabilities) is refused."""
+    what reaches the node itself (hostPath, privileged, added capabilities) is refused, first by the
+    spec models (Pod Security baseline: interlace/schema/podpolicy.py, so `interlace validate`, the
+    CRD's reader and the operator agree), and again by the operator's own check (defence in depth)."""
     cfg = OperatorConfig.from_env({})
+    where = "spec.resources.podTemplateOverrides[0].spec"
+    node_reaching = {
+        "volumes": [{"name": "root", "hostPath": {"path": "/"}}],
+        "containers": [{"name": "ray-worker", "volumeMounts": [{"name": "root", "mountPath": "/host"}],
+                        "securityContext": {"privileged": True}}],
+    }
+    with pytest.raises(SpecError) as refused:
+        _resources(podTemplateOverrides=[{"targetGroups": ["workers"], "spec": node_reaching}])
+    assert f"{where}.volumes[0].hostPath" in str(refused.value)
+    assert f"{where}.containers[0].securityContext.privileged" in str(refused.value)
+
     overrides = [{
         "targetGroups": ["workers"],
-        "spec": {
-            "priorityClassName": "system-cluster-critical",
-            "tolerations": [{"operator": "Exists"}],
-            "volumes": [{"name": "root", "hostPath": {"path": "/"}}],
-            "containers": [{"name": "ray-worker", "volumeMounts": [{"name": "root", "mountPath": "/host"}],
-                            "securityContext": {"privileged": True}}],
-        },
+        "spec": {"priorityClassName": "system-cluster-critical", "tolerations": [{"operator": "Exists"}]},
     }]
     problems = cfg.not_allowed(_resources(podTemplateOverrides=overrides))
-    where = "spec.resources.podTemplateOverrides[0].spec"
-    assert [p.split(":")[0] for p in problems] == [
-        f"{where}.priorityClassName", f"{where}.volumes[0].hostPath", f"{where}.containers[0].securityContext",
-        f"{where}.tolerations[0].key",
-    ]
+    assert [p.split(":")[0] for p in problems] == [f"{where}.priorityClassName", f"{where}.tolerations[0].key"]
+
+    # The operator's own check, on resources that skipped the models' validation (as an object written
+    # before the policy existed would, or a bug in the models): it still refuses what reaches the node.
+    ok = _resources(podTemplateOverrides=[{"targetGroups": ["workers"], "spec": {
+        "volumes": [{"name": "root", "emptyDir": {}}], "containers": [{"name": "ray-worker"}]}}])
+    o = ok.pod_template_overrides[0]
+    assert o.spec is not None
+    container = o.spec.containers[0].model_copy(update={"security_context": {"privileged": True}})
+    spec = o.spec.model_copy(update={"volumes": [{"name": "root", "hostPath": {"path": "/"}}], "containers": [container]})
+    unchecked = ok.model_copy(update={"pod_template_overrides": [o.model_copy(update={"spec": spec})]})
+    assert [p.split(":")[0] for p in cfg.not_allowed(unchecked)] == [
+        f"{where}.volumes[0].hostPath", f"{where}.containers[0].securityContext"]
     harmless = [{"targetGroups": ["head"], "spec": {"volumes": [{"name": "scratch", "emptyDir": {}}],
                                                     "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}]}}]
     assert cfg.not_allowed(_resources(podTemplateOverrides=harmless)) == []

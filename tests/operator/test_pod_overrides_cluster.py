@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from interlace.schema import podpolicy
 from tests.operator.conftest import RUNTIME_IMAGE, Cluster, prunejob, wait_for
 
 pytestmark = pytest.mark.cluster
@@ -71,7 +72,8 @@ def test_overrides_reach_the_rayjob_and_the_pods(cluster: Cluster, run_operator,
         assert pod["metadata"]["labels"]["interlace.dev/prunejob"] == "ovr"  # the operator's label kept
         assert pod["metadata"]["annotations"]["example.com/cost-center"] == "4711"
         assert spec["imagePullSecrets"] == [{"name": "regcred"}]
-        assert spec["securityContext"] == {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000}
+        # the override merged over the operator's restricted defaults (interlace.schema.podpolicy)
+        assert spec["securityContext"] == {**podpolicy.POD_SECURITY_CONTEXT, "fsGroup": 1000}
         assert spec["serviceAccountName"] == "ovr-job"
         assert ray["image"] == RUNTIME_IMAGE
         env = _env(ray)
@@ -95,7 +97,7 @@ def test_overrides_reach_the_rayjob_and_the_pods(cluster: Cluster, run_operator,
     assert {"key": "example.com/dedicated", "operator": "Exists", "effect": "NoSchedule"} in worker["spec"][
         "tolerations"]
     (wray,) = [c for c in worker["spec"]["containers"] if c["name"] == "ray-worker"]
-    assert wray["securityContext"] == {"allowPrivilegeEscalation": False}
+    assert wray["securityContext"] == {**podpolicy.CONTAINER_SECURITY_CONTEXT, "allowPrivilegeEscalation": False}  # merged over the defaults
     assert wray["resources"]["limits"]["nvidia.com/gpu"] == "2"
 
 
