@@ -133,6 +133,45 @@ Quantity = Annotated[
 ObjectName = Annotated[str, Field(min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN)]
 
 
+# A credential typed into a field the operator copies into the RayJob, its pods and Events (read by
+# anyone who may view the namespace): userinfo in a URI, a credential in a query string, a Hub token,
+# an AWS access key id. Credentials are named (Secrets), never typed into the spec.
+SECRET_IN_TEXT = (
+    r"://[^/?#\s]+@|[?&](?i:token|access_token|api_key|apikey|password|secret|x-amz-credential|x-amz-signature"
+    r"|x-amz-security-token|sig|signature)=|hf_[A-Za-z0-9]{34}|(AKIA|ASIA)[0-9A-Z]{16}"
+)
+SECRET_MESSAGE = (
+    "holds a credential (a password or token in the URI, a Hub token hf_..., an AWS access key id): the spec "
+    "is copied into the RayJob, its pods and Events, which anyone who may view the namespace reads; put it in "
+    "a Secret and name that (spec.model.hfTokenSecret, spec.output.s3Secret, spec.output.hub.tokenSecret)"
+)
+_NO_SECRET_RULE = _cel(f"!self.matches('{_cel_regex(SECRET_IN_TEXT)}')", SECRET_MESSAGE)
+# An image reference pinned by a tag or a digest. Without either the kubelet pulls :latest, which can
+# change between the pods of one job and between its retries, and is pulled again at every start.
+IMAGE_PINNED = r"(^|/)[^/:@]+:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}(@sha256:[a-f0-9]{64})?$|@sha256:[a-f0-9]{64}$"
+IMAGE_MESSAGE = (
+    "names no tag or digest, so the kubelet pulls :latest, which can change between the job's pods and its "
+    "retries; name a tag (<image>:<version>) or a digest (<image>@sha256:<hex>)"
+)
+
+
+def _no_secret(value: str | None) -> str | None:
+    if value is not None and re.search(SECRET_IN_TEXT, value):
+        raise ValueError(SECRET_MESSAGE)
+    return value
+
+
+def image_unpinned(image: str) -> bool:
+    """True for an image reference with neither a tag nor a digest (implicit :latest)."""
+    return re.search(IMAGE_PINNED, image) is None
+
+
+def _pinned_image(value: str | None) -> str | None:
+    if value is not None and image_unpinned(value):
+        raise ValueError(IMAGE_MESSAGE)
+    return value
+
+
 def _no_dotdot(value: str | None) -> str | None:
     if value is not None and re.search(DOTDOT, value):
         raise ValueError(f"{value!r} has a '..' path segment")
@@ -183,14 +222,16 @@ class Precision(StrEnum):
 class ModelSpec(_Spec):
     """Where the unpruned model comes from."""
 
-    source: Annotated[str, AfterValidator(_no_dotdot)] = Field(
+    source: Annotated[str, AfterValidator(_no_dotdot), AfterValidator(_no_secret)] = Field(
         description="Hugging Face Hub id (e.g. Qwen/Qwen3-VL-4B-Instruct), a local directory, "
         "or `builtin:smollm2-135m` (the embedded default, no hub needed).",
         min_length=1,
         max_length=1024,
         pattern=PRINTABLE,
         json_schema_extra={
-            "x-kubernetes-validations": [_cel(f"!self.matches('{_cel_regex(DOTDOT)}')", "must not contain a '..' path segment")]
+            "x-kubernetes-validations": [
+                _cel(f"!self.matches('{_cel_regex(DOTDOT)}')", "must not contain a '..' path segment"), _NO_SECRET_RULE,
+            ]
         },
     )
     revision: str | None = Field(
@@ -221,13 +262,15 @@ class DataSpec(_Spec):
         description="finevision: rows with `images` and `texts` [{user, assistant}] turns; text: rows "
         "with `text` (plain text turned into a conversation), for text-only models.",
     )
-    path: Annotated[str, AfterValidator(_no_dotdot)] = Field(
+    path: Annotated[str, AfterValidator(_no_dotdot), AfterValidator(_no_secret)] = Field(
         default="HuggingFaceM4/FineVision",
         min_length=1,
         max_length=1024,
         pattern=PRINTABLE,
         json_schema_extra={
-            "x-kubernetes-validations": [_cel(f"!self.matches('{_cel_regex(DOTDOT)}')", "must not contain a '..' path segment")]
+            "x-kubernetes-validations": [
+                _cel(f"!self.matches('{_cel_regex(DOTDOT)}')", "must not contain a '..' path segment"), _NO_SECRET_RULE,
+            ]
         },
         description="Hub dataset id (finetuning and calibration read their planned rows from its parquet "
         "files by index, evaluation streams it), a local directory / glob of parquet or jsonl shards, "
@@ -296,21 +339,43 @@ class TargetSpec(_Spec):
     )
 
 
+# The most decoder layers a spec can name (numLayers and protectedLayers stop at 1023): a ratio below
+# 1/1024 drops floor(L x ratio) = 0 layers of every model.
+MAX_DECODER_LAYERS = 1024
+MIN_RATIO = 1 / MAX_DECODER_LAYERS
+RATIO_FLOOR_MESSAGE = (
+    f"drops no layer of any model (floor(L x ratio) = 0 for every L <= {MAX_DECODER_LAYERS} decoder layers); "
+    f"use a ratio >= 1/{MAX_DECODER_LAYERS} = {MIN_RATIO:.6f}, or set spec.pruning.numLayers"
+)
+
+
+def _ratio_floor(value: float | None) -> float | None:
+    if value is not None and value < MIN_RATIO:
+        raise ValueError(RATIO_FLOOR_MESSAGE)
+    return value
+
+
+_RATIO_FLOOR_RULE = _cel(f"self >= {MIN_RATIO!r}", RATIO_FLOOR_MESSAGE)
+# A fraction of the decoder layers: (0, 1), and at least one layer of some model.
+Ratio = Annotated[
+    float, Field(gt=0, lt=1, json_schema_extra={"x-kubernetes-validations": [_RATIO_FLOOR_RULE]}),
+    AfterValidator(_ratio_floor),
+]
+
+
 class PruningSpec(_Spec):
     """How many layers to drop and how to pick them."""
 
-    ratio: float | None = Field(
+    ratio: Ratio | None = Field(
         default=None,
-        gt=0,
-        lt=1,
-        description="Fraction of decoder layers to drop: n = floor(L * ratio). Exactly one of ratio, "
-        "numLayers, ratios and target.",
+        description="Fraction of decoder layers to drop: n = floor(L * ratio), at least 1/1024. Exactly one "
+        "of ratio, numLayers, ratios and target.",
     )
     num_layers: int | None = Field(
         default=None, ge=1, le=1023,
         description="Number of decoder layers to drop. Exactly one of ratio, numLayers, ratios and target.",
     )
-    ratios: list[Annotated[float, Field(gt=0, lt=1)]] | None = Field(
+    ratios: list[Ratio] | None = Field(
         default=None,
         min_length=2,
         max_length=16,
@@ -417,8 +482,16 @@ class DistillationSpec(_Spec):
     )
 
 
+FP16_FSDP_MESSAGE = "fp16 under FSDP needs a sharded gradient scaler, which the finetune loop does not have; use bf16 or auto"
+
+
 class FinetuneSpec(_Spec):
     """Interleaved finetuning: only the plan's finetune layers train. Paper defaults."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        _cel("!(has(self.precision) && self.precision == 'fp16' && has(self.parallelism) && self.parallelism == 'fsdp')",
+             FP16_FSDP_MESSAGE, ".precision"),
+    ]})
 
     enabled: bool = True
     data: DataSpec = Field(default_factory=DataSpec)
@@ -451,14 +524,30 @@ class FinetuneSpec(_Spec):
         "(absent = next-token loss only). The teacher's weights take GPU memory on every worker.",
     )
 
+    @model_validator(mode="after")
+    def _fp16_fsdp(self) -> FinetuneSpec:
+        if self.precision == Precision.FP16 and self.parallelism == "fsdp":
+            raise ValueError(f"spec.finetune.precision: {FP16_FSDP_MESSAGE}")
+        return self
+
 
 class EvaluationSpec(_Spec):
     """Evaluation of pruned vs unpruned model on the same samples."""
 
     enabled: bool = True
-    benchmarks: list[Annotated[str, Field(min_length=1, max_length=1024, pattern=NO_SPACE)]] = Field(
+    benchmarks: list[
+        Annotated[
+            str,
+            Field(
+                min_length=1, max_length=1024, pattern=NO_SPACE,
+                json_schema_extra={"x-kubernetes-validations": [_NO_SECRET_RULE]},
+            ),
+            AfterValidator(_no_secret),
+        ]
+    ] = Field(
         default_factory=lambda: ["perplexity"],
         max_length=64,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
         description="Built-in: perplexity (held-out text), or a path/URI to a local VQA set "
         "(parquet/jsonl: image, question, choices, answer). Harness tasks: lmms-eval:<task>.",
     )
@@ -474,6 +563,14 @@ class EvaluationSpec(_Spec):
     batch_size: int = Field(default=4, ge=1, le=4096)
     max_new_tokens: int = Field(default=16, ge=1, le=65536)
     speed: bool = Field(default=True, description="Measure prefill (TTFT) and decode speedup.")
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _each_once(cls, v: list[str]) -> list[str]:
+        twice = sorted({b for b in v if v.count(b) > 1})
+        if twice:
+            raise ValueError(f"lists {', '.join(twice)} more than once; list each benchmark once")
+        return v
 
 
 class HubOutput(_Spec):
@@ -512,6 +609,7 @@ class OutputSpec(_Spec):
         json_schema_extra={
             "x-kubernetes-validations": [
                 _cel(f"!self.matches('{_cel_regex(DOTDOT)}')", "must not contain a '..' path segment"),
+                _NO_SECRET_RULE,
                 _cel(
                     "!self.contains('://') || self.matches('^(file|pvc|s3|hf)://')",
                     "the scheme must be file://, pvc://, s3:// or hf://",
@@ -532,6 +630,7 @@ class OutputSpec(_Spec):
     @classmethod
     def _uri_shape(cls, v: str) -> str:
         _no_dotdot(v)
+        _no_secret(v)
         scheme, sep, rest = v.partition("://")
         if sep and scheme not in ("file", "pvc", "s3", "hf"):
             raise ValueError(f"the scheme must be file://, pvc://, s3:// or hf:// (got {scheme}://)")
@@ -639,6 +738,11 @@ class ContainerOverride(_Model):
                 raise ValueError("every env entry needs a name")
             if e["name"] in RESERVED_ENV:
                 raise ValueError(f"env {e['name']} is set by the operator")
+            if isinstance(e.get("value"), str) and re.search(SECRET_IN_TEXT, e["value"]):
+                raise ValueError(
+                    f"env {e['name']}: the value {SECRET_MESSAGE}; or give the env entry "
+                    "valueFrom.secretKeyRef"
+                )
         return v
 
     @field_validator("volume_mounts")
@@ -698,6 +802,8 @@ class PodSpecOverride(_Model):
                 raise ValueError("every init container needs a name and an image")
             if c["name"] in RAY_CONTAINERS.values():
                 raise ValueError(f"init container name {c['name']} is a Ray container's")
+            if image_unpinned(c["image"]):
+                raise ValueError(f"init container {c['name']}: its image {IMAGE_MESSAGE}")
         return v
 
 
@@ -791,10 +897,20 @@ class ResourcesSpec(_Spec):
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _RESOURCES_RULES})
 
-    image: str | None = Field(
-        default=None, description="Runtime image; default from the operator.", min_length=1, max_length=512,
-        pattern=NO_SPACE,
-    )
+    image: (
+        Annotated[
+            str,
+            Field(
+                min_length=1, max_length=512, pattern=NO_SPACE,
+                json_schema_extra={"x-kubernetes-validations": [
+                    _cel(f"self.matches('{_cel_regex(IMAGE_PINNED)}')", IMAGE_MESSAGE), _NO_SECRET_RULE,
+                ]},
+            ),
+            AfterValidator(_pinned_image),
+            AfterValidator(_no_secret),
+        ]
+        | None
+    ) = Field(default=None, description="Runtime image, pinned by a tag or a digest; default from the operator.")
     workers: int = Field(
         default=1, ge=1, le=256, description="Ray worker pods (each with gpusPerWorker GPUs)."
     )
@@ -880,7 +996,17 @@ class ResourcesSpec(_Spec):
         return self
 
 
+FLASH_WITHOUT_GPUS_MESSAGE = (
+    "flash_attention_2 runs on GPUs only and spec.resources.gpusPerWorker is 0; use sdpa (PyTorch's own "
+    "kernels, on every device) or give the workers GPUs"
+)
 _SPEC_RULES: list[JsonValue] = [
+    _cel(
+        "!has(self.model.attnImplementation) || self.model.attnImplementation != 'flash_attention_2' || "
+        "!has(self.resources) || !has(self.resources.gpusPerWorker) || self.resources.gpusPerWorker > 0",
+        FLASH_WITHOUT_GPUS_MESSAGE,
+        ".model.attnImplementation",
+    ),
     _cel(
         "!self.output.uri.startsWith('pvc://') || (has(self.resources.pvcName) && "
         "self.output.uri.split('/')[2] == self.resources.pvcName)",
@@ -911,6 +1037,12 @@ class PruneJobSpec(_Spec):
     ttl_seconds_after_finished: int = Field(
         default=600, ge=0, le=INT32_MAX, description="Delete the Ray cluster this long after the job finishes."
     )
+
+    @model_validator(mode="after")
+    def _flash_needs_gpus(self) -> PruneJobSpec:
+        if self.model.attn_implementation == "flash_attention_2" and self.resources.gpus_per_worker == 0:
+            raise ValueError(f"spec.model.attnImplementation: {FLASH_WITHOUT_GPUS_MESSAGE}")
+        return self
 
     @model_validator(mode="after")
     def _pvc_output(self) -> PruneJobSpec:
@@ -1085,11 +1217,28 @@ class PruneJobStatus(_Model):
 
 
 class ObjectMeta(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
+    """metadata of a PruneJob document: Kubernetes' ObjectMeta fields, none other (the API server refuses
+    an unknown one under strict field validation, as kubectl sends it; so does `interlace validate`)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, alias_generator=to_camel, populate_by_name=True)
     # A DNS-1035 label: the RayJob, RayCluster and Service names derive from it (KubeRay refuses
     # others), and the operator's child names fit every limit for any name of at most 63 characters.
     name: str = Field(default="local", min_length=1, max_length=63, pattern=DNS1035_LABEL)
     namespace: str | None = Field(default=None, max_length=63)
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+    # Written by the API server (a document read back with kubectl get -o yaml carries them).
+    generate_name: str | None = None
+    uid: str | None = None
+    resource_version: str | None = None
+    generation: int | None = None
+    creation_timestamp: str | None = None
+    deletion_timestamp: str | None = None
+    deletion_grace_period_seconds: int | None = None
+    finalizers: list[str] | None = None
+    owner_references: list[dict[str, Any]] | None = None
+    managed_fields: list[dict[str, Any]] | None = None
+    self_link: str | None = None
 
 
 class PruneJob(BaseModel):

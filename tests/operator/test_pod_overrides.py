@@ -214,6 +214,11 @@ BAD = [
     ([{"targetGroups": ["head"], "shmSize": "64GB"}], "shmSize"),
     ([{"targetGroups": ["head"], "spec": {"initContainers": [{"name": "ray-head", "image": "x"}]}}], "Ray container"),
     ([{"targetGroups": ["head"], "spec": {"imagePullSecrets": [{"name": "Bad_Name"}]}}], "imagePullSecrets"),
+    ([{"targetGroups": ["head"], "spec": {"initContainers": [{"name": "warm", "image": "busybox"}]}}], "no tag or digest"),
+    ([{"targetGroups": ["head"], "spec": {"containers": [
+        {"name": "ray-head", "env": [{"name": "HF_TOKEN", "value": "hf_" + "aB3" * 11 + "x"}]}]}}], "secretKeyRef"),
+    ([{"targetGroups": ["workers"], "spec": {"containers": [
+        {"name": "ray-worker", "env": [{"name": "AWS_ACCESS_KEY_ID", "value": "AKIAIOSFODNN7EXAMPLE"}]}]}}], "secretKeyRef"),
 ]
 
 
