@@ -41,6 +41,15 @@ ENV_SPEC = "INTERLACE_PRUNEJOB_SPEC"  # the validated PruneJob document (YAML) t
 GPU_RESOURCE = "nvidia.com/gpu"
 WORKER_GROUP = "gpu-workers"
 SUBMITTER_RESOURCES = {"cpu": "50m", "memory": "128Mi"}
+# The Ray of the runtime image (pyproject's ray pin; tests/packaging checks they agree). KubeRay needs
+# it to turn on token authentication (Ray >= 2.52).
+RAY_VERSION = "2.60.0"
+# Ray's token authentication on every Ray cluster: KubeRay generates a random token into a Secret
+# named after the RayCluster (owned by it) and gives it, with RAY_AUTH_MODE=token, to the head, the
+# workers, their wait-gcs-ready init containers and the submitter; the GCS (6379), the dashboard and
+# job API (8265) and the client server (10001) then refuse a request without it. Only pods that mount
+# that Secret (or a user who may read Secrets in the namespace) can submit code to the cluster.
+RAY_AUTH = {"mode": "token"}
 SHM_VOLUME = "dshm"
 SHM_MOUNT_PATH = "/dev/shm"
 
@@ -354,6 +363,8 @@ def rayjob(
         # never writes suspend again; spec.suspend goes to the Workload's spec.active instead).
         "suspend": bool(job.spec.suspend or res.queue_name),
         "rayClusterSpec": {
+            "rayVersion": RAY_VERSION,
+            "authOptions": dict(RAY_AUTH),
             "headGroupSpec": {
                 # The head advertises exactly the GPUs the spec gives it (0 by default). Without GPUs
                 # it takes no Ray work at all (num-cpus 0): it runs the driver, which only

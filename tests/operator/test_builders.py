@@ -125,6 +125,20 @@ def test_rayjob_cpu_only_spec_requests_no_gpu_anywhere() -> None:
     assert group["replicas"] == 3
 
 
+def test_every_ray_cluster_has_token_authentication_on_the_images_ray() -> None:
+    import tomllib
+    from pathlib import Path
+
+    cluster = builders.rayjob(job(), OWNER, attempt=1, image="i")["spec"]["rayClusterSpec"]
+    assert cluster["authOptions"] == {"mode": "token"}
+    # KubeRay refuses token auth without a rayVersion >= 2.52; it must be the image's own Ray
+    pins = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
+    every = [*pins.get("dependencies", []), *(d for ds in pins.get("optional-dependencies", {}).values() for d in ds)]
+    ray_pins = {d.split("==")[1] for d in every if d.startswith("ray[")}
+    assert ray_pins == {cluster["rayVersion"]}
+    assert tuple(int(x) for x in cluster["rayVersion"].split(".")) >= (2, 52, 0)
+
+
 def test_rayjob_without_queue_not_suspended_and_managed_by_passed_through() -> None:
     assert builders.rayjob(job(resources={}), OWNER, attempt=1, image="i")["spec"]["suspend"] is False
 

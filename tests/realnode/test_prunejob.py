@@ -198,6 +198,45 @@ def _ray_pods(cp: ControlPlane, ns: str, node_type: str) -> list[dict[str, Any]]
     return [p for p in pods if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")]
 
 
+def _dashboard(ip: str, method: str, path: str, token: str | None = None, body: bytes | None = None) -> int:
+    """The HTTP status of one request to a Ray head's dashboard / job API (8265)."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(f"http://{ip}:8265{path}", data=body, method=method)
+    req.add_header("Content-Type", "application/json")
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as err:
+        return int(err.code)
+
+
+def _probe_ray_auth(cp: ControlPlane, ns: str) -> dict[str, int] | None:
+    """Ray's token authentication on the live head, from outside its pods: the job API refuses a
+    listing and a submission without the token (401) or with a wrong one (403), and serves the
+    listing with the token KubeRay put in the RayCluster's Secret (so the refusal is the token's, not an unreachable port). None while the
+    head is not serving yet."""
+    heads = _ray_pods(cp, ns, "head")
+    if not heads or not heads[0]["status"].get("podIP"):
+        return None
+    ip, cluster = heads[0]["status"]["podIP"], heads[0]["metadata"]["labels"]["ray.io/cluster"]
+    secret = cp.kubectl_json("get", "secret", "-n", ns, cluster)
+    token = base64.b64decode(secret["data"]["auth_token"]).decode()
+    submission = json.dumps({"entrypoint": "python -c 'print(1)'"}).encode()
+    try:
+        return {
+            "list without token": _dashboard(ip, "GET", "/api/jobs/"),
+            "submit without token": _dashboard(ip, "POST", "/api/jobs/", body=submission),
+            "submit with a wrong token": _dashboard(ip, "POST", "/api/jobs/", token="not-" + token, body=submission),
+            "list with the token": _dashboard(ip, "GET", "/api/jobs/", token=token),
+        }
+    except OSError:  # the dashboard is not listening yet
+        return None
+
+
 def _newest_checkpoint(work_root: Path) -> dict[str, Any]:
     """The training's own record on the shared volume (a checkpoint every step), read directly: the
     status shows progress at most every 10 s, and on a quiet machine all the steps between two faults
@@ -228,9 +267,11 @@ def test_prunejob_of_the_embedded_default_survives_operator_worker_and_head_faul
     3. the head pod is killed: the driver dies with it. Either KubeRay's submitter re-submits the job
        to the new head, or the attempt fails and the operator starts the next one (a new RayJob);
        both reuse plan.json and resume from the checkpoints on the shared volume.
-    The PruneJob still succeeds, with exactly one RayJob per attempt and never two Ray clusters at
-    once, no (re)start of the training after the first began at step 0, and the model it publishes
-    to the bucket is the one it scored. (These were two runs of the same job, one clean and one with
+    While it analyses, the head's job API is probed from outside its pods: Ray's token authentication
+    refuses a listing or a submission without the token KubeRay generated. The PruneJob still
+    succeeds, with exactly one RayJob per attempt and never two Ray clusters at once, no (re)start
+    of the training after the first began at step 0, and the model it publishes to the bucket is
+    the one it scored. (These were two runs of the same job, one clean and one with
     faults; CI's time is now spent once.)"""
     cp, node = real_cluster
     ns = real_namespace
@@ -266,7 +307,11 @@ def test_prunejob_of_the_embedded_default_survives_operator_worker_and_head_faul
         if len(names) > 1 or not clusters_seen or clusters_seen[-1] != sorted(names):
             clusters_seen.append(sorted(names))
 
+    auth: dict[str, int] = {}
+
     def inject(st: dict[str, Any]) -> None:
+        if not auth and st.get("stage") in ("Analyzing", "Planning", "Finetuning"):
+            auth.update(_probe_ray_auth(cp, ns) or {})
         if "operator" not in done and st.get("stage") in ("Analyzing", "Planning", "Finetuning"):
             op = cp.kubectl_json("get", "pods", "-n", OPERATOR_NS, "-l", "app.kubernetes.io/component=operator")
             cp.kubectl("delete", "pod", "-n", OPERATOR_NS, op["items"][0]["metadata"]["name"], "--wait=false")
@@ -304,6 +349,9 @@ def test_prunejob_of_the_embedded_default_survives_operator_worker_and_head_faul
     # What a user runs: kubectl wait returns at once now.
     cp.kubectl("wait", "--for=condition=Succeeded", "prunejob/smollm2", "-n", ns, "--timeout=10s")
 
+    # Ray's token authentication held on the live head: no listing or submission without the token.
+    assert auth == {"list without token": 401, "submit without token": 401, "submit with a wrong token": 403,
+                    "list with the token": 200}, auth
     # The faults happened, in order, and the attempts stayed apart.
     assert {"operator", "worker", "head"} <= set(done), done
     assert all(len(names) <= 1 for names in clusters_seen), clusters_seen
