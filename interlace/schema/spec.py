@@ -1037,6 +1037,14 @@ class PruneJobSpec(_Spec):
     ttl_seconds_after_finished: int = Field(
         default=600, ge=0, le=INT32_MAX, description="Delete the Ray cluster this long after the job finishes."
     )
+    start_deadline_seconds: int = Field(
+        default=1800, ge=30, le=INT32_MAX,
+        description="Fail an attempt whose Ray pods are not all running and ready this long after KubeRay "
+        "started its Ray cluster (queue time and suspensions do not count): an image that cannot be "
+        "pulled, a missing Secret, pods no node can take, pods admission or a quota refuses. The "
+        "PruneJob fails naming what its pods wait on, its Ray cluster is deleted (the GPUs it holds are "
+        "released), and it is not retried (a retry would wait on the same cause).",
+    )
 
     @model_validator(mode="after")
     def _flash_needs_gpus(self) -> PruneJobSpec:

@@ -149,6 +149,33 @@ class Kube:
             if err.status != 404:
                 raise
 
+    # ------------------------------------------------------------------ pods and their events
+
+    def pods_and_warnings(
+        self, namespace: str, selector: str, involved: list[str]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The pods matching `selector` and the Warning events of the objects named `involved`. A
+        Forbidden answer (a chart older than the rules that grant this) reads as none: these only
+        explain a wait, they never decide one."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            pods = self.core.list_namespaced_pod(namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT)
+            events = [
+                e
+                for name in involved
+                for e in self.core.list_namespaced_event(
+                    namespace, field_selector=f"involvedObject.name={name},type=Warning",
+                    _request_timeout=REQUEST_TIMEOUT,
+                ).items
+            ]
+        except ApiException as err:
+            if err.status == 403:
+                log.warning("cannot list pods or events in %s (RBAC): %s", namespace, err.reason)
+                return [], []
+            raise
+        return [self._plain(p) for p in pods.items], [self._plain(e) for e in events]
+
     # ------------------------------------------------------------------ Kueue Workloads
 
     def workload_of(self, rayjob: dict[str, Any]) -> dict[str, Any] | None:

@@ -18,6 +18,9 @@ tested without a cluster (tests/operator/test_machine.py); nothing here calls th
                                          Kueue's own -----------> settle(Deactivated)
       held by Kueue (RayJob suspended) -------------------------> settle(Queued / Admitted, from the Workload)
     not queued: RayJob suspend != spec.suspend (not finished) --> SetSuspend
+    running, its Ray pods not all run yet (RayClusterProvisioned):
+      past spec.startDeadlineSeconds from KubeRay's startTime --> Finish(StartDeadlineExceeded), released
+      otherwise ------------------------------------------------> Report(what the pods wait on), recheck
     otherwise: settle(observe_rayjob(RayJob))
       failed, retryable, attempts <= backoffLimit: suspended ---> HoldSuspended
                                                    not due -----> WaitRetry(until due)
@@ -44,6 +47,7 @@ from interlace.schema.status import Phase
 from interlace_operator.status import (
     JDS_FINISHED,
     Outcome,
+    cluster_provisioned,
     differs,
     observe_rayjob,
     outcome_from_mirror,
@@ -74,6 +78,8 @@ class Observation:
     workload: dict[str, Any] | None = None  # the RayJob's Kueue Workload (None: not created yet)
     kueue_missing: str | None = None  # queued, but the cluster serves no Workload API: why
     kueue_retry: float = 30.0  # how soon to look again when Kueue is missing
+    start_deadline_seconds: int | None = None  # spec.startDeadlineSeconds
+    pod_problems: tuple[str, ...] = ()  # why the attempt's pods do not run (status.pod_problems), if read
 
 
 # While a queued RayJob waits for Kueue: how soon to look again for its Workload (Kueue creates it
@@ -85,6 +91,10 @@ KUEUE_QUEUED_RECHECK = 10.0
 # Workload Kueue deactivated itself, e.g. at its requeuing limit, stays so and the status says why).
 WORKLOAD_SUSPENDED_ANNOTATION = "interlace.dev/suspended"
 
+
+# How soon to look again while an attempt's Ray pods are not all running yet: what they wait on
+# changes without a RayJob event (an image pull, a Secret created), and the start deadline nears.
+STARTING_RECHECK = 10.0
 
 # How soon to look again while a failed attempt's RayJob is being deleted (its pods terminating) and
 # the next attempt waits for it; the RayJob's deletion event usually comes first.
@@ -220,7 +230,40 @@ def decide(o: Observation) -> Step:
     if override is not None and not outcome.finished:
         outcome = override
     mirror = rayjob_mirror(o.rayjob, o.recorded, finished=outcome.finished, now=o.now)
+    if (not outcome.finished and not held and not o.suspend and o.start_deadline_seconds
+            and not cluster_provisioned(o.rayjob)):
+        return _starting(o, outcome, mirror, recheck)
     return _settle(o, outcome, mirror, recheck=recheck)
+
+
+def _starting(o: Observation, outcome: Outcome, mirror: dict[str, Any], recheck: float | None) -> Step:
+    """An attempt whose Ray pods have not all run yet: say what they wait on; past
+    spec.startDeadlineSeconds from KubeRay's start of the Ray cluster (reset when it is resumed;
+    queue time does not count), fail for good and release the cluster."""
+    assert o.rayjob is not None and o.start_deadline_seconds
+    name = o.rayjob["metadata"]["name"]
+    started = parse_time((o.rayjob.get("status") or {}).get("startTime"))
+    if started is None:  # KubeRay has not started the Ray cluster yet
+        return _settle(o, outcome, mirror, recheck=recheck)
+    due = started + timedelta(seconds=o.start_deadline_seconds)
+    waiting_on = "; ".join(o.pod_problems)
+    if o.now >= due:
+        failed = Outcome(
+            Phase.FAILED.value, "StartDeadlineExceeded",
+            f"the Ray pods of RayJob {name} were not all running {o.start_deadline_seconds}s "
+            f"(spec.startDeadlineSeconds) after KubeRay started its Ray cluster at {rfc3339(started)}: "
+            f"{waiting_on or 'no pod said why (kubectl describe raycluster, pods)'}; the Ray cluster is "
+            "deleted and the PruneJob is not retried (a retry would wait on the same cause)",
+            finished=True, failed=True,
+        )
+        return Finish(failed, rayjob_mirror(o.rayjob, o.recorded, finished=True, now=o.now), release=True)
+    if waiting_on:
+        outcome = dataclasses.replace(
+            outcome, message=f"{outcome.message}; the Ray pods wait on: {waiting_on} (spec.startDeadlineSeconds "
+            f"fails the attempt at {rfc3339(due)})",
+        )
+    until = max(0.05, (due - o.now).total_seconds())
+    return _settle(o, outcome, mirror, recheck=min(x for x in (recheck, until, STARTING_RECHECK) if x is not None))
 
 
 def _kueue(o: Observation, held: bool) -> SetWorkloadActive | tuple[Outcome | None, float | None]:

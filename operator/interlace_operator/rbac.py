@@ -21,7 +21,11 @@ Why each rule exists:
   The job's Role grants get/patch on one PruneJob's status; Kubernetes only lets the operator create
   it because the operator holds those permissions itself (RBAC escalation check). No ConfigMaps: the
   spec travels inside the RayJob.
-* events create/patch (core and events.k8s.io): what users see in `kubectl describe pj`.
+* events create/patch (core and events.k8s.io): what users see in `kubectl describe pj`; core events
+  list: the Warning events of an attempt's RayJob and RayCluster while its pods do not run (a pod
+  creation admission or a quota refused), quoted in the PruneJob's status.
+* pods list: while an attempt's Ray pods do not all run, what they wait on (unschedulable, an image
+  pull, a missing Secret), quoted in the status and in the StartDeadlineExceeded failure.
 * customresourcedefinitions and namespaces list/watch: kopf's cluster observation (it notices a KubeRay
   CRD installed after the operator, and namespaces that appear); read-only.
 """
@@ -48,7 +52,8 @@ RULES: list[dict[str, list[str]]] = [
         "resources": ["roles", "rolebindings"],
         "verbs": ["get", "create", "update"],
     },
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch", "list"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
     {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
     {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},

@@ -68,11 +68,13 @@ from interlace_operator.status import (
     STAGE_VALUES,
     TERMINAL_PHASES,
     Outcome,
+    cluster_provisioned,
     desired_conditions,
     differs,
     merge_conditions,
     observe_rayjob,
     parse_time,
+    pod_problems,
     rayjob_mirror,
     rfc3339,
     strip_none,
@@ -287,6 +289,11 @@ class Reconciler:
                 workload = self.kube.workload_of(current)
             except KueueMissing as err:
                 kueue_missing = str(err)
+        problems: tuple[str, ...] = ()
+        if (current is not None and job.spec.start_deadline_seconds and not held and not job.spec.suspend
+                and (current.get("status") or {}).get("jobDeploymentStatus") not in JDS_FINISHED
+                and not cluster_provisioned(current)):
+            problems = self._pod_problems(ctx, current, attempts)
         if ctx.first and status.get("startTime") and not ctx.replayed:
             ctx.replayed = True
             self._replay_events(ctx, attempts, current)
@@ -308,7 +315,20 @@ class Reconciler:
             workload=workload,
             kueue_missing=kueue_missing,
             kueue_retry=self.config.kuberay_retry_seconds,
+            start_deadline_seconds=job.spec.start_deadline_seconds,
+            pod_problems=problems,
         )
+
+    def _pod_problems(self, ctx: Ctx, rayjob: dict[str, Any], attempt: int) -> tuple[str, ...]:
+        """What the attempt's pods (Ray pods of this attempt, the submitter) wait on, and the Warning
+        events of its RayJob and RayCluster."""
+        cluster = (rayjob.get("status") or {}).get("rayClusterName")
+        involved = [rayjob["metadata"]["name"], *([cluster] if cluster else [])]
+        selector = f"{names.LABEL_PRUNEJOB}={names.label_value(ctx.owner.name)}"
+        pods, events = self.kube.pods_and_warnings(ctx.owner.namespace, selector, involved)
+        mine = [p for p in pods
+                if ((p.get("metadata") or {}).get("labels") or {}).get(names.LABEL_ATTEMPT, str(attempt)) == str(attempt)]
+        return tuple(pod_problems(mine, events))
 
     def _carry_out(self, ctx: Ctx, obs: Observation, step: Step) -> float | None:
         """The steps that write an outcome to status (and what goes with each: events, a retry, the

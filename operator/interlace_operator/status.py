@@ -44,7 +44,16 @@ JDS_FINISHED = frozenset({"Complete", "Failed", "ValidationFailed"})
 JDS_SUSPENDED = frozenset({"Suspending", "Suspended"})
 
 # Failures that another attempt cannot fix.
-NOT_RETRYABLE = frozenset({"DeadlineExceeded", "ValidationFailed", "JobStopped", "InvalidSpec"})
+NOT_RETRYABLE = frozenset({"DeadlineExceeded", "ValidationFailed", "JobStopped", "InvalidSpec", "StartDeadlineExceeded"})
+
+# Why a pod does not run, as the kubelet says it in a container's waiting state: what a user must fix
+# (an image, a Secret or ConfigMap, a command), not the normal wait of a starting container.
+POD_WAITING_PROBLEMS = frozenset({
+    "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError",
+    "CreateContainerError", "RunContainerError", "CrashLoopBackOff", "PreCreateHookError", "PostStartHookError",
+})
+PROBLEM_TEXT_MAX = 300  # characters of one pod's or event's message in the PruneJob's status
+PROBLEMS_MAX = 8
 
 
 def utcnow() -> datetime:
@@ -261,3 +270,52 @@ def differs(old: Any, new: Any) -> bool:
     if isinstance(new, dict) and isinstance(old, dict):
         return strip_none(old) != strip_none(new)
     return bool(old != new)
+
+
+def cluster_provisioned(rayjob: dict[str, Any]) -> bool:
+    """The attempt's Ray pods all ran: KubeRay's RayClusterProvisioned condition (True once every Ray
+    pod of the cluster was running and ready for the first time; it stays True), or the Ray job is
+    already running or over."""
+    st = rayjob.get("status") or {}
+    if st.get("jobStatus") in {"RUNNING", "SUCCEEDED", "FAILED", "STOPPED"}:
+        return True
+    conds = (st.get("rayClusterStatus") or {}).get("conditions") or []
+    return any(c.get("type") == "RayClusterProvisioned" and c.get("status") == "True" for c in conds)
+
+
+def _clip(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= PROBLEM_TEXT_MAX else text[: PROBLEM_TEXT_MAX - 3] + "..."
+
+
+def pod_problems(pods: list[dict[str, Any]], events: list[dict[str, Any]]) -> list[str]:
+    """What keeps an attempt's pods from running, in the words of the scheduler, the kubelet and the
+    controllers: unschedulable pods, containers waiting on an image, a Secret or a crash loop, and the
+    Warning events of the attempt's RayJob and RayCluster (KubeRay posts a pod creation that admission
+    or a quota refused there). Pure; the pods and events as the API server returns them."""
+    out: list[str] = []
+    for p in pods:
+        meta, st = p.get("metadata") or {}, p.get("status") or {}
+        if meta.get("deletionTimestamp"):
+            continue
+        name = meta.get("name", "?")
+        for c in st.get("conditions") or []:
+            if c.get("type") == "PodScheduled" and c.get("status") == "False":
+                out.append(_clip(f"pod {name} is not scheduled ({c.get('reason') or 'Pending'}: {c.get('message') or ''})"))
+        for cs in [*(st.get("initContainerStatuses") or []), *(st.get("containerStatuses") or [])]:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in POD_WAITING_PROBLEMS:
+                text = f"pod {name} container {cs.get('name', '?')}: {waiting['reason']}"
+                if waiting.get("message"):
+                    text += f": {waiting['message']}"
+                out.append(_clip(text))
+    for e in events:
+        if e.get("type") != "Warning":
+            continue
+        obj = e.get("involvedObject") or e.get("regarding") or {}
+        out.append(_clip(f"{obj.get('kind', '?')} {obj.get('name', '?')}: {e.get('reason') or 'Warning'}: "
+                         f"{e.get('message') or e.get('note') or ''}"))
+    unique = list(dict.fromkeys(out))
+    if len(unique) > PROBLEMS_MAX:
+        unique = [*unique[:PROBLEMS_MAX], f"and {len(unique) - PROBLEMS_MAX} more"]
+    return unique

@@ -207,3 +207,45 @@ def test_kueue_missing_is_reported_and_looked_at_again() -> None:
     step = decide(obs(queue="team-a", rayjob=rayjob(None, "Suspended", suspend=True),
                       kueue_missing="no Workload API", kueue_retry=30.0))
     assert isinstance(step, Report) and step.outcome.reason == "KueueMissing" and step.recheck == 30.0
+
+
+# ------------------------------------------------------------------ start deadline
+
+PROVISIONED = {"conditions": [{"type": "RayClusterProvisioned", "status": "True"}]}
+WAITING = ("pod pj-1-head container ray-head: CreateContainerConfigError: secret \"hf-token\" not found",)
+
+
+def starting(started: datetime, **kw: Any) -> Observation:
+    """An attempt whose Ray cluster KubeRay started at `started` and whose pods have not all run."""
+    rj = rayjob("PENDING", "Initializing", startTime=rfc3339(started), rayClusterStatus={"conditions": []})
+    return obs(rayjob=rj, start_deadline_seconds=600, **kw)
+
+
+def test_an_attempt_whose_pods_never_run_fails_at_its_start_deadline_naming_why_and_is_released() -> None:
+    step = decide(starting(NOW - timedelta(seconds=600), pod_problems=WAITING, backoff_limit=5))
+    assert isinstance(step, Finish) and step.release
+    assert step.outcome.reason == "StartDeadlineExceeded" and not step.outcome.retryable
+    assert 'secret "hf-token" not found' in step.outcome.message and "startDeadlineSeconds" in step.outcome.message
+    assert step.mirror is not None and step.mirror["endTime"] == rfc3339(NOW)
+
+
+def test_before_its_start_deadline_the_status_says_what_the_pods_wait_on_and_looks_again() -> None:
+    step = decide(starting(NOW - timedelta(seconds=595), pod_problems=WAITING))
+    assert isinstance(step, Report) and 'secret "hf-token" not found' in step.outcome.message
+    assert step.recheck is not None and abs(step.recheck - 5.0) < 1e-6  # at the deadline, not later
+    early = decide(starting(NOW - timedelta(seconds=10)))
+    assert isinstance(early, Report) and early.recheck == 10.0 and "wait on" not in early.outcome.message
+
+
+def test_the_start_deadline_does_not_apply_once_the_pods_ran_or_while_held() -> None:
+    long_ago = NOW - timedelta(hours=5)
+    ran = rayjob("PENDING", "Initializing", startTime=rfc3339(long_ago), rayClusterStatus=PROVISIONED)
+    assert isinstance(decide(obs(rayjob=ran, start_deadline_seconds=600)), Report)
+    running = rayjob("RUNNING", "Running", startTime=rfc3339(long_ago))  # the Ray job runs: the pods did
+    assert isinstance(decide(obs(rayjob=running, start_deadline_seconds=600)), Report)
+    # queued for Kueue (suspended, KubeRay has not started it): queue time does not count
+    queued = rayjob(None, "Suspended", suspend=True, startTime=rfc3339(long_ago))
+    step = decide(obs(rayjob=queued, start_deadline_seconds=600, queue="team-a", suspend=False))
+    assert not isinstance(step, Finish)
+    # not started by KubeRay yet (no startTime): no clock
+    assert isinstance(decide(obs(rayjob=rayjob("", "New"), start_deadline_seconds=600)), Report)

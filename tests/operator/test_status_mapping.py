@@ -140,3 +140,39 @@ def test_camel_reason() -> None:
     assert camel_reason("submission failed: k8s job", "X") == "SubmissionFailedK8sJob"
     assert camel_reason("", "Default") == "Default"
     assert camel_reason("42 things", "Default") == "Default"
+
+
+def test_pod_problems_name_what_the_pods_wait_on_and_nothing_else() -> None:
+    from interlace_operator.status import pod_problems
+
+    pods = [
+        {"metadata": {"name": "h"}, "status": {"phase": "Pending", "containerStatuses": [
+            {"name": "ray-head", "state": {"waiting": {"reason": "CreateContainerConfigError",
+                                                       "message": 'secret "hf-token" not found'}}}]}},
+        {"metadata": {"name": "w"}, "status": {"phase": "Pending", "conditions": [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+             "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]}},
+        {"metadata": {"name": "i"}, "status": {"initContainerStatuses": [
+            {"name": "wait-gcs-ready", "state": {"waiting": {"reason": "ImagePullBackOff", "message": "x:1"}}}]}},
+        # the normal wait of a starting container, and a pod going away: not problems
+        {"metadata": {"name": "ok"}, "status": {"containerStatuses": [
+            {"name": "ray-worker", "state": {"waiting": {"reason": "ContainerCreating"}}}]}},
+        {"metadata": {"name": "gone", "deletionTimestamp": "2026-12-07T00:00:00Z"}, "status": {"conditions": [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]}},
+    ]
+    events = [
+        {"type": "Warning", "reason": "FailedToCreateWorkerPod", "involvedObject": {"kind": "RayCluster", "name": "rc"},
+         "message": 'pods "rc-w" is forbidden: exceeded quota: gpu, requested: nvidia.com/gpu=8'},
+        {"type": "Normal", "reason": "Created", "involvedObject": {"kind": "RayCluster", "name": "rc"}, "message": "x"},
+    ]
+    got = pod_problems(pods, events)
+    assert got == [
+        'pod h container ray-head: CreateContainerConfigError: secret "hf-token" not found',
+        "pod w is not scheduled (Unschedulable: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu.)",
+        "pod i container wait-gcs-ready: ImagePullBackOff: x:1",
+        'RayCluster rc: FailedToCreateWorkerPod: pods "rc-w" is forbidden: exceeded quota: gpu, requested: nvidia.com/gpu=8',
+    ]
+    many = [{"metadata": {"name": f"p{i}"}, "status": {"conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "m" * 1000}]}} for i in range(12)]
+    clipped = pod_problems(many, [])
+    assert len(clipped) == 9 and clipped[-1] == "and 4 more" and all(len(t) <= 300 for t in clipped)

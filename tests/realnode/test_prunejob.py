@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -255,6 +256,50 @@ def _newest_checkpoint(work_root: Path) -> dict[str, Any]:
 # Up to three attempts' worth of Ray clusters on a 2-core node, then scoring and publishing: the
 # suite's 900 s default is too short on a slow day; the wait below is 2400 s, this bounds the test.
 @pytest.mark.timeout(2700)
+def test_a_prunejob_naming_a_missing_secret_fails_at_its_start_deadline_naming_it_and_frees_its_pods(
+    real_cluster: tuple[ControlPlane, RealNode], operator_release: dict[str, str], real_namespace: str,
+) -> None:
+    """The kubelet cannot start the Ray containers (their HF_TOKEN comes from a Secret that does not
+    exist): while it waits the PruneJob's status says so, and at spec.startDeadlineSeconds after
+    KubeRay started the Ray cluster the PruneJob fails for good (StartDeadlineExceeded, one attempt)
+    naming the Secret, and its RayJob, Ray cluster and pods are deleted."""
+    cp, _ = real_cluster
+    ns = real_namespace
+    cp.apply([_pv(f"pv-{ns}", cp.workdir / "volumes" / ns)])
+    cp.create(_pvc("work", f"pv-{ns}"), namespace=ns)
+    job = embedded_default_job("nosecret", "work", steps=1)
+    job["spec"]["model"]["hfTokenSecret"] = "no-such-token"
+    deadline = 30
+    job["spec"]["startDeadlineSeconds"] = deadline
+    cp.create(job, namespace=ns)
+    said_while_waiting: list[str] = []
+
+    def failed() -> dict[str, Any] | None:
+        st = _status(cp, ns, "nosecret")
+        ready = next((c for c in st.get("conditions", []) if c["type"] == "Ready"), {})
+        if st.get("phase") == "Pending" and "no-such-token" in ready.get("message", ""):
+            said_while_waiting.append(ready["message"])
+        return st if st.get("phase") in ("Failed", "Succeeded") else None
+
+    st = cp.wait_for(failed, timeout=240, interval=2.0, what="PruneJob nosecret failed")
+    cond = next(c for c in st["conditions"] if c["type"] == "Failed")
+    assert st["phase"] == "Failed" and cond["reason"] == "StartDeadlineExceeded", st
+    assert 'secret "no-such-token" not found' in cond["message"], cond["message"]
+    assert st["attempts"] == 1, st  # not retried: a retry would wait on the same Secret
+    assert said_while_waiting, "the Pending status never named the missing Secret"
+    started = datetime.fromisoformat(st["rayJob"]["startTime"].replace("Z", "+00:00"))
+    ended = datetime.fromisoformat(st["completionTime"].replace("Z", "+00:00"))
+    assert deadline <= (ended - started).total_seconds() <= deadline + 20, (started, ended)
+
+    def released() -> bool:
+        left = [*cp.kubectl_json("get", "rayjobs", "-n", ns)["items"],
+                *cp.kubectl_json("get", "rayclusters", "-n", ns)["items"],
+                *cp.kubectl_json("get", "pods", "-n", ns, "-l", "ray.io/is-ray-node=yes")["items"]]
+        return not left
+
+    cp.wait_for(released, timeout=120, interval=2.0, what="the failed attempt's RayJob, Ray cluster and pods deleted")
+
+
 def test_prunejob_of_the_embedded_default_survives_operator_worker_and_head_faults_and_publishes_to_s3(
     real_cluster: tuple[ControlPlane, RealNode], operator_release: dict[str, str], real_namespace: str,
     tmp_path: Path,
