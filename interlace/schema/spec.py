@@ -1032,7 +1032,9 @@ class PruneJobSpec(_Spec):
     suspend: bool = Field(default=False, description="Suspend (deletes the Ray cluster); false resumes.")
     backoff_limit: int = Field(default=2, ge=0, le=20, description="Retries of a failed run.")
     active_deadline_seconds: int | None = Field(
-        default=None, ge=60, le=INT32_MAX, description="Fail the PruneJob this long after it started."
+        default=None, ge=60, le=INT32_MAX,
+        description="Fail the PruneJob this long after it last began to run (status.activeSince: queue time "
+        "and suspensions do not count, as for a Job; retries and their backoff do).",
     )
     ttl_seconds_after_finished: int = Field(
         default=600, ge=0, le=INT32_MAX, description="Delete the Ray cluster this long after the job finishes."
@@ -1209,7 +1211,7 @@ class Results(_Model):
 
 class PruneJobStatus(_Model):
     """status of a PruneJob. Writers: operator = phase, conditions, observedGeneration, rayJob,
-    attempts, startTime, completionTime; job = stage, progress, plan, results."""
+    attempts, startTime, activeSince, completionTime; job = stage, progress, plan, results."""
 
     phase: Phase | None = None
     conditions: list[Condition] = Field(default_factory=list)
@@ -1217,6 +1219,12 @@ class PruneJobStatus(_Model):
     ray_job: RayJobStatus | None = None
     attempts: int | None = None
     start_time: str | None = None
+    active_since: str | None = Field(
+        default=None,
+        description="When the PruneJob last began to run: its RayJob created and not suspended (under Kueue: "
+        "admitted), or resumed after spec.suspend or an eviction. spec.activeDeadlineSeconds counts from here; "
+        "unset while it is queued or suspended.",
+    )
     completion_time: str | None = None
     stage: Phase | None = None
     progress: Progress | None = None

@@ -7,7 +7,7 @@ again. Every branch of the lifecycle is the one switch below, over explicit stat
 tested without a cluster (tests/operator/test_machine.py); nothing here calls the API or reads a clock.
 
     not started ------------------------------------------------> Accept
-    past spec.activeDeadlineSeconds ----------------------------> Expire
+    past spec.activeDeadlineSeconds from status.activeSince ----> Expire
     no attempt yet: queued for Kueue and suspended -------------> Report(Suspended), no RayJob yet
                     otherwise ----------------------------------> Start(1)
     the attempt's RayJob is gone: ended (status.rayJob) --------> settle(recorded outcome)
@@ -18,6 +18,8 @@ tested without a cluster (tests/operator/test_machine.py); nothing here calls th
                                          Kueue's own -----------> settle(Deactivated)
       held by Kueue (RayJob suspended) -------------------------> settle(Queued / Admitted, from the Workload)
     not queued: RayJob suspend != spec.suspend (not finished) --> SetSuspend
+    not finished: runnable (not held or suspended), no activeSince --> SetActiveSince(now)
+                  held or suspended, activeSince set -----------> SetActiveSince(None)
     running, its Ray pods not all run yet (RayClusterProvisioned):
       past spec.startDeadlineSeconds from KubeRay's startTime --> Finish(StartDeadlineExceeded), released
       otherwise ------------------------------------------------> Report(what the pods wait on), recheck
@@ -46,6 +48,7 @@ from typing import Any
 from interlace.schema.status import Phase
 from interlace_operator.status import (
     JDS_FINISHED,
+    JDS_SUSPENDED,
     Outcome,
     cluster_provisioned,
     differs,
@@ -71,13 +74,14 @@ class Observation:
     dry_run: bool
     backoff_limit: int
     deadline_seconds: int | None  # spec.activeDeadlineSeconds
-    deadline: datetime | None  # startTime + deadline_seconds
+    deadline: datetime | None  # status.activeSince + deadline_seconds (None while it is not running)
     retry_delay: float  # seconds after attempt `attempts` failed before the next one starts
     now: datetime
     queue: str | None = None  # spec.resources.queueName: Kueue admits the RayJob
     workload: dict[str, Any] | None = None  # the RayJob's Kueue Workload (None: not created yet)
     kueue_missing: str | None = None  # queued, but the cluster serves no Workload API: why
     kueue_retry: float = 30.0  # how soon to look again when Kueue is missing
+    active_since: datetime | None = None  # status.activeSince
     start_deadline_seconds: int | None = None  # spec.startDeadlineSeconds
     pod_problems: tuple[str, ...] = ()  # why the attempt's pods do not run (status.pod_problems), if read
 
@@ -122,6 +126,14 @@ class SetSuspend:
     """Patch the RayJob's spec.suspend to `want` (KubeRay deletes / recreates the Ray cluster)."""
 
     want: bool
+
+
+@dataclass(frozen=True)
+class SetActiveSince:
+    """Write status.activeSince: `since` when the PruneJob begins to run (or runs again after a
+    suspension or an eviction), None when it stops being runnable (suspended, queued again)."""
+
+    since: datetime | None
 
 
 @dataclass(frozen=True)
@@ -182,7 +194,7 @@ class Retry(_Write):
     attempt: int = 0
 
 
-Step = Accept | Start | SetSuspend | SetWorkloadActive | Report | Finish | Expire | HoldSuspended | WaitRetry | Retry
+Step = Accept | Start | SetSuspend | SetActiveSince | SetWorkloadActive | Report | Finish | Expire | HoldSuspended | WaitRetry | Retry
 
 
 def _jds(rayjob: dict[str, Any] | None) -> str | None:
@@ -197,7 +209,8 @@ def decide(o: Observation) -> Step:
         mirror = rayjob_mirror(o.rayjob, o.recorded, finished=True, now=o.now) if o.rayjob else o.recorded
         outcome = Outcome(
             Phase.FAILED.value, "DeadlineExceeded",
-            f"the PruneJob ran longer than spec.activeDeadlineSeconds={o.deadline_seconds} (from status.startTime)",
+            f"the PruneJob ran longer than spec.activeDeadlineSeconds={o.deadline_seconds} (from status.activeSince, "
+            "when it last began to run)",
             finished=True, failed=True,
         )
         return Expire(outcome, mirror, release=o.rayjob is not None)
@@ -225,6 +238,8 @@ def decide(o: Observation) -> Step:
             queued = kueue
     elif held != o.suspend and _jds(o.rayjob) not in JDS_FINISHED:
         return SetSuspend(o.suspend)
+    if (active := _active_since(o, held)) is not None:
+        return active
     outcome = observe_rayjob(o.rayjob, stage=o.stage, dry_run=o.dry_run)
     override, recheck = queued
     if override is not None and not outcome.finished:
@@ -264,6 +279,20 @@ def _starting(o: Observation, outcome: Outcome, mirror: dict[str, Any], recheck:
         )
     until = max(0.05, (due - o.now).total_seconds())
     return _settle(o, outcome, mirror, recheck=min(x for x in (recheck, until, STARTING_RECHECK) if x is not None))
+
+
+def _active_since(o: Observation, held: bool) -> SetActiveSince | None:
+    """status.activeSince follows whether the attempt may run: set when its RayJob is neither held
+    (suspended, or queued for Kueue) nor being suspended, cleared when it is again."""
+    jds = _jds(o.rayjob)
+    if jds in JDS_FINISHED:
+        return None
+    runnable = not held and not o.suspend and jds not in JDS_SUSPENDED
+    if runnable and o.active_since is None:
+        return SetActiveSince(o.now)
+    if not runnable and o.active_since is not None:
+        return SetActiveSince(None)
+    return None
 
 
 def _kueue(o: Observation, held: bool) -> SetWorkloadActive | tuple[Outcome | None, float | None]:

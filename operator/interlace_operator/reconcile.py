@@ -55,6 +55,7 @@ from interlace_operator.machine import (
     Observation,
     Report,
     Retry,
+    SetActiveSince,
     SetSuspend,
     SetWorkloadActive,
     Start,
@@ -249,6 +250,13 @@ class Reconciler:
                         f"{'suspending' if want else 'resuming'} RayJob {rj}"
                         + (" (its Ray cluster is deleted)" if want else ""),
                     )
+                case SetActiveSince(since=since):
+                    value = rfc3339(since) if since is not None else None
+                    self._patch_status(ctx, {"activeSince": value})
+                    if value is None:
+                        ctx.status.pop("activeSince", None)
+                    else:
+                        ctx.status["activeSince"] = value
                 case SetWorkloadActive(want=want):
                     assert obs.workload is not None and obs.rayjob is not None
                     wl, rj = obs.workload["metadata"]["name"], obs.rayjob["metadata"]["name"]
@@ -309,6 +317,7 @@ class Reconciler:
             backoff_limit=job.spec.backoff_limit,
             deadline_seconds=job.spec.active_deadline_seconds,
             deadline=self._deadline(ctx),
+            active_since=parse_time(status.get("activeSince")),
             retry_delay=self.config.backoff(attempts) if attempts else 0.0,
             now=ctx.now,
             queue=queue,
@@ -461,7 +470,7 @@ class Reconciler:
 
     def _deadline(self, ctx: Ctx) -> datetime | None:
         seconds = ctx.job.spec.active_deadline_seconds
-        start = parse_time(ctx.status.get("startTime"))
+        start = parse_time(ctx.status.get("activeSince"))
         if not seconds or start is None:
             return None
         return start + timedelta(seconds=seconds)

@@ -14,6 +14,7 @@ from interlace_operator.machine import (
     Observation,
     Report,
     Retry,
+    SetActiveSince,
     SetSuspend,
     SetWorkloadActive,
     Start,
@@ -34,12 +35,21 @@ def rayjob(js: str | None = None, jds: str | None = None, *, suspend: bool = Fal
 
 
 def obs(**kw: Any) -> Observation:
+    """An observation; status.activeSince as the operator keeps it (a minute ago while the attempt may
+    run, unset while it is held or suspended) unless given."""
     base = Observation(
         started=True, attempts=1, rayjob_name="pj-1", rayjob=rayjob("RUNNING", "Running"), recorded=None,
         stage=None, suspend=False, dry_run=False, backoff_limit=2, deadline_seconds=None, deadline=None,
         retry_delay=10.0, now=NOW,
     )
-    return dataclasses.replace(base, **kw)
+    o = dataclasses.replace(base, **kw)
+    if "active_since" not in kw:
+        rj = o.rayjob or {}
+        held = bool((rj.get("spec") or {}).get("suspend"))
+        jds = (rj.get("status") or {}).get("jobDeploymentStatus")
+        runnable = o.rayjob is not None and not held and not o.suspend and jds not in ("Suspending", "Suspended")
+        o = dataclasses.replace(o, active_since=NOW - timedelta(minutes=1) if runnable else None)
+    return o
 
 
 def test_not_started_is_accepted_first() -> None:
@@ -249,3 +259,23 @@ def test_the_start_deadline_does_not_apply_once_the_pods_ran_or_while_held() -> 
     assert not isinstance(step, Finish)
     # not started by KubeRay yet (no startTime): no clock
     assert isinstance(decide(obs(rayjob=rayjob("", "New"), start_deadline_seconds=600)), Report)
+
+
+# ------------------------------------------------------------------ activeSince (the deadline's clock)
+
+
+def test_active_since_is_set_when_the_attempt_may_run_and_cleared_while_held_or_suspended() -> None:
+    assert decide(obs(active_since=None)) == SetActiveSince(NOW)
+    # suspended by the user: cleared once KubeRay holds it (the suspend is written first)
+    assert decide(obs(suspend=True, active_since=NOW)) == SetSuspend(True)
+    held = rayjob(None, "Suspended", suspend=True)
+    assert decide(obs(suspend=True, rayjob=held, active_since=NOW)) == SetActiveSince(None)
+    # queued for Kueue (created suspended): no clock until Kueue admits it
+    queued = rayjob(None, "Suspended", suspend=True)
+    assert not isinstance(decide(obs(queue="team-a", rayjob=queued)), SetActiveSince)
+    admitted = rayjob(None, "Initializing")
+    assert decide(obs(queue="team-a", rayjob=admitted, active_since=None)) == SetActiveSince(NOW)
+    # evicted by Kueue (held again): the clock stops
+    assert decide(obs(queue="team-a", rayjob=queued, active_since=NOW)) == SetActiveSince(None)
+    # a finished attempt keeps it (the deadline still bounds the retries that follow)
+    assert isinstance(decide(obs(rayjob=rayjob("FAILED", "Failed"), active_since=NOW)), WaitRetry)

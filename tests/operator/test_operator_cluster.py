@@ -215,14 +215,23 @@ def test_suspend_and_resume(cluster: Cluster, run_operator) -> None:
 
 
 def test_active_deadline(cluster: Cluster, run_operator) -> None:
-    """Past spec.activeDeadlineSeconds (counted from status.startTime) the job fails, no retry, and
-    its RayJob is deleted. The start is moved back in time instead of waiting a minute."""
+    """spec.activeDeadlineSeconds counts from status.activeSince (when the PruneJob last began to run),
+    not from its acceptance: suspended, it has no clock; resumed, the clock starts; past the deadline
+    the job fails, no retry, and its RayJob is deleted. The clock is moved back in time instead of
+    waiting a minute."""
     run_operator()
     cluster.apply(prunejob("late", activeDeadlineSeconds=60, suspend=True))
     rj = _rayjob(cluster, "late-1")
     assert 1 <= rj["spec"]["activeDeadlineSeconds"] <= 60
     cluster.kubectl("patch", "prunejob", "late", "--subresource=status", "--type=merge",
                     "-p", json.dumps({"status": {"startTime": "2020-01-01T00:00:00Z"}}))
+    cluster.wait_phase("late", "Suspended")
+    assert "activeSince" not in cluster.status("late")  # suspended: no clock, however old the start
+    cluster.kubectl("patch", "prunejob", "late", "--type=merge", "-p", '{"spec": {"suspend": false}}')
+    wait_for(lambda: cluster.status("late").get("activeSince"), what="status.activeSince set on resume")
+    assert cluster.status("late").get("phase") != "Failed"
+    cluster.kubectl("patch", "prunejob", "late", "--subresource=status", "--type=merge",
+                    "-p", json.dumps({"status": {"activeSince": "2020-01-01T00:00:00Z"}}))
     cluster.wait_phase("late", "Failed")
     assert cluster.condition("late", "Failed")["reason"] == "DeadlineExceeded"
     wait_for(lambda: cluster.get("rayjob", "late-1") is None, timeout=60, what="overdue RayJob deleted")
