@@ -882,13 +882,14 @@ _NODE_SELECTOR_RULE = _cel(
 
 
 _MULTIKUEUE = "kueue.x-k8s.io/multikueue"
+MULTIKUEUE_MESSAGE = (
+    f"{_MULTIKUEUE} is not supported: MultiKueue copies only the RayJob to a worker cluster, where its pods "
+    "would name the per-job ServiceAccount and report their status to a PruneJob, both of which exist only "
+    "on this manager cluster; install the operator on the worker clusters and run the PruneJob there "
+    "(spec.resources.queueName for their Kueue)"
+)
 _RESOURCES_RULES: list[JsonValue] = [
-    _cel(
-        f"!has(self.managedBy) || self.managedBy != '{_MULTIKUEUE}' || has(self.queueName)",
-        f"spec.resources.managedBy: {_MULTIKUEUE} needs spec.resources.queueName (MultiKueue dispatches "
-        "through a queue)",
-        ".managedBy",
-    ),
+    _cel(f"!has(self.managedBy) || self.managedBy != '{_MULTIKUEUE}'", MULTIKUEUE_MESSAGE, ".managedBy"),
 ]
 
 
@@ -955,8 +956,9 @@ class ResourcesSpec(_Spec):
     )
     managed_by: Literal["ray.io/kuberay-operator", "kueue.x-k8s.io/multikueue"] | None = Field(
         default=None,
-        description="RayJob spec.managedBy: the controller that runs the RayJob. kueue.x-k8s.io/multikueue "
-        "(needs queueName): a MultiKueue manager cluster dispatches it to a worker cluster. Default: KubeRay.",
+        description="RayJob spec.managedBy: the controller that runs the RayJob. Default: KubeRay. "
+        "kueue.x-k8s.io/multikueue is refused: the PruneJob's identity and status live on the cluster "
+        "that runs the operator, not on a MultiKueue worker.",
     )
     pvc_name: ObjectName | None = Field(
         default=None, description="PersistentVolumeClaim mounted at /data (model cache, pvc:// output)."
@@ -987,12 +989,9 @@ class ResourcesSpec(_Spec):
         return self
 
     @model_validator(mode="after")
-    def _multikueue_needs_queue(self) -> ResourcesSpec:
-        if self.managed_by == _MULTIKUEUE and not self.queue_name:
-            raise ValueError(
-                f"spec.resources.managedBy: {_MULTIKUEUE} needs spec.resources.queueName (MultiKueue dispatches "
-                "through a queue)"
-            )
+    def _no_multikueue(self) -> ResourcesSpec:
+        if self.managed_by == _MULTIKUEUE:
+            raise ValueError(f"spec.resources.managedBy: {MULTIKUEUE_MESSAGE}")
         return self
 
 

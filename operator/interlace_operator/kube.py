@@ -124,8 +124,11 @@ class Kube:
             raise
 
     def create_rayjob(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Strict field validation: a field the installed KubeRay CRD lacks (authOptions before v1.5.1) is
+        refused (400), not silently pruned (a Ray cluster without its token authentication)."""
         return self.custom.create_namespaced_custom_object(
-            "ray.io", "v1", body["metadata"]["namespace"], "rayjobs", body, _request_timeout=REQUEST_TIMEOUT
+            "ray.io", "v1", body["metadata"]["namespace"], "rayjobs", body, field_validation="Strict",
+            _request_timeout=REQUEST_TIMEOUT,
         )
 
     def patch_rayjob(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
@@ -237,7 +240,8 @@ class Kube:
         ns = body["metadata"]["namespace"]
         if body["kind"] == "RayJob":
             self.custom.create_namespaced_custom_object(
-                "ray.io", "v1", ns, "rayjobs", body, dry_run="All", _request_timeout=REQUEST_TIMEOUT
+                "ray.io", "v1", ns, "rayjobs", body, dry_run="All", field_validation="Strict",
+                _request_timeout=REQUEST_TIMEOUT,
             )
             return
         create, _, _ = self._crud(body["kind"])

@@ -143,7 +143,7 @@ def test_rayjob_without_queue_not_suspended_and_managed_by_passed_through() -> N
     assert builders.rayjob(job(resources={}), OWNER, attempt=1, image="i")["spec"]["suspend"] is False
 
 
-@pytest.mark.parametrize("managed_by", ["ray.io/kuberay-operator", "kueue.x-k8s.io/multikueue"])
+@pytest.mark.parametrize("managed_by", ["ray.io/kuberay-operator"])
 def test_rayjob_managed_by_passed_through(managed_by: str) -> None:
     j = job(resources={"queueName": "team-a", "managedBy": managed_by})
     assert builders.rayjob(j, OWNER, attempt=1, image="i")["spec"]["managedBy"] == managed_by

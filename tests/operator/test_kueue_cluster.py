@@ -211,11 +211,16 @@ def test_missing_local_queue_says_so(cluster: Cluster, queue: str, run_operator)
 
 def test_managed_by_reaches_the_rayjob(cluster: Cluster, queue: str, run_operator) -> None:
     run_operator()
-    cluster.apply(queued_prunejob("multi", resources={"managedBy": "kueue.x-k8s.io/multikueue"}))
+    cluster.apply(queued_prunejob("multi", resources={"managedBy": "ray.io/kuberay-operator"}))
     rj = rayjob(cluster, "multi-1")
-    assert rj["spec"]["managedBy"] == "kueue.x-k8s.io/multikueue"
-    workload(cluster, "multi-1")  # Kueue (its webhooks included) took it; KubeRay leaves it alone
+    assert rj["spec"]["managedBy"] == "ray.io/kuberay-operator"
+    workload(cluster, "multi-1")  # Kueue (its webhooks included) took it
     # the API server (KubeRay's CRD) keeps the field immutable: it is only ever set at creation
     out = cluster.kubectl("patch", "rayjob", "multi-1", "--type=merge",
-                          "-p", json.dumps({"spec": {"managedBy": "ray.io/kuberay-operator"}}), check=False)
+                          "-p", json.dumps({"spec": {"managedBy": "kueue.x-k8s.io/multikueue"}}), check=False)
     assert out.returncode != 0
+    # MultiKueue is refused before anything exists (its worker clusters have neither the job's
+    # ServiceAccount nor the PruneJob its status goes to)
+    out = cluster.kubectl("apply", "-f", "-", input=json.dumps(
+        queued_prunejob("multi2", resources={"managedBy": "kueue.x-k8s.io/multikueue"})), check=False)
+    assert out.returncode != 0 and "spec.resources.managedBy" in out.stderr, out.stderr
