@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -150,3 +151,43 @@ def test_results_json_is_plain(tmp_path: Path) -> None:
     publish(model_dir, OutputSpec(uri=str(tmp_path / "o")), plan=PLAN, results=res, job=job())
     wire = json.loads(json.dumps(res.to_wire()))
     assert wire["outputUri"] == str(tmp_path / "o" / "model") and "hubUrl" not in wire
+
+
+def _snippet(card: str, model_dir: Path) -> str:
+    """The card's usage snippet, pointed at `model_dir` (its MODEL line names the Hub repo or a placeholder)."""
+    from interlace.stages.publish.card import MODEL_LINE
+
+    code = card.split("## Usage", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    lines = code.splitlines()
+    (i,) = [n for n, line in enumerate(lines) if line.startswith(MODEL_LINE)]
+    lines[i] = f"{MODEL_LINE}{str(model_dir)!r}"
+    return "\n".join(lines)
+
+
+def test_the_cards_usage_snippet_runs_against_the_published_model(tmp_path: Path) -> None:
+    model_dir, _, _ = saved_pruned(tmp_path)
+    publish(model_dir, OutputSpec(uri=str(tmp_path / "o")), plan=PLAN, results=results(),
+            job=job(hub={"repo": "my-org/llama-interlace-25"}))
+    card = (model_dir / "README.md").read_text()
+    assert 'MODEL = "my-org/llama-interlace-25"' in card  # the reader's copy: the Hub repo it went to
+    assert "| Effective batch | 16 x 2 x 1 process(es) (1 worker(s) x 1 GPU(s)) = 32 sequences per step |" in card
+    assert "| Architecture | hidden size 64, 6 decoder layers |" in card
+    assert "the other one is finetuned, and the third stays frozen as an anchor" in card
+    assert "eprint        = {2511.19676}" in card
+    ns: dict[str, Any] = {}
+    exec(compile(_snippet(card, model_dir), "card-snippet", "exec"), ns)
+    assert ns["out"].shape[1] > ns["inputs"]["input_ids"].shape[1]  # it generated past the prompt
+    assert ns["model"].config.num_hidden_layers == 6  # the pruned checkpoint, through transformers
+
+
+def test_a_vlm_cards_usage_snippet_runs(tmp_path: Path) -> None:
+    from interlace.stages.publish.card import write_card
+    from tests.fixtures.tiny import save_tiny
+
+    model_dir = save_tiny("qwen3_vl", tmp_path / "vlm")
+    card = write_card(model_dir, job=None, plan=None, results=None).read_text()
+    assert "AutoModelForImageTextToText" in card and 'MODEL = "path/to/model"' in card
+    assert "pipeline_tag: image-text-to-text" in card
+    ns: dict[str, Any] = {}
+    exec(compile(_snippet(card, model_dir), "card-snippet", "exec"), ns)
+    assert ns["out"].shape[1] > ns["inputs"]["input_ids"].shape[1]  # it generated past the prompt
