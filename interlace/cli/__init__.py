@@ -11,7 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from interlace.errors import InterlaceError
+from interlace.errors import EXIT_REFUSED, EXIT_TRANSIENT, InterlaceError, TransientError
 
 # Subcommand name -> module in interlace.cli. A module listed here but not yet present is skipped.
 COMMANDS: tuple[str, ...] = ("analyze", "data", "plan", "prune", "run", "evaluate", "publish", "validate", "sweep")
@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InterlaceError as err:
         msg = str(err).strip().replace("\n", "; ")
         print(f"interlace {args.command}: error: {msg}", file=sys.stderr)
-        return 2
+        return EXIT_TRANSIENT if isinstance(err, TransientError) else EXIT_REFUSED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

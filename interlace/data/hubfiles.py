@@ -20,7 +20,7 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
-from interlace.errors import InterlaceError
+from interlace.errors import InterlaceError, TransientError
 
 CONVERTED = "refs/convert/parquet"
 
@@ -55,7 +55,7 @@ def subset_files(fs: Any, root: str, hub_id: str, subset: str, split: str, *, wh
         if converted:
             return sorted(converted, key=posixpath.basename)
     except Exception as err:  # network, auth, rate limits: say so, with the subset
-        raise InterlaceError(
+        raise TransientError(
             f"{where}.path: cannot list the parquet files of subset {subset!r} of {hub_id!r} "
             f"({type(err).__name__}: {err}); check your network and HF_TOKEN, or download the subset's "
             f"parquet shards and set {where}.path to the local directory"

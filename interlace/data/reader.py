@@ -42,7 +42,7 @@ from interlace.data.loader import _Bad, effective_spec, row_to_sample
 from interlace.data.sample import Sample
 from interlace.data.sources import Subset, resolve_subsets, split_paragraphs
 from interlace.data.stats import DataStats
-from interlace.errors import InterlaceError
+from interlace.errors import InterlaceError, TransientError
 from interlace.schema.spec import DataSpec
 
 _ROW_GROUP_CACHE = 4
@@ -223,7 +223,7 @@ class RowReader:
                 with fs.open(path, "rb") as fh:
                     meta = pq.ParquetFile(fh).metadata
             except Exception as err:
-                raise InterlaceError(
+                raise TransientError(
                     f"{self.where}.path: cannot read the parquet footer of {path} ({type(err).__name__}: "
                     f"{err}); check your network and HF_TOKEN"
                 ) from None
@@ -314,7 +314,7 @@ class RowReader:
                     with p.fs.open(p.path, "rb") as fh:
                         rows = pq.ParquetFile(fh, metadata=p.meta).read_row_group(p.group).to_pylist()
                 except Exception as err:
-                    raise InterlaceError(
+                    raise TransientError(
                         f"{self.where}.path: cannot read row group {p.group} of {p.path} "
                         f"({type(err).__name__}: {err}); check your network and HF_TOKEN"
                     ) from None

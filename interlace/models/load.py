@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from interlace.errors import InterlaceError
+from interlace.errors import InterlaceError, TransientError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -238,6 +238,16 @@ def resolve_device(device: str | None) -> str:
 
 
 def _hub_error(source: str, err: BaseException) -> InterlaceError:
+    """What a failed hub load means: the model (or its revision, a file, access to a gated repo) is not
+    there, which no retry changes; offline without a cached copy, the same; anything else (the
+    network, rate limits, a server error) is a TransientError, retried."""
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
     offline = _offline()
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     if offline:
@@ -245,7 +255,19 @@ def _hub_error(source: str, err: BaseException) -> InterlaceError:
             f"model {source!r} is not a local directory and not in the hub cache, and HF_HUB_OFFLINE=1 "
             f"forbids downloading it ({first})"
         )
-    return InterlaceError(f"cannot load model {source!r} from the hub: {first}")
+    chain = [err, err.__cause__, err.__context__]
+    if any(isinstance(e, GatedRepoError) for e in chain):
+        return InterlaceError(
+            f"spec.model.source: {source!r} is gated and the token has no access ({first}); accept its terms "
+            "on the Hub and name a Secret with that account's token in spec.model.hfTokenSecret"
+        )
+    if any(isinstance(e, RepositoryNotFoundError | RevisionNotFoundError | EntryNotFoundError) for e in chain):
+        return InterlaceError(
+            f"spec.model.source: {source!r} is not on the Hub (at spec.model.revision, if set), or is private "
+            f"and the token cannot see it ({first}); check the id, spec.model.revision and spec.model.hfTokenSecret"
+        )
+    return TransientError(f"cannot load model {source!r} from the hub: {first}")
+
 
 
 def load_config(source: str, *, revision: str | None = None, trust_remote_code: bool = False) -> Any:

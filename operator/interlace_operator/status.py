@@ -44,7 +44,15 @@ JDS_FINISHED = frozenset({"Complete", "Failed", "ValidationFailed"})
 JDS_SUSPENDED = frozenset({"Suspending", "Suspended"})
 
 # Failures that another attempt cannot fix.
-NOT_RETRYABLE = frozenset({"DeadlineExceeded", "ValidationFailed", "JobStopped", "InvalidSpec", "StartDeadlineExceeded"})
+NOT_RETRYABLE = frozenset({
+    "DeadlineExceeded", "ValidationFailed", "JobStopped", "InvalidSpec", "StartDeadlineExceeded", "InputRefused",
+})
+# The job's exit status in Ray's message for a failed entrypoint ("Job entrypoint command failed with
+# exit code N, ..."): 2 is `interlace run` refusing its inputs (interlace.errors.EXIT_REFUSED: the
+# spec, a model id that is not on the Hub, data, an output), which another attempt meets again; 75 (a
+# TransientError: the network, the Hub) and a crash are retried.
+EXIT_CODE = re.compile(r"failed with exit code (\d+)")
+EXIT_REFUSED = 2
 
 # Why a pod does not run, as the kubelet says it in a container's waiting state: what a user must fix
 # (an image, a Secret or ConfigMap, a command), not the normal wait of a starting container.
@@ -120,8 +128,13 @@ def observe_rayjob(rayjob: dict[str, Any], *, stage: str | None = None, dry_run:
         )
     if js in {"FAILED", "STOPPED"}:
         reason = "JobFailed" if js == "FAILED" else "JobStopped"
+        code = EXIT_CODE.search(kuberay_message)
+        if js == "FAILED" and code is not None and int(code.group(1)) == EXIT_REFUSED:
+            reason = "InputRefused"
         conflict = jds not in JDS_FINISHED
         msg = kuberay_message or f"the Ray job of RayJob {name} ended with {js}"
+        if reason == "InputRefused":
+            msg = f"the job refused its inputs (exit {EXIT_REFUSED}; not retried, another attempt meets them again): {msg}"
         if conflict:
             msg += f" (KubeRay reports {pair}; the Ray job's own status wins)"
         return Outcome(

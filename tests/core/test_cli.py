@@ -395,3 +395,33 @@ def test_prune_checkpoint_without_processor_files(
     assert cfg.get("num_hidden_layers", cfg.get("text_config", {}).get("num_hidden_layers")) == 7
     assert (out / "model.safetensors").is_file() and (out / "interlace_plan.json").is_file()
     assert not [f.name for f in out.iterdir() if f.name.startswith(("tokenizer", "processor", "preprocessor"))]
+
+
+def test_a_transient_failure_exits_75_and_refused_input_exits_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator retries exit 75 (TransientError: the network, the Hub) and not exit 2 (InterlaceError)."""
+    import interlace.cli.validate as validate
+    from interlace.errors import InterlaceError, TransientError
+
+    for err, code in ((TransientError("the hub answered 503"), 75), (InterlaceError("spec.model.source: no"), 2)):
+        def fail(_args: object, err: Exception = err) -> int:
+            raise err
+
+        monkeypatch.setattr(validate, "run", fail)
+        assert main(["validate", "-f", "x.yaml"]) == code
+
+
+def test_hub_errors_say_whether_a_retry_can_help(monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    import interlace.models.load as load
+    from interlace.errors import TransientError
+    from interlace.models.load import _hub_error
+
+    monkeypatch.setattr(load, "_offline", lambda: False)
+
+    missing = RepositoryNotFoundError.__new__(RepositoryNotFoundError)
+    gated = GatedRepoError.__new__(GatedRepoError)
+    for err in (missing, gated):
+        out = _hub_error("acme/nope", err)
+        assert not isinstance(out, TransientError) and "spec.model" in str(out)
+    assert isinstance(_hub_error("acme/nope", ConnectionError("reset by peer")), TransientError)

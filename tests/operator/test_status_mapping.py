@@ -176,3 +176,19 @@ def test_pod_problems_name_what_the_pods_wait_on_and_nothing_else() -> None:
         {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "m" * 1000}]}} for i in range(12)]
     clipped = pod_problems(many, [])
     assert len(clipped) == 9 and clipped[-1] == "and 4 more" and all(len(t) <= 300 for t in clipped)
+
+
+def test_a_job_that_refused_its_inputs_is_not_retried_and_a_transient_failure_is() -> None:
+    from interlace_operator.status import observe_rayjob
+
+    def failed(code: int) -> dict:
+        msg = (f"Job entrypoint command failed with exit code {code}, last available logs (truncated to 20,000 "
+               "chars):\ninterlace run: error: spec.model.source: 'acme/nope' is not on the Hub")
+        return {"metadata": {"name": "pj-1"},
+                "status": {"jobStatus": "FAILED", "jobDeploymentStatus": "Failed", "message": msg}}
+
+    refused = observe_rayjob({**failed(2), "status": {**failed(2)["status"], "jobDeploymentStatus": "Running"}})
+    assert refused.reason == "InputRefused" and not refused.retryable and "acme/nope" in refused.message
+    for code in (1, 75, 137):  # a crash, a TransientError (the network, the Hub), an OOM kill
+        out = observe_rayjob({**failed(code), "status": {**failed(code)["status"], "jobDeploymentStatus": "Running"}})
+        assert out.reason == "JobFailed" and out.retryable, (code, out)
