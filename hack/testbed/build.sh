@@ -20,7 +20,7 @@ OUT=${INTERLACE_TESTBED_DIR:-${INTERLACE_CACHE:-$HOME/.cache/interlace}/testbed}
 JOBS=${TESTBED_BUILD_JOBS:-2}
 export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:+$GOFLAGS }-mod=mod -buildvcs=false"
 GO=(nice -n "${TESTBED_NICE:-10}" go)
-ALL=(kubernetes etcd kwok kuberay helm node coredns kueue)
+ALL=(kubernetes etcd kwok kuberay kuberay_newest helm node coredns kueue)
 
 log() { printf '[testbed-build %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
@@ -30,6 +30,7 @@ component_dir() {  # name -> cache directory
     etcd) echo "$OUT/etcd-$ETCD_VERSION" ;;
     kwok) echo "$OUT/kwok-$KWOK_VERSION" ;;
     kuberay) echo "$OUT/kuberay-$KUBERAY_VERSION" ;;
+    kuberay_newest) echo "$OUT/kuberay-$KUBERAY_NEWEST_VERSION" ;;
     helm) echo "$OUT/helm-$HELM_VERSION" ;;
     node) echo "$OUT/kubernetes-node-$K8S_VERSION" ;;
     coredns) echo "$OUT/coredns-$COREDNS_VERSION" ;;
@@ -124,6 +125,11 @@ build_kwok() {
 
 build_kuberay() {
   go_build kuberay "$(simple_gomod github.com/ray-project/kuberay/ray-operator "$KUBERAY_VERSION")" "" \
+    ray-operator=github.com/ray-project/kuberay/ray-operator
+}
+
+build_kuberay_newest() {  # the real node's KubeRay (versions.env)
+  go_build kuberay_newest "$(simple_gomod github.com/ray-project/kuberay/ray-operator "$KUBERAY_NEWEST_VERSION")" "" \
     ray-operator=github.com/ray-project/kuberay/ray-operator
 }
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.node import RealNode, host_ip, host_leftovers
-from tests.cluster.testbed import ControlPlane, Kueue, TestbedError
+from tests.cluster.testbed import Binaries, ControlPlane, Kueue, TestbedError, read_versions
 
 _STATE: dict[str, object] = {}
 
@@ -75,8 +75,9 @@ def control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
 @pytest.fixture(scope="session")
 def real_cluster(request: pytest.FixtureRequest) -> Iterator[tuple[ControlPlane, RealNode]]:
     """A second control plane with a REAL node (tests/cluster/node.py): kubelet, containerd, runc, the
-    CNI bridge, kube-proxy and CoreDNS on this machine, the project's images loaded, KubeRay reaching
-    Ray heads through the apiserver's proxy, and a tainted fake GPU node beside it. Started lazily by
+    CNI bridge, kube-proxy and CoreDNS on this machine, the project's images loaded, KubeRay (its
+    newest version served, KUBERAY_NEWEST_VERSION) reaching Ray heads through the apiserver's proxy,
+    and a tainted fake GPU node beside it. Started lazily by
     the first `real_node` test; every host change is undone at the end of the session (checked)."""
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
 
@@ -91,7 +92,9 @@ def real_cluster(request: pytest.FixtureRequest) -> Iterator[tuple[ControlPlane,
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        cp = ControlPlane(log=log, node_ip=host_ip())
+        # The newest KubeRay the module proxy serves (the operator's cluster tests run KUBERAY_VERSION).
+        newest = read_versions()["KUBERAY_NEWEST_VERSION"]
+        cp = ControlPlane(log=log, node_ip=host_ip(), binaries=Binaries.locate(kuberay=newest))
         node = RealNode(cp, log=log)
     except TestbedError as e:
         pytest.fail(str(e), pytrace=False)

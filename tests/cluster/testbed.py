@@ -113,9 +113,13 @@ class Binaries:
     kueue_source: Path  # the module source (webhook manifests)
 
     @classmethod
-    def locate(cls, root: Path | None = None) -> Binaries:
+    def locate(cls, root: Path | None = None, *, kuberay: str | None = None) -> Binaries:
+        """The pinned binaries; `kuberay`: a KubeRay version other than KUBERAY_VERSION (the real
+        node's KUBERAY_NEWEST_VERSION)."""
         root = Path(root) if root else testbed_dir()
-        v = read_versions()
+        v = dict(read_versions())
+        if kuberay:
+            v["KUBERAY_VERSION"] = kuberay
         k8s = root / f"kubernetes-{v['K8S_VERSION']}"
         found = cls(
             etcd=root / f"etcd-{v['ETCD_VERSION']}" / "etcd",

@@ -34,7 +34,7 @@ import yaml
 
 from interlace.schema import podpolicy
 from tests.cluster.node import RealNode
-from tests.cluster.testbed import REPO_ROOT, ControlPlane
+from tests.cluster.testbed import REPO_ROOT, ControlPlane, read_versions
 
 pytestmark = [pytest.mark.real_node, pytest.mark.cluster, pytest.mark.slow, pytest.mark.pod_security("restricted")]
 
@@ -394,6 +394,8 @@ def test_prunejob_of_the_embedded_default_survives_operator_worker_and_head_faul
     # What a user runs: kubectl wait returns at once now.
     cp.kubectl("wait", "--for=condition=Succeeded", "prunejob/smollm2", "-n", ns, "--timeout=10s")
 
+    # on the newest KubeRay the module proxy serves (the operator's cluster tests run KUBERAY_VERSION)
+    assert f"kuberay-{read_versions()['KUBERAY_NEWEST_VERSION']}" in str(cp.binaries.ray_operator)
     # Ray's token authentication held on the live head: no listing or submission without the token.
     assert auth == {"list without token": 401, "submit without token": 401, "submit with a wrong token": 403,
                     "list with the token": 200}, auth
