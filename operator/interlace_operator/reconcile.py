@@ -498,7 +498,10 @@ class Reconciler:
 
         owner, job = ctx.owner, ctx.job
         self._ensure_children(ctx)  # ConflictError: reported by _reconcile
-        remaining = None
+        # KubeRay's own deadline for this RayJob: what is left of spec.activeDeadlineSeconds, all of it
+        # when the clock has not started (status.activeSince: the first attempt, or a suspended job);
+        # KubeRay counts it from its own start of the Ray cluster, so queue time is not spent.
+        remaining = job.spec.active_deadline_seconds
         deadline = self._deadline(ctx)
         if deadline is not None:
             remaining = max(1, int((deadline - ctx.now).total_seconds()))
