@@ -304,13 +304,21 @@ def _data_plan(spec: PruneJobSpec, out: Path) -> JobDataPlan | None:
     from interlace.data.dataplan import job_plan
     from interlace.data.reader import check_hub_files, plan_readable
 
+    finetunes = spec.finetune.enabled and not spec.dry_run
+    if not finetunes and spec.calibration.data is not None and spec.calibration.data != spec.finetune.data:
+        # Nothing reads the finetuning data (a dry run, or no finetuning) and calibration has data of
+        # its own: the input check did not look at the finetuning source, so a source that cannot be
+        # resolved here (a hub id, offline) means no plan; calibration then reads its own rows.
+        try:
+            plan_readable(spec.finetune.data)
+        except InterlaceError:
+            return None
     sources = [spec.finetune.data] + ([spec.calibration.data] if spec.calibration.data else [])
     if not all(plan_readable(d) for d in sources):
         return None
     dp = job_plan(spec)
     # The hub files of what this run reads (as _data_specs: a dry run reads no finetuning rows, so its
     # plan of them is ids only, from the table, and needs no hub).
-    finetunes = spec.finetune.enabled and not spec.dry_run
     if finetunes:
         check_hub_files(spec.finetune.data, dp.finetune, where="spec.finetune.data")
     if dp.calibration is not dp.finetune and spec.calibration.data is not None:
