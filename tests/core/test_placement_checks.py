@@ -44,8 +44,16 @@ def test_sdpa_is_the_default_and_always_accepted() -> None:
 
 
 def test_flash_attention_2_on_cpu_workers_is_refused() -> None:
+    from pydantic import ValidationError
+
+    # the spec refuses it first (so do the CRD and `interlace validate`) ...
+    with pytest.raises(ValidationError, match=r"spec\.model\.attnImplementation: flash_attention_2 runs on GPUs only"):
+        _spec(model={"attnImplementation": "flash_attention_2"}, resources={"gpusPerWorker": 0})
+    # ... and the job's own start check still does, on a spec that skipped validation
+    spec = _spec(model={"attnImplementation": "flash_attention_2"})
+    cpu = spec.model_copy(update={"resources": spec.resources.model_copy(update={"gpus_per_worker": 0})})
     with pytest.raises(InterlaceError, match=r"spec\.model\.attnImplementation: flash_attention_2 runs on GPUs only"):
-        check_attention(_spec(model={"attnImplementation": "flash_attention_2"}, resources={"gpusPerWorker": 0}))
+        check_attention(cpu)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("flash_attn") is not None, reason="flash-attn is installed here")

@@ -21,7 +21,13 @@ from interlace.stages.finetune.driver import finetune
 
 def test_fsdp_with_fp16_is_refused_naming_the_field(pruned_llama, tmp_path: Path) -> None:
     model_dir, plan = pruned_llama
-    spec = FinetuneSpec(parallelism="fsdp", precision="fp16", max_steps=1)
+    from pydantic import ValidationError
+
+    # the spec refuses it (so do the CRD and `interlace validate`) ...
+    with pytest.raises(ValidationError, match="spec.finetune.precision: fp16 under FSDP"):
+        FinetuneSpec(parallelism="fsdp", precision="fp16", max_steps=1)
+    # ... and finetune() still does, on a spec that skipped validation, before any checkpoint
+    spec = FinetuneSpec(parallelism="fsdp", max_steps=1).model_copy(update={"precision": "fp16"})
     with pytest.raises(InterlaceError, match="precision fp16"):
         finetune(model_dir, plan, spec, output_dir=tmp_path, placement=placement_of(1, 1))
     assert not (tmp_path / "checkpoints").exists()
