@@ -24,7 +24,7 @@ def test_fsdp_with_fp16_is_refused_naming_the_field(pruned_llama, tmp_path: Path
     from pydantic import ValidationError
 
     # the spec refuses it (so do the CRD and `interlace validate`) ...
-    with pytest.raises(ValidationError, match="spec.finetune.precision: fp16 under FSDP"):
+    with pytest.raises(ValidationError, match=r"spec\.finetune\.precision: fp16 under FSDP"):
         FinetuneSpec(parallelism="fsdp", precision="fp16", max_steps=1)
     # ... and finetune() still does, on a spec that skipped validation, before any checkpoint
     spec = FinetuneSpec(parallelism="fsdp", max_steps=1).model_copy(update={"precision": "fp16"})
