@@ -90,7 +90,7 @@ def cluster_role(name: str = "interlace-operator") -> dict[str, Any]:
 
 # Status fields only the operator writes (interlace.schema.spec.PruneJobStatus); the job writes the others.
 OPERATOR_STATUS_FIELDS = (
-    "phase", "conditions", "observedGeneration", "rayJob", "attempts", "startTime", "completionTime"
+    "phase", "conditions", "observedGeneration", "rayJob", "attempts", "startTime", "activeSince", "completionTime",
 )
 STATUS_POLICY_NAME = "interlace-operator-status-writers"  # <chart fullname>-status-writers
 DEFAULT_OPERATOR_USER = "system:serviceaccount:interlace-system:interlace-operator"

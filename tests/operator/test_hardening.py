@@ -128,7 +128,7 @@ def test_operator_rbac_has_finalizers_and_no_configmaps() -> None:
 
 
 def test_status_policy_covers_every_operator_field_and_is_what_ships() -> None:
-    owned = {"phase", "conditions", "observedGeneration", "rayJob", "attempts", "startTime", "completionTime"}
+    owned = {"phase", "conditions", "observedGeneration", "rayJob", "attempts", "startTime", "activeSince", "completionTime"}
     assert set(OPERATOR_STATUS_FIELDS) == owned
     job_fields = {"stage", "progress", "plan", "results"}
     assert {f.alias or n for n, f in PruneJobStatus.model_fields.items()} == owned | job_fields
