@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from interlace.errors import EXIT_REFUSED
 from interlace.schema.status import STAGES, Phase
 
 TERMINAL_PHASES = frozenset({Phase.SUCCEEDED.value, Phase.FAILED.value})
@@ -48,11 +49,10 @@ NOT_RETRYABLE = frozenset({
     "DeadlineExceeded", "ValidationFailed", "JobStopped", "InvalidSpec", "StartDeadlineExceeded", "InputRefused",
 })
 # The job's exit status in Ray's message for a failed entrypoint ("Job entrypoint command failed with
-# exit code N, ..."): 2 is `interlace run` refusing its inputs (interlace.errors.EXIT_REFUSED: the
+# exit code N, ..."): EXIT_REFUSED (2) is `interlace run` refusing its inputs (interlace.errors: the
 # spec, a model id that is not on the Hub, data, an output), which another attempt meets again; 75 (a
 # TransientError: the network, the Hub) and a crash are retried.
 EXIT_CODE = re.compile(r"failed with exit code (\d+)")
-EXIT_REFUSED = 2
 
 # Why a pod does not run, as the kubelet says it in a container's waiting state: what a user must fix
 # (an image, a Secret or ConfigMap, a command), not the normal wait of a starting container.
