@@ -16,7 +16,7 @@ set -euo pipefail
 
 packages=(fortunes fortunes-min wordnet-base)
 if [ "${1-}" = "--node" ]; then
-  packages=(containerd runc containernetworking-plugins iptables conntrack mmdebstrap)
+  packages=(containerd runc containernetworking-plugins iptables ipset conntrack mmdebstrap)
 fi
 
 missing=()

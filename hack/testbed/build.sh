@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the pinned binaries of the test control plane from Go modules (no Docker, no release downloads).
 #
-#   bash hack/testbed/build.sh               # everything: kubernetes etcd kwok kuberay helm node coredns kueue
+#   bash hack/testbed/build.sh               # everything: kubernetes etcd kwok kuberay helm node coredns kube_router kueue
 #   bash hack/testbed/build.sh etcd kwok     # only some components
 #   bash hack/testbed/build.sh --print-dir   # print the binary directory of every component
 #
@@ -20,7 +20,7 @@ OUT=${INTERLACE_TESTBED_DIR:-${INTERLACE_CACHE:-$HOME/.cache/interlace}/testbed}
 JOBS=${TESTBED_BUILD_JOBS:-2}
 export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:+$GOFLAGS }-mod=mod -buildvcs=false"
 GO=(nice -n "${TESTBED_NICE:-10}" go)
-ALL=(kubernetes etcd kwok kuberay kuberay_newest helm node coredns kueue)
+ALL=(kubernetes etcd kwok kuberay kuberay_newest helm node coredns kube_router kueue)
 
 log() { printf '[testbed-build %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
@@ -34,6 +34,7 @@ component_dir() {  # name -> cache directory
     helm) echo "$OUT/helm-$HELM_VERSION" ;;
     node) echo "$OUT/kubernetes-node-$K8S_VERSION" ;;
     coredns) echo "$OUT/coredns-$COREDNS_VERSION" ;;
+    kube_router) echo "$OUT/kube-router-$KUBE_ROUTER_VERSION" ;;
     kueue) echo "$OUT/kueue-$KUEUE_VERSION" ;;
     *) echo "unknown component: $1 (known: ${ALL[*]})" >&2; return 1 ;;
   esac
@@ -180,6 +181,11 @@ import (
 func main() { coremain.Run() }
 '
   GO_BUILD_MAIN="$main" go_build coredns "$gomod" "" coredns=.
+}
+
+build_kube_router() {  # the real node's NetworkPolicy enforcer (versions.env says why this one)
+  go_build kube_router "$(simple_gomod github.com/cloudnativelabs/kube-router/v2 "$KUBE_ROUTER_VERSION")" "" \
+    kube-router=github.com/cloudnativelabs/kube-router/v2/cmd/kube-router
 }
 
 kueue_crds() {  # DEST: Kueue's CRDs from the module source the build used (the kueue controller

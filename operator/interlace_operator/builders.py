@@ -1,4 +1,4 @@
-"""Pure builders of a PruneJob's children: ServiceAccount, Role, RoleBinding, RayJob.
+"""Pure builders of a PruneJob's children: ServiceAccount, Role, RoleBinding, NetworkPolicy, RayJob.
 
 Each returns a plain dict (what `kubectl apply` would send), computed only from the validated spec and
 the PruneJob's identity, so the same PruneJob always yields the same children; unit tests check them
@@ -128,6 +128,46 @@ def role_binding(owner: Owner, service_account_name: str) -> dict[str, Any]:
             "name": names.job_account_name(owner.name),
         },
         "subjects": [{"kind": "ServiceAccount", "name": service_account_name, "namespace": owner.namespace}],
+    }
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Pods outside the PruneJob that may reach its Ray head's dashboard and job API (8265): KubeRay's
+    operator, which reads the job's state there. namespace "" = any namespace."""
+
+    pod_labels: tuple[tuple[str, str], ...]
+    namespace: str = ""
+
+
+# Ports a Peer may reach on the head: the dashboard and job API, which KubeRay polls for the RayJob's
+# state (and where `ray job submit` of the submitter goes, a pod of the job itself).
+PEER_PORTS = (8265,)
+
+
+def network_policy(owner: Owner, peers: tuple[Peer, ...]) -> dict[str, Any]:
+    """Ingress to the job's Ray pods (head and workers: the GCS 6379, the dashboard and job API 8265,
+    the client server 10001, the object store and worker ports) only from the job's own pods (the
+    other Ray pods and KubeRay's submitter of this PruneJob, same namespace, by the operator's
+    `interlace.dev/prunejob` label, which pod overrides cannot change) and from `peers` to PEER_PORTS.
+    Egress is left open (the job reads the Hub or S3 and writes its status through the API server).
+    Policies add up: a platform that scrapes Ray's metrics adds its own policy for that port."""
+    job_pods = {names.LABEL_PRUNEJOB: names.label_value(owner.name)}
+    ray_pods = {**job_pods, names.LABEL_COMPONENT: "ray"}
+    ingress: list[dict[str, Any]] = [{"from": [{"podSelector": {"matchLabels": job_pods}}]}]
+    for peer in peers:
+        selector: dict[str, Any] = {
+            "podSelector": {"matchLabels": dict(peer.pod_labels)},
+            "namespaceSelector": (
+                {"matchLabels": {"kubernetes.io/metadata.name": peer.namespace}} if peer.namespace else {}
+            ),
+        }
+        ingress.append({"from": [selector], "ports": [{"protocol": "TCP", "port": p} for p in PEER_PORTS]})
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(owner, names.network_policy_name(owner.name), "network-policy"),
+        "spec": {"podSelector": {"matchLabels": ray_pods}, "policyTypes": ["Ingress"], "ingress": ingress},
     }
 
 

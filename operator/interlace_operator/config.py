@@ -45,6 +45,11 @@ class OperatorConfig(BaseSettings):
       ServiceAccount the operator creates), allowed_priority_classes (spec.resources.priorityClassName;
       default none), allowed_toleration_keys (spec.resources.tolerations[].key; default
       nvidia.com/gpu; `*` allows any key, including the key-less tolerate-everything). Comma-separated.
+    * network_policy (true): give every PruneJob a NetworkPolicy that admits to its Ray pods only its
+      own pods and KubeRay (builders.network_policy); false where the platform owns the policies.
+      kuberay_pod_labels (`app.kubernetes.io/name=kuberay-operator`, KubeRay's chart) and
+      kuberay_namespace (empty = any namespace) name the KubeRay operator's pods, which poll the head's
+      dashboard (8265).
     """
 
     model_config = SettingsConfigDict(env_prefix="INTERLACE_", frozen=True, extra="ignore", populate_by_name=True)
@@ -61,6 +66,9 @@ class OperatorConfig(BaseSettings):
     allowed_service_accounts: CommaList = ()
     allowed_priority_classes: CommaList = ()
     allowed_toleration_keys: CommaList = (DEFAULT_TOLERATION_KEY,)
+    network_policy: bool = True
+    kuberay_pod_labels: CommaList = ("app.kubernetes.io/name=kuberay-operator",)
+    kuberay_namespace: str = ""
     leader_election: bool = False
     lease_namespace: str = Field(
         "", validation_alias=AliasChoices("INTERLACE_LEADER_ELECTION_NAMESPACE", "POD_NAMESPACE")
@@ -95,12 +103,25 @@ class OperatorConfig(BaseSettings):
         return value.strip() if isinstance(value, str) else value
 
     @field_validator("namespaces", "allowed_service_accounts", "allowed_priority_classes",
-                     "allowed_toleration_keys", mode="before")
+                     "allowed_toleration_keys", "kuberay_pod_labels", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(v.strip() for v in value.split(",") if v.strip())
         return value
+
+    @field_validator("kuberay_pod_labels")
+    @classmethod
+    def _labels(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [v for v in value if v.count("=") != 1 or not all(v.split("="))]
+        if bad:
+            raise ValueError(f"INTERLACE_KUBERAY_POD_LABELS: {bad} are not key=value pairs (comma-separated)")
+        return value
+
+    @property
+    def kuberay_peer(self) -> tuple[tuple[str, str], ...]:
+        """kuberay_pod_labels as (key, value) pairs."""
+        return tuple((v.split("=")[0], v.split("=")[1]) for v in self.kuberay_pod_labels)
 
     @property
     def clusterwide(self) -> bool:

@@ -69,6 +69,7 @@ class Kube:
         self._kueue_version: str | None = None  # the Workload API version that answered last
         self.core = client.CoreV1Api(api_client)
         self.rbac = client.RbacAuthorizationV1Api(api_client)
+        self.networking = client.NetworkingV1Api(api_client)
         self.component = component
         self.instance = socket.gethostname()
         # Events are posted off the reconcile thread: they are best effort and must not slow it.
@@ -230,6 +231,11 @@ class Kube:
                 self.rbac.create_namespaced_role_binding,
                 self.rbac.read_namespaced_role_binding,
                 self.rbac.replace_namespaced_role_binding,
+            ),
+            "NetworkPolicy": (
+                self.networking.create_namespaced_network_policy,
+                self.networking.read_namespaced_network_policy,
+                self.networking.replace_namespaced_network_policy,
             ),
         }[kind]
 

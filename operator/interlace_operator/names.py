@@ -50,6 +50,11 @@ def job_account_name(prunejob: str) -> str:
     return fit(prunejob, "-job", DNS_SUBDOMAIN_MAX)
 
 
+def network_policy_name(prunejob: str) -> str:
+    """Name of the NetworkPolicy that admits to the job's Ray pods only the job's own pods and KubeRay."""
+    return fit(prunejob, "-ray", DNS_SUBDOMAIN_MAX)
+
+
 def label_value(prunejob: str) -> str:
     """A PruneJob name as a label value (label values are at most 63 characters)."""
     return fit(prunejob, "", LABEL_VALUE_MAX)

@@ -4,25 +4,31 @@ The Helm chart and manifests/base/rbac.yaml render these rules (a packaging test
 tests/operator runs the operator under exactly these rules against the real API server, so a missing
 verb fails a test instead of a production rollout.
 
-Why each rule exists:
+Why each rule exists (cut to the verbs the operator's code calls, read from kube.py and kopf's
+watches, plus the one the RBAC escalation check needs; the cluster tests show no other is needed):
 
 * prunejobs get/list/watch: kopf watches PruneJobs; the reconciler re-reads one before acting.
-* prunejobs/status get/patch: the operator writes phase, conditions, rayJob, attempts, times.
+* prunejobs/status patch: the operator writes phase, conditions, rayJob, attempts, times; get: only
+  because the job's Role grants it (the escalation check: one may grant only what one holds).
 * rayjobs get/list/watch/create/patch/delete: the KubeRay RayJob of each attempt (patch = suspend,
   delete = release a failed or overdue attempt's GPUs).
-* workloads get/list/patch (kueue.x-k8s.io): with spec.resources.queueName, the operator reads the
+* workloads list/patch (kueue.x-k8s.io): with spec.resources.queueName, the operator reads the
   Kueue Workload of its RayJob (found by the kueue.x-k8s.io/job-uid label) for the queued status, and
   sets its spec.active to carry spec.suspend (Kueue would undo a suspend written on the RayJob).
   Without Kueue installed the rule grants nothing.
 * prunejobs/finalizers update: the children's ownerReferences set blockOwnerDeletion, which the
   OwnerReferencesPermissionEnforcement admission plugin (OpenShift's default) only allows to a user
   who may update the owner's finalizers; the operator adds no finalizer.
-* serviceaccounts, roles, rolebindings get/create/update: the per-job identity, created or adopted.
+* serviceaccounts get/create, roles and rolebindings get/create/update: the per-job identity, created
+  or adopted (get after a 409), the Role's rules and the binding's subjects brought up to date (a
+  ServiceAccount has no content the operator keeps up to date: no update).
   The job's Role grants get/patch on one PruneJob's status; Kubernetes only lets the operator create
   it because the operator holds those permissions itself (RBAC escalation check). No ConfigMaps: the
   spec travels inside the RayJob.
-* events create/patch (core and events.k8s.io): what users see in `kubectl describe pj`; core events
-  list: the Warning events of an attempt's RayJob and RayCluster while its pods do not run (a pod
+* networkpolicies get/create/update (networking.k8s.io): the NetworkPolicy of each job's Ray pods
+  (INTERLACE_NETWORK_POLICY), created or adopted like the identity.
+* events create (core; kopf's own posting is off, the operator posts each event once under a
+  deterministic name and never patches one): what users see in `kubectl describe pj`; list: the Warning events of an attempt's RayJob and RayCluster while its pods do not run (a pod
   creation admission or a quota refused), quoted in the PruneJob's status.
 * pods list: while an attempt's Ray pods do not all run, what they wait on (unschedulable, an image
   pull, a missing Secret), quoted in the status and in the StartDeadlineExceeded failure.
@@ -45,16 +51,16 @@ RULES: list[dict[str, list[str]]] = [
         "resources": ["rayjobs"],
         "verbs": ["get", "list", "watch", "create", "patch", "delete"],
     },
-    {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads"], "verbs": ["get", "list", "patch"]},
-    {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "create", "update"]},
+    {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads"], "verbs": ["list", "patch"]},
+    {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "create"]},
     {
         "apiGroups": ["rbac.authorization.k8s.io"],
         "resources": ["roles", "rolebindings"],
         "verbs": ["get", "create", "update"],
     },
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch", "list"]},
+    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get", "create", "update"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "list"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
-    {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
     {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
 ]

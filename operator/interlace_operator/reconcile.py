@@ -401,6 +401,8 @@ class Reconciler:
         children = [builders.role(owner)]
         if not job.spec.resources.service_account_name:
             children.append(builders.service_account(owner))
+        if self.config.network_policy:
+            children.append(self._network_policy(owner))
         # (no RoleBinding: its escalation check needs the Role to exist; its content is the operator's)
         children.append(
             builders.rayjob(job, owner, attempt=1, image=self.config.runtime_image, active_deadline_seconds=deadline)
@@ -475,8 +477,13 @@ class Reconciler:
             return None
         return start + timedelta(seconds=seconds)
 
+    def _network_policy(self, owner: builders.Owner) -> dict[str, Any]:
+        peer = builders.Peer(pod_labels=self.config.kuberay_peer, namespace=self.config.kuberay_namespace)
+        return builders.network_policy(owner, (peer,) if peer.pod_labels else ())
+
     def _ensure_children(self, ctx: Ctx) -> None:
-        """The job's identity: ServiceAccount + Role + RoleBinding (the spec travels in the RayJob)."""
+        """The job's identity (ServiceAccount + Role + RoleBinding) and the NetworkPolicy of its Ray
+        pods, before any RayJob (the spec travels in the RayJob)."""
         owner, job = ctx.owner, ctx.job
         sa = builders.job_service_account_name(job, owner)
         wanted: list[tuple[dict[str, Any], tuple[str, ...]]] = [
@@ -484,6 +491,8 @@ class Reconciler:
         ]
         if not job.spec.resources.service_account_name:
             wanted.append((builders.service_account(owner), ()))
+        if self.config.network_policy:
+            wanted.append((self._network_policy(owner), ("spec",)))
         # Independent objects: created in parallel (three round trips cost one). The RoleBinding
         # comes after its Role: the API server's escalation check reads the Role, and without the
         # `bind` verb the operator may only bind a Role that exists and whose rules it holds.

@@ -2,8 +2,10 @@
 
 containerd + runc + the CNI bridge plugin (Debian packages), kubelet and kube-proxy (built from the
 same Kubernetes module as the control plane by hack/testbed/build.sh), CoreDNS (its Go module, a
-few plugins), and images built by hack/images/build.py (pause, coredns, the project's own). Pods are
-real processes: `kubectl logs/exec`, pod-to-pod traffic, ClusterIP Services and cluster DNS work.
+few plugins), kube-router's network policy controller as the NetworkPolicy enforcer (its Go module;
+iptables + ipset), and images built by hack/images/build.py (pause, coredns, the project's own). Pods
+are real processes: `kubectl logs/exec`, pod-to-pod traffic, ClusterIP Services, cluster DNS and
+NetworkPolicy work.
 
     with ControlPlane(node_ip=host_ip()) as cp, RealNode(cp) as node:
         cp.kubectl("get", "nodes")          # realnode Ready, kwok-gpu-0 tainted
@@ -14,7 +16,7 @@ Kubernetes node itself (it owns cni0, `cni-*` network namespaces and the KUBE-*/
 while it runs, and removes them when it stops). Every host change is
 undone by stop(), also after a failed start: pods deleted (CNI tears their networking down), the
 daemons stopped, leftover shims killed, mounts under the work dir unmounted, `cni-*` network
-namespaces, the cni0 bridge and every KUBE-*/CNI-* iptables chain removed, and the sysctls put back
+namespaces, the cni0 bridge, every KUBE-*/CNI-* iptables chain and KUBE-* ipset removed, and the sysctls put back
 to their values before start(). Images stay in containerd's content store under
 ${INTERLACE_CACHE}/node/containerd (kept between runs, like the other caches): one run at a time uses
 it (a lock file).
@@ -59,7 +61,8 @@ IMAGES = ("pause", "coredns", "operator", "runtime", "s3")
 # Host settings the node needs, restored on stop.
 SYSCTLS = {"net.ipv4.ip_forward": "1", "net.bridge.bridge-nf-call-iptables": "1"}
 HOST_PACKAGES = {"containerd": "containerd", "runc": "runc", "ctr": "containerd", "iptables": "iptables",
-                 "conntrack": "conntrack", "mmdebstrap": "mmdebstrap"}
+                 "ipset": "ipset", "conntrack": "conntrack", "mmdebstrap": "mmdebstrap"}
+SERVICE_CIDR = "10.96.0.0/16"
 
 
 def host_ip() -> str:
@@ -108,11 +111,15 @@ class RealNode:
         for b in ("kubelet", "kube-proxy"):
             if not (self.node_bin / b).is_file():
                 raise TestbedError(f"{self.node_bin / b} is missing: bash hack/testbed/build.sh node coredns")
+        self.kube_router = testbed_dir() / f"kube-router-{v['KUBE_ROUTER_VERSION']}" / "kube-router"
+        if not self.kube_router.is_file():
+            raise TestbedError(f"{self.kube_router} is missing: bash hack/testbed/build.sh kube_router")
         self.cp = cp
         self.name = cp.node_name
         self.dir = cp.workdir / "node"
         self.sock = self.dir / "run" / "containerd.sock"
-        self.ports = {n: free_port() for n in ("kubelet", "kubelet_healthz", "proxy_metrics", "proxy_healthz")}
+        self.ports = {n: free_port() for n in ("kubelet", "kubelet_healthz", "proxy_metrics", "proxy_healthz",
+                                                "router_health")}
         self._log = log or (lambda msg: None)
         self.images: dict[str, str] = {}
         self.components: dict[str, Component] = {}
@@ -142,6 +149,7 @@ class RealNode:
             ("images", self._load_images),
             ("kubelet, kube-proxy", self._start_node_daemons),
             ("node Ready", lambda: self._wait_ready(deadline)),
+            ("NetworkPolicy enforcer", lambda: self._start_network_policy(deadline)),
             ("CoreDNS", lambda: self._start_coredns(deadline)),
         ]
         try:
@@ -352,6 +360,39 @@ state = "{self.dir / 'containerd-state'}"
         )
         self._spawn("kube-proxy", [self.node_bin / "kube-proxy", f"--config={proxy}", "--v=1"])
 
+    def _start_network_policy(self, deadline: float) -> None:
+        """kube-router's network policy controller only (no routing, no service proxy): it puts every
+        local pod that a NetworkPolicy selects behind its own iptables chain fed by ipsets of the
+        allowed peers. Traffic from the node itself (kubelet probes, the apiserver's proxy, which
+        KubeRay uses to reach Ray heads) stays allowed, as with most enforcers."""
+        self._spawn(
+            "kube-router",
+            [
+                self.kube_router,
+                f"--kubeconfig={self.cp.kubeconfig()}",
+                f"--hostname-override={self.name}",
+                "--run-firewall=true",
+                "--run-router=false",
+                "--run-service-proxy=false",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--health-port={self.ports['router_health']}",
+                "--metrics-port=0",
+                "--v=1",
+            ],
+        )
+
+        def healthy() -> bool:
+            import urllib.request
+
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.ports['router_health']}/healthz", timeout=2) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        self.cp.wait_for(healthy, timeout=max(1.0, deadline - time.monotonic()), interval=0.5,
+                         what="kube-router's network policy controller healthy", check=self.check_running)
+
     def _wait_ready(self, deadline: float) -> None:
         def ready() -> bool:
             node = self.cp.kubectl_json("get", "node", self.name)
@@ -398,9 +439,11 @@ state = "{self.dir / 'containerd-state'}"
                 self.cp.kubectl("delete", "rayjobs,rayclusters", "--all", "-A", "--wait=false", check=False)
                 self.cp.kubectl("delete", "pods", "--all", "-A", "--grace-period=1", "--wait=true",
                                 "--timeout=60s", check=False, timeout=75)
-        for name in ("kube-proxy", "kubelet"):
+        for name in ("kube-router", "kube-proxy", "kubelet"):
             if name in self.components:
                 self.components[name].stop()
+        if "kube-router" in self.components:
+            subprocess.run([str(self.kube_router), "--cleanup-config"], capture_output=True, check=False)
         if "kube-proxy" in self.components:
             subprocess.run([str(self.node_bin / "kube-proxy"), "--cleanup"], capture_output=True, check=False)
         if "containerd" in self.components and self.sock.exists():
@@ -460,6 +503,8 @@ def clean_host(workdir: Path | None = None) -> None:
     if subprocess.run(["ip", "link", "show", "cni0"], capture_output=True).returncode == 0:
         subprocess.run(["ip", "link", "delete", "cni0"], capture_output=True)
     remove_iptables_chains(("KUBE-", "CNI-"))
+    for name in _ipsets():  # kube-router's (after its chains, which refer to them)
+        subprocess.run(["ipset", "destroy", name], capture_output=True)
     if CONTAINER_LOGS.is_dir():
         for link in CONTAINER_LOGS.iterdir():
             if link.is_symlink() and _ours(os.readlink(link), workdir):
@@ -485,6 +530,14 @@ def remove_iptables_chains(prefixes: tuple[str, ...]) -> None:
                 subprocess.run([ipt, "-t", table, "-X", c], capture_output=True)
 
 
+def _ipsets() -> list[str]:
+    """The KUBE-* ipsets on the host (kube-router's KUBE-SRC-*/KUBE-DST-*, ...)."""
+    if shutil.which("ipset") is None:
+        return []
+    out = subprocess.run(["ipset", "list", "-n"], capture_output=True, text=True).stdout
+    return [n for n in out.split() if n.startswith(("KUBE-", "inet6:KUBE-"))]
+
+
 def host_leftovers() -> list[str]:
     """What a real node leaves on the host if its teardown failed (empty list: nothing)."""
     left = []
@@ -494,6 +547,7 @@ def host_leftovers() -> list[str]:
             left += [f"{ipt} -t {table} {line}" for line in out.splitlines() if "KUBE-" in line or "CNI-" in line]
     if subprocess.run(["ip", "link", "show", "cni0"], capture_output=True).returncode == 0:
         left.append("link cni0")
+    left += [f"ipset {n}" for n in _ipsets()]
     netns = Path("/var/run/netns")
     if netns.is_dir():
         left += [f"netns {n.name}" for n in netns.iterdir() if n.name.startswith("cni-")]

@@ -228,8 +228,36 @@ def test_operator_rbac_covers_what_it_creates() -> None:
             for verb in rule["verbs"]:
                 assert allowed("interlace.dev", res, verb), (res, verb)
     for group, res in [("", "serviceaccounts"), ("rbac.authorization.k8s.io", "roles"),
-                       ("rbac.authorization.k8s.io", "rolebindings"), ("ray.io", "rayjobs"), ("", "events")]:
+                       ("rbac.authorization.k8s.io", "rolebindings"), ("ray.io", "rayjobs"), ("", "events"),
+                       ("networking.k8s.io", "networkpolicies")]:
         assert allowed(group, res, "create"), res
+
+
+def test_the_network_policy_admits_the_jobs_own_pods_and_kuberay_to_the_dashboard_only() -> None:
+    """The policy selects exactly the labels the RayJob gives its head and worker pods; it admits the
+    job's own pods (the other Ray pods, the submitter: same namespace, same prunejob label) on every
+    port and KubeRay's operator pods only on 8265; nothing else (no namespaceSelector on the job rule)."""
+    config = OperatorConfig.from_env({"INTERLACE_KUBERAY_NAMESPACE": "ray-system"})
+    peer = builders.Peer(pod_labels=config.kuberay_peer, namespace=config.kuberay_namespace)
+    policy = builders.network_policy(OWNER, (peer,))
+    rayjob = builders.rayjob(job(work_claim="work"), OWNER, attempt=1, image="img:1")
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    for template in (cluster["headGroupSpec"]["template"], cluster["workerGroupSpecs"][0]["template"]):
+        assert selector.items() <= template["metadata"]["labels"].items()
+    submitter = rayjob["spec"]["submitterPodTemplate"]["metadata"]["labels"]
+    own, kuberay = policy["spec"]["ingress"]
+    assert own == {"from": [{"podSelector": {"matchLabels": {names.LABEL_PRUNEJOB: "qwen-20"}}}]}
+    assert own["from"][0]["podSelector"]["matchLabels"].items() <= submitter.items()
+    assert kuberay == {
+        "from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}},
+                  "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ray-system"}}}],
+        "ports": [{"protocol": "TCP", "port": 8265}],
+    }
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
+    with pytest.raises(ValueError, match="INTERLACE_KUBERAY_POD_LABELS"):
+        OperatorConfig.from_env({"INTERLACE_KUBERAY_POD_LABELS": "app.kubernetes.io/name"})
 
 
 @pytest.mark.parametrize("length", [20, 47, 63, 120, 253])

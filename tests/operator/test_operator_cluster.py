@@ -42,7 +42,7 @@ def test_apply_to_succeeded(cluster: Cluster, run_operator, control_plane) -> No
     assert rj["spec"]["shutdownAfterJobFinishes"] is True
     assert rj["metadata"]["ownerReferences"][0]["controller"] is True
     for kind, name in [("serviceaccount", "life-job"), ("role", "life-job"),
-                       ("rolebinding", "life-job")]:
+                       ("rolebinding", "life-job"), ("networkpolicy", "life-ray")]:
         child = cluster.get(kind, name)
         assert child is not None, (kind, name)
         assert child["metadata"]["ownerReferences"][0]["uid"] == cluster.get("prunejob", "life")["metadata"]["uid"]
@@ -180,7 +180,7 @@ def test_delete_leaves_nothing_behind(cluster: Cluster, run_operator) -> None:
 
     def leftovers() -> list[str]:
         left = []
-        for kind in ("rayjobs", "roles", "rolebindings", "serviceaccounts"):
+        for kind in ("rayjobs", "roles", "rolebindings", "serviceaccounts", "networkpolicies"):
             left += [f"{kind}/{o['metadata']['name']}" for o in cluster.list(kind, "interlace.dev/prunejob=gone")]
         return left
 

@@ -238,6 +238,65 @@ def _probe_ray_auth(cp: ControlPlane, ns: str) -> dict[str, int] | None:
         return None
 
 
+# Connects to each host:port given (in parallel, 3 s each) and prints "<target> open" or the error's name.
+_REACH = (
+    "import socket, sys, concurrent.futures as cf\n"
+    "def reach(target):\n"
+    "    host, port = target.rsplit(':', 1)\n"
+    "    try:\n"
+    "        socket.create_connection((host, int(port)), timeout=3).close()\n"
+    "        return 'open'\n"
+    "    except OSError as e:\n"
+    "        return type(e).__name__\n"
+    "for t, r in zip(sys.argv[1:], cf.ThreadPoolExecutor(8).map(reach, sys.argv[1:])):\n"
+    "    print(t, r)\n"
+)
+RAY_PORTS = (6379, 8265, 10001)  # the GCS, the dashboard and job API, the Ray client server
+
+
+def _prober(cp: ControlPlane, node: RealNode, ns: str, name: str) -> None:
+    """A pod that only waits, to connect from (Pod Security restricted, as the job's namespace enforces)."""
+    cp.create({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {"securityContext": podpolicy.merged(podpolicy.POD_SECURITY_CONTEXT, None),
+                 "terminationGracePeriodSeconds": 1,
+                 "containers": [{"name": "main", "image": node.images["runtime"], "imagePullPolicy": "Never",
+                                 "command": ["python", "-c", "import time; time.sleep(86400)"],
+                                 "securityContext": podpolicy.merged(podpolicy.CONTAINER_SECURITY_CONTEXT, None),
+                                 "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}}}]},
+    }, namespace=ns)
+
+
+def _reach_from(cp: ControlPlane, ns: str, pod: str | None, targets: list[str]) -> dict[str, str]:
+    """What `pod` (None: this machine, the node itself) can connect to."""
+    if pod is None:
+        out = subprocess.run([sys.executable, "-c", _REACH, *targets], capture_output=True, text=True,
+                             timeout=30).stdout
+    else:
+        out = cp.kubectl("exec", pod, "-n", ns, "--", "python", "-c", _REACH, *targets, timeout=60).stdout
+    return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+
+
+def _probe_ray_network(cp: ControlPlane, ns: str, others: list[tuple[str, str]], control: str) -> dict[str, Any] | None:
+    """The job's NetworkPolicy on the live head: from each (namespace, pod) in `others` (pods that are
+    not the job's), the head's RAY_PORTS and, as the control that the prober's network works, `control`
+    (a pod no policy selects); from the node itself the head's ports (they listen). None while the
+    head has no IP yet."""
+    heads = _ray_pods(cp, ns, "head")
+    if not heads or not heads[0]["status"].get("podIP"):
+        return None
+    ip = heads[0]["status"]["podIP"]
+    targets = [f"{ip}:{port}" for port in RAY_PORTS]
+    node = _reach_from(cp, ns, None, targets)
+    if any(r != "open" for r in node.values()):
+        return None  # the head is not listening on every port yet
+    seen: dict[str, Any] = {"node": {t.rsplit(":", 1)[1]: r for t, r in node.items()}}
+    for other_ns, pod in others:
+        got = _reach_from(cp, other_ns, pod, [*targets, control])
+        seen[f"{other_ns}/{pod}"] = {("control" if t == control else t.rsplit(":", 1)[1]): r for t, r in got.items()}
+    return seen
+
+
 def _newest_checkpoint(work_root: Path) -> dict[str, Any]:
     """The training's own record on the shared volume (a checkpoint every step), read directly: the
     status shows progress at most every 10 s, and on a quiet machine all the steps between two faults
@@ -313,14 +372,22 @@ def test_prunejob_of_the_embedded_default_survives_operator_worker_and_head_faul
        to the new head, or the attempt fails and the operator starts the next one (a new RayJob);
        both reuse plan.json and resume from the checkpoints on the shared volume.
     While it analyses, the head's job API is probed from outside its pods: Ray's token authentication
-    refuses a listing or a submission without the token KubeRay generated. The PruneJob still
+    refuses a listing or a submission without the token KubeRay generated; and the job's NetworkPolicy
+    (enforced by kube-router on the node) keeps a pod of another namespace, and a pod of the same
+    namespace that is not the job's, from connecting to the head's GCS, job API and client ports, while
+    the node itself (kubelet, the apiserver's proxy that KubeRay uses) and the job's own pods connect. The PruneJob still
     succeeds, with exactly one RayJob per attempt and never two Ray clusters at once, no (re)start
     of the training after the first began at step 0, and the model it publishes to the bucket is
     the one it scored. (These were two runs of the same job, one clean and one with
     faults; CI's time is now spent once.)"""
     cp, node = real_cluster
     ns = real_namespace
+    # Pods that are not the job's, to connect from: one in another tenant's namespace, one in the job's.
+    tenant = cp.create_namespace(prefix="other-tenant")
+    _prober(cp, node, tenant, "prober")
+    _prober(cp, node, ns, "neighbour")
     s3 = _s3_server(cp, node, ns, "s3-creds")
+    s3_ip = cp.kubectl_json("get", "pods", "-n", ns, "-l", "app=s3")["items"][0]["status"]["podIP"]
     volume_dir = cp.workdir / "volumes" / ns
     cp.apply([_pv(f"pv-{ns}", volume_dir)])
     cp.create(_pvc("work", f"pv-{ns}"), namespace=ns)
@@ -353,10 +420,13 @@ def test_prunejob_of_the_embedded_default_survives_operator_worker_and_head_faul
             clusters_seen.append(sorted(names))
 
     auth: dict[str, int] = {}
+    reach: dict[str, Any] = {}
 
     def inject(st: dict[str, Any]) -> None:
         if not auth and st.get("stage") in ("Analyzing", "Planning", "Finetuning"):
             auth.update(_probe_ray_auth(cp, ns) or {})
+        if not reach and st.get("stage") in ("Analyzing", "Planning", "Finetuning"):
+            reach.update(_probe_ray_network(cp, ns, [(tenant, "prober"), (ns, "neighbour")], f"{s3_ip}:5000") or {})
         if "operator" not in done and st.get("stage") in ("Analyzing", "Planning", "Finetuning"):
             op = cp.kubectl_json("get", "pods", "-n", OPERATOR_NS, "-l", "app.kubernetes.io/component=operator")
             cp.kubectl("delete", "pod", "-n", OPERATOR_NS, op["items"][0]["metadata"]["name"], "--wait=false")
@@ -399,6 +469,15 @@ def test_prunejob_of_the_embedded_default_survives_operator_worker_and_head_faul
     # Ray's token authentication held on the live head: no listing or submission without the token.
     assert auth == {"list without token": 401, "submit without token": 401, "submit with a wrong token": 403,
                     "list with the token": 200}, auth
+    # The job's NetworkPolicy held on the live head: the node reaches its ports (they listen); the
+    # other tenant's pod and the job's neighbour reach none of them, and reach an unguarded pod.
+    ports = [str(p) for p in RAY_PORTS]
+    assert reach.get("node") == dict.fromkeys(ports, "open"), reach
+    for who in (f"{tenant}/prober", f"{ns}/neighbour"):
+        assert reach[who]["control"] == "open", reach
+        assert all(reach[who][p] != "open" for p in ports), reach
+    policy = cp.kubectl_json("get", "networkpolicy", "smollm2-ray", "-n", ns)
+    assert policy["metadata"]["ownerReferences"][0]["kind"] == "PruneJob", policy["metadata"]
     # The faults happened, in order, and the attempts stayed apart.
     assert {"operator", "worker", "head"} <= set(done), done
     assert all(len(names) <= 1 for names in clusters_seen), clusters_seen
@@ -512,6 +591,7 @@ print(json.dumps({{"ppl": perplexity(model, tok, samples, batch_size=job.spec.ev
     assert proc.returncode == 0, proc.stderr[-3000:]
     measured = json.loads(proc.stdout.strip().splitlines()[-1])["ppl"]
     assert measured == pytest.approx(ppl["perplexity (in domain)"]["pruned"], rel=1e-3)
+    cp.delete_namespace(tenant)
     print(f"real-pod PruneJob with three faults: {wall:.0f} s from apply to Succeeded, {st['attempts']} "
           f"attempt(s), faults {done}; operator installed in {operator_release['installed_s']} s")
 
