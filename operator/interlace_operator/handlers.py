@@ -175,7 +175,7 @@ async def prunejob_event(event: kopf.RawEvent, body: kopf.Body, namespace: str, 
     phase = (body.get("status") or {}).get("phase")
     rt.metrics.set_phase(namespace, name, phase)
     rt.metrics.set_info(namespace, name, dict(body))
-    if rt.reconciler.is_own_write("PruneJob", namespace, name, body.metadata.get("resourceVersion")):
+    if rt.reconciler.writer.is_own_write("PruneJob", namespace, name, body.metadata.get("resourceVersion")):
         return  # the echo of our own status patch: that reconcile already decided what comes next
     if phase in TERMINAL_PHASES and (body.get("status") or {}).get("observedGeneration") == body.metadata.get(
         "generation"
@@ -190,6 +190,6 @@ async def rayjob_event(body: kopf.Body, namespace: str, **_: Any) -> None:
     owner = controller_of(dict(body))
     if not owner:
         return
-    if rt.reconciler.is_own_write("RayJob", namespace, body.metadata.get("name"), body.metadata.get("resourceVersion")):
+    if rt.reconciler.writer.is_own_write("RayJob", namespace, body.metadata.get("name"), body.metadata.get("resourceVersion")):
         return  # the echo of our own create/patch
     rt.queue.add((namespace, owner))

@@ -4,6 +4,11 @@ kopf does the watching (with reconnects and timeouts); the reconciler, which run
 does its reads and writes here. Everything is plain dicts in and out, every request has a timeout,
 status writes are JSON merge patches on the /status subresource, and children are created or
 adopted, never blindly replaced.
+
+The only module that knows the client: the answers the reconciler acts on are translated here, where
+the call is made, into the domain's errors (NameTaken, Refused, Stale, KubeRayMissing, KueueMissing,
+ConflictError; a 404 on a read is None). Any other ApiException propagates as it is: a transient
+failure the work queue retries with backoff.
 """
 
 from __future__ import annotations
@@ -27,6 +32,37 @@ KUEUE_GROUP = "kueue.x-k8s.io"
 # v1beta2 since Kueue 0.15; v1beta1 for older releases (the fields read here are the same in both).
 KUEUE_VERSIONS = ("v1beta2", "v1beta1")
 KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
+
+
+class NameTaken(RuntimeError):
+    """A create found an object of that name (409): create-or-adopt decides whether it is ours."""
+
+
+class Refused(RuntimeError):
+    """The API server refuses the object (400, 403 or 422: schema, admission, a webhook); the message is
+    the API's own, what kubectl would print."""
+
+
+class Stale(RuntimeError):
+    """A write with a resourceVersion precondition found the object changed since it was read (409)."""
+
+
+class KubeRayMissing(RuntimeError):
+    """The RayJob CRD (ray.io/v1) is not installed."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the RayJob CRD (rayjobs.ray.io, ray.io/v1) is not installed in this cluster: install the KubeRay "
+            "operator (>= 1.3); this PruneJob starts once it is there"
+        )
+
+
+def api_message(err: Exception) -> str:
+    """The `message` of a Kubernetes Status answer (what kubectl would print)."""
+    try:
+        return str(json.loads(getattr(err, "body", "") or "{}").get("message") or err)
+    except ValueError:
+        return str(err)
 
 
 class ConflictError(RuntimeError):
@@ -101,14 +137,21 @@ class Kube:
     def patch_prunejob_status(
         self, namespace: str, name: str, status: dict[str, Any], *, resource_version: str | None = None
     ) -> dict[str, Any]:
-        """Merge-patch status; with `resource_version` the write fails with 409 if the object changed."""
+        """Merge-patch status; with `resource_version` the write raises Stale if the object changed."""
+        from kubernetes.client.exceptions import ApiException
+
         body: dict[str, Any] = {"status": status}
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
-        return self.custom.patch_namespaced_custom_object_status(
-            API_GROUP, API_VERSION, namespace, PLURAL, name, body,
-            _content_type=MERGE_PATCH, _request_timeout=REQUEST_TIMEOUT,
-        )
+        try:
+            return self.custom.patch_namespaced_custom_object_status(
+                API_GROUP, API_VERSION, namespace, PLURAL, name, body,
+                _content_type=MERGE_PATCH, _request_timeout=REQUEST_TIMEOUT,
+            )
+        except ApiException as err:
+            if err.status == 409 and resource_version:
+                raise Stale(f"PruneJob {namespace}/{name} changed since it was read") from None
+            raise
 
     # ------------------------------------------------------------------ RayJobs
 
@@ -126,11 +169,21 @@ class Kube:
 
     def create_rayjob(self, body: dict[str, Any]) -> dict[str, Any]:
         """Strict field validation: a field the installed KubeRay CRD lacks (authOptions before v1.5.1) is
-        refused (400), not silently pruned (a Ray cluster without its token authentication)."""
-        return self.custom.create_namespaced_custom_object(
-            "ray.io", "v1", body["metadata"]["namespace"], "rayjobs", body, field_validation="Strict",
-            _request_timeout=REQUEST_TIMEOUT,
-        )
+        refused (400), not silently pruned (a Ray cluster without its token authentication). Raises
+        NameTaken (409) or KubeRayMissing (404: no RayJob CRD)."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self.custom.create_namespaced_custom_object(
+                "ray.io", "v1", body["metadata"]["namespace"], "rayjobs", body, field_validation="Strict",
+                _request_timeout=REQUEST_TIMEOUT,
+            )
+        except ApiException as err:
+            if err.status == 404:
+                raise KubeRayMissing() from None
+            if err.status == 409:
+                raise NameTaken(body["metadata"]["name"]) from None
+            raise
 
     def patch_rayjob(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         return self.custom.patch_namespaced_custom_object(
@@ -241,17 +294,28 @@ class Kube:
 
     def dry_run_create(self, body: dict[str, Any]) -> None:
         """Create `body` with server-side dry run (dryRun=All): admission, schema validation and
-        webhooks run, nothing is stored. Raises the API's ApiException (409 means the name is taken,
-        which create-or-adopt deals with later)."""
+        webhooks run, nothing is stored. Raises NameTaken (409: create-or-adopt deals with it later),
+        Refused (400/403/422), KubeRayMissing (404 for a RayJob)."""
+        from kubernetes.client.exceptions import ApiException
+
         ns = body["metadata"]["namespace"]
-        if body["kind"] == "RayJob":
-            self.custom.create_namespaced_custom_object(
-                "ray.io", "v1", ns, "rayjobs", body, dry_run="All", field_validation="Strict",
-                _request_timeout=REQUEST_TIMEOUT,
-            )
-            return
-        create, _, _ = self._crud(body["kind"])
-        create(ns, body, dry_run="All", _preload_content=False, _request_timeout=REQUEST_TIMEOUT).data  # noqa: B018
+        try:
+            if body["kind"] == "RayJob":
+                self.custom.create_namespaced_custom_object(
+                    "ray.io", "v1", ns, "rayjobs", body, dry_run="All", field_validation="Strict",
+                    _request_timeout=REQUEST_TIMEOUT,
+                )
+                return
+            create, _, _ = self._crud(body["kind"])
+            create(ns, body, dry_run="All", _preload_content=False, _request_timeout=REQUEST_TIMEOUT).data  # noqa: B018
+        except ApiException as err:
+            if err.status == 409:
+                raise NameTaken(body["metadata"]["name"]) from None
+            if err.status == 404 and body["kind"] == "RayJob":
+                raise KubeRayMissing() from None
+            if err.status in (400, 403, 422):
+                raise Refused(api_message(err)) from None
+            raise
 
     def ensure(self, body: dict[str, Any], owner_uid: str, content_keys: tuple[str, ...] = ()) -> str:
         """Create `body`, or adopt the existing object of that name if this PruneJob (its UID) is its

@@ -23,12 +23,10 @@ diff, so a restart does not repeat them.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -36,15 +34,21 @@ from interlace.schema.spec import (
     API_GROUP,
     API_VERSION,
     KIND,
-    PruneJob,
     SpecError,
     parse_prunejob,
-    retention_line,
 )
 from interlace.schema.status import Phase
 from interlace_operator import builders, names
 from interlace_operator.config import OperatorConfig
-from interlace_operator.kube import ConflictError, Kube, KueueMissing
+from interlace_operator.kube import (
+    ConflictError,
+    Kube,
+    KubeRayMissing,
+    KueueMissing,
+    NameTaken,
+    Refused,
+    Stale,
+)
 from interlace_operator.machine import (
     KUEUE_NO_WORKLOAD_RECHECK,
     WORKLOAD_SUSPENDED_ANNOTATION,
@@ -66,33 +70,23 @@ from interlace_operator.machine import (
 from interlace_operator.metrics import Metrics
 from interlace_operator.status import (
     JDS_FINISHED,
-    STAGE_VALUES,
     TERMINAL_PHASES,
     Outcome,
     cluster_provisioned,
+    condition_reason,
     desired_conditions,
-    differs,
     merge_conditions,
     observe_rayjob,
     parse_time,
     pod_problems,
-    rayjob_mirror,
     rfc3339,
-    strip_none,
     utcnow,
 )
+from interlace_operator.writer import Ctx, StatusWriter
 
 log = logging.getLogger(__name__)
 
-
-class KubeRayMissing(Exception):
-    """The RayJob CRD (ray.io/v1) is not installed."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            "the RayJob CRD (rayjobs.ray.io, ray.io/v1) is not installed in this cluster: install the KubeRay "
-            "operator (>= 1.3); this PruneJob starts once it is there"
-        )
+_AGAIN = object()  # _act: observe and decide again at once
 
 
 class Requeue(Exception):
@@ -101,24 +95,6 @@ class Requeue(Exception):
     def __init__(self, delay: float, why: str) -> None:
         super().__init__(why)
         self.delay = delay
-
-
-@dataclass
-class Ctx:
-    """What one reconcile knows about its PruneJob."""
-
-    body: dict[str, Any]
-    job: PruneJob
-    owner: builders.Owner
-    status: dict[str, Any]
-    now: datetime
-    first: bool = False  # the first reconcile of this PruneJob in this process
-    replayed: bool = False  # its events were replayed in this pass (see _replay_events)
-    recheck: float | None = None  # look again after this many seconds at the latest (e.g. while queued)
-
-    @property
-    def generation(self) -> int | None:
-        return self.body["metadata"].get("generation")
 
 
 class Reconciler:
@@ -133,9 +109,7 @@ class Reconciler:
         self.config = config
         self.metrics = metrics
         self.clock = clock
-        # resourceVersions this process wrote, by (kind, namespace, name): watch events carrying them
-        # report our own writes, which need no reconcile (see handlers.py).
-        self.own_versions: dict[tuple[str, str, str], str] = {}
+        self.writer = StatusWriter(kube, metrics, clock)
         # PruneJobs whose "did a previous run create an attempt it never recorded?" probe is done:
         # within one process every RayJob created is recorded before the next reconcile of the job.
         self._probed: set[tuple[str, str]] = set()
@@ -143,28 +117,10 @@ class Reconciler:
         self._replayed: set[tuple[str, str]] = set()
         self._children_pool = ThreadPoolExecutor(max_workers=max(4, config.workers), thread_name_prefix="children")
 
-    def is_own_write(self, kind: str, namespace: str, name: str | None, resource_version: str | None) -> bool:
-        if name is None or resource_version is None:
-            return False
-        return self.own_versions.get((kind, namespace, name)) == resource_version
-
-    def _patch_status(self, ctx: Ctx, patch: dict[str, Any], resource_version: str | None = None) -> None:
-        result = self.kube.patch_prunejob_status(
-            ctx.owner.namespace, ctx.owner.name, patch, resource_version=resource_version
-        )
-        rv = (result or {}).get("metadata", {}).get("resourceVersion")
-        if rv:
-            self.own_versions[("PruneJob", ctx.owner.namespace, ctx.owner.name)] = rv
-
-    def _record_rayjob(self, rayjob: dict[str, Any]) -> None:
-        meta = rayjob.get("metadata", {})
-        if meta.get("resourceVersion"):
-            self.own_versions[("RayJob", meta["namespace"], meta["name"])] = meta["resourceVersion"]
-
     def forget(self, namespace: str, name: str) -> None:
         self._probed.discard((namespace, name))
         self._replayed.discard((namespace, name))
-        self.own_versions.pop(("PruneJob", namespace, name), None)
+        self.writer.forget(namespace, name)
 
     # ================================================================== entry point
 
@@ -191,7 +147,7 @@ class Reconciler:
         self._replayed.add((namespace, name))
         if status.get("phase") in TERMINAL_PHASES and not _fixed_invalid_spec(body, status):
             if first:
-                self._replay_terminal(body, status)
+                self.writer.replay_terminal(body, status)
             return None
 
         now = self.clock()
@@ -207,7 +163,7 @@ class Reconciler:
             )
         except SpecError as err:
             ctx = Ctx(body, None, builders.Owner.from_body(body), status, now)  # type: ignore[arg-type]
-            self._finish(ctx, Outcome(Phase.FAILED.value, "InvalidSpec", str(err), finished=True, failed=True), None)
+            self.writer.finish(ctx, Outcome(Phase.FAILED.value, "InvalidSpec", str(err), finished=True, failed=True), None)
             return None
         ctx = Ctx(body, job, builders.Owner.from_body(body), status, now, first=first)
         try:
@@ -216,67 +172,116 @@ class Reconciler:
             # ChildConflict: something else holds one of our deterministic names (reported, never
             # adopted). KubeRayMissing: no RayJob CRD. Both wait, with one event per episode.
             reason = "ChildConflict" if isinstance(err, ConflictError) else "KubeRayMissing"
-            self._write(ctx, Outcome(Phase.PENDING.value, reason, str(err)), None)
-            self._event(ctx, "Warning", reason, str(err))  # one per attempt and generation (its name)
+            self.writer.write(ctx, Outcome(Phase.PENDING.value, reason, str(err)), None)
+            self.writer.event(ctx, "Warning", reason, str(err))  # one per attempt and generation (its name)
             delay = 30.0 if isinstance(err, ConflictError) else self.config.kuberay_retry_seconds
             raise Requeue(delay, str(err)) from None
 
     def _run(self, ctx: Ctx) -> float | None:
         """Observe, decide (machine.decide: pure), act; again after a step that changes what is observed."""
-        namespace, name = ctx.owner.namespace, ctx.owner.name
         while True:
             obs = self._observe(ctx)
-            step = decide(obs)
-            match step:
-                case Accept():
-                    refused = self._preflight(ctx)
-                    if refused is not None:
-                        self._finish(ctx, refused, None)
-                        return None
-                    self._accept(ctx)
-                    # RayJobs are only ever created after startTime is recorded: nothing to adopt yet.
-                    self._probed.add((namespace, name))
-                case Start(attempt=attempt, retry=retry, recreated=recreated):
-                    if recreated:
-                        self._event(ctx, "Warning", "RayJobMissing",
-                                    f"RayJob {obs.rayjob_name} disappeared before it finished; recreating it")
-                    return self._start_attempt(ctx, attempt, retry=retry)
-                case SetSuspend(want=want):
-                    assert obs.rayjob is not None
-                    rj = obs.rayjob["metadata"]["name"]
-                    self._record_rayjob(self.kube.patch_rayjob(namespace, rj, {"spec": {"suspend": want}}))
-                    self._event(
-                        ctx, "Normal", "Suspending" if want else "Resuming",
-                        f"{'suspending' if want else 'resuming'} RayJob {rj}"
-                        + (" (its Ray cluster is deleted)" if want else ""),
-                    )
-                case SetActiveSince(since=since):
-                    value = rfc3339(since) if since is not None else None
-                    self._patch_status(ctx, {"activeSince": value})
-                    if value is None:
-                        ctx.status.pop("activeSince", None)
-                    else:
-                        ctx.status["activeSince"] = value
-                case SetWorkloadActive(want=want):
-                    assert obs.workload is not None and obs.rayjob is not None
-                    wl, rj = obs.workload["metadata"]["name"], obs.rayjob["metadata"]["name"]
-                    self.kube.patch_workload(obs.workload, {
-                        "metadata": {"annotations": {WORKLOAD_SUSPENDED_ANNOTATION: None if want else "true"}},
-                        "spec": {"active": want},
-                    })
-                    self._event(
-                        ctx, "Normal", "Resuming" if want else "Suspending",
-                        f"reactivated Kueue Workload {wl}: Kueue queues RayJob {rj} again" if want else
-                        f"deactivated Kueue Workload {wl}: Kueue evicts RayJob {rj} (its Ray cluster is deleted) "
-                        "and releases its quota",
-                    )
-                case Expire():
-                    if step.release and obs.rayjob is not None:
-                        self.kube.delete_rayjob(namespace, obs.rayjob["metadata"]["name"])
-                    self._finish(ctx, step.outcome, step.mirror, attempts=obs.attempts)
+            result = self._act(ctx, obs, decide(obs))
+            if result is not _AGAIN:
+                return result  # type: ignore[return-value]
+
+    def _act(self, ctx: Ctx, obs: Observation, step: Step) -> float | object | None:
+        """Carry out one step of the machine: the one dispatch over machine.Step. Returns when to look
+        again (seconds, None: on the next event), or _AGAIN to observe and decide once more at once.
+
+        A step that writes an outcome also does what goes with it: its events, a retry, and the
+        release of a failed attempt's RayJob only after the failure is recorded (a crash loses nothing)."""
+        namespace, name = ctx.owner.namespace, ctx.owner.name
+        if isinstance(step, Report | Finish | HoldSuspended | WaitRetry | Retry) and step.conflict_event:
+            self.writer.event(ctx, "Warning", "RayJobStatusConflict", step.outcome.message)
+
+        def release() -> None:
+            if getattr(step, "release", False) and obs.rayjob is not None:
+                self.kube.delete_rayjob(namespace, obs.rayjob["metadata"]["name"])
+
+        match step:
+            case Accept():
+                refused = self._preflight(ctx)
+                if refused is not None:
+                    self.writer.finish(ctx, refused, None)
                     return None
-                case _:
-                    return self._carry_out(ctx, obs, step)
+                self._accept(ctx)
+                # RayJobs are only ever created after startTime is recorded: nothing to adopt yet.
+                self._probed.add((namespace, name))
+                return _AGAIN
+            case Start(attempt=attempt, retry=retry, recreated=recreated):
+                if recreated:
+                    self.writer.event(ctx, "Warning", "RayJobMissing",
+                                      f"RayJob {obs.rayjob_name} disappeared before it finished; recreating it")
+                return self._start_attempt(ctx, attempt, retry=retry)
+            case SetSuspend(want=want):
+                assert obs.rayjob is not None
+                rj = obs.rayjob["metadata"]["name"]
+                self.writer.record_rayjob(self.kube.patch_rayjob(namespace, rj, {"spec": {"suspend": want}}))
+                self.writer.event(
+                    ctx, "Normal", "Suspending" if want else "Resuming",
+                    f"{'suspending' if want else 'resuming'} RayJob {rj}"
+                    + (" (its Ray cluster is deleted)" if want else ""),
+                )
+                return _AGAIN
+            case SetActiveSince(since=since):
+                value = rfc3339(since) if since is not None else None
+                self.writer.patch(ctx, {"activeSince": value})
+                if value is None:
+                    ctx.status.pop("activeSince", None)
+                else:
+                    ctx.status["activeSince"] = value
+                return _AGAIN
+            case SetWorkloadActive(want=want):
+                assert obs.workload is not None and obs.rayjob is not None
+                wl, rj = obs.workload["metadata"]["name"], obs.rayjob["metadata"]["name"]
+                self.kube.patch_workload(obs.workload, {
+                    "metadata": {"annotations": {WORKLOAD_SUSPENDED_ANNOTATION: None if want else "true"}},
+                    "spec": {"active": want},
+                })
+                self.writer.event(
+                    ctx, "Normal", "Resuming" if want else "Suspending",
+                    f"reactivated Kueue Workload {wl}: Kueue queues RayJob {rj} again" if want else
+                    f"deactivated Kueue Workload {wl}: Kueue evicts RayJob {rj} (its Ray cluster is deleted) "
+                    "and releases its quota",
+                )
+                return _AGAIN
+            case Expire():
+                release()
+                self.writer.finish(ctx, step.outcome, step.mirror, attempts=obs.attempts)
+                return None
+            case Report():
+                self.writer.write(ctx, step.outcome, step.mirror, attempts=obs.attempts)
+                ctx.recheck = step.recheck
+                return self._next_check(ctx)
+            case Finish():
+                outcome = step.outcome
+                if outcome.phase == Phase.SUCCEEDED.value:
+                    # The condition message (and the event) name the plan, the output and the retention.
+                    outcome = dataclasses.replace(outcome, message=self.writer.success_message(ctx, outcome))
+                self.writer.finish(ctx, outcome, step.mirror, attempts=obs.attempts)
+                release()
+                return None
+            case HoldSuspended():
+                self.writer.write(ctx, step.outcome, step.mirror, attempts=obs.attempts)
+                release()
+                return None
+            case WaitRetry():
+                self.writer.write(ctx, step.outcome, step.mirror, attempts=obs.attempts)
+                self.writer.event(ctx, "Warning", "AttemptFailed", step.outcome.message)  # one per attempt (its name)
+                release()
+                return max(0.05, (step.due - ctx.now).total_seconds())
+            case Retry():
+                release()
+                result = self._start_attempt(ctx, step.attempt, retry=True)
+                # posted once the new attempt is recorded; a rerun after a crash posts the same name
+                self.writer.event(
+                    ctx, "Normal", "Retrying",
+                    f"started attempt {step.attempt} of {ctx.job.spec.backoff_limit + 1} after: {step.outcome.message}",
+                    key=f"attempt-{step.attempt}",
+                )
+                return result
+        raise AssertionError(f"unhandled step {step!r}")
 
     def _observe(self, ctx: Ctx) -> Observation:
         """Read what decide() needs: adopt attempts a crashed run created, the current RayJob."""
@@ -304,7 +309,7 @@ class Reconciler:
             problems = self._pod_problems(ctx, current, attempts)
         if ctx.first and status.get("startTime") and not ctx.replayed:
             ctx.replayed = True
-            self._replay_events(ctx, attempts, current)
+            self.writer.replay_events(ctx, attempts, current)
         return Observation(
             started=bool(status.get("startTime")),
             attempts=attempts,
@@ -339,51 +344,6 @@ class Reconciler:
                 if ((p.get("metadata") or {}).get("labels") or {}).get(names.LABEL_ATTEMPT, str(attempt)) == str(attempt)]
         return tuple(pod_problems(mine, events))
 
-    def _carry_out(self, ctx: Ctx, obs: Observation, step: Step) -> float | None:
-        """The steps that write an outcome to status (and what goes with each: events, a retry, the
-        release of a failed attempt's RayJob after the failure is recorded, so a crash loses nothing)."""
-        assert isinstance(step, Report | Finish | HoldSuspended | WaitRetry | Retry)
-        if step.conflict_event:
-            self._event(ctx, "Warning", "RayJobStatusConflict", step.outcome.message)
-
-        def release() -> None:
-            if step.release and obs.rayjob is not None:
-                self.kube.delete_rayjob(ctx.owner.namespace, obs.rayjob["metadata"]["name"])
-
-        match step:
-            case Report():
-                self._write(ctx, step.outcome, step.mirror, attempts=obs.attempts)
-                ctx.recheck = step.recheck
-                return self._next_check(ctx)
-            case Finish():
-                outcome = step.outcome
-                if outcome.phase == Phase.SUCCEEDED.value:
-                    # The condition message (and the event) name the plan, the output and the retention.
-                    outcome = dataclasses.replace(outcome, message=self._success_message(ctx, outcome))
-                self._finish(ctx, outcome, step.mirror, attempts=obs.attempts)
-                release()
-                return None
-            case HoldSuspended():
-                self._write(ctx, step.outcome, step.mirror, attempts=obs.attempts)
-                release()
-                return None
-            case WaitRetry():
-                self._write(ctx, step.outcome, step.mirror, attempts=obs.attempts)
-                self._event(ctx, "Warning", "AttemptFailed", step.outcome.message)  # one per attempt (its name)
-                release()
-                return max(0.05, (step.due - ctx.now).total_seconds())
-            case Retry():
-                release()
-                result = self._start_attempt(ctx, step.attempt, retry=True)
-                # posted once the new attempt is recorded; a rerun after a crash posts the same name
-                self._event(
-                    ctx, "Normal", "Retrying",
-                    f"started attempt {step.attempt} of {ctx.job.spec.backoff_limit + 1} after: {step.outcome.message}",
-                    key=f"attempt-{step.attempt}",
-                )
-                return result
-        raise AssertionError(f"unhandled step {step!r}")
-
     # ================================================================== steps
 
     def _preflight(self, ctx: Ctx) -> Outcome | None:
@@ -391,8 +351,6 @@ class Reconciler:
         run (dryRun=All), so whatever the API server (schemas, admission, KubeRay's webhooks) would
         refuse becomes a Failed condition with the API's own message instead of a frozen spec whose
         RayJob never appears. Raises KubeRayMissing when the RayJob CRD is not installed."""
-        from kubernetes.client.exceptions import ApiException
-
         problems = self.config.not_allowed(ctx.job.spec.resources)
         if problems:
             return Outcome(Phase.FAILED.value, "NotAllowed", "; ".join(problems), finished=True, failed=True)
@@ -410,27 +368,21 @@ class Reconciler:
         for child in children:
             try:
                 self.kube.dry_run_create(child)
-            except ApiException as err:
-                if err.status == 409:
-                    continue  # the name is taken: create-or-adopt decides (ours, or a conflict)
-                if err.status == 404 and child["kind"] == "RayJob":
-                    raise KubeRayMissing() from None
-                if err.status in (400, 403, 422):
-                    return Outcome(
-                        Phase.FAILED.value, "ChildRejected",
-                        f"the API server refuses the {child['kind']} this spec makes: {_api_message(err)}",
-                        finished=True, failed=True,
-                    )
-                raise
+            except NameTaken:
+                continue  # create-or-adopt decides (ours, or a conflict)
+            except Refused as err:
+                return Outcome(
+                    Phase.FAILED.value, "ChildRejected",
+                    f"the API server refuses the {child['kind']} this spec makes: {err}",
+                    finished=True, failed=True,
+                )
         return None
 
     def _accept(self, ctx: Ctx) -> None:
         """Record startTime (freezing the spec via the CRD's CEL rule) before creating anything.
 
-        The resourceVersion precondition makes this fail with 409 if the spec changed since we read
+        The resourceVersion precondition makes this fail (Stale) if the spec changed since we read
         (and validated) it; the reconcile is then simply repeated with the new spec."""
-        from kubernetes.client.exceptions import ApiException
-
         phase = Phase.SUSPENDED.value if ctx.job.spec.suspend else Phase.PENDING.value
         reason = "Suspended" if ctx.job.spec.suspend else "Accepted"
         message = "validated; creating the Ray job" if not ctx.job.spec.suspend else "created suspended"
@@ -447,11 +399,9 @@ class Reconciler:
             ),
         }
         try:
-            self._patch_status(ctx, patch, resource_version=ctx.body["metadata"]["resourceVersion"])
-        except ApiException as err:
-            if err.status == 409:
-                raise Requeue(0.2, "PruneJob changed while being accepted") from None
-            raise
+            self.writer.patch(ctx, patch, resource_version=ctx.body["metadata"]["resourceVersion"])
+        except Stale:
+            raise Requeue(0.2, "PruneJob changed while being accepted") from None
         ctx.status.update({k: v for k, v in patch.items() if v is not None})
         ctx.status.pop("completionTime", None)
 
@@ -503,8 +453,6 @@ class Reconciler:
 
     def _start_attempt(self, ctx: Ctx, attempt: int, *, retry: bool) -> float | None:
         """Create (or adopt) the RayJob of `attempt`, then record it in status."""
-        from kubernetes.client.exceptions import ApiException
-
         owner, job = ctx.owner, ctx.job
         self._ensure_children(ctx)  # ConflictError: reported by _reconcile
         # KubeRay's own deadline for this RayJob: what is left of spec.activeDeadlineSeconds, all of it
@@ -521,12 +469,8 @@ class Reconciler:
         created = True
         try:
             rayjob = self.kube.create_rayjob(body)
-            self._record_rayjob(rayjob)
-        except ApiException as err:
-            if err.status == 404:
-                raise KubeRayMissing() from None
-            if err.status != 409:
-                raise
+            self.writer.record_rayjob(rayjob)
+        except NameTaken:
             adopted = self.kube.get_rayjob(owner.namespace, rj_name)
             if adopted is None:
                 raise Requeue(0.5, f"RayJob {rj_name} vanished while adopting it") from None
@@ -553,23 +497,11 @@ class Reconciler:
             outcome = observe_rayjob(rayjob, stage=None, dry_run=job.spec.dry_run)
             if outcome.finished:  # an adopted attempt that already ended: settle on the next pass
                 outcome = Outcome(Phase.PENDING.value, "ClusterInitializing", f"RayJob {rj_name} adopted")
-        self._write(ctx, outcome, self._mirror(ctx, rayjob, finished=False), attempts=attempt)
+        self.writer.write(ctx, outcome, self.writer.mirror(ctx, rayjob, finished=False), attempts=attempt)
         # After the attempt is recorded, also when adopted: a run killed between creating the RayJob
         # and this line never posted it, and the deterministic event name keeps it to one.
-        self._rayjob_created_event(ctx, attempt)
+        self.writer.rayjob_created_event(ctx, attempt)
         return self._next_check(ctx)
-
-    def _rayjob_created_event(self, ctx: Ctx, attempt: int) -> None:
-        job = ctx.job
-        res = job.spec.resources
-        gpus = f"{res.workers} worker(s) x {res.gpus_per_worker} GPU"
-        rj_name = names.rayjob_name(ctx.owner.name, attempt)
-        self._event(
-            ctx, "Normal", "RayJobCreated",
-            f"created RayJob {rj_name} (attempt {attempt} of {job.spec.backoff_limit + 1}, {gpus}; "
-            f"{self._summary(job)})",
-            key=f"attempt-{attempt}",
-        )
 
     def _next_check(self, ctx: Ctx) -> float | None:
         """While running, look again at the deadline (events cover everything else), sooner when
@@ -580,162 +512,8 @@ class Reconciler:
             until = ctx.recheck if until is None else min(until, ctx.recheck)
         return until
 
-    # ================================================================== writing
-
-    def _mirror(self, ctx: Ctx, rayjob: dict[str, Any] | None, *, finished: bool) -> dict[str, Any] | None:
-        if rayjob is None:
-            return ctx.status.get("rayJob")
-        return rayjob_mirror(rayjob, ctx.status.get("rayJob"), finished=finished, now=ctx.now)
-
-    def _finish(self, ctx: Ctx, outcome: Outcome, mirror: dict[str, Any] | None, attempts: int | None = None) -> None:
-        start = parse_time(ctx.status.get("startTime")) or ctx.now
-        self._write(ctx, outcome, mirror, attempts=attempts, completion=ctx.now)
-        if self.metrics:
-            self.metrics.durations.labels(outcome.phase.lower()).observe(max(0.0, (ctx.now - start).total_seconds()))
-
-    def _write(
-        self,
-        ctx: Ctx,
-        outcome: Outcome,
-        mirror: dict[str, Any] | None,
-        *,
-        attempts: int | None = None,
-        completion: datetime | None = None,
-    ) -> None:
-        """Merge-patch the operator-owned status fields that changed, and post transition events."""
-        old = dict(ctx.status)  # a snapshot: ctx.status is updated below
-        new: dict[str, Any] = {
-            "phase": outcome.phase,
-            "observedGeneration": ctx.generation,
-            "conditions": merge_conditions(
-                old.get("conditions"),
-                desired_conditions(outcome.phase, outcome.reason, outcome.message, ready=outcome.ready),
-                generation=ctx.generation,
-                now=ctx.now,
-            ),
-        }
-        if attempts is not None:
-            new["attempts"] = attempts
-        if mirror is not None:
-            new["rayJob"] = mirror
-        if completion is not None and not old.get("completionTime"):
-            new["completionTime"] = rfc3339(completion)
-        patch = {k: v for k, v in new.items() if differs(old.get(k), v)}
-        if patch:
-            self._patch_status(ctx, patch)
-            ctx.status.update({k: (strip_none(v) if k == "rayJob" else v) for k, v in patch.items()})
-        if self.metrics:
-            self.metrics.set_phase(ctx.owner.namespace, ctx.owner.name, outcome.phase)
-        if old.get("phase") != outcome.phase or _reason(old, "Ready") != _reason(new, "Ready"):
-            log.info(
-                "%s/%s: %s -> %s (%s: %s)", ctx.owner.namespace, ctx.owner.name, old.get("phase"),
-                outcome.phase, outcome.reason, outcome.message,
-            )
-            self._transition_event(ctx, old.get("phase"), outcome)
-
-    def _transition_event(self, ctx: Ctx, old_phase: str | None, outcome: Outcome) -> None:
-        phase = outcome.phase
-        if phase == Phase.SUCCEEDED.value:
-            self._event(ctx, "Normal", outcome.reason, outcome.message)
-        elif phase == Phase.FAILED.value:
-            self._event(ctx, "Warning", outcome.reason, outcome.message)
-        elif phase == Phase.SUSPENDED.value and old_phase != phase:
-            self._event(ctx, "Normal", "Suspended", outcome.message)
-        elif phase in STAGE_VALUES and old_phase != phase:
-            self._event(ctx, "Normal", phase, f"stage {phase} started")
-        elif phase == Phase.PENDING.value and outcome.reason in {"JobRunning", "JobSubmitted", "Queued", "Admitted"}:
-            self._event(ctx, "Normal", outcome.reason, outcome.message)
-
-    def _success_message(self, ctx: Ctx, outcome: Outcome) -> str:
-        results = ctx.status.get("results") or {}
-        plan = ctx.status.get("plan") or {}
-        bits = [outcome.message]
-        if results.get("summary"):  # a ratio sweep (every variant) or a retention target (the verdict)
-            bits.append(results["summary"])
-            return "; ".join(bits)
-        if plan.get("drop") is not None:
-            bits.append(f"dropped layers {plan['drop']} of {plan.get('numLayers')}")
-        if results.get("outputUri"):
-            bits.append(f"output {results['outputUri']}")
-        both = retention_line(results.get("retentionOutOfDomain"), results.get("retentionInDomain"))
-        if both is not None:  # spec.evaluation.outOfDomainData: both perplexity retentions, labelled
-            bits.append(both)
-        elif results.get("relativePerformance") is not None:
-            bits.append(f"retention {results['relativePerformance']:.1f}%")
-        return "; ".join(bits)
-
-    def _event(self, ctx: Ctx, type_: str, reason: str, message: str, *, key: str | None = None) -> None:
-        """Post an Event with a deterministic name: (PruneJob uid, reason, key), key defaulting to the
-        recorded attempt and the generation. Posting it again (a rerun after a crash, the replay on
-        the first reconcile of a process) hits AlreadyExists instead of making a duplicate."""
-        if key is None:
-            key = f"attempt-{ctx.status.get('attempts') or 0}/generation-{ctx.generation}"
-        digest = hashlib.sha256(f"{ctx.owner.uid}|{reason}|{key}".encode()).hexdigest()[:16]
-        self.kube.post_event(ctx.body, type_, reason, message, name=f"{ctx.owner.name}.{digest}")
-
-    def _replay_terminal(self, body: dict[str, Any], status: dict[str, Any]) -> None:
-        """_replay_events for a PruneJob that already finished."""
-        try:
-            job = parse_prunejob({"metadata": {"name": body["metadata"]["name"]}, "spec": body.get("spec")})
-        except SpecError:
-            return
-        ctx = Ctx(body, job, builders.Owner.from_body(body), status, self.clock(), first=True)
-        self._replay_events(ctx, int(status.get("attempts") or 0), None)
-
-    def _replay_events(self, ctx: Ctx, attempts: int, current: dict[str, Any] | None) -> None:
-        """First reconcile of a PruneJob in this process: post again the events of the state recorded
-        in status (its name makes each a no-op if the previous process posted it), so an operator
-        killed between a status write and its event loses nothing. Only for PruneJobs whose status
-        changed within REPLAY_WINDOW (a restart after a crash comes sooner; older PruneJobs would only
-        cost AlreadyExists answers)."""
-        status = ctx.status
-        phase = status.get("phase")
-        if not phase or not _status_written_since(ctx.body, ctx.now - REPLAY_WINDOW):
-            return
-        if attempts and (current is not None or phase in TERMINAL_PHASES):
-            self._rayjob_created_event(ctx, attempts)
-        ctype = {Phase.SUCCEEDED.value: "Succeeded", Phase.FAILED.value: "Failed"}.get(phase, "Ready")
-        cond = next((c for c in status.get("conditions") or [] if c.get("type") == ctype), None)
-        if cond and cond.get("reason"):
-            self._transition_event(ctx, None, Outcome(phase, cond["reason"], cond.get("message") or ""))
-
-    @staticmethod
-    def _summary(job: PruneJob) -> str:
-        p = job.spec.pruning
-        if p.ratios is not None:
-            amount = "ratios " + ", ".join(f"{r:g}" for r in p.ratios)
-        elif p.target is not None:
-            amount = f"target retention {p.target.min_retention:g}, at most ratio {p.target.max_ratio:g}"
-        else:
-            amount = f"ratio {p.ratio}" if p.ratio is not None else f"{p.num_layers} layers"
-        return f"{job.spec.model.source}, {p.strategy}, {amount}{', dry run' if job.spec.dry_run else ''}"
-
-
-# How far back a restarted operator re-posts the events of the recorded state (see _replay_events).
-REPLAY_WINDOW = timedelta(hours=1)
-
-
-def _status_written_since(body: dict[str, Any], since: datetime) -> bool:
-    """Whether the status subresource was written after `since` (managedFields times; no record: True)."""
-    times = [
-        t for m in body.get("metadata", {}).get("managedFields") or []
-        if m.get("subresource") == "status" and (t := parse_time(m.get("time"))) is not None
-    ]
-    return not times or max(times) >= since
-
-
 # Failures decided before the spec was frozen: the user may edit the spec and the job is looked at again.
 PRE_START_FAILURES = ("InvalidSpec", "ChildRejected", "NotAllowed")
-
-
-def _api_message(err: Exception) -> str:
-    """The `message` of a Kubernetes Status answer (what kubectl would print)."""
-    import json
-
-    try:
-        return str(json.loads(getattr(err, "body", "") or "{}").get("message") or err)
-    except ValueError:
-        return str(err)
 
 
 def _fixed_invalid_spec(body: dict[str, Any], status: dict[str, Any]) -> bool:
@@ -744,16 +522,7 @@ def _fixed_invalid_spec(body: dict[str, Any], status: dict[str, Any]) -> bool:
     startTime is only written after all of that passed)."""
     return (
         status.get("phase") == Phase.FAILED.value
-        and _reason(status, "Failed") in PRE_START_FAILURES
+        and condition_reason(status, "Failed") in PRE_START_FAILURES
         and status.get("observedGeneration") != body["metadata"].get("generation")
         and not status.get("startTime")
     )
-
-
-def _reason(status: dict[str, Any], ctype: str) -> str | None:
-    for c in status.get("conditions") or []:
-        if c.get("type") == ctype:
-            return c.get("reason")
-    return None
-
-

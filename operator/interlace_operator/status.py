@@ -332,3 +332,11 @@ def pod_problems(pods: list[dict[str, Any]], events: list[dict[str, Any]]) -> li
     if len(unique) > PROBLEMS_MAX:
         unique = [*unique[:PROBLEMS_MAX], f"and {len(unique) - PROBLEMS_MAX} more"]
     return unique
+
+
+def condition_reason(status: dict[str, Any], ctype: str) -> str | None:
+    """The reason of the condition of type `ctype` in a status, if any."""
+    for c in status.get("conditions") or []:
+        if c.get("type") == ctype:
+            return c.get("reason")
+    return None

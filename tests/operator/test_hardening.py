@@ -146,8 +146,8 @@ def test_status_policy_covers_every_operator_field_and_is_what_ships() -> None:
 
 
 def test_event_replay_only_for_recently_written_status() -> None:
-    from interlace_operator.reconcile import _status_written_since
     from interlace_operator.status import parse_time
+    from interlace_operator.writer import _status_written_since
 
     body = {"metadata": {"managedFields": [
         {"manager": "interlace-operator", "subresource": "status", "time": "2026-12-01T21:00:00Z"},
