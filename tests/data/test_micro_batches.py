@@ -72,7 +72,9 @@ def _read(log: Path) -> list[str]:
     return log.read_text().split() if log.exists() else []
 
 
-def test_two_workers_give_the_in_process_micro_batches_in_order(shards: FineVisionShards, processor: Any) -> None:
+def test_two_workers_give_the_in_process_micro_batches_in_order(
+    shards: FineVisionShards, processor: Any
+) -> None:
     spec, plan = _setup(shards)
     inline = _take(plan_micro_batches(spec, plan, processor, 1, 2, skip=4, num_workers=0), 6)
     workers = _take(plan_micro_batches(spec, plan, processor, 1, 2, skip=4, num_workers=2), 6)
