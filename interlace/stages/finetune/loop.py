@@ -303,6 +303,9 @@ def _micro_batches(
     spec = config.spec
     if config.samples is None and config.data_plan is not None:
         workers = loader_workers(config.loader_cpus)
+        logging.getLogger(__name__).info(
+            "rank %d: micro-batches from position %d, %d DataLoader worker(s)", rank, skip, workers
+        )
         plan = config.data_plan
         yield from plan_micro_batches(
             spec, plan, processor, rank, world, skip=skip, num_workers=workers, pin_memory=pin_memory
