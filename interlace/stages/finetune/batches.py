@@ -148,13 +148,12 @@ def plan_micro_batches(
     skip: int,
     num_workers: int = 0,
     pin_memory: bool = False,
-    dataset: RankMicroBatches | None = None,
 ) -> Generator[MicroBatch, None, None]:
     """This rank's micro-batches from position `skip`, forever (see the module docstring). Nothing
     starts (no worker, no read) before the first `next`; `close()` stops the workers."""
     from torch.utils.data import DataLoader
 
-    ds = dataset if dataset is not None else RankMicroBatches(spec, plan, processor, rank, world, skip=skip)
+    ds = RankMicroBatches(spec, plan, processor, rank, world, skip=skip)
     loader: DataLoader[MicroBatch] = DataLoader(
         ds,  # type: ignore[arg-type]  # map-style: __getitem__ only (the sampler is unbounded)
         batch_size=None,
