@@ -216,7 +216,7 @@ def run_pipeline(
                 finetune_data=spec.finetune.data,
                 max_length=spec.finetune.max_length,
             )
-        from interlace.runtime.placement import describe
+        from interlace.runtime.placement import describe, loader_cpus
 
         reporter.stage(Phase.FINETUNING, f"layers {plan.finetune} on {describe(placement)}")
         from interlace.stages.finetune.driver import finetune
@@ -233,6 +233,7 @@ def run_pipeline(
             num_samples=data_plan.finetune.num_finetune if data_plan else _epoch_size(spec.finetune.data),
             final_model_dir=out / "finetuned",
             data_plan=data_plan.finetune if data_plan else None,
+            loader_cpus=loader_cpus(spec.resources),
         )
         final_dir = ft.model_dir
 

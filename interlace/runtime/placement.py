@@ -66,6 +66,21 @@ def placement_of(workers: int, gpus_per_worker: int) -> TrainPlacement:
     return TrainPlacement(use_gpu=False, num_workers=workers, resources_per_worker={"CPU": 1.0}, backend="gloo")
 
 
+def loader_cpus(resources: ResourcesSpec) -> float | None:
+    """The CPUs of one Ray Train process for its data loader: spec.resources.cpu of a worker pod shared
+    by its gpusPerWorker processes. None on CPU workers (gpusPerWorker 0): there the training math
+    itself uses the cores, and the rows are read in the training process."""
+    if resources.gpus_per_worker <= 0:
+        return None
+    return parse_cpu(resources.cpu) / resources.gpus_per_worker
+
+
+def parse_cpu(value: str | int) -> float:
+    """A Kubernetes CPU quantity ("16", 8, "500m", "1.5") in cores."""
+    s = str(value).strip()
+    return float(s[:-1]) / 1000 if s.endswith("m") else float(s)
+
+
 def needed_gpus(resources: ResourcesSpec) -> int:
     return train_placement(resources).gpus
 

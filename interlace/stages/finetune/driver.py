@@ -120,6 +120,7 @@ def finetune(
     max_steps: int | None = None,
     final_model_dir: str | Path | None = None,
     data_plan: DataPlan | None = None,
+    loader_cpus: float | None = None,
 ) -> FinetuneResult:
     """Finetune the pruned model in `model_dir` (made from `plan` by interlace.stages.prune) on Ray Train.
 
@@ -137,6 +138,10 @@ def finetune(
     when spec.data can be read by index (local shards, builtin, sized hub subsets) and no `samples`
     are given. With a plan each worker
     reads only its own rows, by index, and the epoch is the plan's rows.
+    `loader_cpus` (interlace.runtime.placement.loader_cpus of spec.resources): the CPUs of one
+    training process; with a data plan, all but one of them read and encode the next micro-batches
+    in DataLoader worker processes (interlace.stages.finetune.batches). None: read in the training
+    process.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
@@ -214,6 +219,7 @@ def finetune(
         run_dir=storage / run_name,
         samples=samples,
         data_plan=data_plan if samples is None else None,
+        loader_cpus=loader_cpus,
         fault_step=env.fault_crash_at_step,
         fault_marker=Path(env.fault_marker) if env.fault_marker else None,
     )

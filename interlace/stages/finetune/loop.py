@@ -16,7 +16,7 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -76,6 +76,9 @@ class WorkerConfig(BaseModel):
     # only its rows, by index. None: `samples`, or the sample stream of load_samples (only a hub
     # subset of unknown size has no plan).
     data_plan: SkipValidation[DataPlan | None] = None
+    # CPUs of one training process (spec.resources.cpu / gpusPerWorker; None on CPU workers): all but
+    # one read, decode and encode the data plan's rows in DataLoader workers (batches.loader_workers).
+    loader_cpus: float | None = None
     fault_step: int | None = None  # fault injection, see the module docstring
     fault_marker: Path | None = None
 
@@ -158,7 +161,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     # 4. This worker's micro-batches, starting at the checkpointed data position.
     B, accum = spec.per_device_batch_size, spec.gradient_accumulation_steps
-    batches = _micro_batches(config, processor, rank, world, skip=state.samples_consumed)
+    pin = device.type == "cuda"  # page-locked batches: the step's copies to the GPU do not block
+    batches = _micro_batches(config, processor, rank, world, skip=state.samples_consumed, pin_memory=pin)
     # 4b. distillation.topK: the teacher's top-k for exactly those micro-batches (the stream is
     #     deterministic: a second iterator from the same position yields the same batches), computed
     #     before the first step, so next to no activations or logits of the student; a restart
@@ -166,8 +170,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     targets: deque[TopKTargets] | None = None
     micro = (total_steps - state.step) * accum
     if distill is not None and distill.top_k is not None and micro > 0:  # 0: a resume of a finished run
-        source = _micro_batches(config, processor, rank, world, skip=state.samples_consumed)
+        source = _micro_batches(config, processor, rank, world, skip=state.samples_consumed, pin_memory=pin)
         targets = precompute_top_k(config, source, micro, load_dtype, device, amp_dtype, rank)
+        source.close()  # its loader workers
     queue = loop_config["queue"] if rank == 0 else None
     t_start, steps_this_attempt, tokens_at_start = time.monotonic(), 0, state.tokens
 
@@ -202,6 +207,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if last or state.step % spec.checkpoint_every_steps == 0:
             _save_and_report(model, optimizer, scheduler, state, rank, config.run_dir)
         _maybe_crash(config, state.step, rank, world)
+    batches.close()  # stops the loader workers (and their prefetch) before the final save
 
     # 6. The whole finetuned model, for evaluation and publishing (also after a resume that found
     #    the run already finished).
@@ -271,42 +277,51 @@ def load_teacher(config: WorkerConfig, dtype: str, device: torch.device) -> nn.M
 
 
 def _micro_batches(
-    config: WorkerConfig, processor: Any, rank: int, world: int, *, skip: int
-) -> Iterator[tuple[dict[str, torch.Tensor], int]]:
+    config: WorkerConfig, processor: Any, rank: int, world: int, *, skip: int, pin_memory: bool = False
+) -> Generator[tuple[dict[str, torch.Tensor], int], None, None]:
     """This rank's micro-batches: slice r of every global micro-batch (see _rank_samples).
 
     Yields (batch, number of real tokens). A sample this model cannot encode (EncodeError: e.g. an
     image cut by maxLength) is skipped and logged. If a whole slice is unusable, the previous good
     example is sent again with every label masked: it adds nothing to the loss, but keeps this rank
     in step with the others (DDP needs every rank to run every backward pass).
+
+    With a data plan the rows are read, decoded and encoded by `config.loader_workers` DataLoader
+    worker processes ahead of the step (interlace.stages.finetune.batches; 0: in this process), in
+    the same order. Without one (`samples`, an unsized hub stream) the stream is read here.
+    `pin_memory`: batches in page-locked memory, for non_blocking copies to the GPU.
     """
-    import logging
+    from interlace.stages.finetune.batches import (
+        FIRST_UNENCODABLE,
+        collate_slice,
+        encode_slice,
+        loader_workers,
+        masked,
+        plan_micro_batches,
+    )
 
-    import torch
-
-    from interlace.data.chat import tokenizer_of
-    from interlace.data.encode import IGNORE_INDEX, EncodeError, collate, encode_sample
-
-    log = logging.getLogger(__name__)
     spec = config.spec
-    tokenizer = tokenizer_of(processor)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if config.samples is None and config.data_plan is not None:
+        workers = loader_workers(config.loader_cpus)
+        logging.getLogger(__name__).info(
+            "rank %d: micro-batches from position %d, %d DataLoader worker(s)", rank, skip, workers
+        )
+        plan = config.data_plan
+        yield from plan_micro_batches(
+            spec, plan, processor, rank, world, skip=skip, num_workers=workers, pin_memory=pin_memory
+        )
+        return
     last_good: dict[str, Any] | None = None
     for mine in _rank_samples(config, rank, world, skip=skip):
-        examples = []
-        for s in mine:
-            try:
-                examples.append(encode_sample(s, processor, max_length=spec.max_length))
-            except EncodeError as err:
-                log.warning("finetune: skipped sample %s: %s", s.source, err)
+        examples = encode_slice(mine, processor, max_length=spec.max_length)
         if examples:
             last_good = examples[-1]
         elif last_good is not None:
-            examples = [{**last_good, "labels": torch.full_like(last_good["labels"], IGNORE_INDEX)}]
+            examples = [masked(last_good)]
         else:
-            raise InterlaceError("spec.finetune.data: the first samples cannot be encoded for this model")
-        n_tokens = sum(int(ex["input_ids"].shape[0]) for ex in examples)
-        yield collate(examples, pad_id, packing=spec.packing, max_length=spec.max_length), n_tokens
+            raise InterlaceError(FIRST_UNENCODABLE)
+        batch, n_tokens = collate_slice(examples, processor, spec)
+        yield ({k: v.pin_memory() for k, v in batch.items()} if pin_memory else batch), n_tokens
     raise AssertionError("the sample stream repeats forever")
 
 

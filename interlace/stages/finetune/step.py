@@ -77,16 +77,20 @@ def accumulate_gradients(
     distill = distillation if teacher is not None or targets is not None else None
     if targets is not None and len(targets) != len(group):
         raise ValueError(f"{len(targets)} precomputed teacher targets for {len(group)} micro-batches")
-    # Both reductions run on the training device: the process group Ray Train makes for GPUs is NCCL,
-    # which has no CPU backend (a CPU tensor there fails at the first step; bench/rehearse.py shows it).
-    counts = torch.tensor(
-        [sum(int((b["labels"][:, 1:] != -100).sum()) for b, _ in group), sum(n for _, n in group)],
-        dtype=torch.float64, device=device,
-    )
+    # The step's counts come from the host batches (no device round trip); with `reduce` they are
+    # all-reduced on the training device (the process group Ray Train makes for GPUs is NCCL, which has
+    # no CPU backend: a CPU tensor there fails at the first step; bench/rehearse.py shows it) and read
+    # back once: the loss scale of every micro-batch needs the step's global label count.
+    n_labels_here = sum(int((b["labels"][:, 1:] != -100).sum()) for b, _ in group)
+    n_tokens_here = sum(n for _, n in group)
     reduce = world > 1 if reduce is None else reduce
     if reduce:
+        counts = torch.tensor([n_labels_here, n_tokens_here], dtype=torch.float64, device=device)
         dist.all_reduce(counts)
-    n_labels, n_tokens = max(counts[0].item(), 1.0), int(counts[1].item())
+        all_labels, all_tokens = counts.tolist()  # one host sync per optimizer step
+    else:
+        all_labels, all_tokens = float(n_labels_here), float(n_tokens_here)
+    n_labels, n_tokens = max(all_labels, 1.0), int(all_tokens)
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, ce, kl (summed over tokens)
     for i, (batch, _) in enumerate(group):
         with _no_sync(model, i == len(group) - 1), _autocast(device, amp_dtype):
@@ -225,7 +229,7 @@ def token_losses(
     inputs, target, mask = _trained_tokens(batch, device)
     keep = _logit_positions(mask)
     logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits  # [trained tokens, vocab]
-    ce = cross_entropy_sum(logits, target[mask])
+    ce = cross_entropy_sum(logits, target)
     t = float(temperature)
     if targets is None and teacher is None:
         return ce, None
@@ -294,11 +298,27 @@ def _logit_positions(mask: torch.Tensor) -> torch.Tensor:
 def _trained_tokens(
     batch: dict[str, torch.Tensor], device: torch.device
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """The model inputs on `device`, the next-token targets and the mask of the trained ones (labels
-    != -100): one definition for `token_losses` and `teacher_top_k`, so their tokens line up."""
-    inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-    target = batch["labels"].to(device)[:, 1:]
-    return inputs, target, target != -100
+    """The model inputs on `device`, the trained next-token targets (labels != -100, row-major) and the
+    [batch, length - 1] mask of them: one definition for `token_losses` and `teacher_top_k`, so their
+    tokens line up. The targets are picked on the host, where the labels are, so no data-dependent
+    index runs on the device; copies to a GPU are non_blocking (from page-locked memory: the training
+    loop's batches are pinned, the picked targets are pinned here)."""
+    inputs = {k: _to_device(v, device) for k, v in batch.items() if k != "labels"}
+    labels = batch["labels"]
+    target = labels[:, 1:]
+    mask = target != -100
+    if labels.device.type == "cpu":
+        return inputs, _to_device(target[mask], device), _to_device(mask, device)
+    return inputs, target[mask], mask  # labels already on the device (bench/rehearse.py's fakes)
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`t` on `device`; host -> GPU without blocking the host (pinned first if it is not)."""
+    import torch
+
+    if device.type == "cuda" and t.device.type == "cpu" and torch.cuda.is_available():
+        return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
+    return t.to(device)
 
 
 def teacher_top_k(
