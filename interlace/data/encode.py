@@ -253,7 +253,8 @@ def collate(
         if not _warned_vlm_packing:
             log.warning(
                 "packing: this model's family has no per-sample positions for batches with images "
-                "(interlace.models.packing packs Qwen2-VL, Qwen2.5-VL, Qwen3-VL and LLaVA); they are padded instead"
+                "(interlace.models.packing packs Qwen2-VL, Qwen2.5-VL, Qwen3-VL and LLaVA); "
+                "they are padded instead"
             )
             _warned_vlm_packing = True
         packing = False

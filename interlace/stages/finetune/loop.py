@@ -286,9 +286,19 @@ def _micro_batches(
 
     from interlace.data.chat import tokenizer_of
     from interlace.data.encode import IGNORE_INDEX, EncodeError, collate, encode_sample
+    from interlace.models.load import load_config
+    from interlace.models.packing import sample_positions
 
     log = logging.getLogger(__name__)
     spec = config.spec
+    # Packing: batches with images need the family's per-sample positions (None: they are padded,
+    # logged once); flash-attention-2 keeps packed samples apart only in a single row (transformers'
+    # varlen path needs batch size 1), so it packs the micro-batch into one row.
+    m = config.model
+    trust = bool(m and m.trust_remote_code)
+    model_config = load_config(str(config.model_dir), trust_remote_code=trust) if spec.packing else None
+    positions = sample_positions(model_config) if model_config is not None else None
+    pack_len = None if m is not None and m.attn_implementation == "flash_attention_2" else spec.max_length
     tokenizer = tokenizer_of(processor)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     last_good: dict[str, Any] | None = None
@@ -306,7 +316,8 @@ def _micro_batches(
         else:
             raise InterlaceError("spec.finetune.data: the first samples cannot be encoded for this model")
         n_tokens = sum(int(ex["input_ids"].shape[0]) for ex in examples)
-        yield collate(examples, pad_id, packing=spec.packing, max_length=spec.max_length), n_tokens
+        batch = collate(examples, pad_id, packing=spec.packing, max_length=pack_len, positions=positions)
+        yield batch, n_tokens
     raise AssertionError("the sample stream repeats forever")
 
 
