@@ -20,14 +20,27 @@ Truncation
     EncodeError (the image features could no longer be matched to tokens).
 
 Packing (`collate(..., packing=True)`)
-    Text-only examples are packed greedily, in order, into rows of at most max_length tokens, with
-    position_ids restarting at 0 for each sample and NO attention_mask. Without an attention mask and
-    without a KV cache (call the model with use_cache=False, as training does anyway), transformers
-    detects the packed sequences from the position_ids: flash-attention-2 runs them as variable-length
-    sequences (GPU), and sdpa/eager get a block-diagonal causal mask, so a token never attends to
-    another sample of its pack (tests/data/test_encode.py checks packed logits against unpacked ones
-    on CPU). With use_cache=True the mask is plain causal and samples would see each other. Batches with images are never packed (Qwen-VL's 3-D rope positions are
-    computed per sequence from the image grid); they fall back to padding.
+    Examples are packed greedily, in order, into rows of at most max_length tokens (one row if
+    None), every per-token tensor concatenated, position_ids restarting at 0 for each sample, and NO
+    attention_mask. Without an attention mask and without a KV cache (call the model with
+    use_cache=False, as training does anyway), transformers detects the packed sequences from the
+    position_ids: sdpa/eager get a block-diagonal causal mask (per row), so a token never attends to
+    another sample of its pack; flash-attention-2 runs them as variable-length sequences only in a
+    batch of ONE row (its varlen path needs batch size 1; with several rows it would attend across
+    samples), so callers on flash-attention-2 pass max_length=None (the finetune loop does). With
+    use_cache=True the mask is plain causal and samples would see each other.
+
+    Batches with images pack when the caller passes the family's per-sample `positions`
+    (interlace.models.packing.sample_positions(model config)): each sample gets the positions the
+    model gives it alone. Qwen2-VL / Qwen2.5-VL / Qwen3-VL: position_ids of shape [4, rows, L], row 0
+    the restarting text positions (what the Qwen-VL text models use for the mask and flash varlen),
+    rows 1-3 each sample's 3-D M-RoPE positions from the model class's own get_rope_index on the
+    sample alone; LLaVA: 1-D positions. pixel_values / image_grid_thw are concatenated in sample
+    order, labels are the samples' own. Without `positions` (a family without the support) a batch
+    with images is padded, and a warning says so once. tests/data/test_encode.py checks packed
+    logits and loss against the samples run alone, on CPU, for text, Qwen3-VL, Qwen2.5-VL and LLaVA.
+
+`padding_share(batch)`: padding positions / all positions of a collated batch (for benchmarks).
 """
 
 from __future__ import annotations
