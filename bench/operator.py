@@ -66,7 +66,7 @@ def prunejob(name: str, *, suspend: bool) -> dict[str, Any]:
             "output": {"uri": "s3://bench/out"},
             "suspend": suspend,
             "resources": {"workers": 1, "gpusPerWorker": 1, "cpu": "1", "memory": "1Gi",
-                          "headCpu": "1", "headMemory": "1Gi"},
+                          "headCpu": "1", "headMemory": "1Gi", "pvcName": "work"},
         },
     }
 

@@ -20,26 +20,42 @@ Truncation
     EncodeError (the image features could no longer be matched to tokens).
 
 Packing (`collate(..., packing=True)`)
-    Text-only examples are packed greedily, in order, into rows of at most max_length tokens, with
-    position_ids restarting at 0 for each sample and NO attention_mask. Without an attention mask and
-    without a KV cache (call the model with use_cache=False, as training does anyway), transformers
-    detects the packed sequences from the position_ids: flash-attention-2 runs them as variable-length
-    sequences (GPU), and sdpa/eager get a block-diagonal causal mask, so a token never attends to
-    another sample of its pack (tests/data/test_encode.py checks packed logits against unpacked ones
-    on CPU). With use_cache=True the mask is plain causal and samples would see each other. Batches with images are never packed (Qwen-VL's 3-D rope positions are
-    computed per sequence from the image grid); they fall back to padding.
+    Examples are packed greedily, in order, into rows of at most max_length tokens (one row if
+    None), every per-token tensor concatenated, position_ids restarting at 0 for each sample, and NO
+    attention_mask. Without an attention mask and without a KV cache (call the model with
+    use_cache=False, as training does anyway), transformers detects the packed sequences from the
+    position_ids: sdpa/eager get a block-diagonal causal mask (per row), so a token never attends to
+    another sample of its pack; flash-attention-2 runs them as variable-length sequences only in a
+    batch of ONE row (its varlen path needs batch size 1; with several rows it would attend across
+    samples), so callers on flash-attention-2 pass max_length=None (the finetune loop does). With
+    use_cache=True the mask is plain causal and samples would see each other.
+
+    Batches with images pack when the caller passes the family's per-sample `positions`
+    (interlace.models.packing.sample_positions(model config)): each sample gets the positions the
+    model gives it alone. Qwen2-VL / Qwen2.5-VL / Qwen3-VL: position_ids of shape [4, rows, L], row 0
+    the restarting text positions (what the Qwen-VL text models use for the mask and flash varlen),
+    rows 1-3 each sample's 3-D M-RoPE positions from the model class's own get_rope_index on the
+    sample alone; LLaVA: 1-D positions. pixel_values / image_grid_thw are concatenated in sample
+    order, labels are the samples' own. Without `positions` (a family without the support) a batch
+    with images is padded, and a warning says so once. tests/data/test_encode.py checks packed
+    logits and loss against the samples run alone, on CPU, for text, Qwen3-VL, Qwen2.5-VL and LLaVA.
+
+`padding_share(batch)`: padding positions / all positions of a collated batch (for benchmarks).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from interlace.data.chat import is_multimodal_processor, messages_for, tokenizer_of
 from interlace.data.sample import Sample, Turn
 from interlace.data.stats import DataStats
 from interlace.errors import InterlaceError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +95,7 @@ def assistant_spans(text: str, turns: Sequence[Turn], tokenizer: Any) -> list[tu
             continue
         pos = text.find(t.text, cursor)
         if pos < 0:
-            raise EncodeError(
-                "template", f"the chat template does not render turn {i} ({t.role}) verbatim"
-            )
+            raise EncodeError("template", f"the chat template does not render turn {i} ({t.role}) verbatim")
         end = pos + len(t.text)
         if t.role == "assistant":
             j = end
@@ -204,6 +218,22 @@ def encode_samples(
         yield ex
 
 
+class SamplePositions(Protocol):
+    """Position ids of one encoded example as its model computes them for the example alone: [n]
+    (1-D rope) or [3, n] (Qwen-VL's M-RoPE). interlace.models.packing.sample_positions(config)
+    gives the one of a model family that packs batches with images."""
+
+    def __call__(self, example: Mapping[str, Any]) -> torch.Tensor: ...
+
+
+class Batch(dict[str, Any]):
+    """collate's batch: the model's inputs (and labels) as a plain mapping, so `model(**batch)` works,
+    plus `real_tokens`, the number of the examples' own tokens in it (the rest is padding), which is
+    not a model input."""
+
+    real_tokens: int
+
+
 def collate(
     examples: Sequence[dict[str, Any]],
     pad_token_id: int,
@@ -211,55 +241,97 @@ def collate(
     packing: bool = False,
     max_length: int | None = None,
     padding_side: str = "right",
-) -> dict[str, Any]:
+    positions: SamplePositions | None = None,
+) -> Batch:
     """A batch from encoded examples (1-D per-token tensors): the one collator of training,
     perplexity and calibration.
 
     packing=False: padded [B, L] input_ids (pad_token_id), labels (-100), attention_mask (0), other
     per-token tensors padded with 0, on the right (or the left: padding_side="left"); per-image
     tensors concatenated along dim 0.
-    packing=True (text-only): examples packed in order into rows of at most `max_length` tokens (one
-    row if None): input_ids, labels, position_ids restarting per sample, and no attention_mask (see
-    the module docstring). Rows are right-padded; the padding is its own segment with labels -100.
+    packing=True: examples packed in order into rows of at most `max_length` tokens (one row if
+    None), with every per-token tensor (input_ids, labels, mm_token_type_ids, ...) concatenated,
+    position_ids restarting per sample, and no attention_mask (see the module docstring). Rows are
+    right-padded; the padding is its own segment with labels -100. A batch with images packs only
+    with the model family's per-sample `positions` (interlace.models.packing.sample_positions): then
+    position_ids are [4, rows, L] for M-RoPE (row 0 the restarting text positions that the masks
+    follow, rows 1-3 each sample's own M-RoPE positions) or [rows, L] for 1-D rope, and the image
+    tensors are concatenated in sample order. Without `positions` it is padded (logged once).
     """
     if not examples:
         raise ValueError("collate() needs at least one example")
     has_images = any(k not in TOKEN_KEYS for ex in examples for k in ex)
-    if packing and has_images:
+    if packing and has_images and positions is None:
         global _warned_vlm_packing
         if not _warned_vlm_packing:
-            log.warning("packing is for text-only batches; padding this multimodal batch instead")
+            log.warning(
+                "packing: this model's family has no per-sample positions for batches with images "
+                "(interlace.models.packing packs Qwen2-VL, Qwen2.5-VL, Qwen3-VL and LLaVA); "
+                "they are padded instead"
+            )
             _warned_vlm_packing = True
         packing = False
     if packing:
-        return _pack(examples, pad_token_id, max_length)
+        return _pack(examples, pad_token_id, max_length, positions if has_images else None)
     return _pad(examples, pad_token_id, padding_side)
 
 
-def _pad(
-    examples: Sequence[dict[str, Any]], pad_token_id: int, padding_side: str = "right"
-) -> dict[str, Any]:
+def padding_share(batch: Mapping[str, Any]) -> float:
+    """The share of a collated batch's token positions that are padding: padding tokens / all
+    positions (rows x length). From `Batch.real_tokens` (collate's output, padded or packed), else
+    from the attention_mask of a padded batch."""
+    n = int(batch["input_ids"].numel())
+    real = getattr(batch, "real_tokens", None)
+    if real is None:
+        if "attention_mask" not in batch:
+            raise ValueError(
+                "padding_share: a packed batch that is not collate's own output (no real_tokens)"
+            )
+        real = int(batch["attention_mask"].sum())
+    return (n - int(real)) / n if n else 0.0
+
+
+def _image_inputs(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per-image tensors (pixel_values, image_grid_thw, ...) concatenated along dim 0, in sample order."""
+    import torch
+
+    out: dict[str, Any] = {}
+    for k in dict.fromkeys(k for ex in examples for k in ex if k not in TOKEN_KEYS):
+        parts = [ex[k] for ex in examples if k in ex]
+        out[k] = torch.cat(parts, dim=0) if isinstance(parts[0], torch.Tensor) else parts
+    return out
+
+
+def _pad_value(key: str, pad_token_id: int) -> int:
+    value = _PAD_VALUES.get(key, 0)
+    return pad_token_id if value is None else value
+
+
+def _pad(examples: Sequence[dict[str, Any]], pad_token_id: int, padding_side: str = "right") -> Batch:
     import torch
 
     length = max(int(ex["input_ids"].shape[0]) for ex in examples)
-    batch: dict[str, Any] = {}
+    batch = Batch()
     token_keys = [k for k in TOKEN_KEYS if any(k in ex for ex in examples)]
     for k in token_keys:
-        value = _PAD_VALUES.get(k, 0)
-        value = pad_token_id if value is None else value
+        value = _pad_value(k, pad_token_id)
         rows = []
         for ex in examples:
             t = ex[k] if k in ex else torch.zeros_like(ex["input_ids"])
             pad = torch.full((length - t.shape[0], *t.shape[1:]), value, dtype=t.dtype)
             rows.append(torch.cat([t, pad] if padding_side == "right" else [pad, t]))
         batch[k] = torch.stack(rows)
-    for k in dict.fromkeys(k for ex in examples for k in ex if k not in TOKEN_KEYS):
-        parts = [ex[k] for ex in examples if k in ex]
-        batch[k] = torch.cat(parts, dim=0) if isinstance(parts[0], torch.Tensor) else parts
+    batch.update(_image_inputs(examples))
+    batch.real_tokens = sum(int(ex["input_ids"].shape[0]) for ex in examples)
     return batch
 
 
-def _pack(examples: Sequence[dict[str, Any]], pad_token_id: int, max_length: int | None) -> dict[str, Any]:
+def _pack(
+    examples: Sequence[dict[str, Any]],
+    pad_token_id: int,
+    max_length: int | None,
+    positions: SamplePositions | None,
+) -> Batch:
     import torch
 
     rows: list[list[dict[str, Any]]] = [[]]
@@ -272,17 +344,48 @@ def _pack(examples: Sequence[dict[str, Any]], pad_token_id: int, max_length: int
         rows[-1].append(ex)
         used += n
     length = max(sum(int(ex["input_ids"].shape[0]) for ex in row) for row in rows)
-    ids, labels, positions = [], [], []
+    token_keys = [
+        k
+        for k in TOKEN_KEYS
+        if k not in ("attention_mask", "position_ids") and any(k in ex for ex in examples)
+    ]
+    batch = Batch()
+    for k in token_keys:
+        value = _pad_value(k, pad_token_id)
+        packed = []
+        for row in rows:
+            r = torch.cat([ex[k] if k in ex else torch.zeros_like(ex["input_ids"]) for ex in row])
+            packed.append(torch.cat([r, torch.full((length - r.shape[0],), value, dtype=r.dtype)]))
+        batch[k] = torch.stack(packed)
+    # The text positions restart at 0 for every sample and for the padding: the packed-sequence
+    # masks (and flash-attention's varlen) cut the rows where they do not go up by one.
+    text = []
     for row in rows:
-        r_ids = torch.cat([ex["input_ids"] for ex in row])
-        r_lab = torch.cat([ex["labels"] for ex in row])
-        r_pos = torch.cat([torch.arange(int(ex["input_ids"].shape[0])) for ex in row])
-        pad = length - r_ids.shape[0]
-        ids.append(torch.cat([r_ids, torch.full((pad,), pad_token_id, dtype=r_ids.dtype)]))
-        labels.append(torch.cat([r_lab, torch.full((pad,), IGNORE_INDEX, dtype=r_lab.dtype)]))
-        positions.append(torch.cat([r_pos, torch.arange(pad)]))
-    return {
-        "input_ids": torch.stack(ids),
-        "labels": torch.stack(labels),
-        "position_ids": torch.stack(positions),
-    }
+        r = torch.cat([torch.arange(int(ex["input_ids"].shape[0])) for ex in row])
+        text.append(torch.cat([r, torch.arange(length - r.shape[0])]))
+    position_ids = torch.stack(text)
+    if positions is not None:
+        own = []
+        for row in rows:
+            parts = [_sample_positions(positions, ex) for ex in row]
+            pad = length - sum(int(p.shape[-1]) for p in parts)
+            parts.append(torch.arange(pad).expand(*parts[0].shape[:-1], pad))
+            own.append(torch.cat(parts, dim=-1))
+        if own[0].dim() == 2:  # M-RoPE: [text, temporal, height, width] x rows x length
+            position_ids = torch.cat([position_ids[None], torch.stack(own, dim=1)], dim=0)
+        else:
+            position_ids = torch.stack(own)
+    batch["position_ids"] = position_ids
+    batch.update(_image_inputs(examples))
+    batch.real_tokens = sum(int(ex["input_ids"].shape[0]) for ex in examples)
+    return batch
+
+
+def _sample_positions(positions: SamplePositions, example: dict[str, Any]) -> torch.Tensor:
+    import torch
+
+    p = positions(example).to(torch.long)
+    n = int(example["input_ids"].shape[0])
+    if p.shape[-1] != n or p.dim() not in (1, 2):
+        raise ValueError(f"per-sample positions of shape {tuple(p.shape)} for an example of {n} tokens")
+    return p

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+import pickle
+
 import pytest
 import torch
 
-from interlace.data import DataStats
-from interlace.data.encode import IGNORE_INDEX, EncodeError, collate, encode_sample, encode_samples
+from interlace.data import DataStats, encode
+from interlace.data.encode import (
+    IGNORE_INDEX,
+    EncodeError,
+    collate,
+    encode_sample,
+    encode_samples,
+    padding_share,
+)
 from interlace.data.sample import Sample, Turn
+from interlace.models.packing import MRopePositions, sample_positions
 from tests.fixtures import tiny
 
 
@@ -138,14 +149,26 @@ def test_collate_left_padding() -> None:
         assert bool((b["input_ids"][i, : n - m] == pad).all()) and bool((b["labels"][i, : n - m] == IGNORE_INDEX).all())
 
 
-def test_collate_concatenates_image_inputs() -> None:
+def test_collate_concatenates_image_inputs(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Images without per-sample positions (a family that cannot pack them): padded, logged once."""
+    monkeypatch.setattr(encode, "_warned_vlm_packing", False)
     _, proc = tiny.tiny_qwen2_vl()
     samples = tiny.tiny_samples(4)  # 1, 2, 0, 1 images
     exs = [encode_sample(s, proc, max_length=1024) for s in samples]
-    b = collate(exs, proc.tokenizer.pad_token_id, packing=True)  # images: packing falls back to padding
+    with caplog.at_level(logging.WARNING, logger="interlace.data.encode"):
+        b = collate(exs, proc.tokenizer.pad_token_id, packing=True)
+        collate(exs, proc.tokenizer.pad_token_id, packing=True)
     assert "attention_mask" in b and b["input_ids"].shape[0] == 4
     assert b["image_grid_thw"].shape[0] == sum(len(s.images) for s in samples)
     assert b["pixel_values"].shape[0] == sum(e["pixel_values"].shape[0] for e in exs if "pixel_values" in e)
+    assert [r.message for r in caplog.records if "packing" in r.message] == [
+        "packing: this model's family has no per-sample positions for batches with images "
+        "(interlace.models.packing packs Qwen2-VL, Qwen2.5-VL, Qwen3-VL and LLaVA); they are padded instead"
+    ]
+    model, _ = tiny.tiny_llama()
+    assert sample_positions(model.config) is None  # no family support: collate gets None and pads
 
 
 def test_packing_rows_positions_and_labels() -> None:
@@ -208,3 +231,124 @@ def _inputs(batch: dict) -> dict:
 
 def _n_targets(ex: dict) -> int:
     return int((ex["labels"][1:] != IGNORE_INDEX).sum())
+
+
+# ---------------------------------------------------------------------------- packing with images
+
+
+def _vlm_examples(proc) -> list[dict]:
+    """4 samples: 1, 2, 0 and 1 images of different sizes (grids 4x4, 4x6 + 6x4, -, 4x4 or 6x6), 47 to 77 tokens."""
+    return [encode_sample(s, proc, max_length=1024) for s in tiny.tiny_samples(4)]
+
+
+def _alone(model, ex: dict, **kw):
+    """The model on one example alone, unpacked, as a batch of one."""
+    per_token = {"input_ids", "attention_mask", "mm_token_type_ids"}
+    return model(**{k: (v[None] if k in per_token else v) for k, v in ex.items() if k != "labels"}, **kw)
+
+
+def _spans(exs: list[dict], max_length: int | None) -> list[tuple[int, int, int]]:
+    """(row, start, length) of each example in a packed batch (greedy, in order)."""
+    out, row, used = [], 0, 0
+    for e in exs:
+        n = int(e["input_ids"].shape[0])
+        if used and max_length is not None and used + n > max_length:
+            row, used = row + 1, 0
+        out.append((row, used, n))
+        used += n
+    return out
+
+
+def _worst_logit_error(model, exs: list[dict], batch: dict, spans: list[tuple[int, int, int]]) -> float:
+    with torch.no_grad():
+        logits = model(**_inputs(batch), use_cache=False).logits
+        return max(
+            float((logits[r, s : s + n] - _alone(model, e).logits[0]).abs().max())
+            for e, (r, s, n) in zip(exs, spans, strict=True)
+        )
+
+
+@pytest.mark.parametrize("kind", ["qwen3_vl", "qwen2_5_vl", "llava"])
+@pytest.mark.parametrize("max_length", [None, 140])
+def test_packed_batch_with_images_equals_its_samples_alone(kind: str, max_length: int | None) -> None:
+    """A packed batch with images (samples of different lengths and image sizes, one row or two):
+    each sample's logits equal its logits alone, unpacked, and the packed loss equals the sum of
+    the per-sample losses (the packed loss is their token mean); labels and image inputs are the
+    samples' own, in order. sdpa on CPU, use_cache=False as training."""
+    model, proc = tiny.tiny(kind)
+    exs = _vlm_examples(proc)
+    assert len({int(e["input_ids"].shape[0]) for e in exs}) >= 3  # different lengths
+    packed = collate(exs, proc.tokenizer.pad_token_id, packing=True, max_length=max_length,
+                     positions=sample_positions(model.config))  # fmt: skip
+    spans = _spans(exs, max_length)
+    rows = spans[-1][0] + 1
+    assert (rows == 1) == (max_length is None)
+    assert "attention_mask" not in packed
+    assert packed["position_ids"].shape == ((rows, packed["input_ids"].shape[1]) if kind == "llava"
+                                            else (4, rows, packed["input_ids"].shape[1]))  # fmt: skip
+    for k in ("pixel_values", "image_grid_thw"):
+        if k in exs[0]:
+            assert torch.equal(packed[k], torch.cat([e[k] for e in exs if k in e]))
+    for e, (r, s, n) in zip(exs, spans, strict=True):
+        assert torch.equal(packed["labels"][r, s : s + n], e["labels"])
+        assert torch.equal(packed["input_ids"][r, s : s + n], e["input_ids"])
+    assert _worst_logit_error(model, exs, packed, spans) < 1e-4
+    with torch.no_grad():
+        loss = model(**packed, use_cache=False).loss
+        total = sum(_alone(model, e, labels=e["labels"][None]).loss * _n_targets(e) for e in exs)
+    torch.testing.assert_close(loss * sum(_n_targets(e) for e in exs), total, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["qwen3_vl", "qwen2_5_vl"])
+def test_packed_mrope_is_each_samples_own(kind: str) -> None:
+    """Rows 1-3 of the packed position_ids are, per sample, what the model's own get_rope_index
+    gives the sample alone; row 0 restarts at 0 for every sample. And the logit check above is
+    sharp: one running position for all samples (no per-sample M-RoPE), text positions only, or a
+    row 0 that does not restart (samples see each other) each move the logits far off."""
+    model, proc = tiny.tiny(kind)
+    exs = _vlm_examples(proc)
+    packed = collate(exs, proc.tokenizer.pad_token_id, packing=True, positions=sample_positions(model.config))
+    spans = _spans(exs, None)
+    pos = packed["position_ids"]
+    for e, (_, s, n) in zip(exs, spans, strict=True):
+        own, _ = model.model.get_rope_index(
+            e["input_ids"][None],
+            mm_token_type_ids=e["mm_token_type_ids"][None],
+            image_grid_thw=e.get("image_grid_thw"),
+        )
+        assert torch.equal(pos[1:, 0, s : s + n], own[:, 0])
+        assert pos[0, 0, s : s + n].tolist() == list(range(n))
+    assert not torch.equal(pos[1], pos[0])  # the images' height/width positions are not the text ones
+    width = pos.shape[-1]
+    running = torch.arange(width).expand(4, 1, width)
+    no_mrope = {**packed, "position_ids": torch.cat([pos[:1], running[1:]])}  # one running position
+    text_only = {**packed, "position_ids": pos[0]}  # text packing's positions, [rows, L]
+    no_restart = {**packed, "position_ids": torch.cat([running[:1], pos[1:]])}  # one sequence for the mask
+    for wrong in (no_mrope, text_only, no_restart):
+        assert _worst_logit_error(model, exs, wrong, spans) > 1e-2
+
+
+def test_mrope_positions_travel_to_dataloader_workers() -> None:
+    """sample_positions' object holds only the config (no weights): it pickles and gives the same."""
+    model, proc = tiny.tiny_qwen3_vl()
+    positions = sample_positions(model.config)
+    assert isinstance(positions, MRopePositions)
+    ex = _vlm_examples(proc)[1]
+    assert torch.equal(pickle.loads(pickle.dumps(positions))(ex), positions(ex))
+
+
+def test_padding_share() -> None:
+    tok = tiny.tiny_tokenizer()
+    exs = [encode_sample(s, tok, max_length=512) for s in tiny.tiny_samples(3, images=False)]
+    lengths = [int(e["input_ids"].shape[0]) for e in exs]
+    padded = collate(exs, tok.pad_token_id)
+    share = 1 - sum(lengths) / (3 * max(lengths))
+    assert share > 0
+    assert padding_share(padded) == pytest.approx(share)
+    assert padding_share(dict(padded)) == pytest.approx(share)  # a plain dict: from its attention_mask
+    assert padding_share(collate(exs, tok.pad_token_id, packing=True)) == 0.0  # one row, no padding
+    two_rows = collate(exs, tok.pad_token_id, packing=True, max_length=lengths[0] + lengths[1])
+    assert two_rows["input_ids"].shape == (2, lengths[0] + lengths[1])
+    assert padding_share(two_rows) == pytest.approx(1 - sum(lengths) / two_rows["input_ids"].numel())
+    with pytest.raises(ValueError, match="not collate's own output"):
+        padding_share(dict(two_rows))

@@ -80,7 +80,7 @@ def perplexity(
 
     def flush() -> None:
         nonlocal total, count
-        batch = collate(pending, pad_id)
+        batch: dict[str, Any] = collate(pending, pad_id)
         batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
         t, c = _nll_sum(model, batch)
         total += t

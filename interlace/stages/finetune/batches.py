@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Generator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from interlace.data.dataplan import DataPlan
@@ -71,15 +72,32 @@ def masked(example: dict[str, Any]) -> dict[str, Any]:
     return {**example, "labels": torch.full_like(example["labels"], IGNORE_INDEX)}
 
 
-def collate_slice(examples: list[dict[str, Any]], processor: Any, spec: FinetuneSpec) -> MicroBatch:
+@dataclass(frozen=True)
+class Packing:
+    """How `spec.finetune.packing` packs this model's micro-batches (picklable: it travels to the
+    DataLoader workers). positions: the family's per-sample positions
+    (interlace.models.packing.sample_positions; None: a batch with images is padded, logged once);
+    max_length: the row length (None: one row, as flash-attention-2 needs to keep samples apart)."""
+
+    positions: Any = None
+    max_length: int | None = None
+
+
+def collate_slice(
+    examples: list[dict[str, Any]], processor: Any, spec: FinetuneSpec, packing: Packing | None = None
+) -> MicroBatch:
     """(collated batch, real tokens) of a slice's examples, as training feeds them."""
     from interlace.data.chat import tokenizer_of
     from interlace.data.encode import collate
 
+    packing = packing if packing is not None else Packing(max_length=spec.max_length)
     tokenizer = tokenizer_of(processor)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     n_tokens = sum(int(ex["input_ids"].shape[0]) for ex in examples)
-    return collate(examples, pad_id, packing=spec.packing, max_length=spec.max_length), n_tokens
+    batch = collate(
+        examples, pad_id, packing=spec.packing, max_length=packing.max_length, positions=packing.positions
+    )
+    return batch, n_tokens
 
 
 FIRST_UNENCODABLE = "spec.finetune.data: the first samples cannot be encoded for this model"
@@ -91,9 +109,10 @@ class RankMicroBatches:
     Picklable (DataLoader worker processes): the RowReader is made on first use in each process."""
 
     def __init__(
-        self, spec: FinetuneSpec, plan: DataPlan, processor: Any, rank: int, world: int, *, skip: int
+        self, spec: FinetuneSpec, plan: DataPlan, processor: Any, rank: int, world: int, *, skip: int,
+        packing: Packing | None = None,
     ) -> None:
-        self.spec, self.plan, self.processor = spec, plan, processor
+        self.spec, self.plan, self.processor, self.packing = spec, plan, processor, packing
         self.rank, self.world, self.skip = rank, world, skip
         self._reader: RowReader | None = None
 
@@ -130,7 +149,7 @@ class RankMicroBatches:
                     break
             else:
                 raise InterlaceError(FIRST_UNENCODABLE)
-        return collate_slice(examples, self.processor, self.spec)
+        return collate_slice(examples, self.processor, self.spec, self.packing)
 
 
 def _identity(item: Any) -> Any:
@@ -148,12 +167,13 @@ def plan_micro_batches(
     skip: int,
     num_workers: int = 0,
     pin_memory: bool = False,
+    packing: Packing | None = None,
 ) -> Generator[MicroBatch, None, None]:
     """This rank's micro-batches from position `skip`, forever (see the module docstring). Nothing
     starts (no worker, no read) before the first `next`; `close()` stops the workers."""
     from torch.utils.data import DataLoader
 
-    ds = RankMicroBatches(spec, plan, processor, rank, world, skip=skip)
+    ds = RankMicroBatches(spec, plan, processor, rank, world, skip=skip, packing=packing)
     loader: DataLoader[MicroBatch] = DataLoader(
         ds,  # type: ignore[arg-type]  # map-style: __getitem__ only (the sampler is unbounded)
         batch_size=None,

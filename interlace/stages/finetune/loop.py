@@ -291,8 +291,11 @@ def _micro_batches(
     the same order. Without one (`samples`, an unsized hub stream) the stream is read here.
     `pin_memory`: batches in page-locked memory, for non_blocking copies to the GPU.
     """
+    from interlace.models.load import load_config
+    from interlace.models.packing import sample_positions
     from interlace.stages.finetune.batches import (
         FIRST_UNENCODABLE,
+        Packing,
         collate_slice,
         encode_slice,
         loader_workers,
@@ -301,6 +304,15 @@ def _micro_batches(
     )
 
     spec = config.spec
+    # Packing: batches with images need the family's per-sample positions (None: they are padded,
+    # logged once); flash-attention-2 keeps packed samples apart only in a single row (transformers'
+    # varlen path needs batch size 1), so it packs the micro-batch into one row.
+    m = config.model
+    packing = None
+    if spec.packing:
+        model_config = load_config(str(config.model_dir), trust_remote_code=bool(m and m.trust_remote_code))
+        one_row = m is not None and m.attn_implementation == "flash_attention_2"
+        packing = Packing(sample_positions(model_config), None if one_row else spec.max_length)
     if config.samples is None and config.data_plan is not None:
         workers = loader_workers(config.loader_cpus)
         logging.getLogger(__name__).info(
@@ -308,7 +320,8 @@ def _micro_batches(
         )
         plan = config.data_plan
         yield from plan_micro_batches(
-            spec, plan, processor, rank, world, skip=skip, num_workers=workers, pin_memory=pin_memory
+            spec, plan, processor, rank, world, skip=skip, num_workers=workers, pin_memory=pin_memory,
+            packing=packing,
         )
         return
     last_good: dict[str, Any] | None = None
@@ -320,7 +333,7 @@ def _micro_batches(
             examples = [masked(last_good)]
         else:
             raise InterlaceError(FIRST_UNENCODABLE)
-        batch, n_tokens = collate_slice(examples, processor, spec)
+        batch, n_tokens = collate_slice(examples, processor, spec, packing)
         yield ({k: v.pin_memory() for k, v in batch.items()} if pin_memory else batch), n_tokens
     raise AssertionError("the sample stream repeats forever")
 
