@@ -1,6 +1,7 @@
 """The whole INTERLACE run as one function: analyze -> plan -> surgery -> finetune -> evaluate -> save.
 
-`run_pipeline` is what `interlace run` (locally, or as the RayJob entrypoint) calls. Each stage is a
+`run_pipeline` is what `interlace run` (locally, or as the RayJob entrypoint) and `interlace.run` reach,
+through interlace.pipeline.job.run_job. Each stage is a
 function of another module over plain data; this module only orders them, decides where they run,
 writes the artifacts and reports the stages:
 
@@ -20,8 +21,9 @@ stages run elsewhere whenever Ray is up: the analysis data-parallel as Ray tasks
 task each on a worker with the requested accelerator (interlace.pipeline.remote), finetuning on Ray Train.
 Without Ray (a dry run started locally) they run in this process.
 
-Inputs that can be wrong (data sources, the pruning amount, GPUs, attention kernel, GPU memory)
-are checked before the model loads.
+Inputs that can be wrong (the pruning amount, GPUs, attention kernel, GPU memory) are checked before
+the model loads; the data sources and benchmarks (`check_inputs`) once, before Ray starts, by the one
+entry that runs a job (interlace.pipeline.job.run_job), not again here nor per sweep variant or probe.
 A restarted job with spec.finetune.resume (the default) reuses scores.json/plan.json when they fit
 the spec, so it finetunes the same layers its checkpoints were made for.
 """
@@ -144,7 +146,6 @@ def run_pipeline(
     check_accelerators(spec.resources)
     check_attention(spec)
     placement = train_placement(spec.resources)
-    check_inputs(spec)
     _check_gpu_memory(spec)  # the worst case for any plan, from the model config alone
 
     # ---- 1. analysis: layer similarity scores on calibration samples (on the workers when Ray is up)

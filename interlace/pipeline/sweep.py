@@ -17,7 +17,8 @@ concurrently, all started at once and interleaved by the Ray cluster's scheduler
 its own Ray Train run; status.results.variants is the table, updated as each variant moves, and
 status.results.summary its one-line form (a kubectl column). Each variant reloads the base model
 for its surgery and evaluation (the base scores are recomputed per variant). Only public pieces of
-interlace.pipeline.run are used: run_pipeline (its dry run and its plan reuse) and check_inputs.
+interlace.pipeline.run are used: run_pipeline (its dry run and its plan reuse); the inputs were checked by
+the entry (interlace.pipeline.job.run_job).
 """
 
 from __future__ import annotations
@@ -256,7 +257,7 @@ def run_sweep(
     failed variant does not stop the others; the sweep fails afterwards, naming it. A dry run stops
     after the plans.
     """
-    from interlace.pipeline.run import check_inputs, run_pipeline
+    from interlace.pipeline.run import run_pipeline
     from interlace.stages.plan import n_drop_for_ratio, select_layers
 
     if ratios is None:
@@ -267,7 +268,6 @@ def run_sweep(
     spec = job.spec
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    check_inputs(spec)  # every input of every stage, before the analysis
 
     # ---- the one analysis (a dry run: scores and the first ratio's plan)
     analysis_dir = out / "analysis"
