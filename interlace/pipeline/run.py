@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +95,13 @@ def _layers_to_drop(spec: PruneJobSpec, num_layers: int) -> int:
         raise InterlaceError(str(err)) from None
 
 
-def _reusable_plan(out: Path, spec: PruneJobSpec, num_layers: int, n_drop: int) -> LayerPlan | None:
-    """plan.json of an earlier attempt in the same output, if it fits this spec (resume)."""
+def _reusable_plan(
+    out: Path, spec: PruneJobSpec, num_layers: int, n_drop: int, protected: Sequence[int]
+) -> LayerPlan | None:
+    """plan.json of an earlier attempt in the same output (or staged by a sweep or target search), if
+    it fits this spec: its size, strategy, and no dropped layer among `protected` (the one rule,
+    interlace.stages.plan.protected_layers: protectedLayers plus the DeepStack receivers under
+    `protect`)."""
     f = out / "plan.json"
     if not (spec.finetune.resume and f.is_file() and (out / "scores.json").is_file()):
         return None
@@ -107,7 +113,7 @@ def _reusable_plan(out: Path, spec: PruneJobSpec, num_layers: int, n_drop: int) 
         plan.num_layers == num_layers
         and len(plan.drop) == n_drop
         and str(plan.strategy) == str(spec.pruning.strategy)
-        and not set(plan.drop) & set(spec.pruning.protected_layers)
+        and not set(plan.drop) & set(protected)
     )
     return plan if fits else None
 
@@ -153,20 +159,21 @@ def run_pipeline(
     facts = remote.model_facts(spec.model)  # config on the meta device: this process holds no weights
     num_layers = facts.num_layers
     n_drop = _layers_to_drop(spec, num_layers)
-    plan = _reusable_plan(out, spec, num_layers, n_drop)
+    from interlace.stages.plan import protected_layers, select_layers
+
+    protected = protected_layers(spec.pruning, facts, num_layers=num_layers)
+    plan = _reusable_plan(out, spec, num_layers, n_drop, protected)
     data_plan = _data_plan(spec, out)
     if plan is None:
         scores = _analyze(spec, reporter, placement, driver_device(spec.resources), data_plan)
         scores.save(out / "scores.json")
         # ---- 2. plan
         reporter.stage(Phase.PLANNING, f"{spec.pruning.strategy}: drop {n_drop} of {num_layers} layers")
-        from interlace.stages.plan import protected_layers, select_layers
-
         plan = select_layers(
             scores,
             n_drop=n_drop,
             strategy=str(spec.pruning.strategy),
-            protected=protected_layers(spec.pruning, facts, num_layers=num_layers),
+            protected=protected,
             seed=spec.pruning.seed,
             ratio=spec.pruning.ratio,
         )

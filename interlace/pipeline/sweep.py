@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlparse
 
@@ -155,9 +156,12 @@ def analyze_once(
     dry = amount_job(job, amount, str(analysis_dir), dry_run=True)
     base = run_pipeline(dry, output_dir=analysis_dir, reporter=reporter)
     scores = LayerScores.load(analysis_dir / "scores.json")
-    protected = set(job.spec.pruning.protected_layers)
-    if str(job.spec.pruning.deepstack_policy) == "protect":
-        protected |= set(scores.meta.get("deepstack_layers") or [])
+    from interlace.stages.plan import protected_layers
+
+    # The pipeline's own rule (protectedLayers, plus the DeepStack receivers under `protect`), with the
+    # DeepStack layers the analysis recorded.
+    deepstack = SimpleNamespace(deepstack_layers=list(scores.meta.get("deepstack_layers") or []))
+    protected = set(protected_layers(job.spec.pruning, deepstack, num_layers=scores.num_layers))
     return base, scores, protected
 
 

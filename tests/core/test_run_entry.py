@@ -111,3 +111,27 @@ def test_overrides_are_named_as_each_door_names_them(
     with pytest.raises(Stop):
         interlace.run(_job(tmp_path / "out"), output=tmp_path / "elsewhere", workers=2, max_steps=3, quiet=True)
     assert (tmp_path / "elsewhere" / "progress.jsonl").is_file() and not (tmp_path / "out").exists()
+
+
+def test_a_resumed_plan_obeys_the_one_protected_layer_rule(tmp_path: Path) -> None:
+    """plan.json of an earlier attempt (or staged by a sweep) is reused only if it drops no layer that
+    interlace.stages.plan.protected_layers protects: protectedLayers and, under `protect`, DeepStack."""
+    from types import SimpleNamespace
+
+    from interlace.pipeline.run import _reusable_plan
+    from interlace.stages.plan import protected_layers, save_plan
+
+    doc = _job(tmp_path)
+    spec = parse_prunejob(doc).spec
+    plan = {"num_layers": 8, "strategy": str(spec.pruning.strategy), "drop": [1, 2], "finetune": [],
+            "anchor": [], "frozen": [0, 3, 4, 5, 6, 7]}
+    from interlace.schema.spec import LayerPlan
+
+    save_plan(LayerPlan.model_validate(plan), tmp_path / "plan.json")
+    (tmp_path / "scores.json").write_text("{}")
+    deepstack = SimpleNamespace(deepstack_layers=[2])
+    assert _reusable_plan(tmp_path, spec, 8, 2, protected_layers(spec.pruning, None, num_layers=8)) is not None
+    assert _reusable_plan(tmp_path, spec, 8, 2, protected_layers(spec.pruning, deepstack, num_layers=8)) is None
+    doc["spec"]["pruning"]["deepstackPolicy"] = "position"
+    position = parse_prunejob(doc).spec
+    assert _reusable_plan(tmp_path, position, 8, 2, protected_layers(position.pruning, deepstack, num_layers=8))
