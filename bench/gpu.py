@@ -59,7 +59,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from interlace import easyvqa_vl as _easyvqa_vl  # noqa: E402 - after the path above
+from interlace.builtin import easyvqa_vl as _easyvqa_vl  # noqa: E402 - after the path above
 
 # Transcribed from Qwen/Qwen3-VL-8B-Instruct and Qwen/Qwen3-VL-4B-Instruct config.json.
 QWEN3_VL_TOKENS = {
@@ -237,7 +237,7 @@ def build(name: str, spec: dict[str, Any], *, tiny: bool, device: Any, dtype: An
     return model.eval()
 
 
-# ChatML as Qwen renders it: the library's own template for Qwen3-VL (interlace.easyvqa_vl imports only
+# ChatML as Qwen renders it: the library's own template for Qwen3-VL (interlace.builtin.easyvqa_vl imports only
 # the standard library at module level, so the bare GPU host can import it).
 CHAT_TEMPLATE = _easyvqa_vl.CHAT_TEMPLATE
 # Qwen2/Qwen3's special-token ids (the released tokenizer's added tokens).

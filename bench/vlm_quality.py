@@ -1,10 +1,10 @@
 """VQA accuracy retention of a vision-language model that knows something, per strategy and ratio.
 
-    python bench/vlm_quality.py                       # builtin:easyvqa-vl (trained on first use)
+    python bench/vlm_quality.py                       # builtin:easyvqa-vl (trained first if not cached)
     python bench/vlm_quality.py --test-n 9673         # the whole easy-vqa test split
 
 The model is builtin:easyvqa-vl, a 12-layer Qwen3-VL trained here from scratch on easy-vqa's train
-split (interlace.easyvqa_vl). It is analysed once on calibration rows of builtin:easy-vqa;
+split (interlace.builtin.easyvqa_vl). It is analysed once on calibration rows of builtin:easy-vqa;
 for every ratio and strategy the same number of layers is planned from the same scores, the model is
 pruned (DeepStack `protect` policy, the spec's default: layers 0-2, which receive the DeepStack
 features, are never dropped; `--deepstack-policy position` is the reference's behaviour), its VQA accuracy on easy-vqa's test split measured by the
@@ -51,7 +51,7 @@ def qtype(answer: str) -> str:
 
 def chance_levels(items: list[Any]) -> dict[str, float]:
     """Accuracy (percent) of the three answer-only baselines on `items`."""
-    from interlace.data import easyvqa
+    from interlace.builtin import easyvqa
 
     train = easyvqa.questions("train")
     by_type: dict[str, Counter[str]] = defaultdict(Counter)
@@ -110,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     from interlace.stages.prune import prune_model, save_model
 
     t_start = time.monotonic()
+    if args.model.startswith("builtin:easyvqa-vl"):
+        from interlace.models.builtin_vlm import ensure_built
+
+        ensure_built(args.model)  # the explicit training step (once; then a cache look-up)
     base = load_model(args.model, dtype="float32", device="cpu")
     proc = base.processor
     L = base.parts.num_layers

@@ -5,7 +5,7 @@
 #   fortunes, fortunes-min  real English sayings/quotations  -> /usr/share/games/fortunes/
 #   wordnet-base            WordNet 3.0 (words, definitions, example sentences) -> /usr/share/wordnet/
 #
-# They are the text of `builtin:english` / `builtin:english-heldout` (interlace/data/english.py), the
+# They are the text of `builtin:english` / `builtin:english-heldout` (interlace/builtin/english.py), the
 # calibration, finetuning and held-out data of the embedded default that runs without any hub.
 #
 # With --node, the packages of the testbed's real node and of the image build instead (hack/test.sh):

@@ -661,46 +661,16 @@ def run(
     Progress goes to the console (unless `quiet`), to `<output>/progress.jsonl`, and to `reporter`.
     Ray: a private local cluster (`local=True`, the default here), else the one RAY_ADDRESS names.
     """
-    pj = load_job(job)
-    if workers is not None and workers < 1:
-        raise InterlaceError(f"workers={workers}: need at least 1")
-    if max_steps is not None and max_steps < 1:
-        raise InterlaceError(f"max_steps={max_steps}: need at least 1")
-    if output is not None:
-        pj.spec.output.uri = str(output)
-    if workers is not None:
-        pj.spec.resources.workers = workers
-    if max_steps is not None:
-        pj.spec.finetune.max_steps = max_steps
+    from interlace.pipeline.job import run_job
 
-    from interlace.pipeline.run import check_inputs, resolve_output_dir
-
-    output_dir = resolve_output_dir(pj.spec.output.uri, job=pj)
-    check_inputs(pj.spec)  # bad data/benchmarks fail before Ray or a model starts
-
-    multi = _reporters(output_dir, reporter, quiet)
-
-    if pj.spec.finetune.enabled and not pj.spec.dry_run:  # only finetuning needs Ray
-        from interlace.runtime.ray_cluster import start_ray
-
-        start_ray(local=local)
-
-    from interlace.pipeline.run import run_pipeline
-
-    try:
-        if pj.spec.pruning.is_sweep:  # spec.pruning.ratios: a SweepResult, one variant per ratio
-            from interlace.pipeline.sweep import run_sweep
-
-            return run_sweep(pj, output_dir=output_dir, reporter=multi)
-        if pj.spec.pruning.target is not None:  # probes of nested plans, then the full run
-            from interlace.pipeline.target import run_target
-
-            results = run_target(pj, output_dir=output_dir, reporter=multi)
-        else:
-            results = run_pipeline(pj, output_dir=output_dir, reporter=multi)
-    finally:
-        multi.close()
-    return result_of_run(output_dir, results)
+    run = run_job(
+        load_job(job), output=output, workers=workers, max_steps=max_steps, local=local,
+        sinks=_sinks(reporter, quiet),
+    )
+    if run.sweep is not None:  # spec.pruning.ratios: a SweepResult, one variant per ratio
+        return run.sweep
+    assert run.results is not None
+    return result_of_run(run.output_dir, run.results)
 
 
 def sweep(
@@ -716,53 +686,26 @@ def sweep(
 ) -> SweepResult:
     """A ratio sweep of a PruneJob: one analysis, one variant per ratio (interlace.pipeline.sweep); the job's
     own ratio/numLayers is replaced by each ratio. Returns a SweepResult (`.variants`, `.table()`)."""
-    from interlace.pipeline.sweep import check_ratios, run_sweep
+    from interlace.pipeline.job import run_job
 
-    pj = load_job(job)
-    check_ratios(ratios)
-    pj.spec.pruning = pj.spec.pruning.model_copy(
-        update={"ratio": None, "num_layers": None, "target": None, "ratios": list(ratios)}
+    run = run_job(
+        load_job(job), output=output, workers=workers, max_steps=max_steps, ratios=ratios, local=local,
+        sinks=_sinks(reporter, quiet),
     )
-    if workers is not None and workers < 1:
-        raise InterlaceError(f"workers={workers}: need at least 1")
-    if max_steps is not None and max_steps < 1:
-        raise InterlaceError(f"max_steps={max_steps}: need at least 1")
-    if output is not None:
-        pj.spec.output.uri = str(output)
-    if workers is not None:
-        pj.spec.resources.workers = workers
-    if max_steps is not None:
-        pj.spec.finetune.max_steps = max_steps
-
-    from interlace.pipeline.run import check_inputs, resolve_output_dir
-
-    output_dir = resolve_output_dir(pj.spec.output.uri, job=pj)
-    check_inputs(pj.spec)
-    multi = _reporters(output_dir, reporter, quiet)
-    if pj.spec.finetune.enabled and not pj.spec.dry_run:
-        from interlace.runtime.ray_cluster import start_ray
-
-        start_ray(local=local)
-    try:
-        return run_sweep(pj, ratios, output_dir=output_dir, reporter=multi)
-    finally:
-        multi.close()
+    assert run.sweep is not None
+    return run.sweep
 
 
-def _reporters(output_dir: Path, reporter: Reporter | None, quiet: bool) -> Any:
-    from interlace.runtime.progress import JsonlReporter, MultiReporter
-    from interlace.runtime.progress import Reporter as _Reporter
-
-    sinks: list[_Reporter] = []
+def _sinks(reporter: Reporter | None, quiet: bool) -> list[Reporter]:
+    """The console (unless `quiet`) and the caller's reporter; the entry adds <output>/progress.jsonl."""
+    sinks: list[Reporter] = []
     if not quiet:
         from interlace.runtime.console import ConsoleReporter
 
         sinks.append(ConsoleReporter())
     if reporter is not None:
         sinks.append(reporter)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    sinks.append(JsonlReporter(output_dir / "progress.jsonl"))
-    return MultiReporter(*sinks)
+    return sinks
 
 
 def result_of_run(output_dir: Path, results: Results) -> PruneResult:

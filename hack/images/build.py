@@ -356,8 +356,8 @@ def model_layer() -> Path:
     user (RUNTIME_USER): a builtin that is not prebuilt here (easy-vqa, or python-docs where this
     machine's Debian stdlib differs from the image's: its directory is named by the files' fingerprint)
     is built in the pod at run time, as uid 1000."""
-    inputs = [REPO / "interlace" / "builtin.py", REPO / "interlace" / "data" / "english.py",
-              REPO / "interlace" / "data" / "pydocs.py"]
+    inputs = [REPO / "interlace" / "builtin" / "__init__.py", REPO / "interlace" / "builtin" / "english.py",
+              REPO / "interlace" / "builtin" / "pydocs.py"]
     base = base_layer()
     key = sha(BUILD_VERSION, SMOLLM2, RUNTIME_USER, file_sha(base), *(file_sha(f) for f in inputs),
               json.dumps(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["ml"]))
@@ -393,12 +393,12 @@ def _python_docs_in_base(base: Path, data: Path) -> None:
         root = Path(d) / "root"
         root.mkdir()
         subprocess.run(["tar", "-xf", str(base), "-C", str(root), "--exclude=./dev/*"], check=True)
-        # interlace/data/pydocs.py needs only interlace.errors (the package's __init__ imports nothing).
+        # interlace/builtin/pydocs.py needs only interlace.errors (the package's __init__ imports nothing).
         src = root / "tmp" / "interlace-src"
         (src / "interlace").mkdir(parents=True)
         (src / "interlace" / "__init__.py").write_text("")
         shutil.copy2(REPO / "interlace" / "errors.py", src / "interlace" / "errors.py")
-        shutil.copy2(REPO / "interlace" / "data" / "pydocs.py", src / "pydocs.py")
+        shutil.copy2(REPO / "interlace" / "builtin" / "pydocs.py", src / "pydocs.py")
         code = (
             "import sys, importlib.util as u; from pathlib import Path; sys.path[:0] = ['/tmp/interlace-src']\n"
             "s = u.spec_from_file_location('pydocs', '/tmp/interlace-src/pydocs.py'); m = u.module_from_spec(s)\n"

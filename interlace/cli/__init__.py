@@ -14,7 +14,9 @@ from collections.abc import Sequence
 from interlace.errors import EXIT_REFUSED, EXIT_TRANSIENT, InterlaceError, TransientError
 
 # Subcommand name -> module in interlace.cli. A module listed here but not yet present is skipped.
-COMMANDS: tuple[str, ...] = ("analyze", "data", "plan", "prune", "run", "evaluate", "publish", "validate", "sweep")
+COMMANDS: tuple[str, ...] = (
+    "analyze", "data", "plan", "prune", "run", "evaluate", "publish", "validate", "sweep", "builtin",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,9 +1,10 @@
 """`interlace run -f prunejob.yaml`: the whole pipeline, locally or as the RayJob entrypoint.
 
-The YAML is validated first (a bad field exits 2 naming it, before torch or Ray is imported). Then
-Ray is started (`ray.init()`: a local cluster, or the cluster named by RAY_ADDRESS when the job runs
-inside one), the reporters are assembled (console, progress.jsonl in the output directory, and the
-Kubernetes status sink when the operator set INTERLACE_PRUNEJOB), and interlace.pipeline.run runs.
+The YAML is validated first (a bad field exits 2 naming it, before torch or Ray is imported). The
+reporters here are the console and the Kubernetes status sink when the operator set
+INTERLACE_PRUNEJOB; the rest (the overrides, the output, the shared-storage and input checks, Ray:
+`ray.init()`, a local cluster or the one RAY_ADDRESS names, and the pipeline, sweep or target run) is
+the one entry the Python API calls too: interlace.pipeline.job.run_job.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from interlace.errors import InterlaceError
 from interlace.settings import settings
 
 
@@ -40,101 +40,41 @@ def run(args: argparse.Namespace) -> int:
     from interlace.schema.spec import load_prunejob
 
     job = load_prunejob(args.file)  # SpecError (exit 2) before anything heavy
-    if args.workers is not None and args.workers < 1:
-        raise InterlaceError(f"--workers {args.workers}: need at least 1")
-    if args.max_steps is not None and args.max_steps < 1:
-        raise InterlaceError(f"--max-steps {args.max_steps}: need at least 1")
-    if args.output:
-        job.spec.output.uri = args.output
-    if args.workers is not None:
-        job.spec.resources.workers = args.workers
-    if args.max_steps is not None:
-        job.spec.finetune.max_steps = args.max_steps
 
-    from interlace.pipeline.run import resolve_output_dir
-
-    output_dir = resolve_output_dir(job.spec.output.uri, job=job)
-    _require_shared_work_dir(job, output_dir, local=args.local)
-
+    from interlace.cli.jsonout import print_json, stdout_to_stderr
+    from interlace.pipeline.job import cli_arg, run_job
     from interlace.runtime.console import ConsoleReporter, summary_table
-    from interlace.runtime.progress import JsonlReporter, MultiReporter, Reporter
+    from interlace.runtime.progress import Reporter
 
     console = ConsoleReporter()
     sinks: list[Reporter] = [console]
     kube = _kube_reporter()
     if kube is not None:
         sinks.append(kube)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    sinks.append(JsonlReporter(output_dir / "progress.jsonl"))
-    reporter = MultiReporter(*sinks)
-
-    from interlace.cli.jsonout import print_json, stdout_to_stderr
 
     with stdout_to_stderr(args.json):  # --json: stdout carries only the summary document
-        if job.spec.finetune.enabled and not job.spec.dry_run:  # only finetuning needs Ray
-            from interlace.runtime.ray_cluster import start_ray
-
-            start_ray(local=args.local)
-
-        from interlace.pipeline.run import run_pipeline
-
-        try:
-            if job.spec.pruning.is_sweep:  # spec.pruning.ratios: one analysis, a variant per ratio
-                from interlace.pipeline.sweep import run_sweep
-
-                sweep = run_sweep(job, output_dir=output_dir, reporter=reporter)
-            elif job.spec.pruning.target is not None:  # probes of nested plans, then the full run
-                from interlace.pipeline.target import run_target
-
-                results = run_target(job, output_dir=output_dir, reporter=reporter)
-            else:
-                results = run_pipeline(job, output_dir=output_dir, reporter=reporter)
-        finally:
-            reporter.close()
-    if job.spec.pruning.is_sweep:
+        done = run_job(
+            job, output=args.output, workers=args.workers, max_steps=args.max_steps, local=args.local,
+            sinks=sinks, arg=cli_arg,
+        )
+    if done.sweep is not None:
         if args.json:
-            print_json(sweep.to_dict())
+            print_json(done.sweep.to_dict())
         else:
-            console.console.print(sweep.table())
+            console.console.print(done.sweep.table())
         return 0
+    results = done.results
+    assert results is not None
     if args.json:
         from interlace.api import result_of_run
 
-        print_json(result_of_run(output_dir, results).to_dict())
+        print_json(result_of_run(done.output_dir, results).to_dict())
     else:
-        console.console.print(summary_table(results, output_dir=output_dir))
+        console.console.print(summary_table(results, output_dir=done.output_dir))
         retention = results.retention_line()
         if retention is not None:  # the last line: out of domain (the headline), in domain beside it
             console.console.print(retention, highlight=False)
     return 0
-
-
-def _require_shared_work_dir(job: Any, output_dir: Path, *, local: bool) -> None:
-    """On a Ray cluster of several pods (a RayJob), every stage's files must be where every pod can
-    read them: the pruned model the workers finetune, their checkpoints, the finetuned model rank 0
-    writes. A pvc:// output is such a place (the claim is mounted in every Ray pod); an s3:// or hf://
-    output is staged in INTERLACE_WORK_DIR, which the operator points at the claim when
-    spec.resources.pvcName is set. Without either, the workers could not read the pruned model:
-    fail now, before any work, rather than after the analysis. The spec rule is
-    `shared_work_dir_error`, which `interlace validate --cluster` and the operator apply before any
-    pod starts; this is the last line of defence (a RayJob not made by the operator), plus the one
-    case only the run sees: pvcName set but INTERLACE_WORK_DIR unset. Dry runs are not exempt: the
-    workers are used whenever Ray is up."""
-    if local or not settings().ray_address:
-        return  # one machine: every path is shared
-    from interlace.schema.spec import shared_work_dir_error
-
-    message = shared_work_dir_error(job.spec)
-    if message is not None:
-        raise InterlaceError(message)
-    if job.spec.output.uri.startswith("pvc://") or settings().work_dir:
-        return
-    raise InterlaceError(
-        f"spec.resources.pvcName {job.spec.resources.pvc_name!r} is set but INTERLACE_WORK_DIR is not, so "
-        f"the driver would stage an s3:// / hf:// output in {output_dir} (a path inside the head pod) that "
-        "the Ray worker pods cannot read: set INTERLACE_WORK_DIR to the claim's mount in every Ray pod "
-        "(the operator sets it when it builds the RayJob)"
-    )
 
 
 def _kube_reporter() -> Any:

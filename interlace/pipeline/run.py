@@ -1,6 +1,7 @@
 """The whole INTERLACE run as one function: analyze -> plan -> surgery -> finetune -> evaluate -> save.
 
-`run_pipeline` is what `interlace run` (locally, or as the RayJob entrypoint) calls. Each stage is a
+`run_pipeline` is what `interlace run` (locally, or as the RayJob entrypoint) and `interlace.run` reach,
+through interlace.pipeline.job.run_job. Each stage is a
 function of another module over plain data; this module only orders them, decides where they run,
 writes the artifacts and reports the stages:
 
@@ -20,8 +21,9 @@ stages run elsewhere whenever Ray is up: the analysis data-parallel as Ray tasks
 task each on a worker with the requested accelerator (interlace.pipeline.remote), finetuning on Ray Train.
 Without Ray (a dry run started locally) they run in this process.
 
-Inputs that can be wrong (data sources, the pruning amount, GPUs, attention kernel, GPU memory)
-are checked before the model loads.
+Inputs that can be wrong (the pruning amount, GPUs, attention kernel, GPU memory) are checked before
+the model loads; the data sources and benchmarks (`check_inputs`) once, before Ray starts, by the one
+entry that runs a job (interlace.pipeline.job.run_job), not again here nor per sweep variant or probe.
 A restarted job with spec.finetune.resume (the default) reuses scores.json/plan.json when they fit
 the spec, so it finetunes the same layers its checkpoints were made for.
 """
@@ -31,6 +33,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +95,13 @@ def _layers_to_drop(spec: PruneJobSpec, num_layers: int) -> int:
         raise InterlaceError(str(err)) from None
 
 
-def _reusable_plan(out: Path, spec: PruneJobSpec, num_layers: int, n_drop: int) -> LayerPlan | None:
-    """plan.json of an earlier attempt in the same output, if it fits this spec (resume)."""
+def _reusable_plan(
+    out: Path, spec: PruneJobSpec, num_layers: int, n_drop: int, protected: Sequence[int]
+) -> LayerPlan | None:
+    """plan.json of an earlier attempt in the same output (or staged by a sweep or target search), if
+    it fits this spec: its size, strategy, and no dropped layer among `protected` (the one rule,
+    interlace.stages.plan.protected_layers: protectedLayers plus the DeepStack receivers under
+    `protect`)."""
     f = out / "plan.json"
     if not (spec.finetune.resume and f.is_file() and (out / "scores.json").is_file()):
         return None
@@ -105,7 +113,7 @@ def _reusable_plan(out: Path, spec: PruneJobSpec, num_layers: int, n_drop: int) 
         plan.num_layers == num_layers
         and len(plan.drop) == n_drop
         and str(plan.strategy) == str(spec.pruning.strategy)
-        and not set(plan.drop) & set(spec.pruning.protected_layers)
+        and not set(plan.drop) & set(protected)
     )
     return plan if fits else None
 
@@ -144,7 +152,6 @@ def run_pipeline(
     check_accelerators(spec.resources)
     check_attention(spec)
     placement = train_placement(spec.resources)
-    check_inputs(spec)
     _check_gpu_memory(spec)  # the worst case for any plan, from the model config alone
 
     # ---- 1. analysis: layer similarity scores on calibration samples (on the workers when Ray is up)
@@ -152,20 +159,21 @@ def run_pipeline(
     facts = remote.model_facts(spec.model)  # config on the meta device: this process holds no weights
     num_layers = facts.num_layers
     n_drop = _layers_to_drop(spec, num_layers)
-    plan = _reusable_plan(out, spec, num_layers, n_drop)
+    from interlace.stages.plan import protected_layers, select_layers
+
+    protected = protected_layers(spec.pruning, facts, num_layers=num_layers)
+    plan = _reusable_plan(out, spec, num_layers, n_drop, protected)
     data_plan = _data_plan(spec, out)
     if plan is None:
         scores = _analyze(spec, reporter, placement, driver_device(spec.resources), data_plan)
         scores.save(out / "scores.json")
         # ---- 2. plan
         reporter.stage(Phase.PLANNING, f"{spec.pruning.strategy}: drop {n_drop} of {num_layers} layers")
-        from interlace.stages.plan import protected_layers, select_layers
-
         plan = select_layers(
             scores,
             n_drop=n_drop,
             strategy=str(spec.pruning.strategy),
-            protected=protected_layers(spec.pruning, facts, num_layers=num_layers),
+            protected=protected,
             seed=spec.pruning.seed,
             ratio=spec.pruning.ratio,
         )

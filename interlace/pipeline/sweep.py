@@ -17,7 +17,8 @@ concurrently, all started at once and interleaved by the Ray cluster's scheduler
 its own Ray Train run; status.results.variants is the table, updated as each variant moves, and
 status.results.summary its one-line form (a kubectl column). Each variant reloads the base model
 for its surgery and evaluation (the base scores are recomputed per variant). Only public pieces of
-interlace.pipeline.run are used: run_pipeline (its dry run and its plan reuse) and check_inputs.
+interlace.pipeline.run are used: run_pipeline (its dry run and its plan reuse); the inputs were checked by
+the entry (interlace.pipeline.job.run_job).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlparse
 
@@ -154,9 +156,12 @@ def analyze_once(
     dry = amount_job(job, amount, str(analysis_dir), dry_run=True)
     base = run_pipeline(dry, output_dir=analysis_dir, reporter=reporter)
     scores = LayerScores.load(analysis_dir / "scores.json")
-    protected = set(job.spec.pruning.protected_layers)
-    if str(job.spec.pruning.deepstack_policy) == "protect":
-        protected |= set(scores.meta.get("deepstack_layers") or [])
+    from interlace.stages.plan import protected_layers
+
+    # The pipeline's own rule (protectedLayers, plus the DeepStack receivers under `protect`), with the
+    # DeepStack layers the analysis recorded.
+    deepstack = SimpleNamespace(deepstack_layers=list(scores.meta.get("deepstack_layers") or []))
+    protected = set(protected_layers(job.spec.pruning, deepstack, num_layers=scores.num_layers))
     return base, scores, protected
 
 
@@ -256,7 +261,7 @@ def run_sweep(
     failed variant does not stop the others; the sweep fails afterwards, naming it. A dry run stops
     after the plans.
     """
-    from interlace.pipeline.run import check_inputs, run_pipeline
+    from interlace.pipeline.run import run_pipeline
     from interlace.stages.plan import n_drop_for_ratio, select_layers
 
     if ratios is None:
@@ -267,7 +272,6 @@ def run_sweep(
     spec = job.spec
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    check_inputs(spec)  # every input of every stage, before the analysis
 
     # ---- the one analysis (a dry run: scores and the first ratio's plan)
     analysis_dir = out / "analysis"

@@ -63,7 +63,7 @@ def bisect_largest(most: int, meets: Callable[[int], bool]) -> int:
 
 def run_target(job: PruneJob, *, output_dir: str | Path, reporter: Reporter) -> Results:
     """Search spec.pruning.target's plan family, then run the full pipeline on the chosen plan."""
-    from interlace.pipeline.run import check_inputs, run_pipeline
+    from interlace.pipeline.run import run_pipeline
     from interlace.stages.plan import select_layers
 
     target = job.spec.pruning.target
@@ -72,7 +72,6 @@ def run_target(job: PruneJob, *, output_dir: str | Path, reporter: Reporter) -> 
     spec = job.spec
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    check_inputs(spec)
     if not spec.evaluation.enabled:
         raise InterlaceError(
             "spec.pruning.target needs spec.evaluation.enabled: retention is what the probes measure"

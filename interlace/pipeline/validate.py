@@ -256,10 +256,9 @@ def _check_model(spec: PruneJobSpec, report: ValidationReport) -> int | None:
             report.error(where, f"unknown builtin model {source!r}; known: {', '.join(models)}")
             return None
         if source.startswith("builtin:easyvqa-vl"):
-            # Trained on first use (minutes of CPU); validate checks its data package and the
-            # recipe's layer count without training it.
-            from interlace import easyvqa_vl
-            from interlace.data import easyvqa
+            # Trained by an explicit step (`interlace builtin`, minutes of CPU); validate checks its
+            # data package and the recipe's layer count without training it.
+            from interlace.builtin import easyvqa, easyvqa_vl
 
             try:
                 easyvqa.package_dir()
@@ -355,7 +354,7 @@ def _check_data(data: DataSpec, where: str, report: ValidationReport) -> None:
         if path not in known:
             report.error(f"{where}.path", f"unknown builtin data {path!r}; known: {', '.join(known)}")
             return
-        from interlace.data import easyvqa, english, pydocs
+        from interlace.builtin import easyvqa, english, pydocs
 
         try:
             if path == "builtin:python-docs":

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from interlace.builtin import resolve_source
+from interlace.builtin.english import is_heldout
 from interlace.data import DataStats, load_samples
-from interlace.data.english import is_heldout
 from interlace.errors import InterlaceError
 from interlace.schema.spec import DataSpec
 
@@ -120,7 +120,8 @@ def test_smollm2_converts_once_reloads_and_talks(monkeypatch: pytest.MonkeyPatch
 
 
 def test_builtin_english_without_the_debian_packages(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from interlace.data import check_source, english
+    from interlace.builtin import english
+    from interlace.data import check_source
 
     monkeypatch.setenv("INTERLACE_CACHE", str(tmp_path))
     monkeypatch.setattr(english, "WORDNET_DIR", tmp_path / "no-wordnet")
@@ -151,7 +152,7 @@ def _fake_stdlib(root: Path) -> Path:
 
 
 def test_python_docs_rows_from_a_stdlib_tree(tmp_path: Path) -> None:
-    from interlace.data import pydocs
+    from interlace.builtin import pydocs
 
     root = _fake_stdlib(tmp_path / "python3.11")
     assert [p.relative_to(root).as_posix() for p in pydocs.source_files(root)] == ["json/__init__.py", "os.py"]
@@ -176,7 +177,7 @@ def test_builtin_python_docs_is_cached_deterministic_and_disjoint_from_english(
 ) -> None:
     """The real corpus, from Debian's libpython3.11-stdlib: built once, the same bytes when rebuilt, and
     not one row (or answer) shared with builtin:english, the finetuning corpus."""
-    from interlace.data import pydocs
+    from interlace.builtin import pydocs
 
     monkeypatch.setenv("INTERLACE_CACHE", str(tmp_path / "cache"))
     d = resolve_source("builtin:python-docs")

@@ -11,12 +11,8 @@ import pytest
 
 pytest.importorskip("easy_vqa")
 
-from interlace.builtin import resolve_source, vqa_set
-from interlace.data import (
-    DataStats,
-    easyvqa,
-    load_samples,
-)
+from interlace.builtin import easyvqa, resolve_source, vqa_set
+from interlace.data import DataStats, load_samples
 from interlace.schema.spec import DataSpec, EvaluationSpec
 
 ANSWERS = {"circle", "rectangle", "triangle", "red", "green", "blue", "yellow", "teal", "brown", "gray", "black",
@@ -94,13 +90,22 @@ def test_vqa_set_is_a_benchmark(in_cache: Path) -> None:
     assert items[0].question == easyvqa.questions("test")[0][0]
 
 
-def test_tiny_builtin_vlm_builds_loads_by_id_and_answers(in_cache: Path) -> None:
+def test_tiny_builtin_vlm_builds_loads_by_id_and_answers(in_cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from interlace.cli import main
+    from interlace.errors import InterlaceError
+    from interlace.models.builtin_vlm import ensure_built
     from interlace.models.load import load_model
     from interlace.stages.evaluate.vqa import load_vqa, score_vqa
 
+    # Resolving the name only looks the checkpoint up: nothing is trained until the explicit step runs.
+    with pytest.raises(InterlaceError, match=r"not built yet.*`interlace builtin builtin:easyvqa-vl-tiny`"):
+        load_model("builtin:easyvqa-vl-tiny", dtype="float32")
+    assert not list((in_cache / "models").glob("easyvqa-vl-tiny-*"))
     t = time.perf_counter()
+    assert main(["builtin", "builtin:easyvqa-vl-tiny"]) == 0  # the explicit step, as the error names it
     lm = load_model("builtin:easyvqa-vl-tiny", dtype="float32")
     built = time.perf_counter() - t
+    assert capsys.readouterr().out == f"builtin:easyvqa-vl-tiny\t{lm.path}\n"
     assert lm.parts.family == "qwen3_vl" and lm.parts.is_multimodal and lm.parts.vision is not None
     assert lm.parts.deepstack_layers == [0] and lm.parts.num_layers == 2
     assert lm.path is not None and lm.path.parent == in_cache / "models"
@@ -119,16 +124,18 @@ def test_tiny_builtin_vlm_builds_loads_by_id_and_answers(in_cache: Path) -> None
     t = time.perf_counter()
     again = load_model("builtin:easyvqa-vl-tiny", dtype="float32")  # from the cache, no retraining
     assert again.path == lm.path and time.perf_counter() - t < max(5.0, built / 2)
+    assert ensure_built("easyvqa-vl-tiny") == lm.path  # built once: the second call only looks it up
 
 
 def test_recipe_is_deterministic(in_cache: Path, tmp_path: Path) -> None:
     import torch
 
-    from interlace import easyvqa_vl
+    from interlace.builtin import easyvqa_vl
+    from interlace.models import builtin_vlm
 
     recipe = easyvqa_vl.RECIPES["easyvqa-vl-tiny"]
-    a = easyvqa_vl.build(tmp_path / "a", recipe)
-    b = easyvqa_vl.build(tmp_path / "b", recipe)
+    a = builtin_vlm.build(tmp_path / "a", recipe)
+    b = builtin_vlm.build(tmp_path / "b", recipe)
     assert a["training"]["final_loss"] == b["training"]["final_loss"]
     from safetensors.torch import load_file
 
@@ -138,7 +145,7 @@ def test_recipe_is_deterministic(in_cache: Path, tmp_path: Path) -> None:
 
 
 def test_full_recipe_is_a_qwen3_vl_with_deepstack_and_8_to_16_layers() -> None:
-    from interlace import easyvqa_vl
+    from interlace.builtin import easyvqa_vl
     from interlace.models.load import find_parts
 
     recipe = easyvqa_vl.RECIPES["easyvqa-vl"]
@@ -150,7 +157,7 @@ def test_full_recipe_is_a_qwen3_vl_with_deepstack_and_8_to_16_layers() -> None:
 
 
 def test_encoded_rows_label_only_the_answer(in_cache: Path) -> None:
-    from interlace import easyvqa_vl
+    from interlace.builtin import easyvqa_vl
     from interlace.data.encode import IGNORE_INDEX, encode_sample
 
     proc = easyvqa_vl.build_processor(easyvqa_vl.build_tokenizer())

@@ -216,8 +216,8 @@ def test_the_run_refusal_is_the_start_checks_message(tmp_path: Path, monkeypatch
     """`interlace run` on a Ray cluster refuses with exactly the message `interlace validate --cluster`
     and the operator's InvalidSpec give (one rule: shared_work_dir_error), dry runs included; a set
     pvcName without INTERLACE_WORK_DIR is the run's own case, named by its variable."""
-    from interlace.cli.run import _require_shared_work_dir
     from interlace.errors import InterlaceError
+    from interlace.pipeline.job import require_shared_work_dir
     from interlace.schema.spec import SHARED_WORK_DIR_MESSAGE, parse_prunejob, shared_work_dir_error
 
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
@@ -226,17 +226,17 @@ def test_the_run_refusal_is_the_start_checks_message(tmp_path: Path, monkeypatch
         job = parse_prunejob(_job(output={"uri": "s3://bucket/prefix"}, dryRun=dry))
         assert shared_work_dir_error(job.spec) == SHARED_WORK_DIR_MESSAGE
         with pytest.raises(InterlaceError) as err:
-            _require_shared_work_dir(job, tmp_path / "out", local=False)
+            require_shared_work_dir(job, tmp_path / "out", local=False)
         assert str(err.value) == shared_work_dir_error(job.spec)
-    _require_shared_work_dir(job, tmp_path / "out", local=True)  # one machine: nothing to share
+    require_shared_work_dir(job, tmp_path / "out", local=True)  # one machine: nothing to share
 
     claim = parse_prunejob(_job(output={"uri": "hf://org/name"}, resources={"pvcName": "work"}))
     assert shared_work_dir_error(claim.spec) is None
     with pytest.raises(InterlaceError, match="INTERLACE_WORK_DIR"):
-        _require_shared_work_dir(claim, tmp_path / "out", local=False)
+        require_shared_work_dir(claim, tmp_path / "out", local=False)
     monkeypatch.setenv("INTERLACE_WORK_DIR", str(tmp_path / "work"))
-    _require_shared_work_dir(claim, tmp_path / "out", local=False)
-    _require_shared_work_dir(parse_prunejob(_job(output={"uri": "pvc://work/out"}, resources={"pvcName": "work"})),
+    require_shared_work_dir(claim, tmp_path / "out", local=False)
+    require_shared_work_dir(parse_prunejob(_job(output={"uri": "pvc://work/out"}, resources={"pvcName": "work"})),
                              tmp_path / "out", local=False)
 
 

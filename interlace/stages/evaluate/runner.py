@@ -44,7 +44,7 @@ DEFAULT_SPEED_PROMPT = (
 
 def vqa_path(name: str) -> Path:
     """A benchmark name -> its VQA file: `builtin:easy-vqa-test` (materialised once, see
-    interlace.data.easyvqa), else a path with an optional `vqa:` prefix."""
+    interlace.builtin.easyvqa), else a path with an optional `vqa:` prefix."""
     if name.startswith("builtin:"):
         from interlace.builtin import vqa_set
 

@@ -6,14 +6,20 @@
   normal safetensors checkpoint directory (model, tokenizer, chat template) in the cache, so every
   later load is an ordinary fast `from_pretrained(dir)`.
 * `builtin:english` / `builtin:english-heldout`: conversation rows built from Debian packages
-  (interlace/data/english.py), materialised once as jsonl shards in the cache.
+  (interlace/builtin/english.py), materialised once as jsonl shards in the cache.
 * `builtin:python-docs`: out-of-domain evaluation text, the docstrings of Debian's Python standard
-  library (interlace/data/pydocs.py), materialised the same way; nothing ever trains on it.
+  library (interlace/builtin/pydocs.py), materialised the same way; nothing ever trains on it.
 
 Cache: ${INTERLACE_CACHE:-~/.cache/interlace}/models/smollm2-135m-instruct, .../data/english-<fp>/ and
 .../data/python-docs-<fp>/.
 Both are built in a temporary directory next to the target and renamed into place, under a file lock,
 so concurrent Ray workers build it once and nobody ever sees a half-written directory.
+
+`builtin:easyvqa-vl` (and its CI size `-tiny`) is a model trained here: this package only looks it up
+in the cache; the explicit step that trains it is `interlace builtin builtin:easyvqa-vl`
+(interlace.models.builtin_vlm, above interlace.data, whose loader it trains through). This package is
+the layer below interlace.data (pyproject's import-linter layers): the data loader resolves `builtin:`
+names here, and nothing here imports the loader.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ def _lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _build_once(target: Path, build: Callable[[Path], object]) -> Path:
+def build_once(target: Path, build: Callable[[Path], object]) -> Path:
     """Return `target`, building it first (into a temp dir, then an atomic rename) if it is absent."""
     if target.is_dir():
         return target
@@ -135,38 +141,38 @@ def smollm2_dir() -> Path:
     target = cache_dir() / "models" / SMOLLM2_DIR
     if not target.is_dir():
         smollm2_gguf()  # a clear error before taking the lock
-    return _build_once(target, _convert_smollm2)
+    return build_once(target, _convert_smollm2)
 
 
 # ------------------------------------------------------------------------------------------- data
 
 
 def english_dir(split: str) -> Path:
-    from interlace.data import english
+    from interlace.builtin import english
 
     files = english.source_files()
     root = cache_dir() / "data" / f"english-{english.fingerprint(files)}"
     root.parent.mkdir(parents=True, exist_ok=True)
-    _build_once(root, lambda tmp: english.build(tmp))
+    build_once(root, lambda tmp: english.build(tmp))
     return root / split
 
 
 def python_docs_dir() -> Path:
-    from interlace.data import pydocs
+    from interlace.builtin import pydocs
 
     root = pydocs.stdlib_dir()
     target = cache_dir() / "data" / f"python-docs-{pydocs.fingerprint(pydocs.source_files(root))}"
     target.parent.mkdir(parents=True, exist_ok=True)
-    _build_once(target, lambda tmp: pydocs.build(tmp, root))
+    build_once(target, lambda tmp: pydocs.build(tmp, root))
     return target / pydocs.SPLIT
 
 
 def easyvqa_root() -> Path:
-    from interlace.data import easyvqa
+    from interlace.builtin import easyvqa
 
     root = cache_dir() / "data" / f"easy-vqa-{easyvqa.fingerprint()}"
     root.parent.mkdir(parents=True, exist_ok=True)
-    return _build_once(root, lambda tmp: easyvqa.build(tmp))
+    return build_once(root, lambda tmp: easyvqa.build(tmp))
 
 
 def easyvqa_dir(split: str) -> Path:
@@ -187,21 +193,25 @@ def vqa_set(name: str) -> Path:
 # -------------------------------------------------------------------------- trained-here models
 
 
-def easyvqa_vl_dir(name: str) -> Path:
-    """builtin:easyvqa-vl(-tiny): a Qwen3-VL model trained here on builtin:easy-vqa (see
-    interlace.easyvqa_vl); trained once per recipe fingerprint, then loaded from the cache."""
-    import logging
-
-    from interlace import easyvqa_vl
-    from interlace.data import easyvqa
+def easyvqa_vl_target(name: str) -> Path:
+    """Where builtin:<name> (easyvqa-vl or easyvqa-vl-tiny) lives in the cache, built or not."""
+    from interlace.builtin import easyvqa, easyvqa_vl
 
     recipe = easyvqa_vl.RECIPES[name]
-    target = cache_dir() / "models" / f"{name}-{recipe.fingerprint(easyvqa.fingerprint())}"
+    return cache_dir() / "models" / f"{name}-{recipe.fingerprint(easyvqa.fingerprint())}"
+
+
+def easyvqa_vl_dir(name: str) -> Path:
+    """builtin:easyvqa-vl(-tiny): a Qwen3-VL model trained here on builtin:easy-vqa (see
+    interlace.builtin.easyvqa_vl), looked up in the cache. Not trained here: that is the explicit step
+    `interlace builtin builtin:<name>` (interlace.models.builtin_vlm.ensure_built)."""
+    target = easyvqa_vl_target(name)
     if not target.is_dir():
-        logging.getLogger(__name__).warning(
-            "builtin:%s is not in the cache yet: training it now on CPU (%d steps)", name, recipe.steps
+        raise InterlaceError(
+            f"builtin:{name} is not built yet (a model trained here, minutes of CPU for easyvqa-vl): "
+            f"build it once with `interlace builtin builtin:{name}`; it is cached under {target.parent}"
         )
-    return _build_once(target, lambda tmp: easyvqa_vl.build(tmp, recipe))
+    return target
 
 
 BUILTINS: dict[str, Callable[[], Path]] = {

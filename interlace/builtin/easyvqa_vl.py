@@ -2,7 +2,7 @@
 
 Why: every other vision model here is randomly initialised, so nothing measured what pruning does to a
 model whose vision matters. This one has learnt to answer easy-vqa's questions (PyPI `easy-vqa`, see
-interlace.data.easyvqa) from its images, well above the chance level of the answers.
+interlace.builtin.easyvqa) from its images, well above the chance level of the answers.
 
 The recipe (deterministic, fixed seeds; `RECIPES`):
 
@@ -24,9 +24,15 @@ The recipe (deterministic, fixed seeds; `RECIPES`):
 `builtin:easyvqa-vl-tiny` is the same recipe at toy size (2 text layers, a few steps, seconds): CI
 builds it to prove the recipe and the loading path work; it is not expected to know anything.
 
+This module is the recipe and the construction (tokenizer, processor, untrained model); it imports
+nothing of the library above interlace.builtin. The training step is interlace.models.builtin_vlm
+(it reads builtin:easy-vqa through interlace.data), run explicitly: `interlace builtin
+builtin:easyvqa-vl` (or `interlace.models.builtin_vlm.ensure_built`); resolving the name only looks
+the checkpoint up (interlace.builtin.easyvqa_vl_dir).
+
 Cache: <cache>/models/<name>-<fingerprint>/ (fingerprint of the recipe, the easy-vqa data and the
-transformers/torch versions), built by interlace.builtin under a lock with an atomic rename. The
-checkpoint carries `interlace-builtin.json` with the recipe, the training time and the final loss.
+transformers/torch versions), built under a lock with an atomic rename. The checkpoint carries
+`interlace-builtin.json` with the recipe, the training time and the final loss.
 """
 
 from __future__ import annotations
@@ -34,16 +40,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
-import math
-import random
-import resource
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 SPECIAL_TOKENS: tuple[str, ...] = (
     "<|endoftext|>",
@@ -138,7 +136,7 @@ RECIPES: dict[str, Recipe] = {
 
 
 def _corpus() -> list[str]:
-    from interlace.data import easyvqa
+    from interlace.builtin import easyvqa
 
     data = easyvqa.package_dir()
     rows = [r for split in ("train", "test") for r in easyvqa.questions(split, data)]
@@ -262,104 +260,3 @@ def build_model(recipe: Recipe, tok: Any) -> Any:
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     return model
-
-
-# -------------------------------------------------------------------------------------- training
-
-
-def _lr_at(step: int, recipe: Recipe) -> float:
-    if step < recipe.warmup:
-        return recipe.lr * (step + 1) / recipe.warmup
-    progress = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
-    return recipe.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
-def train(model: Any, processor: Any, recipe: Recipe) -> dict[str, Any]:
-    """Train `model` in place on builtin:easy-vqa by the recipe; return loss and time figures."""
-    import torch
-
-    from interlace.data import load_samples
-    from interlace.data.encode import collate, encode_sample
-    from interlace.schema.spec import DataSpec
-
-    spec = DataSpec(path="builtin:easy-vqa", fraction=1.0, max_samples=recipe.max_samples, max_images=1)
-    samples = list(load_samples(spec))
-    if not samples:
-        raise RuntimeError("builtin:easy-vqa yielded no samples")
-    pad = int(processor.tokenizer.pad_token_id)
-    rng = random.Random(recipe.seed)
-    order: list[int] = []
-    old_threads = torch.get_num_threads()
-    if recipe.threads:
-        torch.set_num_threads(recipe.threads)
-    torch.manual_seed(recipe.seed)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=recipe.lr,
-        betas=(0.9, 0.98),
-    )
-    model.train()
-    t0, c0 = time.monotonic(), _cpu_seconds()
-    losses: list[float] = []
-    try:
-        for step in range(recipe.steps):
-            batch_idx = []
-            for _ in range(recipe.batch):
-                if not order:
-                    order = list(range(len(samples)))
-                    rng.shuffle(order)
-                batch_idx.append(order.pop())
-            examples = [encode_sample(samples[i], processor, max_length=recipe.max_length) for i in batch_idx]
-            batch = collate(examples, pad)
-            for g in opt.param_groups:
-                g["lr"] = _lr_at(step, recipe)
-            out = model(**batch, use_cache=False)
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(float(out.loss.detach()))
-            if step % 50 == 0 or step == recipe.steps - 1:
-                recent = losses[-50:]
-                log.info("easyvqa-vl step %d/%d loss %.4f (%.0f s)", step + 1, recipe.steps,
-                         sum(recent) / len(recent), time.monotonic() - t0)
-    finally:
-        model.eval()
-        torch.set_num_threads(old_threads)
-    tail = losses[-50:]
-    return {
-        "steps": recipe.steps,
-        "samples_seen": recipe.steps * recipe.batch,
-        "train_samples": len(samples),
-        "final_loss": sum(tail) / len(tail),
-        "first_loss": losses[0],
-        "wall_seconds": round(time.monotonic() - t0, 1),
-        "cpu_seconds": round(_cpu_seconds() - c0, 1),
-    }
-
-
-def _cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-def build(out: Path, recipe: Recipe) -> dict[str, Any]:
-    """Tokenizer, processor, model; train; save a normal checkpoint directory into `out`."""
-    tok = build_tokenizer()
-    processor = build_processor(tok)
-    model = build_model(recipe, tok)
-    stats = train(model, processor, recipe)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    info = {
-        "source": f"builtin:{recipe.name}",
-        "recipe": dataclasses.asdict(recipe),
-        "data": "builtin:easy-vqa (PyPI easy-vqa==1.0, train split)",
-        "training": stats,
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }
-    (out / "interlace-builtin.json").write_text(json.dumps(info, indent=1) + "\n")
-    log.info("built builtin:%s in %.0f s wall, %.0f s CPU", recipe.name, stats["wall_seconds"], stats["cpu_seconds"])
-    return info
