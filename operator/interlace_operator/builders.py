@@ -218,7 +218,7 @@ def _env(job: PruneJob, owner: Owner) -> tuple[list[dict[str, Any]], list[dict[s
     if job.spec.resources.pvc_name:
         # Work files of remote (s3://, hf://) outputs go to the claim every Ray pod mounts, not into
         # the head's container (shared_work_dir_error: a cluster PruneJob needs this claim or a pvc://
-        # output; the operator refuses one without as InvalidSpec, interlace.cli.run checks again).
+        # output; the operator refuses one without as InvalidSpec, interlace.pipeline.job checks again).
         env.append({"name": "INTERLACE_WORK_DIR", "value": f"{DATA_MOUNT_DIR}/.interlace-work"})
     env_from: list[dict[str, Any]] = []
     if job.spec.output.s3_secret:
