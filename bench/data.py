@@ -235,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             batch = collate(examples, pad_id, packing=spec.packing, max_length=max_length, positions=positions)
             encode_s += time.perf_counter() - t
             padded = collate(examples, pad_id, packing=False)
-            packed = collate(examples, pad_id, packing=True, max_length=max_length, positions=positions)
+            packed = batch if spec.packing else collate(
+                examples, pad_id, packing=True, max_length=max_length, positions=positions)
             inline.append(batch["input_ids"])
             shapes.append((int(packed["input_ids"].shape[0]), int(packed["input_ids"].shape[-1])))
             pad_shares.append(padding_share(padded))
