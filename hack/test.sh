@@ -78,14 +78,23 @@ else
   python -m pytest --durations=15 tests/realnode >"$realnode_log" 2>&1 &
   realnode_pid=$!
   trap 'kill -TERM "$realnode_pid" 2>/dev/null; wait "$realnode_pid"; exit 143' TERM INT
-  python -m pytest --durations=40 --ignore=tests/realnode
-  rc_main=$(pytest_rc $? "the main lane")
+  main_log=$(mktemp -t interlace-main-XXXX.log)
+  python -m pytest --durations=40 --ignore=tests/realnode 2>&1 | tee "$main_log"
+  rc_main=$(pytest_rc "${PIPESTATUS[0]}" "the main lane")
   wait "$realnode_pid"
   rc_node=$(pytest_rc $? "the real-node lane")
   trap - TERM INT
   printf '\n=== the real-node lane (tests/realnode, run beside the main lane), exit %s\n' "$rc_node"
   cat "$realnode_log"
-  rm -f "$realnode_log"
+  # The end of a CI log is what a reader sees first: each lane's failures, and the disk (a full disk
+  # once made the real node's kubelet evict every image), come last.
+  for lane in main realnode; do
+    log_file=main_log; [ "$lane" = main ] || log_file=realnode_log
+    printf '\n=== %s lane: failures\n' "$lane"
+    grep -E '^(FAILED|ERROR) ' "${!log_file}" || echo "(none)"
+  done
+  printf '\n=== disk\n'; df -h "${TMPDIR:-/tmp}" "${INTERLACE_CACHE:-$HOME/.cache/interlace}" | awk '!seen[$0]++'
+  rm -f "$realnode_log" "$main_log"
   printf '\n=== pytest lanes: main exit %s, real-node exit %s\n' "$rc_main" "$rc_node"
   rc=$(( rc_main != 0 ? rc_main : rc_node ))
 fi

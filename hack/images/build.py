@@ -566,14 +566,45 @@ def load(socket: str, layout: Path, ref: str) -> None:
         proc.stdin.close()
     if proc.wait() != 0:
         sys.exit(f"ctr import of {ref} failed")
-    # Older builds of the same image are not needed again (a node's store would otherwise grow by up to
-    # 15 GB, content and snapshot, with each dependency change of the runtime image).
-    repo = ref.rsplit(":", 1)[0]
-    for old in subprocess.run(["ctr", "-a", socket, "-n", "k8s.io", "images", "ls", "-q"],
-                              capture_output=True, text=True).stdout.split():
-        if old.rsplit(":", 1)[0] == repo and old != ref:
-            subprocess.run(["ctr", "-a", socket, "-n", "k8s.io", "images", "rm", old], capture_output=True)
     log(f"{ref}: imported and unpacked in {time.time() - t0:.0f} s")
+
+
+def ctr_images(socket: str) -> dict[str, str]:
+    """Every name in the store's k8s.io namespace and the manifest digest it points to."""
+    out = subprocess.run(["ctr", "-a", socket, "-n", "k8s.io", "images", "ls"], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    return {row[0]: row[2] for row in (line.split() for line in out[1:]) if len(row) >= 3}
+
+
+def _repo(name: str) -> str | None:
+    """`localhost/interlace-runtime` for its tags and digests; None for the CRI's `sha256:<id>` names."""
+    if name.startswith("sha256:"):
+        return None
+    return name.split("@", 1)[0].rsplit(":", 1)[0]
+
+
+def prune(socket: str, current: dict[str, str]) -> list[str]:
+    """Remove every older build of these images from a node's store; return the names removed.
+
+    An older build is reachable by more than its tag: containerd's CRI plugin gives each imported
+    image a second name, `sha256:<config digest>`, that names no repository. Removing the tag alone
+    (what this did before) left each older runtime build, 7.7 GB unpacked, in the kept store; eight of
+    them filled the disk until the kubelet's disk-pressure eviction removed every image, the pause
+    image included, and no pod could start. So a build is kept when a current image or an image of
+    another repository points to it; everything else that points to an older build of these images,
+    or to no repository at all, goes, and containerd's garbage collector frees its content and
+    snapshots before this returns (`--sync`).
+    """
+    names = ctr_images(socket)
+    repos = {_repo(ref) for ref in current.values()}
+    keep = {names[ref] for ref in current.values() if ref in names}
+    keep |= {digest for name, digest in names.items() if _repo(name) is not None and _repo(name) not in repos}
+    gone = sorted(name for name, digest in names.items() if digest not in keep)
+    if gone:
+        subprocess.run(["ctr", "-a", socket, "-n", "k8s.io", "images", "rm", "--sync", *gone],
+                       capture_output=True, check=True)
+        log(f"removed older builds from the node's store: {', '.join(gone)}")
+    return gone
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -603,6 +634,8 @@ def main(argv: list[str] | None = None) -> int:
             if a.load:
                 load(a.load, Path(d), ref)
         refs[name] = ref
+    if a.load:
+        prune(a.load, refs)
     env = OUT / "images.env"
     known = dict(line.split("=", 1) for line in env.read_text().splitlines() if "=" in line) if env.is_file() else {}
     known.update({f"INTERLACE_IMAGE_{k.upper()}": v for k, v in refs.items()})

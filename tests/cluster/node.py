@@ -317,8 +317,11 @@ state = "{self.dir / 'containerd-state'}"
                     # The images were built here and cannot be pulled again: never collect them.
                     "imageGCHighThresholdPercent": 100,
                     "imageGCLowThresholdPercent": 99,
-                    "evictionHard": {"memory.available": "200Mi", "nodefs.available": "2%",
-                                     "imagefs.available": "2%"},
+                    # Floors in bytes, not shares of the host's disk: this node shares a large disk
+                    # with everything else on the machine (2% of 252 GB is 5 GB), and a disk-pressure
+                    # eviction removes every image, pause included, after which no pod starts at all.
+                    "evictionHard": {"memory.available": "200Mi", "nodefs.available": "1Gi",
+                                     "imagefs.available": "1Gi"},
                     "maxPods": 60,
                     # Not /var/log/pods on the host (kubelet's default).
                     "podLogsDir": str(self.dir / "pod-logs"),

@@ -3,11 +3,17 @@
 What a kwok node cannot show: a container process runs (its exit code and logs come back), a pod
 reaches another pod through a ClusterIP Service by its DNS name, a pod reaches the apiserver through
 the `kubernetes` Service with its ServiceAccount token, and the fake GPU node beside the real one
-takes only pods that tolerate its taint.
+takes only pods that tolerate its taint; and the node's kept image store holds the current build of
+each image only.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -17,6 +23,18 @@ from tests.cluster.node import NODE_LABEL, RealNode
 from tests.cluster.testbed import FAKE_NODE_TAINT, ControlPlane
 
 pytestmark = [pytest.mark.real_node, pytest.mark.cluster]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _image_build() -> ModuleType:
+    """hack/images/build.py, the code that builds and loads the node's images (not a package)."""
+    spec = importlib.util.spec_from_file_location("interlace_image_build", REPO / "hack/images/build.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def _pod(name: str, image: str, command: list[str], **spec: Any) -> dict[str, Any]:
@@ -167,3 +185,31 @@ def test_pods_avoid_the_fake_gpu_node_unless_they_tolerate_it(
     pods = cp.wait_for(scheduled, timeout=60, what="scheduling decisions")
     assert pods["tolerating"]["spec"]["nodeName"] != node.name
     assert "taint" in pods["gpu"]["status"]["conditions"][0]["message"] or "untolerated" in str(pods["gpu"]["status"])
+
+
+def test_the_nodes_store_keeps_only_the_current_build_of_each_image(real_cluster: tuple[ControlPlane, RealNode]) -> None:
+    """An older build leaves the kept store under every name it has. Besides its tag, containerd's
+    CRI plugin names each imported image `sha256:<config digest>`; removing only the tag left eight
+    older runtime builds (7.7 GB each) in the store until the disk was full and the kubelet evicted
+    every image, pause included (CI of the fifth session). Here an older build of pause is imported
+    beside the current one, as a code change would, and the loader's prune must leave no name of it
+    and every current image in place."""
+    cp, node = real_cluster
+    build = _image_build()
+    sock = str(node.sock)
+    config = {"Entrypoint": ["/pause"], "User": "65535:65535", "Labels": {"interlace.dev/test": "older-build"}}
+    with tempfile.TemporaryDirectory() as d:
+        older, digest = build.oci_layout("pause", [build.pause_layer()], config, Path(d))
+        build.load(sock, Path(d), older)
+    assert older != node.images["pause"]
+
+    def cri_name() -> list[str] | None:
+        names = [n for n, target in build.ctr_images(sock).items() if target == digest and n.startswith("sha256:")]
+        return names or None
+
+    ids = cp.wait_for(cri_name, timeout=30, interval=0.2, what="the CRI plugin's sha256: name of the older build")
+    removed = build.prune(sock, {"pause": node.images["pause"]})
+    after = build.ctr_images(sock)
+    assert older in removed and set(ids) <= set(removed), removed
+    assert digest not in after.values(), {n: t for n, t in after.items() if t == digest}
+    assert all(ref in after for ref in node.images.values()), (node.images, sorted(after))
