@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     work_dir: Path | None = None
     pvc_root: Path = Path("/data")
     prunejob: str | None = None
+    # The per-job identity's token (files `token`, `ca.crt`), mounted by the operator when the pods run
+    # as a shared ServiceAccount: status writes use it instead of the pod's own account.
+    status_token_dir: Path | None = None
     status_interval: float | None = Field(default=None, ge=0)
     gpu_wait_seconds: float | None = Field(default=None, ge=0)
     hub_token: SecretStr | None = None

@@ -4,7 +4,9 @@ Kubeflow Trainer v2 style push: the job knows its stage, step, loss and ETA; the
 The job patches ONLY the fields it owns (`stage`, `progress`, `plan`, `results`; the operator owns
 the rest, see `interlace.schema.spec.PruneJobStatus`) with JSON merge patches on the `/status` subresource,
 authenticated as the job's ServiceAccount, whose Role allows exactly `get`/`patch` on this one
-PruneJob's status (the operator creates it). So a job cannot touch another job or any spec.
+PruneJob's status (the operator creates it). So a job cannot touch another job or any spec. Pods that
+run as an allow-listed shared ServiceAccount get the per-job account's token as a file
+(INTERLACE_STATUS_TOKEN_DIR) and write with it: the same reach, whatever account the pods run as.
 
 * Rate limit: `progress` is sent at most every `min_interval` seconds (the newest value wins; a timer
   sends the last one so the status never stays stale); `stage`, `plan` and `results` go out at once
@@ -50,16 +52,29 @@ def _full(model: Any) -> dict[str, Any]:
 
 
 def make_api_client(kubeconfig: str | None = None) -> Any:
-    """In-cluster ServiceAccount config (token refreshed as it rotates), else KUBECONFIG."""
+    """In-cluster ServiceAccount config (token refreshed as it rotates), else KUBECONFIG.
+
+    In a pod that runs as a shared ServiceAccount the operator mounts the per-job account's token
+    (INTERLACE_STATUS_TOKEN_DIR): status writes then use it, so they reach this job's PruneJob only."""
     try:
         from kubernetes import client, config
+        from kubernetes.config.incluster_config import InClusterConfigLoader
     except ImportError:
         raise InterlaceError(
             f"{ENV_PRUNEJOB} is set but the `kubernetes` package is missing: "
             "pip install 'interlace-operator[kube]' (the runtime image has it)"
         ) from None
     cfg = client.Configuration()
-    if kubeconfig is None and settings().in_cluster:
+    token_dir = settings().status_token_dir
+    if kubeconfig is None and settings().in_cluster and token_dir is not None:
+        token, ca = token_dir / "token", token_dir / "ca.crt"
+        if not (token.is_file() and ca.is_file()):
+            raise InterlaceError(
+                f"INTERLACE_STATUS_TOKEN_DIR={token_dir} has no token and ca.crt: the PruneJob's token Secret "
+                "(<prunejob>-job-token) is not mounted there"
+            )
+        InClusterConfigLoader(token_filename=str(token), cert_filename=str(ca)).load_and_set(cfg)
+    elif kubeconfig is None and settings().in_cluster:
         config.load_incluster_config(client_configuration=cfg)
     else:
         config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)

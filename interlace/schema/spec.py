@@ -689,7 +689,7 @@ POD_TARGETS = ("head", "workers")
 RAY_CONTAINERS = {"head": "ray-head", "workers": "ray-worker"}
 RESERVED_VOLUMES = frozenset({"prunejob-spec", "data", "dshm"})
 RESERVED_MOUNT_PATHS = frozenset({"/etc/interlace", "/data", "/dev/shm"})
-RESERVED_ENV = frozenset({"INTERLACE_PRUNEJOB"})
+RESERVED_ENV = frozenset({"INTERLACE_PRUNEJOB", "INTERLACE_STATUS_TOKEN_DIR"})
 RESERVED_LABEL_PREFIXES = ("interlace.dev/", "ray.io/", "app.kubernetes.io/", "kueue.x-k8s.io/")
 # Kubernetes' resource.Quantity syntax (the pattern of int-or-string quantities in its OpenAPI).
 _QUANTITY = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)"

@@ -50,6 +50,11 @@ RAY_VERSION = "2.60.0"
 # job API (8265) and the client server (10001) then refuse a request without it. Only pods that mount
 # that Secret (or a user who may read Secrets in the namespace) can submit code to the cluster.
 RAY_AUTH = {"mode": "token"}
+# Where the per-job identity's token is mounted when the pods run as a shared ServiceAccount
+# (interlace.runtime.kube reads INTERLACE_STATUS_TOKEN_DIR: token, ca.crt).
+STATUS_TOKEN_DIR = "/var/run/secrets/interlace.dev/status"
+ENV_STATUS_TOKEN_DIR = "INTERLACE_STATUS_TOKEN_DIR"
+STATUS_TOKEN_VOLUME = "status-token"
 SHM_VOLUME = "dshm"
 SHM_MOUNT_PATH = "/dev/shm"
 
@@ -117,7 +122,9 @@ def role(owner: Owner) -> dict[str, Any]:
     }
 
 
-def role_binding(owner: Owner, service_account_name: str) -> dict[str, Any]:
+def role_binding(owner: Owner) -> dict[str, Any]:
+    """The job's Role bound to the per-job ServiceAccount only, also when the pods run as a shared
+    one (those get the per-job account's token as a file: status_token_secret)."""
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
@@ -127,7 +134,27 @@ def role_binding(owner: Owner, service_account_name: str) -> dict[str, Any]:
             "kind": "Role",
             "name": names.job_account_name(owner.name),
         },
-        "subjects": [{"kind": "ServiceAccount", "name": service_account_name, "namespace": owner.namespace}],
+        "subjects": [
+            {"kind": "ServiceAccount", "name": names.job_account_name(owner.name), "namespace": owner.namespace}
+        ],
+    }
+
+
+def status_token_secret(owner: Owner) -> dict[str, Any]:
+    """A token of the per-job ServiceAccount, for pods that run as an allow-listed shared one.
+
+    Status writes always come from the per-job identity: its Role reaches this one PruneJob, so code in
+    one job cannot write another's status even when both run as the same ServiceAccount (for cloud
+    credentials, say). Kubernetes' token controller fills the Secret (token, ca.crt, namespace) and
+    invalidates the token when the Secret goes, with its PruneJob (owner reference)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/service-account-token",
+        "metadata": {
+            **_meta(owner, names.status_token_name(owner.name), "job-identity"),
+            "annotations": {"kubernetes.io/service-account.name": names.job_account_name(owner.name)},
+        },
     }
 
 
@@ -220,6 +247,8 @@ def _env(job: PruneJob, owner: Owner) -> tuple[list[dict[str, Any]], list[dict[s
         # the head's container (shared_work_dir_error: a cluster PruneJob needs this claim or a pvc://
         # output; the operator refuses one without as InvalidSpec, interlace.pipeline.job checks again).
         env.append({"name": "INTERLACE_WORK_DIR", "value": f"{DATA_MOUNT_DIR}/.interlace-work"})
+    if job.spec.resources.service_account_name:
+        env.append({"name": ENV_STATUS_TOKEN_DIR, "value": STATUS_TOKEN_DIR})
     env_from: list[dict[str, Any]] = []
     if job.spec.output.s3_secret:
         env_from.append({"secretRef": {"name": job.spec.output.s3_secret}})
@@ -232,6 +261,9 @@ def _volumes(job: PruneJob, owner: Owner) -> tuple[list[dict[str, Any]], list[di
     if job.spec.resources.pvc_name:
         volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": job.spec.resources.pvc_name}})
         mounts.append({"name": "data", "mountPath": DATA_MOUNT_DIR})
+    if job.spec.resources.service_account_name:
+        volumes.append({"name": STATUS_TOKEN_VOLUME, "secret": {"secretName": names.status_token_name(owner.name)}})
+        mounts.append({"name": STATUS_TOKEN_VOLUME, "mountPath": STATUS_TOKEN_DIR, "readOnly": True})
     return volumes, mounts
 
 

@@ -285,6 +285,11 @@ class Kube:
                 self.rbac.read_namespaced_role_binding,
                 self.rbac.replace_namespaced_role_binding,
             ),
+            "Secret": (
+                self.core.create_namespaced_secret,
+                self.core.read_namespaced_secret,
+                self.core.replace_namespaced_secret,
+            ),
             "NetworkPolicy": (
                 self.networking.create_namespaced_network_policy,
                 self.networking.read_namespaced_network_policy,

@@ -50,6 +50,11 @@ def job_account_name(prunejob: str) -> str:
     return fit(prunejob, "-job", DNS_SUBDOMAIN_MAX)
 
 
+def status_token_name(prunejob: str) -> str:
+    """Name of the Secret holding the per-job ServiceAccount's token when the pods run as a shared one."""
+    return fit(prunejob, "-job-token", DNS_SUBDOMAIN_MAX)
+
+
 def network_policy_name(prunejob: str) -> str:
     """Name of the NetworkPolicy that admits to the job's Ray pods only the job's own pods and KubeRay."""
     return fit(prunejob, "-ray", DNS_SUBDOMAIN_MAX)

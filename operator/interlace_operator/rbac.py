@@ -34,6 +34,15 @@ watches, plus the one the RBAC escalation check needs; the cluster tests show no
   pull, a missing Secret), quoted in the status and in the StartDeadlineExceeded failure.
 * customresourcedefinitions and namespaces list/watch: kopf's cluster observation (it notices a KubeRay
   CRD installed after the operator, and namespaces that appear); read-only.
+
+Only where shared ServiceAccounts are allow-listed (INTERLACE_ALLOWED_SERVICE_ACCOUNTS; the chart adds
+it when `jobPolicy.allowedServiceAccounts` is not empty), SHARED_ACCOUNT_RULES:
+
+* secrets get/create: the per-job ServiceAccount's token Secret (`<pj>-job-token`), mounted into pods
+  that run as a shared account, so their status writes still come from the per-job identity; get only
+  to adopt it after a 409. Without the rule such a PruneJob fails its pre-flight (ChildRejected, the
+  Secret named) before anything is created. Reading Secrets is a privilege worth not holding by
+  default, hence the separate rule.
 """
 
 from __future__ import annotations
@@ -66,6 +75,11 @@ RULES: list[dict[str, list[str]]] = [
 ]
 
 
+SHARED_ACCOUNT_RULES: list[dict[str, list[str]]] = [
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]},
+]
+
+
 def job_role_rules(prunejob_name: str) -> list[dict[str, Any]]:
     """Rules of the per-job Role: the Ray job may read its own PruneJob and patch its own status."""
     return [
@@ -84,13 +98,15 @@ def job_role_rules(prunejob_name: str) -> list[dict[str, Any]]:
     ]
 
 
-def cluster_role(name: str = "interlace-operator") -> dict[str, Any]:
-    """A ClusterRole with RULES (what manifests/ and the chart render)."""
+def cluster_role(name: str = "interlace-operator", *, shared_accounts: bool = False) -> dict[str, Any]:
+    """A ClusterRole with RULES (what manifests/ and the chart render), plus SHARED_ACCOUNT_RULES when
+    shared ServiceAccounts are allow-listed."""
+    rules = [*RULES, *(SHARED_ACCOUNT_RULES if shared_accounts else [])]
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRole",
         "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "interlace-operator"}},
-        "rules": [dict(r) for r in RULES],
+        "rules": [dict(r) for r in rules],
     }
 
 

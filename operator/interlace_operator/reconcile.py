@@ -356,9 +356,9 @@ class Reconciler:
             return Outcome(Phase.FAILED.value, "NotAllowed", "; ".join(problems), finished=True, failed=True)
         owner, job = ctx.owner, ctx.job
         deadline = job.spec.active_deadline_seconds
-        children = [builders.role(owner)]
-        if not job.spec.resources.service_account_name:
-            children.append(builders.service_account(owner))
+        children = [builders.role(owner), builders.service_account(owner)]
+        if job.spec.resources.service_account_name:
+            children.append(builders.status_token_secret(owner))
         if self.config.network_policy:
             children.append(self._network_policy(owner))
         # (no RoleBinding: its escalation check needs the Role to exist; its content is the operator's)
@@ -432,24 +432,27 @@ class Reconciler:
         return builders.network_policy(owner, (peer,) if peer.pod_labels else ())
 
     def _ensure_children(self, ctx: Ctx) -> None:
-        """The job's identity (ServiceAccount + Role + RoleBinding) and the NetworkPolicy of its Ray
-        pods, before any RayJob (the spec travels in the RayJob)."""
+        """The job's identity (ServiceAccount + Role + RoleBinding; with a shared ServiceAccount also
+        the per-job account's token for the pods) and the NetworkPolicy of its Ray pods, before any
+        RayJob (the spec travels in the RayJob)."""
         owner, job = ctx.owner, ctx.job
-        sa = builders.job_service_account_name(job, owner)
         wanted: list[tuple[dict[str, Any], tuple[str, ...]]] = [
             (builders.role(owner), ("rules",)),
+            (builders.service_account(owner), ()),
         ]
-        if not job.spec.resources.service_account_name:
-            wanted.append((builders.service_account(owner), ()))
         if self.config.network_policy:
             wanted.append((self._network_policy(owner), ("spec",)))
         # Independent objects: created in parallel (three round trips cost one). The RoleBinding
         # comes after its Role: the API server's escalation check reads the Role, and without the
-        # `bind` verb the operator may only bind a Role that exists and whose rules it holds.
+        # `bind` verb the operator may only bind a Role that exists and whose rules it holds. The
+        # token Secret comes after its ServiceAccount (the token controller deletes a token Secret
+        # whose account does not exist).
         futures = [self._children_pool.submit(self.kube.ensure, body, owner.uid, keys) for body, keys in wanted]
         for future in futures:
             future.result()
-        self.kube.ensure(builders.role_binding(owner, sa), owner.uid, ("subjects",))
+        self.kube.ensure(builders.role_binding(owner), owner.uid, ("subjects",))
+        if job.spec.resources.service_account_name:
+            self.kube.ensure(builders.status_token_secret(owner), owner.uid, ())
 
     def _start_attempt(self, ctx: Ctx, attempt: int, *, retry: bool) -> float | None:
         """Create (or adopt) the RayJob of `attempt`, then record it in status."""

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from interlace_operator import builders, names
 from interlace_operator.config import OperatorConfig
-from interlace_operator.rbac import RULES
+from interlace_operator.rbac import RULES, SHARED_ACCOUNT_RULES
 
 from interlace.schema.spec import load_prunejob, parse_prunejob
 
@@ -210,11 +210,30 @@ def test_job_identity_can_patch_only_its_own_status() -> None:
          "verbs": ["get", "patch"]},
         {"apiGroups": ["interlace.dev"], "resources": ["prunejobs"], "resourceNames": ["qwen-20"], "verbs": ["get"]},
     ]
-    rb = builders.role_binding(OWNER, "qwen-20-job")
+    rb = builders.role_binding(OWNER)
     assert rb["roleRef"]["name"] == role["metadata"]["name"]
     assert rb["subjects"] == [{"kind": "ServiceAccount", "name": "qwen-20-job", "namespace": "ml"}]
+    # A shared (allow-listed) ServiceAccount runs the pods; the Role stays bound to the per-job one,
+    # whose token the pods get as a file (head and workers, where the job's code runs).
     custom = job(resources={"serviceAccountName": "team-sa"})
     assert builders.job_service_account_name(custom, OWNER) == "team-sa"
+    secret = builders.status_token_secret(OWNER)
+    assert secret["type"] == "kubernetes.io/service-account-token"
+    assert secret["metadata"]["annotations"] == {"kubernetes.io/service-account.name": "qwen-20-job"}
+    assert secret["metadata"]["ownerReferences"] == [OWNER.reference()]
+    cluster = builders.rayjob(custom, OWNER, attempt=1, image="img:1")["spec"]["rayClusterSpec"]
+    for pod in (cluster["headGroupSpec"]["template"]["spec"], cluster["workerGroupSpecs"][0]["template"]["spec"]):
+        assert pod["serviceAccountName"] == "team-sa"
+        vol = next(v for v in pod["volumes"] if v["name"] == builders.STATUS_TOKEN_VOLUME)
+        assert vol["secret"]["secretName"] == secret["metadata"]["name"]
+        ray = pod["containers"][0]
+        assert {"name": builders.STATUS_TOKEN_VOLUME, "mountPath": builders.STATUS_TOKEN_DIR,
+                "readOnly": True} in ray["volumeMounts"]
+        assert {"name": builders.ENV_STATUS_TOKEN_DIR, "value": builders.STATUS_TOKEN_DIR} in ray["env"]
+    own = builders.rayjob(job(), OWNER, attempt=1, image="img:1")["spec"]["rayClusterSpec"]
+    head = own["headGroupSpec"]["template"]["spec"]
+    assert all(v["name"] != builders.STATUS_TOKEN_VOLUME for v in head.get("volumes", []))
+    assert all(e["name"] != builders.ENV_STATUS_TOKEN_DIR for e in head["containers"][0]["env"])
 
 
 def test_operator_rbac_covers_what_it_creates() -> None:
@@ -231,6 +250,8 @@ def test_operator_rbac_covers_what_it_creates() -> None:
                        ("rbac.authorization.k8s.io", "rolebindings"), ("ray.io", "rayjobs"), ("", "events"),
                        ("networking.k8s.io", "networkpolicies")]:
         assert allowed(group, res, "create"), res
+    assert not allowed("", "secrets", "get")  # only with shared accounts allow-listed
+    assert {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]} in SHARED_ACCOUNT_RULES
 
 
 def test_the_network_policy_admits_the_jobs_own_pods_and_kuberay_to_the_dashboard_only() -> None:

@@ -6,6 +6,7 @@ child creation under that admission plugin."""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ def _failed(cluster: Cluster, name: str, reason: str) -> dict[str, Any]:
 def test_a_prunejob_cannot_pick_an_identity_priority_or_tolerations_beyond_the_allow_list(
     cluster: Cluster, run_operator
 ) -> None:
-    op = run_operator()
+    run_operator()
     res = prunejob("x")["spec"]["resources"]
     cluster.apply(prunejob("escalate", resources={
         **res,
@@ -47,14 +48,79 @@ def test_a_prunejob_cannot_pick_an_identity_priority_or_tolerations_beyond_the_a
     assert cluster.get("rolebinding", "escalate-job") is None
     assert "NotAllowed" in wait_for(lambda: cluster.event_reasons("escalate"), what="the NotAllowed event")
 
-    # What the operator's configuration allows goes through.
-    cluster.kubectl("create", "serviceaccount", "team-sa")
-    op.stop()
-    run_operator(INTERLACE_ALLOWED_SERVICE_ACCOUNTS="team-sa")
-    cluster.apply(prunejob("allowed", resources={**res, "serviceAccountName": "team-sa"}))
-    rj = wait_for(lambda: cluster.get("rayjob", "allowed-1"), timeout=30, what="RayJob allowed-1")
-    head = rj["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
-    assert head["serviceAccountName"] == "team-sa"
+    # What the operator's configuration allows goes through:
+    # test_pods_of_a_shared_service_account_write_status_as_their_own_job_only.
+
+
+def test_pods_of_a_shared_service_account_write_status_as_their_own_job_only(
+    cluster: Cluster, run_operator, control_plane, operator_kubeconfig: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two PruneJobs run as one allow-listed ServiceAccount. The Role of each stays bound to its own
+    per-job account, whose token the operator hands the pods as a Secret; the library's status writer
+    (KubeStatusReporter, in-cluster, with INTERLACE_STATUS_TOKEN_DIR) reaches its own PruneJob and is
+    refused on the other, and the shared account itself may write neither. The operator's test account
+    holds exactly RULES first: the token Secret is then refused in the pre-flight, before anything."""
+    from interlace_operator.rbac import SHARED_ACCOUNT_RULES
+    from kubernetes.client.exceptions import ApiException
+
+    from interlace.runtime.kube import KubeStatusReporter
+
+    cluster.kubectl("create", "serviceaccount", "shared-sa")
+    run_operator(INTERLACE_ALLOWED_SERVICE_ACCOUNTS="shared-sa")
+    res = {**prunejob("x")["spec"]["resources"], "serviceAccountName": "shared-sa"}
+    cluster.apply(prunejob("team-a", resources=res))
+    cond = _failed(cluster, "team-a", "ChildRejected")
+    assert "Secret" in cond["message"] and "forbidden" in cond["message"].lower(), cond["message"]
+    assert rayjobs_of(cluster, "team-a") == [] and "startTime" not in cluster.status("team-a")
+
+    _, sa_ns, sa_name = _username(control_plane, operator_kubeconfig).rsplit(":", 2)
+    grant = f"shared-{cluster.ns}"
+    role = cluster_role(grant)
+    role["rules"] = SHARED_ACCOUNT_RULES
+    control_plane.apply([role, {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": grant},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": grant},
+        "subjects": [{"kind": "ServiceAccount", "name": sa_name, "namespace": sa_ns}],
+    }])
+    try:
+        cluster.kubectl("patch", "prunejob", "team-a", "--type=merge", "-p", '{"spec": {"pruning": {"ratio": 0.3}}}')
+        cluster.apply(prunejob("team-b", resources=res))
+        for name in ("team-a", "team-b"):
+            rj = wait_for(lambda n=name: cluster.get("rayjob", f"{n}-1"), timeout=30, what=f"RayJob {name}-1")
+            assert rj["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["serviceAccountName"] == "shared-sa"
+            binding = cluster.get("rolebinding", f"{name}-job")
+            assert binding is not None
+            assert binding["subjects"] == [{"kind": "ServiceAccount", "name": f"{name}-job", "namespace": cluster.ns}]
+
+        secret = wait_for(lambda: ((cluster.get("secret", "team-a-job-token") or {}).get("data") or {}).get("token")
+                          and cluster.get("secret", "team-a-job-token"), timeout=30,
+                          what="the token controller to fill team-a-job-token")
+        assert secret["metadata"]["ownerReferences"][0]["name"] == "team-a"
+        token_dir = tmp_path / "status-token"
+        token_dir.mkdir()
+        for key in ("token", "ca.crt"):
+            (token_dir / key).write_bytes(base64.b64decode(secret["data"][key]))
+        host, port = control_plane.server.removeprefix("https://").rsplit(":", 1)
+        monkeypatch.delenv("KUBECONFIG", raising=False)
+        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", host)
+        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", port)
+        monkeypatch.setenv("INTERLACE_STATUS_TOKEN_DIR", str(token_dir))
+        KubeStatusReporter(cluster.ns, "team-a", strict=True).patch_status({"stage": "Analyzing"})
+        assert cluster.status("team-a")["stage"] == "Analyzing"
+        with pytest.raises(ApiException) as other:
+            KubeStatusReporter(cluster.ns, "team-b", strict=True).patch_status({"stage": "Analyzing"})
+        assert other.value.status == 403
+        assert cluster.status("team-b").get("stage") != "Analyzing"
+
+        shared = control_plane.service_account_kubeconfig(cluster.ns, "shared-sa")
+        for name in ("team-a", "team-b"):
+            out = control_plane.kubectl("-n", cluster.ns, "patch", "prunejob", name, "--subresource=status",
+                                        "--type=merge", "-p", '{"status": {"stage": "Publishing"}}',
+                                        kubeconfig=shared, check=False)
+            assert out.returncode != 0 and "forbidden" in out.stderr.lower(), out.stderr
+    finally:
+        control_plane.kubectl("delete", "clusterrolebinding,clusterrole", grant, "--ignore-not-found", check=False)
 
 
 def test_what_the_api_server_refuses_fails_before_the_spec_is_frozen(cluster: Cluster, run_operator) -> None:

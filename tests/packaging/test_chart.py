@@ -189,6 +189,21 @@ def test_cluster_wide_rbac_is_exactly_the_operators_rules(default_objs: list[dic
     assert not by_kind(operator_objs(default_objs), "Role")
 
 
+def test_secrets_are_granted_only_where_shared_service_accounts_are_allowed(
+    default_objs: list[dict[str, Any]]
+) -> None:
+    """Reading Secrets is not held by default: only an allow-listed shared ServiceAccount needs the
+    per-job token Secret (interlace_operator.rbac.SHARED_ACCOUNT_RULES)."""
+    from interlace_operator.rbac import SHARED_ACCOUNT_RULES
+
+    assert not any("secrets" in r["resources"] for r in one(operator_objs(default_objs), "ClusterRole")["rules"])
+    objs = template({"jobPolicy": {"allowedServiceAccounts": ["team-sa"]}})
+    role = one(operator_objs(objs), "ClusterRole")
+    namespaced, cluster = split_rules()
+    assert normalize(role["rules"]) == normalize([*namespaced, *SHARED_ACCOUNT_RULES, *cluster])
+    assert env(objs)["INTERLACE_ALLOWED_SERVICE_ACCOUNTS"] == "team-sa"
+
+
 def test_namespaced_rbac_grants_only_in_watched_namespaces() -> None:
     objs = template(NAMESPACED)
     namespaced, cluster = split_rules()

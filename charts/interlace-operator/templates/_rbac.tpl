@@ -1,5 +1,6 @@
 {{/*
-The operator's RBAC rules: exactly interlace_operator.rbac.RULES, split by scope
+The operator's RBAC rules: exactly interlace_operator.rbac.RULES (plus SHARED_ACCOUNT_RULES when
+jobPolicy.allowedServiceAccounts is not empty), split by scope
 (tests/packaging/test_chart.py fails when they differ and prints what to paste here).
 namespacedRules: in the ClusterRole (cluster-wide) or in a Role per watched namespace.
 clusterRules: cluster-scoped resources (read-only), always in a ClusterRole.
@@ -36,6 +37,12 @@ clusterRules: cluster-scoped resources (read-only), always in a ClusterRole.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]
+{{- if (.Values.jobPolicy).allowedServiceAccounts }}
+{{- /* interlace_operator.rbac.SHARED_ACCOUNT_RULES: the per-job token Secret for pods of a shared ServiceAccount */}}
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create"]
+{{- end }}
 {{- end -}}
 
 {{- define "interlace-operator.clusterRules" -}}
