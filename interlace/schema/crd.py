@@ -61,6 +61,7 @@ HEADER = (
 SET_LISTS = {
     ("PruningSpec", "protectedLayers"),
     ("PruningSpec", "ratios"),
+    ("PruningSpec", "candidates"),
     ("DataSpec", "subsets"),
     ("EvaluationSpec", "benchmarks"),
     ("PodTemplateOverride", "targetGroups"),
@@ -266,7 +267,8 @@ def _spec_schema() -> dict[str, Any]:
             " + (has(self.target) ? 1 : 0) == 1",
             "message": S.AMOUNT_MESSAGE,
             "reason": "FieldValueInvalid",
-        }
+        },
+        *S.AUTO_RULES,
     ]
     return schema
 
