@@ -68,6 +68,8 @@ def choose(retentions: Sequence[tuple[Strategy, float | None]], tie_margin: floa
     if not others:
         return best_i, f"the only candidate with a probe retention ({best:.1%})"
     runner_r, runner_s = others[-1]
+    if runner_r == best:
+        return best_i, f"best probe retention {best:.1%}, equal to {runner_s}'s; the first listed of equals wins"
     return best_i, (
         f"best probe retention {best:.1%}, {(best - runner_r) * 100:.1f} pp above the next ({runner_s} "
         f"{runner_r:.1%})"
@@ -225,7 +227,12 @@ def run_auto(job: PruneJob, *, output_dir: str | Path, reporter: Reporter) -> Re
             rows[i] = c.model_copy(update={"chosen": True, "reason": why})
         elif c.retention is not None:
             d = (c.retention - best) * 100
-            behind = f"{-d:.1f} pp below the winner" if d <= 0 else f"{d:.1f} pp above the winner, within the tie margin"
+            if d == 0:
+                behind = "equal to the winner's; the first listed of equals wins"
+            elif d < 0:
+                behind = f"{-d:.1f} pp below the winner"
+            else:
+                behind = f"{d:.1f} pp above the winner, within the tie margin"
             rows[i] = c.model_copy(update={"reason": behind})
     record.winner = rows[win].strategy
     record.reason = f"{rows[win].strategy}: {why}"

@@ -348,7 +348,8 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "name": "Summary",
         "type": "string",
         "jsonPath": ".status.results.summary",
-        "description": "A ratio sweep's variants (ratio and retention or state of each), or a retention target's search.",
+        "description": "A ratio sweep's variants (ratio and retention or state of each), a retention target's search, "
+        "or strategy auto's probes.",
     },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {"name": "Ratios", "type": "string", "jsonPath": ".spec.pruning.ratios", "priority": 1},

@@ -188,7 +188,8 @@ class _Spec(_Model):
 
 
 class Strategy(StrEnum):
-    """Layer selection strategies. `interlace` is the paper's; the rest are its ablations/baselines."""
+    """Layer selection strategies. `interlace` is the paper's; the rest are its ablations/baselines, and
+    `auto` a job's choice among them by probes (never a plan's)."""
 
     INTERLACE = "interlace"  # greedy non-overlapping triplets by pack-3, pair fallback by pack-2
     OA = "oa"  # as interlace, but always drop the first layer of a window and tune the second

@@ -26,7 +26,8 @@ def test_the_best_probe_wins() -> None:
     assert choose([(IL, 0.80), (S, 0.90), (C, 0.85)], 0.005)[0] == 1
     assert choose([(S, 0.85), (C, 0.90), (IL, 0.70)], 0.0)[0] == 1
     # equal retentions (no interlace among them): the first listed
-    assert choose([(IL, 0.5), (C, 0.9), (S, 0.9)], 0.005)[0] == 1
+    i, why = choose([(IL, 0.5), (C, 0.9), (S, 0.9)], 0.005)
+    assert i == 1 and "equal to shortgpt's; the first listed of equals wins" in why
     # rows without a retention (no plan, a failed probe) do not compete
     i, why = choose([(IL, None), (S, 0.7), (C, None)], 0.005)
     assert i == 1 and "only candidate" in why
