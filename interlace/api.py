@@ -254,7 +254,7 @@ def plan(
     `deepstack_policy="protect"`, the Qwen3-VL DeepStack receivers recorded in the scores are kept.
     """
     from interlace.schema.limits import max_drop
-    from interlace.schema.spec import Strategy
+    from interlace.schema.spec import PLANNING_STRATEGIES
     from interlace.stages.analyze.scores import LayerScores
     from interlace.stages.plan import n_drop_for_ratio, save_plan, select_layers
 
@@ -264,9 +264,10 @@ def plan(
         raise InterlaceError("give exactly one of ratio and num_layers (--ratio / --num-drop)")
     if seed < 0:
         raise InterlaceError(f"{_arg('seed', seed, _cli)}: must be >= 0")
-    if str(strategy) not in {s.value for s in Strategy}:
+    if str(strategy) not in {s.value for s in PLANNING_STRATEGIES}:
         raise InterlaceError(
-            f"{_arg('strategy', strategy, _cli)}: unknown strategy; use one of {', '.join(s.value for s in Strategy)}"
+            f"{_arg('strategy', strategy, _cli)}: unknown strategy; use one of "
+            f"{', '.join(s.value for s in PLANNING_STRATEGIES)}"
         )
     if deepstack_policy not in ("protect", "position"):
         raise InterlaceError(f"{_arg('deepstack_policy', deepstack_policy, _cli)}: use protect or position")

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from interlace.schema import crd
+from interlace.schema import spec as S
 from interlace.schema.spec import SHARED_WORK_DIR_MESSAGE, PruneJobSpec, PruneJobStatus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,7 +116,7 @@ def test_every_model_field_is_declared(root: dict[str, Any]) -> None:
 def test_enums_defaults_and_bounds(root: dict[str, Any]) -> None:
     spec = root["properties"]["spec"]
     pruning = spec["properties"]["pruning"]["properties"]
-    assert pruning["strategy"]["enum"] == ["interlace", "oa", "tn", "random", "consecutive", "shortgpt"]
+    assert pruning["strategy"]["enum"] == ["interlace", "oa", "tn", "random", "consecutive", "shortgpt", "auto"]
     assert pruning["strategy"]["default"] == "interlace"
     assert pruning["ratio"] == {
         **pruning["ratio"], "minimum": 0, "exclusiveMinimum": True, "maximum": 1, "exclusiveMaximum": True
@@ -136,12 +137,21 @@ def test_enums_defaults_and_bounds(root: dict[str, Any]) -> None:
 
 def test_cel_rules(root: dict[str, Any]) -> None:
     pruning = root["properties"]["spec"]["properties"]["pruning"]
-    (one_of,) = pruning["x-kubernetes-validations"]
+    one_of, *auto = pruning["x-kubernetes-validations"]
     # exactly one amount: ratio, numLayers, a sweep's ratios or a retention target
     assert one_of["rule"] == (
         "(has(self.ratio) ? 1 : 0) + (has(self.numLayers) ? 1 : 0) + (has(self.ratios) ? 1 : 0)"
         " + (has(self.target) ? 1 : 0) == 1"
     )
+    # strategy auto: candidates and probe only with it, never auto among the candidates, no sweep or target
+    assert [(r["fieldPath"], r["message"]) for r in auto] == [
+        (".candidates", S.CANDIDATES_WITHOUT_AUTO_MESSAGE), (".candidates", S.AUTO_IN_CANDIDATES_MESSAGE),
+        (".probe", S.PROBE_WITHOUT_AUTO_MESSAGE), (".strategy", S.AUTO_SWEEP_MESSAGE),
+        (".strategy", S.AUTO_TARGET_MESSAGE),
+    ]
+    needs_eval = next(r for r in root["properties"]["spec"]["x-kubernetes-validations"] if r.get("fieldPath") == ".pruning.strategy")
+    assert needs_eval["message"] == S.AUTO_NEEDS_EVALUATION_MESSAGE and "self.evaluation.enabled" in needs_eval["rule"]
+    assert pruning["properties"]["candidates"]["x-kubernetes-list-type"] == "set"
     # a cluster PruneJob's work files on a claim every Ray pod mounts (shared_work_dir_error)
     shared = next(r for r in root["properties"]["spec"]["x-kubernetes-validations"] if r.get("fieldPath") == ".resources.pvcName")
     assert shared["rule"] == "self.output.uri.startsWith('pvc://') || has(self.resources.pvcName)"

@@ -9,9 +9,10 @@ In this order, each step before anything the next one costs:
 4. the inputs, once (interlace.pipeline.run.check_inputs: data sources, benchmarks);
 5. the reporters: the caller's sinks plus `<output>/progress.jsonl`;
 6. Ray, when finetuning needs it (`local`: a private local cluster, else the one RAY_ADDRESS names);
-7. the run: a sweep (spec.pruning.ratios), a target search (spec.pruning.target) or one pipeline.
+7. the run: a sweep (spec.pruning.ratios), a target search (spec.pruning.target), strategy auto's probes
+   of its candidates (spec.pruning.strategy: auto) or one pipeline.
 
-run_pipeline, run_sweep and run_target do not check the inputs themselves: this entry has.
+run_pipeline, run_sweep, run_target and run_auto do not check the inputs themselves: this entry has.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from interlace.errors import InterlaceError
 from interlace.runtime.progress import Reporter
-from interlace.schema.spec import PruneJob, Results
+from interlace.schema.spec import PruneJob, Results, Strategy
 from interlace.settings import settings
 
 if TYPE_CHECKING:
@@ -63,6 +64,11 @@ def apply_overrides(
         from interlace.pipeline.sweep import check_ratios
 
         check_ratios(ratios)
+        if job.spec.pruning.strategy == Strategy.AUTO:
+            raise InterlaceError(
+                f"{arg('ratios', ','.join(f'{r:g}' for r in ratios))}: spec.pruning.strategy auto chooses one plan "
+                "and cannot run a sweep; pick one strategy for the sweep"
+            )
         job.spec.pruning = job.spec.pruning.model_copy(
             update={"ratio": None, "num_layers": None, "target": None, "ratios": list(ratios)}
         )
@@ -145,6 +151,10 @@ def run_job(
             from interlace.pipeline.target import run_target
 
             return JobRun(output_dir, results=run_target(job, output_dir=output_dir, reporter=reporter))
+        if job.spec.pruning.strategy == Strategy.AUTO:  # a probe per candidate strategy, then the winner
+            from interlace.pipeline.auto import run_auto
+
+            return JobRun(output_dir, results=run_auto(job, output_dir=output_dir, reporter=reporter))
         from interlace.pipeline.run import run_pipeline
 
         return JobRun(output_dir, results=run_pipeline(job, output_dir=output_dir, reporter=reporter))

@@ -177,10 +177,12 @@ def stage_plan(plan: LayerPlan, run_dir: Path, analysis_dir: Path) -> None:
 
 
 def amount_job(job: PruneJob, amount: dict[str, Any], uri: str, *, dry_run: bool = False) -> PruneJob:
-    """A copy of `job` with one amount (e.g. {"ratio": 0.1} or {"num_layers": 3}) writing to `uri`,
-    reusing a plan.json staged in its output directory (spec.finetune.resume)."""
+    """A copy of `job` with one amount (e.g. {"ratio": 0.1} or {"num_layers": 3}; a `strategy` key
+    replaces strategy auto's choice) writing to `uri`, reusing a plan.json staged in its output
+    directory (spec.finetune.resume)."""
     vjob = job.model_copy(deep=True)
-    update = {"ratio": None, "num_layers": None, "ratios": None, "target": None, **amount}
+    update = {"ratio": None, "num_layers": None, "ratios": None, "target": None, "candidates": None, "probe": None,
+              **amount}
     vjob.spec.pruning = vjob.spec.pruning.model_copy(update=update)
     vjob.spec.finetune.resume = True  # what makes run_pipeline take plan.json instead of analysing
     vjob.spec.dry_run = dry_run

@@ -8,8 +8,9 @@ Users ask "how small can it get while keeping 90%?", not "drop 20%". One analysi
 (as a sweep does: ``<output>/analysis/scores.json``) gives a family of nested plans: the selection is
 greedy over ranked windows, so the plan dropping n+1 layers is the plan dropping n plus one more
 window's layer. The job searches that family by bisection for the largest n whose *probe* keeps the
-target: a probe is the pipeline on plan n (surgery, ``proxySteps`` of finetuning, evaluation on
-spec.evaluation) in ``<output>/probes/drop-<n>/``, saved there and never published. Bisection
+target: a probe (interlace.pipeline.probe.run_probe) is the pipeline on plan n (surgery, ``proxySteps`` of
+finetuning, evaluation on spec.evaluation) in ``<output>/probes/drop-<n>/``, saved there and never
+published. Bisection
 assumes retention falls as more layers go (true of nested plans up to evaluation noise); it takes
 about log2(maxRatio * L) probes. The chosen plan then runs the full pipeline (spec.finetune's whole
 schedule) and is published at spec.output; its measured retention is reported beside the target.
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from interlace.artifacts import atomic_write_json
 from interlace.errors import InterlaceError
+from interlace.pipeline.probe import retention_of, run_probe
 from interlace.pipeline.sweep import amount_job, analyze_once, stage_plan
 from interlace.runtime.progress import Reporter, SubRunReporter
 from interlace.schema.limits import max_drop
@@ -132,19 +134,12 @@ def run_target(job: PruneJob, *, output_dir: str | Path, reporter: Reporter) -> 
 
     def meets(n: int) -> bool:
         plan = plan_for(n)
-        probe_dir = out / "probes" / f"drop-{n}"
-        stage_plan(plan, probe_dir, analysis_dir)
-        probe = amount_job(job, {"num_layers": n}, str(probe_dir / "model"))
-        probe.spec.output.hub = None  # probes are saved next to the job's artifacts, never published
-        probe.spec.output.save_checkpoints = False
-        if target.proxy_steps == 0:
-            probe.spec.finetune.enabled = False
-        else:
-            probe.spec.finetune.max_steps = target.proxy_steps
-            probe.spec.finetune.checkpoint_every_steps = target.proxy_steps
         reporter.stage(Phase.EVALUATING, f"probe: drop {n} of {num_layers} layers ({plan.drop})")
-        res = run_pipeline(probe, output_dir=probe_dir, reporter=SubRunReporter(reporter, f"probe drop-{n}: "))
-        retention = None if res.relative_performance is None else res.relative_performance / 100
+        res = run_probe(
+            job, plan, probe_dir=out / "probes" / f"drop-{n}", analysis_dir=analysis_dir,
+            proxy_steps=target.proxy_steps, reporter=SubRunReporter(reporter, f"probe drop-{n}: "),
+        )
+        retention = retention_of(res)
         ok = retention is not None and retention >= target.min_retention
         record.probes.append(ProbeResult(layers_dropped=n, retention=retention, meets=ok))
         publish_record()

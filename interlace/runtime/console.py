@@ -156,6 +156,16 @@ def summary_table(results: Results, *, output_dir: Path | str, extra: dict[str, 
             ret = "n/a" if p.retention is None else f"{p.retention:.1%}"
             t.add_row(f"probe: drop {p.layers_dropped}", f"{ret} ({'meets' if p.meets else 'below'} the target)")
         t.add_row("retention target", results.target.message or "")
+    if results.auto is not None:  # spec.pruning.strategy auto: the probe table and the winner
+        for c in results.auto.candidates:
+            ret = f"{c.retention:.1%}" if c.retention is not None else c.state
+            drop = f"drop {c.drop}" if c.drop else f"{c.layers_dropped} layers"
+            mark = "chosen: " if c.chosen else ""
+            t.add_row(f"probe: {c.strategy}", f"{ret}, {drop}; {mark}{c.reason or c.state}")
+        if results.auto.winner is not None:
+            t.add_row("strategy auto", results.auto.reason or str(results.auto.winner))
+        elif results.auto.reason:
+            t.add_row("strategy auto", results.auto.reason)
     for k, v in (extra or {}).items():
         t.add_row(k, v)
     t.add_row("output", str(results.output_uri or output_dir))

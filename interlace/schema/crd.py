@@ -61,6 +61,7 @@ HEADER = (
 SET_LISTS = {
     ("PruningSpec", "protectedLayers"),
     ("PruningSpec", "ratios"),
+    ("PruningSpec", "candidates"),
     ("DataSpec", "subsets"),
     ("EvaluationSpec", "benchmarks"),
     ("PodTemplateOverride", "targetGroups"),
@@ -266,7 +267,8 @@ def _spec_schema() -> dict[str, Any]:
             " + (has(self.target) ? 1 : 0) == 1",
             "message": S.AMOUNT_MESSAGE,
             "reason": "FieldValueInvalid",
-        }
+        },
+        *S.AUTO_RULES,
     ]
     return schema
 
@@ -346,7 +348,8 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "name": "Summary",
         "type": "string",
         "jsonPath": ".status.results.summary",
-        "description": "A ratio sweep's variants (ratio and retention or state of each), or a retention target's search.",
+        "description": "A ratio sweep's variants (ratio and retention or state of each), a retention target's search, "
+        "or strategy auto's probes.",
     },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {"name": "Ratios", "type": "string", "jsonPath": ".spec.pruning.ratios", "priority": 1},

@@ -188,7 +188,8 @@ class _Spec(_Model):
 
 
 class Strategy(StrEnum):
-    """Layer selection strategies. `interlace` is the paper's; the rest are its ablations/baselines."""
+    """Layer selection strategies. `interlace` is the paper's; the rest are its ablations/baselines, and
+    `auto` a job's choice among them by probes (never a plan's)."""
 
     INTERLACE = "interlace"  # greedy non-overlapping triplets by pack-3, pair fallback by pack-2
     OA = "oa"  # as interlace, but always drop the first layer of a window and tune the second
@@ -196,6 +197,13 @@ class Strategy(StrEnum):
     RANDOM = "random"  # seeded random layers
     CONSECUTIVE = "consecutive"  # the most redundant consecutive block
     SHORTGPT = "shortgpt"  # ShortGPT Block Influence: lowest 1 - cos(h_i, h_{i+1})
+    AUTO = "auto"  # a job's choice among spec.pruning.candidates by probes (never a plan's strategy)
+
+
+# The strategies that plan layers (every one but auto, which picks among them).
+PLANNING_STRATEGIES = tuple(s for s in Strategy if s is not Strategy.AUTO)
+# spec.pruning.candidates when strategy is auto and none are listed.
+DEFAULT_CANDIDATES = (Strategy.INTERLACE, Strategy.SHORTGPT, Strategy.CONSECUTIVE)
 
 
 class DeepstackPolicy(StrEnum):
@@ -339,6 +347,50 @@ class TargetSpec(_Spec):
     )
 
 
+class ProbeSpec(_Spec):
+    """The probes of spec.pruning.strategy auto: each candidate's plan briefly healed and evaluated."""
+
+    proxy_steps: int = Field(
+        default=10,
+        ge=0,
+        le=100_000,
+        description="Finetuning steps of each candidate's probe (0: probes are not healed), as "
+        "spec.pruning.target.proxySteps. The winner then gets the full finetune of spec.finetune.",
+    )
+    tie_margin: float = Field(
+        default=0.005,
+        ge=0,
+        le=1,
+        description="Probe retentions within this much of the best (a fraction: 0.005 = 0.5 percentage "
+        "points) are a tie, and a tie goes to interlace when it is among them.",
+    )
+
+
+AUTO_NEEDS_EVALUATION_MESSAGE = (
+    "spec.pruning.strategy: auto needs spec.evaluation.enabled: the candidates' probes are compared on "
+    "their retention; enable evaluation or pick one strategy"
+)
+CANDIDATES_WITHOUT_AUTO_MESSAGE = (
+    "spec.pruning.candidates: only read with spec.pruning.strategy: auto; set strategy: auto or remove candidates"
+)
+PROBE_WITHOUT_AUTO_MESSAGE = (
+    "spec.pruning.probe: only read with spec.pruning.strategy: auto; set strategy: auto or remove probe"
+)
+AUTO_IN_CANDIDATES_MESSAGE = (
+    "spec.pruning.candidates: auto is what chooses among the candidates, not one of them; list planning "
+    "strategies (" + ", ".join(s.value for s in PLANNING_STRATEGIES) + ")"
+)
+AUTO_SWEEP_MESSAGE = (
+    "spec.pruning.strategy: auto chooses one plan and cannot run a sweep (spec.pruning.ratios); set ratio, "
+    "numLayers or target, or pick one strategy for the sweep"
+)
+
+AUTO_TARGET_MESSAGE = (
+    "spec.pruning.strategy: auto with spec.pruning.target (candidates x drops) is not supported yet; set "
+    "ratio or numLayers with auto, or pick one strategy for the target"
+)
+
+
 # The most decoder layers a spec can name (numLayers and protectedLayers stop at 1023): a ratio below
 # 1/1024 drops floor(L x ratio) = 0 layers of every model.
 MAX_DECODER_LAYERS = 1024
@@ -384,7 +436,26 @@ class PruningSpec(_Spec):
         "<repo>-ratio-<r>); status.results.variants holds the table. Exactly one of ratio, numLayers, "
         "ratios and target.",
     )
-    strategy: Strategy = Field(default=Strategy.INTERLACE, strict=False)
+    strategy: Strategy = Field(
+        default=Strategy.INTERLACE,
+        strict=False,
+        description="How layers are picked: interlace (the paper's), oa, tn, random, consecutive, shortgpt, "
+        "or auto: one analysis, a plan per spec.pruning.candidates entry at the spec's amount, a short "
+        "probe of each (spec.pruning.probe), then the full pipeline on the best probe (a tie within "
+        "probe.tieMargin goes to interlace); status.results.auto holds the probe table.",
+    )
+    candidates: list[Annotated[Strategy, Field(strict=False)]] | None = Field(
+        default=None,
+        min_length=2,
+        max_length=len(PLANNING_STRATEGIES),
+        description="The strategies strategy auto chooses among (default: interlace, shortgpt, "
+        "consecutive); at least 2, each once, not auto. Only with strategy auto.",
+    )
+    probe: ProbeSpec | None = Field(
+        default=None,
+        description="The probes of strategy auto (default: proxySteps 10, tieMargin 0.005). Only with "
+        "strategy auto.",
+    )
     protected_layers: list[Annotated[int, Field(ge=0, le=1023)]] = Field(
         default_factory=list, description="0-based decoder layers that are never dropped.", max_length=1024
     )
@@ -411,7 +482,32 @@ class PruningSpec(_Spec):
             raise ValueError(AMOUNT_MESSAGE)
         if self.ratios is not None and len(set(self.ratios)) != len(self.ratios):
             raise ValueError(f"spec.pruning.ratios {self.ratios} lists a ratio twice; list each once")
+        auto = self.strategy == Strategy.AUTO
+        if self.candidates is not None:
+            if not auto:
+                raise ValueError(CANDIDATES_WITHOUT_AUTO_MESSAGE)
+            if Strategy.AUTO in self.candidates:
+                raise ValueError(AUTO_IN_CANDIDATES_MESSAGE)
+            twice = sorted({str(c) for c in self.candidates if self.candidates.count(c) > 1})
+            if twice:
+                raise ValueError(f"spec.pruning.candidates: lists {', '.join(twice)} twice; list each once")
+        if self.probe is not None and not auto:
+            raise ValueError(PROBE_WITHOUT_AUTO_MESSAGE)
+        if auto and self.ratios is not None:
+            raise ValueError(AUTO_SWEEP_MESSAGE)
+        if auto and self.target is not None:
+            raise ValueError(AUTO_TARGET_MESSAGE)
         return self
+
+    @property
+    def auto_candidates(self) -> list[Strategy]:
+        """The strategies strategy auto chooses among (spec.pruning.candidates or the default)."""
+        return list(self.candidates) if self.candidates is not None else list(DEFAULT_CANDIDATES)
+
+    @property
+    def auto_probe(self) -> ProbeSpec:
+        """spec.pruning.probe or its defaults."""
+        return self.probe if self.probe is not None else ProbeSpec()
 
     @property
     def is_sweep(self) -> bool:
@@ -1012,6 +1108,22 @@ _SPEC_RULES: list[JsonValue] = [
         "spec.output.uri: a pvc:// output needs spec.resources.pvcName set to the same claim",
         ".output.uri",
     ),
+    _cel(
+        "!has(self.pruning.strategy) || self.pruning.strategy != 'auto' || !has(self.evaluation) || "
+        "!has(self.evaluation.enabled) || self.evaluation.enabled",
+        AUTO_NEEDS_EVALUATION_MESSAGE,
+        ".pruning.strategy",
+    ),
+]
+
+# spec.pruning's cross-field rules of strategy auto (interlace.schema.crd adds them beside the amount rule).
+AUTO_RULES: list[dict[str, Any]] = [
+    _cel("!has(self.candidates) || (has(self.strategy) && self.strategy == 'auto')",
+         CANDIDATES_WITHOUT_AUTO_MESSAGE, ".candidates"),
+    _cel("!has(self.candidates) || self.candidates.all(c, c != 'auto')", AUTO_IN_CANDIDATES_MESSAGE, ".candidates"),
+    _cel("!has(self.probe) || (has(self.strategy) && self.strategy == 'auto')", PROBE_WITHOUT_AUTO_MESSAGE, ".probe"),
+    _cel("!has(self.ratios) || !has(self.strategy) || self.strategy != 'auto'", AUTO_SWEEP_MESSAGE, ".strategy"),
+    _cel("!has(self.target) || !has(self.strategy) || self.strategy != 'auto'", AUTO_TARGET_MESSAGE, ".strategy"),
 ]
 
 
@@ -1054,6 +1166,12 @@ class PruneJobSpec(_Spec):
         return self
 
     @model_validator(mode="after")
+    def _auto_needs_evaluation(self) -> PruneJobSpec:
+        if self.pruning.strategy == Strategy.AUTO and not self.evaluation.enabled:
+            raise ValueError(AUTO_NEEDS_EVALUATION_MESSAGE)
+        return self
+
+    @model_validator(mode="after")
     def _pvc_output(self) -> PruneJobSpec:
         uri = self.output.uri
         if uri.startswith("pvc://") and uri[len("pvc://"):].split("/")[0] != self.resources.pvc_name:
@@ -1089,6 +1207,8 @@ class LayerPlan(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> LayerPlan:
+        if self.strategy == Strategy.AUTO:
+            raise ValueError("plan.strategy: auto chooses among strategies; a plan names the one that planned it")
         n = self.num_layers
         groups = {"drop": self.drop, "finetune": self.finetune, "anchor": self.anchor, "frozen": self.frozen}
         seen: dict[int, str] = {}
@@ -1172,6 +1292,33 @@ class TargetResult(_Model):
     message: str | None = None
 
 
+class CandidateResult(_Model):
+    """One row of strategy auto's probe table (status.results.auto.candidates)."""
+
+    strategy: Strategy
+    state: Literal["Pending", "Planned", "CannotPlan", "Running", "Probed", "Failed"] = Field(
+        default="Pending",
+        description="Planned: a dry run's plan; CannotPlan: the strategy cannot drop that many layers here "
+        "(reason says why); Probed: its probe's retention is in; Failed: its probe failed (reason).",
+    )
+    layers_dropped: int | None = None
+    drop: list[int] = Field(default_factory=list, description="The layers its plan drops (original indices).")
+    retention: float | None = Field(default=None, description="Probe retention, a fraction (0.9 = 90%).")
+    chosen: bool = False
+    reason: str | None = Field(default=None, description="Why it won, or how it compared with the winner.")
+
+
+class AutoResult(_Model):
+    """status.results.auto: strategy auto's candidates, their probes, the winner and why."""
+
+    proxy_steps: int
+    tie_margin: float = Field(description="Probe retentions this close to the best tie (a fraction).")
+    candidates: list[CandidateResult] = Field(default_factory=list)
+    winner: Strategy | None = None
+    reason: str | None = Field(default=None, description="Why the winner won.")
+    final_retention: float | None = Field(default=None, description="The winner after the full finetune, a fraction.")
+
+
 class Results(_Model):
     output_uri: str | None = None
     hub_url: str | None = None
@@ -1197,10 +1344,11 @@ class Results(_Model):
         default=None, description="A ratio sweep's variants, one row per spec.pruning.ratios entry."
     )
     target: TargetResult | None = None
+    auto: AutoResult | None = Field(default=None, description="Strategy auto's probe table and winner.")
     summary: str | None = Field(
         default=None,
-        description="A sweep's variants or a target's search in one line, e.g. `0.1: 97.2%, 0.2: 93.7%` "
-        "(kubectl column).",
+        description="A sweep's variants, a target's search or strategy auto's probes in one line, e.g. "
+        "`0.1: 97.2%, 0.2: 93.7%` (kubectl column).",
     )
 
     def retention_line(self) -> str | None:

@@ -272,13 +272,16 @@ def select_layers(
     `scores` may be None only for the random strategy, which then needs `num_layers`.
     Raises InterlaceError when n_drop cannot be met (too large, or blocked by protected layers).
     """
-    from interlace.schema.spec import LayerPlan, Strategy
+    from interlace.schema.spec import PLANNING_STRATEGIES, LayerPlan, Strategy
 
     try:
         strat = Strategy(strategy)
     except ValueError:
-        names = ", ".join(s.value for s in Strategy)
+        names = ", ".join(s.value for s in PLANNING_STRATEGIES)
         raise InterlaceError(f"unknown strategy {strategy!r}; choose one of: {names}") from None
+    if strat == Strategy.AUTO:  # a job's choice among plans of these (interlace.pipeline.auto), not a plan
+        names = ", ".join(s.value for s in PLANNING_STRATEGIES)
+        raise InterlaceError(f"strategy auto picks among plans, it plans none itself; choose one of: {names}")
     if scores is None:
         if strat != Strategy.RANDOM or num_layers is None:
             raise InterlaceError(f"strategy {strat.value} needs layer scores (run `interlace analyze`)")

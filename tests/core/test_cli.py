@@ -42,11 +42,12 @@ def _err_line(capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def test_plan_strategy_choices_are_the_spec_enum() -> None:
-    """`interlace plan --strategy` lists its choices without importing pydantic; they must stay the enum's."""
+    """`interlace plan --strategy` lists its choices without importing pydantic; they must stay the enum's
+    planning strategies."""
     from interlace.cli.plan import STRATEGIES
-    from interlace.schema.spec import Strategy
+    from interlace.schema.spec import PLANNING_STRATEGIES
 
-    assert tuple(s.value for s in Strategy) == STRATEGIES
+    assert tuple(s.value for s in PLANNING_STRATEGIES) == STRATEGIES  # auto is a job's choice, not a plan's
 
 
 def test_plan_ok(tmp_path: Path) -> None:

@@ -319,7 +319,7 @@ def test_the_embedded_default_scores_out_of_domain_and_in_domain() -> None:
     (in domain) and on builtin:python-docs (out of domain, the headline), which nothing trains on."""
     from interlace.schema.spec import parse_prunejob
 
-    for name in ("prunejob-local.yaml", "sweep.yaml", "target.yaml"):
+    for name in ("prunejob-local.yaml", "sweep.yaml", "target.yaml", "auto.yaml"):
         spec = parse_prunejob(yaml.safe_load((REPO / "examples" / name).read_text())).spec
         ev = spec.evaluation
         assert "perplexity" in ev.benchmarks, name
