@@ -5,6 +5,7 @@ Ray start costs seconds on 2 cores, so every Ray test shares one local session (
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,3 +90,27 @@ def ray_session() -> Iterator[Any]:
     start_ray(local=True, attempts=5)  # a loaded machine can make a Ray start fail; retry
     yield ray
     ray.shutdown()
+
+
+def tiny_text_prunejob(root: Path, name: str, pruning: dict[str, Any]) -> dict[str, Any]:
+    """A PruneJob of a tiny llama (from config) on a text file of pattern samples, on CPU, with no
+    finetuning: calibration, evaluation and `pruning` as given (the target and auto tests)."""
+    from tests.fixtures.tiny import save_tiny
+
+    texts = [f"{s.turns[0].text} {s.turns[1].text}" for s in pattern_samples(32)]
+    data = root / "train.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    text = {"format": "text", "path": str(data), "fraction": 1.0}
+    return {
+        "apiVersion": "interlace.dev/v1alpha1",
+        "kind": "PruneJob",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"source": str(save_tiny("llama", root / "llama"))},
+            "pruning": pruning,
+            "calibration": {"data": text, "numSamples": 8, "batchSize": 4, "maxLength": 64},
+            "finetune": {"enabled": False, "data": text},
+            "evaluation": {"data": text, "maxSamples": 4, "speed": False},
+            "resources": {"gpusPerWorker": 0},
+        },
+    }

@@ -14,7 +14,7 @@ import interlace
 from interlace.errors import InterlaceError
 from interlace.pipeline.auto import choose
 from interlace.schema.spec import LayerPlan, SpecError, Strategy, parse_prunejob
-from tests.train.conftest import HAND_PLAN, pattern_samples
+from tests.train.conftest import HAND_PLAN, tiny_text_prunejob
 
 IL, S, C = Strategy.INTERLACE, Strategy.SHORTGPT, Strategy.CONSECUTIVE
 
@@ -112,26 +112,7 @@ def test_auto_plans_nothing_itself() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from tests.fixtures.tiny import save_tiny
-
-    root = tmp_path_factory.mktemp("auto")
-    texts = [f"{s.turns[0].text} {s.turns[1].text}" for s in pattern_samples(32)]
-    data = root / "train.jsonl"
-    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    text = {"format": "text", "path": str(data), "fraction": 1.0}
-    return {
-        "apiVersion": "interlace.dev/v1alpha1",
-        "kind": "PruneJob",
-        "metadata": {"name": "auto"},
-        "spec": {
-            "model": {"source": str(save_tiny("llama", root / "llama"))},
-            "pruning": {"numLayers": 2, "strategy": "auto", "probe": {"proxySteps": 0}},
-            "calibration": {"data": text, "numSamples": 8, "batchSize": 4, "maxLength": 64},
-            "finetune": {"enabled": False, "data": text},
-            "evaluation": {"data": text, "maxSamples": 4, "speed": False},
-            "resources": {"gpusPerWorker": 0},
-        },
-    }
+    return tiny_text_prunejob(tmp_path_factory.mktemp("auto"), "auto", {"numLayers": 2, "strategy": "auto", "probe": {"proxySteps": 0}})
 
 
 def _run(job: dict[str, Any], out: Path) -> interlace.PruneResult:

@@ -13,7 +13,7 @@ import interlace
 from interlace.errors import InterlaceError
 from interlace.pipeline.target import bisect_largest
 from interlace.schema.spec import SpecError, parse_prunejob
-from tests.train.conftest import pattern_samples
+from tests.train.conftest import tiny_text_prunejob
 
 
 def test_bisection_finds_the_largest_drop_that_meets() -> None:
@@ -46,26 +46,7 @@ def test_target_is_one_amount_among_four() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from tests.fixtures.tiny import save_tiny
-
-    root = tmp_path_factory.mktemp("target")
-    texts = [f"{s.turns[0].text} {s.turns[1].text}" for s in pattern_samples(32)]
-    data = root / "train.jsonl"
-    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    text = {"format": "text", "path": str(data), "fraction": 1.0}
-    return {
-        "apiVersion": "interlace.dev/v1alpha1",
-        "kind": "PruneJob",
-        "metadata": {"name": "target"},
-        "spec": {
-            "model": {"source": str(save_tiny("llama", root / "llama"))},
-            "pruning": {"target": {"minRetention": 0.01, "maxRatio": 0.5, "proxySteps": 0}},
-            "calibration": {"data": text, "numSamples": 8, "batchSize": 4, "maxLength": 64},
-            "finetune": {"enabled": False, "data": text},
-            "evaluation": {"data": text, "maxSamples": 4, "speed": False},
-            "resources": {"gpusPerWorker": 0},
-        },
-    }
+    return tiny_text_prunejob(tmp_path_factory.mktemp("target"), "target", {"target": {"minRetention": 0.01, "maxRatio": 0.5, "proxySteps": 0}})
 
 
 def test_a_reachable_target_picks_the_largest_drop(tiny_job: dict[str, Any], tmp_path: Path) -> None:
